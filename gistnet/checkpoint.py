@@ -1,0 +1,80 @@
+"""Checkpoints that stand on their own: weights plus everything needed to rebuild and use them.
+
+A checkpoint is a plain dict of tensors, numbers and strings saved with torch.save and read
+back with `weights_only=True`, so loading one never unpickles code.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gistnet.errors import ShardError
+from gistnet.model import GistNet, GistNetConfig
+
+FORMAT = "gistnet-checkpoint/1"
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: GistNet,
+    training_config: dict[str, Any],
+    metrics: dict[str, Any],
+    dataset: dict[str, Any],
+    teacher: dict[str, Any],
+    tokenizer: str,
+) -> Path:
+    """Write atomically: a crash mid-save never leaves a truncated file under `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "model_config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "training_config": training_config,
+        "metrics": metrics,
+        "dataset": dataset,
+        "teacher": teacher,
+        "tokenizer": tokenizer,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ShardError(f"checkpoint {str(path)!r} does not exist; train a model first")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ShardError(f"{str(path)!r} is not a GistNet checkpoint: {err}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ShardError(f"{str(path)!r} is not a GistNet checkpoint (format {FORMAT} expected)")
+    return payload
+
+
+def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
+    """Everything but the weights: configs, metrics, dataset, teacher, tokenizer."""
+    payload = _read(path)
+    payload.pop("state_dict")
+    cfg = payload["model_config"]
+    return {**payload, "block_size": cfg["block_size"], "hidden_size": cfg["hidden_size"]}
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu"):
+    """-> (GistNet in eval mode on `device`, info dict as read_checkpoint_info gives)."""
+    payload = _read(path)
+    model = GistNet(GistNetConfig(**payload["model_config"]))
+    model.load_state_dict(payload.pop("state_dict"))
+    model.to(device).eval()
+    cfg = payload["model_config"]
+    return model, {**payload, "block_size": cfg["block_size"], "hidden_size": cfg["hidden_size"]}

@@ -1,0 +1,182 @@
+"""Validated configs for dataset preparation and training runs.
+
+YAML files and JSON request bodies go through the same pydantic models, so an unknown
+key or a bad value gets the same message whether it came from the CLI or the service.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gistnet.errors import ConfigError
+
+TeacherDType = Literal["float32", "float16", "bfloat16"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class SplitConfig(_Strict):
+    # Accepted for configs written for the seed's tool; must equal the split's key.
+    name: str | None = None
+    # A file or glob of .txt (one document per file) or .jsonl (one {"text": ...} per line),
+    # relative to the config file. Either this or `documents`.
+    source: str | None = None
+    # Inline documents (the service's POST /datasets); used instead of `source`.
+    documents: list[str] | None = None
+    # Where the Arrow shard goes, relative to the config file. Optional when the caller
+    # passes an output directory (the service does).
+    output_path: str | None = None
+    # Caps for quick runs: stop after this many files / tokens.
+    max_files: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_text_source(self) -> SplitConfig:
+        if (self.source is None) == (self.documents is None):
+            raise ValueError("give exactly one of `source` (a file or glob) or `documents`")
+        return self
+
+
+class DatasetConfig(_Strict):
+    dataset_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # Hugging Face tokenizer id or local folder.
+    tokenizer: str
+    # Tokens compressed into one gist.
+    block_size: int = Field(default=32, ge=1)
+    # Tokens of the window that starts at the block (the block included) kept as context.
+    horizon: int = Field(default=64, ge=1)
+    # Hugging Face causal-LM id or local folder: the frozen teacher.
+    teacher_model: str
+    teacher_batch_size: int = Field(default=64, ge=1)
+    teacher_dtype: TeacherDType = "float32"
+    teacher_device: str = "auto"
+    splits: dict[str, SplitConfig]
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetConfig:
+        if self.horizon % self.block_size != 0:
+            raise ValueError(
+                f"horizon ({self.horizon}) must be a multiple of block_size ({self.block_size}), "
+                f"for example {max(1, self.horizon // self.block_size) * self.block_size}"
+            )
+        if self.horizon < self.block_size:
+            raise ValueError(
+                f"horizon ({self.horizon}) must be at least one block ({self.block_size})"
+            )
+        if not self.splits:
+            raise ValueError("`splits` is empty: name at least one split, e.g. train")
+        for key, split in self.splits.items():
+            if split.name is not None and split.name != key:
+                raise ValueError(f"split {key!r} carries name {split.name!r}; they must match")
+        parse_device(self.teacher_device)
+        return self
+
+
+class TrainingConfig(_Strict):
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    max_steps: int = Field(default=1000, ge=1)
+    device: str = "auto"
+    seed: int = 0
+    # Linear warm-up steps before the cosine decay.
+    warmup: int = Field(default=0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    # Clip the gradient's global norm to this; None turns clipping off.
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    # mse: match the mean teacher state. substitution: the teacher reading the gist
+    # predicts the following tokens as it does reading the block.
+    objective: Literal["mse", "substitution"] = "mse"
+    # substitution only: weight of the NLL of the horizon tokens added to the KL.
+    nll_weight: float = Field(default=0.0, ge=0)
+    # Evaluate on the validation split every this many steps (and at the end).
+    eval_every: int = Field(default=200, ge=1)
+    # Examples of the validation split used per evaluation (None: all).
+    eval_examples: int | None = Field(default=2048, ge=1)
+    # Print a log line every this many steps.
+    log_every: int = Field(default=20, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingConfig:
+        parse_device(self.device)
+        return self
+
+
+class ModelSection(_Strict):
+    # None: taken from the dataset's teacher_hidden_size.
+    hidden_size: int | None = Field(default=None, ge=1)
+    # None: taken from the dataset's block_size.
+    block_size: int | None = Field(default=None, ge=1)
+    num_heads: int = Field(default=4, ge=1)
+    mlp_ratio: float = Field(default=4.0, gt=0)
+    num_layers: int = Field(default=1, ge=1)
+    rope_base: float = Field(default=10000.0, gt=0)
+    norm_eps: float = Field(default=1e-5, gt=0)
+
+
+class RunConfig(_Strict):
+    model: ModelSection = Field(default_factory=ModelSection)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+
+def parse_device(spec: str) -> str:
+    """Check a device spelling: cpu | cuda | cuda:N | auto. Existence is checked later."""
+    if spec in ("cpu", "cuda", "auto"):
+        return spec
+    if spec.startswith("cuda:") and spec[5:].isdigit():
+        return spec
+    raise ValueError(f"device {spec!r} is not one of cpu, cuda, cuda:N, auto")
+
+
+def _format_validation_error(err: ValidationError, what: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key {loc!r}: remove it or check its spelling")
+        elif e["type"] == "missing":
+            lines.append(f"missing required key {loc!r}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{loc}: {msg}" if e["loc"] else msg)
+    return f"invalid {what}: " + "; ".join(lines)
+
+
+def validate_dataset_config(data: dict[str, Any]) -> DatasetConfig:
+    try:
+        return DatasetConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, "dataset config")) from None
+
+
+def validate_run_config(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, "run config")) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    return data
+
+
+def load_dataset_config(path: str | Path) -> DatasetConfig:
+    return validate_dataset_config(read_yaml(path))
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    return validate_run_config(read_yaml(path))

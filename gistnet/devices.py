@@ -1,0 +1,38 @@
+"""Device and dtype resolution, shared by dataset preparation, training and serving."""
+
+from __future__ import annotations
+
+import torch
+
+from gistnet.errors import ConfigError, DeviceError
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Map cpu | cuda | cuda:N | auto to a device that exists here, or say why not."""
+    if spec == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {spec!r} was asked for but CUDA is not available on this machine "
+                f"(torch {torch.__version__}); use 'cpu' or 'auto'"
+            )
+        index = int(spec[5:]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device {spec!r} does not exist: this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+        return torch.device("cuda", index)
+    raise DeviceError(f"device {spec!r} is not one of cpu, cuda, cuda:N, auto")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ConfigError(f"dtype {name!r} is not one of {', '.join(_DTYPES)}") from None

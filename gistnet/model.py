@@ -1,0 +1,174 @@
+"""GistNet: a small transformer that reads a block's teacher states and pools them into
+one vector in the teacher's hidden space.
+
+(B, N, T, D) teacher states -> pre-norm blocks with rotary positions inside each block
+-> a learned query attends over the block -> (B, N, D) gists.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gistnet.errors import ConfigError
+
+
+@dataclass
+class GistNetConfig:
+    hidden_size: int = 128  # the teacher's hidden size: gists live in its space
+    block_size: int = 32  # tokens per block; fixes the rotary table length
+    num_heads: int = 4  # attention heads in every layer and in the pooling head
+    mlp_ratio: float = 4.0  # MLP width as a multiple of hidden_size
+    num_layers: int = 1  # transformer blocks before pooling
+    rope_base: float = 10000.0  # rotary frequency base
+    norm_eps: float = 1e-5  # LayerNorm epsilon
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads != 0:
+            raise ConfigError(
+                f"hidden_size ({self.hidden_size}) is not divisible by num_heads "
+                f"({self.num_heads}); pick num_heads that divides {self.hidden_size}"
+            )
+        if (self.hidden_size // self.num_heads) % 2 != 0:
+            raise ConfigError(
+                f"head size hidden_size/num_heads = {self.hidden_size // self.num_heads} must be "
+                f"even for rotary embeddings"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rotary_tables(length: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (T, hd/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, H, T, hd); rotate pairs (first half, second half) by position-dependent angles
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: GistNetConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x, cos, sin, mask):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=-1)
+        # (B, T, D) -> (B, H, T, hd)
+        q, k, v = (z.view(b, t, self.num_heads, -1).transpose(1, 2) for z in (q, k, v))
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GistNetConfig):
+        super().__init__()
+        width = int(config.mlp_ratio * config.hidden_size)
+        self.up = nn.Linear(config.hidden_size, width)
+        self.down = nn.Linear(width, config.hidden_size)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GistNetConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+        self.attn = SelfAttention(config)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, mask):
+        x = x + self.attn(self.norm1(x), cos, sin, mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class AttentionPool(nn.Module):
+    """A learned query per head attends over the block's tokens: (B, T, D) -> (B, D)."""
+
+    def __init__(self, config: GistNetConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.query = nn.Parameter(torch.zeros(config.num_heads, 1, config.head_dim))
+        self.kv = nn.Linear(config.hidden_size, 2 * config.hidden_size)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x, mask):
+        b, t, d = x.shape
+        k, v = self.kv(x).split(d, dim=-1)
+        k, v = (z.view(b, t, self.num_heads, -1).transpose(1, 2) for z in (k, v))  # (B, H, T, hd)
+        q = self.query.unsqueeze(0).expand(b, -1, -1, -1)  # (B, H, 1, hd)
+        pooled = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, 1, hd)
+        return self.proj(pooled.reshape(b, d))
+
+
+class GistNet(nn.Module):
+    def __init__(self, config: GistNetConfig):
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+        self.pool = AttentionPool(config)
+        cos, sin = rotary_tables(config.block_size, config.head_dim, config.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.proj.weight", "mlp.down.weight")):
+                # residual branches start small so a deep stack begins close to identity
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.num_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, T, D) [+ mask (B, N, T), 1 = real token] -> (B, N, D); (B, T, D) -> (B, D)."""
+        cfg = self.config
+        single = hidden.dim() == 3
+        if single:
+            hidden = hidden.unsqueeze(1)
+            mask = mask.unsqueeze(1) if mask is not None else None
+        if hidden.dim() != 4:
+            raise ValueError(
+                f"expected (B, N, T, D) or (B, T, D) states, got {tuple(hidden.shape)}"
+            )
+        b, n, t, d = hidden.shape
+        if d != cfg.hidden_size:
+            raise ConfigError(
+                f"states have width {d} but this GistNet was built for hidden_size {cfg.hidden_size}"
+            )
+        if t > cfg.block_size:
+            raise ConfigError(
+                f"blocks have {t} tokens but this GistNet takes at most {cfg.block_size}"
+            )
+        x = hidden.reshape(b * n, t, d)  # (B, N, T, D) -> (B*N, T, D)
+        key_mask = None
+        if mask is not None:
+            key_mask = mask.reshape(b * n, 1, 1, t).bool()  # broadcast over heads and queries
+        cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+        for block in self.blocks:
+            x = block(x, cos, sin, key_mask)
+        gists = self.pool(self.norm(x), key_mask)  # (B*N, T, D) -> (B*N, D)
+        gists = gists.view(b, n, d)
+        return gists[:, 0] if single else gists

@@ -1,0 +1,111 @@
+"""Loading the frozen teacher and its tokenizer, and running it on blocks.
+
+Any Hugging Face causal-LM id or local folder goes through AutoTokenizer /
+AutoModelForCausalLM (never remote code). A hub id that is neither cached nor reachable
+fails at once, with the advice to point at a local folder, instead of hanging in retries.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from gistnet.devices import resolve_device, torch_dtype
+from gistnet.errors import TeacherLoadError
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything else can only be meant as a folder.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False, "HF_HUB_OFFLINE is set"
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = (
+        url.hostname or "huggingface.co",
+        url.port or (443 if url.scheme == "https" else 80),
+    )
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True, ""
+    except OSError as err:
+        return False, f"{host} is unreachable ({err})"
+
+
+def _resolve(name_or_path: str, what: str) -> tuple[str, bool]:
+    """Return (name, local_files_only). A local folder wins; a hub id must be cached or reachable."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(path), True
+    if path.exists() or _looks_like_path(name_or_path):
+        raise TeacherLoadError(
+            f"{what} folder {name_or_path!r} does not exist; point it at a folder saved with "
+            f"save_pretrained() (e.g. samples/teacher) or at a Hugging Face model id"
+        )
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        return name_or_path, True
+    reachable, why = _hub_reachable()
+    if not reachable:
+        raise TeacherLoadError(
+            f"{what} {name_or_path!r} is not a local folder, not in the Hugging Face cache, and "
+            f"the hub cannot be reached: {why}. Download it on a machine with network access "
+            f"and point the config at the local folder instead"
+        )
+    return name_or_path, False
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    name, local_only = _resolve(name_or_path, "tokenizer")
+    try:
+        return AutoTokenizer.from_pretrained(
+            name, local_files_only=local_only, trust_remote_code=False
+        )
+    except Exception as err:  # transformers raises OSError, ValueError, KeyError...
+        raise TeacherLoadError(f"could not load tokenizer {name_or_path!r}: {err}") from err
+
+
+def load_teacher(name_or_path: str, *, dtype: str = "float32", device: str | torch.device = "cpu"):
+    """The causal LM, frozen: eval mode and no gradient to any of its weights."""
+    from transformers import AutoModelForCausalLM
+
+    name, local_only = _resolve(name_or_path, "teacher model")
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=torch_dtype(dtype), local_files_only=local_only, trust_remote_code=False
+        )
+    except Exception as err:
+        raise TeacherLoadError(f"could not load teacher model {name_or_path!r}: {err}") from err
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def hidden_size_of(teacher) -> int:
+    return int(teacher.get_input_embeddings().weight.shape[1])
+
+
+@torch.inference_mode()
+def block_hidden_states(teacher, input_ids: torch.Tensor) -> torch.Tensor:
+    """Last-layer hidden states of the block's tokens, float32, shape (N, T, D).
+
+    For a causal teacher a block's states do not depend on the tokens after it, so the
+    block alone is run, through the base model only: the LM head's (T, vocab) logits are
+    never computed.
+    """
+    device = teacher.get_input_embeddings().weight.device
+    base = teacher.base_model  # e.g. GPT2Model inside GPT2LMHeadModel
+    out = base(input_ids=input_ids.to(device), use_cache=False)
+    return out.last_hidden_state.float()

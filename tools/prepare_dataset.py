@@ -1,0 +1,54 @@
+"""Prepare a GistNet dataset: tokenize, cut into blocks, cache the teacher's states in Arrow.
+
+python -m tools.prepare_dataset --config configs/data/sample_text.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gistnet.config import load_dataset_config
+from gistnet.data import prepare_dataset
+from gistnet.errors import GistNetError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="dataset config (YAML)")
+    parser.add_argument(
+        "--output-dir",
+        help="write every split to <dir>/<split>.arrow instead of the config's output_path",
+    )
+    parser.add_argument("--device", help="override teacher_device (cpu, cuda, cuda:N, auto)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_dataset_config(args.config)
+        if args.device:
+            config = config.model_validate({**config.model_dump(), "teacher_device": args.device})
+        metadata = prepare_dataset(
+            config,
+            config_dir=Path(args.config).parent,
+            output_dir=args.output_dir,
+            show_progress=sys.stderr.isatty(),
+        )
+    except GistNetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"dataset {metadata['dataset_name']} ({metadata['fingerprint']}): "
+        f"teacher_hidden_size={metadata['teacher_hidden_size']} block_size={metadata['block_size']} "
+        f"horizon={metadata['horizon']}"
+    )
+    for name, s in metadata["splits"].items():
+        rate = s["tokens"] / s["seconds"] if s["seconds"] else float("nan")
+        print(
+            f"  {name}: {s['documents']} documents, {s['tokens']} tokens, {s['examples']} examples, "
+            f"{s['bytes'] / 2**20:.1f} MiB, {s['seconds']:.1f} s ({rate:,.0f} tokens/s) -> {s['path']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

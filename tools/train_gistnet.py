@@ -1,0 +1,57 @@
+"""Train GistNet on a prepared dataset shard.
+
+    python -m tools.train_gistnet --dataset data/sample_text/train.arrow \
+        --config configs/runs/gistnet_example.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gistnet.config import load_run_config
+from gistnet.errors import GistNetError
+from gistnet.train import TrainProgress, train_gistnet
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, help="Arrow shard of the training split")
+    parser.add_argument("--config", required=True, help="run config (YAML)")
+    parser.add_argument("--output-dir", default="artifacts/gistnet", help="where gistnet.pt goes")
+    parser.add_argument("--max-steps", type=int, help="override training.max_steps")
+    args = parser.parse_args(argv)
+
+    def log(p: TrainProgress) -> None:
+        log_every = run.training.log_every
+        if p.step % log_every == 0 or p.step == p.max_steps or p.val_loss is not None:
+            line = (
+                f"step {p.step:>6}/{p.max_steps}  loss {p.loss:.5f}  running {p.running_loss:.5f}"
+                f"  {p.examples_per_sec:,.0f} examples/s  lr {p.lr:.2e}"
+            )
+            if p.val_loss is not None:
+                line += f"  val_loss {p.val_loss:.5f}"
+            print(line, flush=True)
+
+    try:
+        run = load_run_config(args.config)
+        result = train_gistnet(
+            dataset_path=args.dataset,
+            run_config=run,
+            output_dir=args.output_dir,
+            max_steps=args.max_steps,
+            on_progress=log,
+        )
+    except GistNetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    val = f", val_loss {result.val_loss:.5f}" if result.val_loss is not None else ""
+    print(
+        f"trained {result.steps} steps in {result.seconds:.1f} s: final loss {result.final_loss:.5f}"
+        f" (running {result.running_loss:.5f}){val} -> {result.checkpoint_path}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
