@@ -102,7 +102,7 @@ def _token_documents(
     """Token ids per document, in order; stops after `max_tokens` tokens in all."""
     budget = max_tokens if max_tokens is not None else float("inf")
     for chunk in _chunks(texts, _TOKENIZE_CHUNK):
-        for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
+        for ids in tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]:
             if budget <= 0:
                 return
             ids = ids[: int(min(len(ids), budget))]

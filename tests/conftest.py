@@ -1,0 +1,54 @@
+"""Fixtures shared by every test package: the shipped sample teacher and small datasets
+prepared from the shipped sample corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_TEACHER = Path(os.environ.get("GISTNET_TEST_TEACHER", ROOT / "samples" / "teacher"))
+SAMPLE_CORPUS = Path(os.environ.get("GISTNET_TEST_CORPUS", ROOT / "samples" / "sample_text"))
+
+
+def sample_documents(split: str = "validation", count: int = 12) -> list[str]:
+    with (SAMPLE_CORPUS / f"{split}.jsonl").open() as fh:
+        return [json.loads(line)["text"] for _, line in zip(range(count), fh, strict=False)]
+
+
+def small_dataset_config(**overrides) -> dict:
+    """A dataset config over a few sample documents, inline, that prepares in seconds."""
+    config = {
+        "dataset_name": "small",
+        "tokenizer": str(SAMPLE_TEACHER),
+        "teacher_model": str(SAMPLE_TEACHER),
+        "block_size": 32,
+        "horizon": 64,
+        "teacher_batch_size": 64,
+        "teacher_device": "cpu",
+        "splits": {
+            "train": {"documents": sample_documents("train", 40)},
+            "validation": {"documents": sample_documents("validation", 8)},
+        },
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="session")
+def sample_teacher_dir() -> Path:
+    return SAMPLE_TEACHER
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    """A prepared dataset folder (train + validation shards, metadata.yaml), built once."""
+    from gistnet.config import validate_dataset_config
+    from gistnet.data import prepare_dataset
+
+    out = tmp_path_factory.mktemp("small_dataset")
+    prepare_dataset(validate_dataset_config(small_dataset_config()), output_dir=out)
+    return out

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gistnet.errors import ConfigError
+from gistnet.model import GistNet, GistNetConfig
+
+
+def make(**kw) -> GistNet:
+    torch.manual_seed(0)
+    return GistNet(GistNetConfig(hidden_size=64, block_size=32, num_heads=4, **kw)).eval()
+
+
+def test_blocks_of_states_become_one_gist_each():
+    model = make(num_layers=2)
+    x = torch.randn(3, 5, 32, 64)
+    assert model(x).shape == (3, 5, 64)
+    # a single block per example: (B, T, D) -> (B, D), the same vectors
+    torch.testing.assert_close(model(x[:, 0]), model(x)[:, 0])
+
+
+def test_masked_tokens_do_not_change_the_gist():
+    model = make()
+    x = torch.randn(2, 1, 32, 64)
+    mask = torch.ones(2, 1, 32, dtype=torch.bool)
+    mask[:, :, 20:] = False
+    noisy = x.clone()
+    noisy[:, :, 20:] = torch.randn_like(noisy[:, :, 20:]) * 100
+    torch.testing.assert_close(model(x, mask), model(noisy, mask))
+    assert not torch.allclose(model(x), model(noisy))
+
+
+def test_gist_depends_on_token_order_through_rotary_positions():
+    model = make()
+    with torch.no_grad():  # weights far from their small initial values, so order shows
+        for p in model.parameters():
+            p.normal_(std=0.3)
+    x = torch.randn(1, 32, 64)
+    a, b = model(x), model(x.flip(1))
+    assert (a - b).abs().max() > 1e-2 * a.abs().max()
+
+
+def test_width_not_divisible_by_heads_names_both_numbers():
+    with pytest.raises(
+        ConfigError, match=r"hidden_size \(100\) is not divisible by num_heads \(8\)"
+    ):
+        GistNetConfig(hidden_size=100, num_heads=8)
+
+
+def test_states_of_the_wrong_width_are_refused_with_both_widths():
+    with pytest.raises(ConfigError, match="width 32 but this GistNet was built for hidden_size 64"):
+        make()(torch.randn(1, 32, 32))

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from gistnet.checkpoint import load_checkpoint
+from gistnet.config import validate_run_config
+from gistnet.errors import Cancelled, ConfigError, DeviceError, ShardError
+from gistnet.inference import GistEncoder
+from gistnet.shards import open_shard, read_metadata
+from gistnet.train import batch_indices, train_gistnet
+
+
+def run_config(**training):
+    base = {
+        "batch_size": 16,
+        "lr": 3e-3,
+        "max_steps": 30,
+        "warmup": 3,
+        "device": "cpu",
+        "eval_every": 15,
+    }
+    return validate_run_config({"model": {"num_heads": 4}, "training": {**base, **training}})
+
+
+def test_training_on_the_sample_lowers_the_loss(small_dataset, tmp_path):
+    result = train_gistnet(
+        dataset_path=small_dataset / "train.arrow",
+        run_config=run_config(max_steps=60),
+        output_dir=tmp_path,
+    )
+    losses = [h["loss"] for h in result.history]
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
+    assert result.val_loss is not None and result.val_loss < losses[0]
+    assert [h["step"] for h in result.history if "val_loss" in h] == [15, 30, 45, 60]
+
+
+def test_same_seed_and_data_give_the_same_losses(small_dataset, tmp_path):
+    a = train_gistnet(
+        dataset_path=small_dataset / "train.arrow",
+        run_config=run_config(),
+        output_dir=tmp_path / "a",
+    )
+    b = train_gistnet(
+        dataset_path=small_dataset / "train.arrow",
+        run_config=run_config(),
+        output_dir=tmp_path / "b",
+    )
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    c = train_gistnet(
+        dataset_path=small_dataset / "train.arrow",
+        run_config=run_config(seed=1),
+        output_dir=tmp_path / "c",
+    )
+    assert [h["loss"] for h in a.history] != [h["loss"] for h in c.history]
+
+
+def test_checkpoint_round_trips_and_reproduces_the_gists(small_dataset, tmp_path):
+    result = train_gistnet(
+        dataset_path=small_dataset / "train.arrow", run_config=run_config(), output_dir=tmp_path
+    )
+    shard = open_shard(small_dataset / "validation.arrow")
+    model, info = load_checkpoint(result.checkpoint_path)
+    meta = read_metadata(small_dataset)
+    assert info["dataset"]["fingerprint"] == meta["fingerprint"]
+    assert info["teacher"] == {"model": meta["teacher_model"], "dtype": "float32"}
+    assert info["tokenizer"] == meta["tokenizer"]
+    assert info["training_config"]["max_steps"] == 30
+    assert info["metrics"]["final_loss"] == result.final_loss
+    states = torch.from_numpy(shard.teacher_hidden[:8].copy())
+    with torch.no_grad():
+        from_checkpoint = model(states)
+    # the engine runs the teacher itself on the token ids and must give the same vectors
+    encoder = GistEncoder.from_checkpoint(result.checkpoint_path)
+    from_tokens = encoder.encode(torch.from_numpy(shard.input_ids[:8].copy()).long())
+    torch.testing.assert_close(from_tokens, from_checkpoint, atol=1e-5, rtol=1e-5)
+    assert encoder.dim == shard.hidden_size and encoder.block_size == 32
+
+
+def test_checkpoint_loading_never_unpickles_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"format": "gistnet-checkpoint/1", "x": Evil()}))
+    with pytest.raises(ShardError, match="not a GistNet checkpoint"):
+        load_checkpoint(path)
+
+
+def test_resumed_training_gives_the_same_losses_as_an_uninterrupted_run(small_dataset, tmp_path):
+    cfg = run_config(max_steps=24)
+    whole = train_gistnet(
+        dataset_path=small_dataset / "train.arrow", run_config=cfg, output_dir=tmp_path / "w"
+    )
+    resume = tmp_path / "resume.pt"
+    stop_at = {"step": 0}
+
+    def crash_after_step_17():
+        stop_at["step"] += 1
+        return stop_at["step"] > 17
+
+    with pytest.raises(Cancelled):
+        train_gistnet(
+            dataset_path=small_dataset / "train.arrow",
+            run_config=cfg,
+            output_dir=tmp_path / "r",
+            resume_path=resume,
+            checkpoint_every=8,
+            should_cancel=crash_after_step_17,
+        )
+    assert resume.is_file()
+    resumed = train_gistnet(
+        dataset_path=small_dataset / "train.arrow",
+        run_config=cfg,
+        output_dir=tmp_path / "r",
+        resume_path=resume,
+        checkpoint_every=8,
+    )
+    assert resumed.resumed_from_step == 16
+    assert [h["loss"] for h in resumed.history] == pytest.approx(
+        [h["loss"] for h in whole.history], rel=1e-6
+    )
+    assert not resume.exists()
+
+
+def test_width_that_does_not_match_the_dataset_fails_with_both_numbers(small_dataset, tmp_path):
+    d = read_metadata(small_dataset)["teacher_hidden_size"]
+    cfg = validate_run_config({"model": {"hidden_size": d * 2}, "training": {"device": "cpu"}})
+    with pytest.raises(
+        ConfigError, match=f"hidden_size is {d * 2} but the dataset's teacher_hidden_size is {d}"
+    ):
+        train_gistnet(
+            dataset_path=small_dataset / "train.arrow", run_config=cfg, output_dir=tmp_path
+        )
+    cfg = validate_run_config({"model": {"block_size": 16}, "training": {"device": "cpu"}})
+    with pytest.raises(
+        ConfigError, match="block_size is 16 but the dataset was cut into blocks of 32"
+    ):
+        train_gistnet(
+            dataset_path=small_dataset / "train.arrow", run_config=cfg, output_dir=tmp_path
+        )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_asking_for_cuda_without_one_is_a_clear_error(small_dataset, tmp_path):
+    with pytest.raises(DeviceError, match="CUDA is not available"):
+        train_gistnet(
+            dataset_path=small_dataset / "train.arrow",
+            run_config=run_config(device="cuda"),
+            output_dir=tmp_path,
+        )
+
+
+def test_batches_cover_every_example_once_per_epoch():
+    seen = np.concatenate([batch_indices(s, 10, 50, seed=3) for s in range(5)])
+    assert sorted(seen.tolist()) == list(range(50))
+    assert not np.array_equal(batch_indices(0, 10, 50, seed=3), batch_indices(5, 10, 50, seed=3))

@@ -1,0 +1,77 @@
+"""Both command-line tools, end to end on the shipped sample, as a user runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import yaml
+
+from gistnet.checkpoint import read_checkpoint_info
+from tests.conftest import ROOT, SAMPLE_CORPUS, SAMPLE_TEACHER
+
+
+def run(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def test_prepare_then_train_from_the_command_line(tmp_path):
+    config = tmp_path / "data.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "dataset_name": "cli_sample",
+                "tokenizer": str(SAMPLE_TEACHER),
+                "teacher_model": str(SAMPLE_TEACHER),
+                "teacher_device": "cpu",
+                "splits": {
+                    "train": {
+                        "source": str(SAMPLE_CORPUS / "train.jsonl"),
+                        "output_path": "data/train.arrow",
+                        "max_tokens": 6000,
+                    },
+                    "validation": {
+                        "source": str(SAMPLE_CORPUS / "validation.jsonl"),
+                        "output_path": "data/validation.arrow",
+                        "max_tokens": 2000,
+                    },
+                },
+            }
+        )
+    )
+    prep = run("tools.prepare_dataset", "--config", str(config), cwd=tmp_path)
+    assert prep.returncode == 0, prep.stderr
+    assert "train:" in prep.stdout and "tokens/s" in prep.stdout
+    assert (tmp_path / "data" / "metadata.yaml").is_file()
+
+    train = run(
+        "tools.train_gistnet",
+        "--dataset",
+        "data/train.arrow",
+        "--config",
+        str(ROOT / "configs" / "runs" / "gistnet_example.yaml"),
+        "--max-steps",
+        "10",
+        cwd=tmp_path,
+    )
+    assert train.returncode == 0, train.stderr
+    assert "step     10/10" in train.stdout and "examples/s" in train.stdout
+    assert "val_loss" in train.stdout
+    info = read_checkpoint_info(tmp_path / "artifacts" / "gistnet" / "gistnet.pt")
+    assert info["metrics"]["steps"] == 10
+
+
+def test_bad_config_exits_with_a_message_not_a_traceback(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("dataset_name: x\ntokenizer: t\nteacher_model: t\nhorizon: 40\nsplits: {}\n")
+    result = run("tools.prepare_dataset", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "horizon (40) must be a multiple of block_size (32)" in result.stderr
+    assert "Traceback" not in result.stderr
