@@ -62,19 +62,21 @@ def _read(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+def _info(payload: dict[str, Any]) -> dict[str, Any]:
+    cfg = payload["model_config"]
+    info = {k: v for k, v in payload.items() if k != "state_dict"}
+    return {**info, "block_size": cfg["block_size"], "hidden_size": cfg["hidden_size"]}
+
+
 def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
     """Everything but the weights: configs, metrics, dataset, teacher, tokenizer."""
-    payload = _read(path)
-    payload.pop("state_dict")
-    cfg = payload["model_config"]
-    return {**payload, "block_size": cfg["block_size"], "hidden_size": cfg["hidden_size"]}
+    return _info(_read(path))
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu"):
     """-> (GistNet in eval mode on `device`, info dict as read_checkpoint_info gives)."""
     payload = _read(path)
     model = GistNet(GistNetConfig(**payload["model_config"]))
-    model.load_state_dict(payload.pop("state_dict"))
+    model.load_state_dict(payload["state_dict"])
     model.to(device).eval()
-    cfg = payload["model_config"]
-    return model, {**payload, "block_size": cfg["block_size"], "hidden_size": cfg["hidden_size"]}
+    return model, _info(payload)

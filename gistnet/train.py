@@ -41,6 +41,7 @@ class TrainProgress:
     examples_per_sec: float
     lr: float
     val_loss: float | None = None  # set on the steps where the validation split was scored
+    stats: dict[str, float] = field(default_factory=dict)  # objective parts, e.g. kl and nll
 
 
 @dataclass
@@ -118,13 +119,14 @@ class _Objective:
                 teacher, block_size=int(metadata["block_size"]), nll_weight=cfg.nll_weight
             )
 
-    def __call__(self, gists: torch.Tensor, shard: Shard, idx: np.ndarray) -> torch.Tensor:
+    def __call__(
+        self, gists: torch.Tensor, shard: Shard, idx: np.ndarray
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         if self.substitution is None:
             target = torch.from_numpy(shard.gist_target[idx]).to(self.device)
-            return F.mse_loss(gists, target)
+            return F.mse_loss(gists, target), {}
         context = torch.from_numpy(shard.context_input_ids[idx]).long().to(self.device)
-        loss, _ = self.substitution(gists, context)
-        return loss
+        return self.substitution(gists, context)
 
 
 def _states(shard: Shard, idx: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -141,7 +143,7 @@ def evaluate_loss(
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(n, start + batch_size))
         gists = model(_states(shard, idx, objective.device))
-        total += objective(gists, shard, idx).item() * len(idx)
+        total += objective(gists, shard, idx)[0].item() * len(idx)
     model.train()
     return total / n
 
@@ -226,7 +228,7 @@ def train_gistnet(
             group["lr"] = lr
         idx = batch_indices(step, cfg.batch_size, shard.num_examples, cfg.seed)
         gists = model(_states(shard, idx, device))  # (B, T, D) -> (B, D)
-        loss = objective(gists, shard, idx)
+        loss, stats = objective(gists, shard, idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:
@@ -252,14 +254,21 @@ def train_gistnet(
             val_loss = evaluate_loss(
                 model, objective, validation, batch_size=cfg.batch_size, limit=cfg.eval_examples
             )
-        record = {"step": done, "loss": loss_value, "lr": lr}
+        record = {"step": done, "loss": loss_value, "lr": lr, **stats}
         if val_loss is not None:
             record["val_loss"] = val_loss
         history.append(record)
         if on_progress is not None:
             on_progress(
                 TrainProgress(
-                    done, cfg.max_steps, loss_value, sum(recent) / len(recent), speed, lr, val_loss
+                    done,
+                    cfg.max_steps,
+                    loss_value,
+                    sum(recent) / len(recent),
+                    speed,
+                    lr,
+                    val_loss,
+                    stats,
                 )
             )
         if (

@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"step {p.step:>6}/{p.max_steps}  loss {p.loss:.5f}  running {p.running_loss:.5f}"
                 f"  {p.examples_per_sec:,.0f} examples/s  lr {p.lr:.2e}"
             )
+            line += "".join(f"  {k} {v:.5f}" for k, v in p.stats.items())
             if p.val_loss is not None:
                 line += f"  val_loss {p.val_loss:.5f}"
             print(line, flush=True)
