@@ -188,7 +188,7 @@ def _output_path(name: str, split: SplitConfig, base_dir: Path, output_dir: Path
     if split.output_path is None:
         raise ConfigError(f"split {name!r} has no output_path (a file path for its Arrow shard)")
     out = Path(split.output_path)
-    return out if out.is_absolute() else base_dir / out
+    return (out if out.is_absolute() else base_dir / out).resolve()
 
 
 def _write_split(
