@@ -64,6 +64,21 @@ def _resolve(name_or_path: str, what: str) -> tuple[str, bool]:
     return name_or_path, False
 
 
+def load_teacher_config(name_or_path: str):
+    """The teacher's Hugging Face config, without its weights: a cheap check before queueing."""
+    from transformers import AutoConfig
+
+    name, local_only = _resolve(name_or_path, "teacher model")
+    try:
+        return AutoConfig.from_pretrained(
+            name, local_files_only=local_only, trust_remote_code=False
+        )
+    except Exception as err:
+        raise TeacherLoadError(
+            f"could not read the config of teacher {name_or_path!r}: {err}"
+        ) from err
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 

@@ -158,6 +158,7 @@ def _validation_shard(dataset_path: Path, metadata: dict[str, Any]) -> Shard | N
 
 
 def _save_resume(path: Path, *, model, optimizer, step: int, history: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(
         {
@@ -182,7 +183,11 @@ def train_gistnet(
     resume_path: str | Path | None = None,
     checkpoint_every: int | None = None,
 ) -> TrainResult:
-    """Train GistNet on the shard at `dataset_path`; save `<output_dir>/gistnet.pt`."""
+    """Train GistNet on the shard at `dataset_path`; save `<output_dir>/gistnet.pt`.
+
+    The resume checkpoint is left in place: the caller deletes it once it has recorded the
+    result, so a crash between the two resumes instead of starting over.
+    """
     started = time.perf_counter()
     dataset_path = Path(dataset_path)
     shard = open_shard(dataset_path)
@@ -303,8 +308,6 @@ def train_gistnet(
         teacher={"model": metadata["teacher_model"], "dtype": metadata["teacher_dtype"]},
         tokenizer=metadata["tokenizer"],
     )
-    if resume_path is not None:
-        resume_path.unlink(missing_ok=True)
     return TrainResult(
         checkpoint_path=checkpoint,
         steps=cfg.max_steps,
