@@ -1,0 +1,1 @@
+"""The platform around the library: settings, the database layer and the `gistnet` command."""

@@ -1,0 +1,184 @@
+"""The `gistnet` command: serve, worker, db upgrade, demo.
+
+    gistnet serve [--host H] [--port P] [--no-worker] [--no-upgrade]
+    gistnet worker [--queues prep,train] [--concurrency N]
+    gistnet db upgrade [REVISION] | gistnet db current
+    gistnet demo [--port P] [--max-steps N]
+
+It only parses arguments, reads the settings and starts things; the work is elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from service.settings import Settings, SettingsError, get_settings
+
+DEFAULT_QUEUES = "prep,train"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gistnet", description="The GistNet platform.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="the API, by default with the database migrated and one local worker for both queues",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--no-worker", action="store_true", help="API only (workers run elsewhere, as in compose)"
+    )
+    serve.add_argument(
+        "--no-upgrade", action="store_true", help="skip `db upgrade` (a migrate service ran it)"
+    )
+    serve.add_argument("--log-level", default="info")
+
+    worker = commands.add_parser("worker", help="a Celery worker for the given queues")
+    worker.add_argument("--queues", default=DEFAULT_QUEUES, help="comma-separated: prep, train")
+    worker.add_argument(
+        "--concurrency", type=int, default=None, help="tasks at once (GISTNET_WORKER_CONCURRENCY)"
+    )
+    worker.add_argument("--loglevel", default="info")
+
+    db = commands.add_parser("db", help="the database schema")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="apply the Alembic revisions")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    db_commands.add_parser("current", help="print the schema revision the database is at")
+
+    demo = commands.add_parser(
+        "demo", help="run the sample end to end through the REST API on the embedded stack"
+    )
+    demo.add_argument("--port", type=int, default=8000, help="a free port is used if it is busy")
+    demo.add_argument(
+        "--max-steps", type=int, default=None, help="cap the training steps of the run config"
+    )
+    return parser
+
+
+def _prepare_folders(settings: Settings) -> None:
+    settings.artifact_root.mkdir(parents=True, exist_ok=True)
+    settings.data_root.mkdir(parents=True, exist_ok=True)
+
+
+def _db(settings: Settings, args: argparse.Namespace) -> int:
+    from service.db.migrate import current_revision, upgrade_database
+
+    if args.db_command == "upgrade":
+        upgrade_database(settings.database_url, args.revision)
+        print(f"database at revision {current_revision(settings.database_url)}")
+    else:
+        print(current_revision(settings.database_url) or "(empty: run `gistnet db upgrade`)")
+    return 0
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.celery_app import create_celery_app
+
+    _prepare_folders(settings)
+    app = create_celery_app(settings)
+    queues = ",".join(q.strip() for q in args.queues.split(",") if q.strip())
+    argv = [
+        "worker",
+        f"--queues={queues}",
+        f"--concurrency={args.concurrency or settings.worker_concurrency}",
+        f"--loglevel={args.loglevel}",
+        f"--hostname=gistnet-{os.getpid()}@%h",
+        # Cluster chatter we do not use; mingle also slows start-up.
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    app.worker_main(argv)
+    return 0
+
+
+def _terminate_with_parent() -> None:
+    """In a child before exec (Linux): SIGTERM it when the process that started it dies,
+    so a local worker never outlives a `gistnet serve` that was killed."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start_local_worker(queues: str = DEFAULT_QUEUES) -> subprocess.Popen:
+    """A worker subprocess with this process's environment (and so its settings).
+
+    The API shares the machine with it, so unless GISTNET_TORCH_THREADS says otherwise the
+    worker's torch leaves one core free: on a small machine, torch threads that compete
+    with the API for every core slow each training step several times over.
+    """
+    command = [sys.executable, "-m", "service.cli", "worker", "--queues", queues]
+    env = dict(os.environ)
+    env.setdefault("GISTNET_TORCH_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
+    return subprocess.Popen(
+        command, env=env, start_new_session=True, preexec_fn=_terminate_with_parent
+    )
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM to the process (a Celery worker then stops its pool children after their
+    current task), SIGKILL to its whole process group if it lingers."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.main import create_app
+
+    _prepare_folders(settings)
+    if not args.no_upgrade:
+        from service.db.migrate import upgrade_database
+
+        upgrade_database(settings.database_url)
+    worker = None if args.no_worker else start_local_worker()
+    # uvicorn shuts down on SIGTERM and then raises the signal again with the handler that
+    # was there before it: make that one leave through `finally`, which stops the worker.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        if worker is not None:
+            stop_process(worker)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except SettingsError as err:
+        print(f"gistnet: {err}", file=sys.stderr)
+        return 2
+    if args.command == "db":
+        return _db(settings, args)
+    if args.command == "worker":
+        return _worker(settings, args)
+    if args.command == "serve":
+        return _serve(settings, args)
+    from service.demo import run_demo
+
+    return run_demo(settings, port=args.port, max_steps=args.max_steps, repo_root=Path.cwd())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,336 @@
+"""A job's life, as conditional updates that are safe when two processes race.
+
+queued -> running -> succeeded | failed | cancelled, and running -> queued when the worker
+running it stops beating (the next run is attempt + 1). Every write a running job makes
+names the attempt it belongs to: once a job has been handed to another worker, the old
+run's writes match no row, so it learns it lost the job instead of overwriting the new run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from service.db.models import (
+    CANCELLED,
+    EVALUATE,
+    FAILED,
+    PREPARE,
+    QUEUE_OF_KIND,
+    QUEUED,
+    READY,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL,
+    Dataset,
+    Evaluation,
+    Job,
+    JobMetric,
+    utcnow,
+)
+
+# A dataset or evaluation takes its status from the job that makes it.
+PRODUCT_STATUS = {SUCCEEDED: READY, FAILED: FAILED, CANCELLED: CANCELLED}
+
+
+class LostJob(Exception):
+    """The job is no longer this run's: it was re-queued, finished or handed to another worker."""
+
+
+def create_job(
+    session: Session,
+    *,
+    kind: str,
+    dataset_id: int | None = None,
+    params: dict[str, Any] | None = None,
+) -> Job:
+    job = Job(
+        kind=kind,
+        queue=QUEUE_OF_KIND[kind],
+        status=QUEUED,
+        dataset_id=dataset_id,
+        params=params or {},
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, *, job_id: int) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: str | None = None,
+    kind: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[Sequence[Job], int]:
+    query = select(Job)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    jobs = session.scalars(query.order_by(Job.id.desc()).limit(limit).offset(offset)).all()
+    return jobs, count
+
+
+def claim_job(
+    session: Session,
+    *,
+    job_id: int,
+    worker: str,
+    device: str,
+    stale_before: datetime,
+    max_attempts: int,
+) -> Job | None:
+    """Start a run: take a queued job, or a running one whose worker stopped beating.
+
+    Returns the job (its `attempt` is this run's number) or None when the job is not
+    there to take: finished, cancelled, or running with a live heartbeat elsewhere. A
+    redelivered message for a job that already ran is therefore a no-op.
+    """
+    now = utcnow()
+    taken = session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .where(
+            or_(
+                Job.status == QUEUED,
+                and_(Job.status == RUNNING, Job.heartbeat_at < stale_before),
+            )
+        )
+        .where(Job.attempt < max_attempts)
+        .values(
+            status=RUNNING,
+            attempt=Job.attempt + 1,
+            worker=worker,
+            device=device,
+            started_at=func.coalesce(Job.started_at, now),
+            heartbeat_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if taken.rowcount != 1:
+        return None
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def _owned(job_id: int, attempt: int):
+    return and_(Job.id == job_id, Job.status == RUNNING, Job.attempt == attempt)
+
+
+def beat(session: Session, *, job_id: int, attempt: int) -> bool:
+    """Stamp the heartbeat. Returns whether a cancel was asked for; raises LostJob."""
+    stamped = session.execute(
+        update(Job)
+        .where(_owned(job_id, attempt))
+        .values(heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if stamped.rowcount != 1:
+        raise LostJob(f"job {job_id} attempt {attempt} is no longer running here")
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def record_progress(
+    session: Session,
+    *,
+    job_id: int,
+    attempt: int,
+    step: int | None = None,
+    max_steps: int | None = None,
+    loss: float | None = None,
+    examples_per_sec: float | None = None,
+    progress: dict[str, Any] | None = None,
+    metrics: Iterable[dict[str, Any]] = (),
+    replace_from_step: int | None = None,
+) -> None:
+    """Progress fields, plus loss-curve points; counts as a heartbeat.
+
+    `replace_from_step` drops points at or after that step first: a resumed run recomputes
+    the steps after its checkpoint, and its points replace those of the run that died.
+    """
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    for name, value in (
+        ("step", step),
+        ("max_steps", max_steps),
+        ("loss", loss),
+        ("examples_per_sec", examples_per_sec),
+        ("progress", progress),
+    ):
+        if value is not None:
+            values[name] = value
+    updated = session.execute(
+        update(Job)
+        .where(_owned(job_id, attempt))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if updated.rowcount != 1:
+        raise LostJob(f"job {job_id} attempt {attempt} is no longer running here")
+    if replace_from_step is not None:
+        session.execute(
+            delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.step >= replace_from_step)
+        )
+    rows = [{**m, "job_id": job_id, "attempt": attempt, "recorded_at": utcnow()} for m in metrics]
+    if rows:
+        session.execute(insert(JobMetric), rows)
+
+
+def finish_job(
+    session: Session,
+    *,
+    job_id: int,
+    attempt: int,
+    status: str,
+    error: str | None = None,
+    error_type: str | None = None,
+) -> None:
+    """End a run; the dataset or evaluation it makes takes the matching status.
+
+    Raises LostJob when the run no longer owns the job, so the caller's transaction (its
+    result rows included) rolls back.
+    """
+    if status not in TERMINAL:
+        raise ValueError(f"{status!r} is not a final status")
+    ended = session.execute(
+        update(Job)
+        .where(_owned(job_id, attempt))
+        .values(status=status, finished_at=utcnow(), error=error, error_type=error_type)
+        .execution_options(synchronize_session=False)
+    )
+    if ended.rowcount != 1:
+        raise LostJob(f"job {job_id} attempt {attempt} is no longer running here")
+    _settle_product(session, job_id=job_id, status=status, error=error)
+
+
+def _settle_product(session: Session, *, job_id: int, status: str, error: str | None) -> None:
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        return
+    if job.kind == PREPARE and job.dataset_id is not None:
+        session.execute(
+            update(Dataset)
+            .where(Dataset.id == job.dataset_id)
+            .values(status=PRODUCT_STATUS[status], error=error, updated_at=utcnow())
+        )
+    elif job.kind == EVALUATE:
+        session.execute(
+            update(Evaluation)
+            .where(Evaluation.job_id == job_id)
+            .values(status=PRODUCT_STATUS[status], error=error, finished_at=utcnow())
+        )
+
+
+def request_cancel(session: Session, *, job_id: int) -> Job | None:
+    """A queued job is cancelled at once; a running one is asked to stop at its next check.
+
+    Returns the job as it now stands (None if there is no such job).
+    """
+    dropped = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == QUEUED)
+        .values(
+            status=CANCELLED,
+            cancel_requested=True,
+            finished_at=utcnow(),
+            error="cancelled before it started",
+            error_type="Cancelled",
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if dropped.rowcount == 1:
+        _settle_product(
+            session, job_id=job_id, status=CANCELLED, error="cancelled before it started"
+        )
+    else:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == RUNNING)
+            .values(cancel_requested=True)
+            .execution_options(synchronize_session=False)
+        )
+    return session.get(Job, job_id, populate_existing=True)
+
+
+@dataclass
+class Recovery:
+    requeued: list[Job]
+    failed: list[Job]
+
+
+def recover_stale_jobs(
+    session: Session, *, stale_before: datetime, max_attempts: int, timeout_s: float
+) -> Recovery:
+    """Running jobs whose heartbeat is older than `stale_before` lost their worker.
+
+    Each goes back to `queued` (the caller sends it again after committing), or, once it
+    has had `max_attempts` runs, ends `failed` with the reason. A job that was asked to
+    cancel ends `cancelled` instead of running again. Two recoverers racing are fine: each
+    update is conditional on the state it read, so a job moves once.
+    """
+    stale = session.scalars(
+        select(Job).where(Job.status == RUNNING, Job.heartbeat_at < stale_before)
+    ).all()
+    outcome = Recovery(requeued=[], failed=[])
+    for job in stale:
+        same_run = and_(
+            Job.id == job.id,
+            Job.status == RUNNING,
+            Job.attempt == job.attempt,
+            Job.heartbeat_at < stale_before,
+        )
+        silent = f"its worker {job.worker} sent no heartbeat for {timeout_s:g}s"
+        if job.cancel_requested or job.attempt >= max_attempts:
+            status = CANCELLED if job.cancel_requested else FAILED
+            error = (
+                f"cancelled: {silent} after the cancel request"
+                if job.cancel_requested
+                else f"gave up after {job.attempt} of {max_attempts} attempts: {silent}"
+            )
+            error_type = "Cancelled" if job.cancel_requested else "WorkerLost"
+            moved = session.execute(
+                update(Job)
+                .where(same_run)
+                .values(status=status, finished_at=utcnow(), error=error, error_type=error_type)
+                .execution_options(synchronize_session=False)
+            )
+            if moved.rowcount == 1:
+                _settle_product(session, job_id=job.id, status=status, error=error)
+                outcome.failed.append(job)
+            continue
+        moved = session.execute(
+            update(Job)
+            .where(same_run)
+            .values(
+                status=QUEUED,
+                heartbeat_at=None,
+                error=f"attempt {job.attempt} lost: {silent}; queued again",
+                error_type="WorkerLost",
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if moved.rowcount == 1:
+            outcome.requeued.append(session.get(Job, job.id, populate_existing=True))
+    return outcome
+
+
+def fail_unsent_job(session: Session, *, job_id: int, error: str) -> None:
+    """A queued job whose message never reached the broker: it would wait forever."""
+    failed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == QUEUED)
+        .values(status=FAILED, finished_at=utcnow(), error=error, error_type="BrokerUnavailable")
+        .execution_options(synchronize_session=False)
+    )
+    if failed.rowcount == 1:
+        _settle_product(session, job_id=job_id, status=FAILED, error=error)

@@ -1,0 +1,123 @@
+"""One settings object, read from GISTNET_* environment variables, for the API, the workers
+and the migrations. Every field has a default that runs the embedded stack (SQLite records,
+a SQLite-backed Celery broker) on one machine with nothing else installed."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "GISTNET_"
+
+
+class SettingsError(ValueError):
+    """A GISTNET_* variable holds a value the platform cannot start with."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # Job, dataset and model records. SQLite needs no server; postgresql+psycopg://... for many hosts.
+    database_url: str = "sqlite:///var/gistnet.sqlite"
+    # Celery's message broker: a SQLite file by default (kombu's SQLAlchemy transport), or redis://.
+    broker_url: str = "sqla+sqlite:///var/broker.sqlite"
+    # Redis only: a prefix for every broker key, so that several platforms share a database.
+    broker_key_prefix: str = ""
+    # Shards, checkpoints and resume checkpoints; shared by the API and every worker.
+    artifact_root: Path = Path("artifacts")
+    # The only folder a dataset's `source` may read from: requests cannot name other files.
+    data_root: Path = Path("data")
+    # When set, every endpoint but /health wants `Authorization: Bearer <key>`.
+    api_key: SecretStr | None = None
+    # Where workers train and the API computes gists: auto | cpu | cuda | cuda:N.
+    device: str = "auto"
+
+    # Tasks a worker runs at once. One per GPU: a second job would fight for its memory.
+    worker_concurrency: int = Field(default=1, ge=1)
+    # CPU threads torch uses in each worker task process and in the API process; None leaves
+    # torch's default (all cores). On a shared or busy machine fewer threads than cores
+    # avoid spinning threads that slow every step many times over.
+    torch_threads: int | None = Field(default=None, ge=1)
+    # A running job stamps its row this often...
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    # ...and a job silent for this long has lost its worker and is queued again.
+    heartbeat_timeout_s: float = Field(default=120.0, gt=0)
+    # Runs a job gets (the first one included) before a lost worker fails it for good.
+    max_attempts: int = Field(default=3, ge=1)
+    # Training writes a resume checkpoint every this many steps; a redelivered job continues there.
+    resume_every: int = Field(default=100, ge=1)
+    # Progress and loss-curve rows are written at most this often, not on every step.
+    progress_interval_s: float = Field(default=1.0, ge=0)
+    # How often a running job looks at its row for a cancel request.
+    cancel_poll_s: float = Field(default=1.0, ge=0)
+    # Redis (and SQS) hand an unacknowledged message to another worker after this long; it must
+    # outlast the longest job, or a healthy job would run twice.
+    visibility_timeout_s: int = Field(default=7 * 24 * 3600, ge=60)
+
+    # POST /gist: most blocks one request may carry (413 above it).
+    gist_max_blocks: int = Field(default=256, ge=1)
+    # Most blocks run through the teacher and GistNet in one forward.
+    gist_max_batch: int = Field(default=64, ge=1)
+    # How long the first request of a batch waits for others to join it.
+    gist_batch_wait_ms: float = Field(default=5.0, ge=0)
+    # Blocks waiting for a forward, all requests together; beyond it requests get 429.
+    gist_queue_size: int = Field(default=4096, ge=1)
+    # Models whose teacher + GistNet stay loaded in the API process.
+    gist_model_cache: int = Field(default=2, ge=1)
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key_is_none(cls, value):
+        return None if value is None or (isinstance(value, str) and not value.strip()) else value
+
+    @field_validator("device")
+    @classmethod
+    def _device_spelling(cls, value: str) -> str:
+        if value in ("cpu", "cuda", "auto") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError(f"{value!r} is not one of auto, cpu, cuda, cuda:N")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.heartbeat_timeout_s < 2 * self.heartbeat_interval_s:
+            raise ValueError(
+                f"GISTNET_HEARTBEAT_TIMEOUT_S ({self.heartbeat_timeout_s}) must be at least twice "
+                f"GISTNET_HEARTBEAT_INTERVAL_S ({self.heartbeat_interval_s}), or a live job "
+                f"that misses one beat would be taken for dead"
+            )
+        if self.gist_queue_size < self.gist_max_blocks:
+            raise ValueError(
+                f"GISTNET_GIST_QUEUE_SIZE ({self.gist_queue_size}) must be at least "
+                f"GISTNET_GIST_MAX_BLOCKS ({self.gist_max_blocks}), or a full-size request "
+                f"could never be accepted"
+            )
+        return self
+
+    def artifact_path(self, relative: str | Path) -> Path:
+        """Artifact paths are stored relative to the root, so the volume can move."""
+        return self.artifact_root.resolve() / relative
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def load_settings(**overrides) -> Settings:
+    """Read the environment; a bad value stops start-up with a message naming its variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            field = str(e["loc"][0]) if e["loc"] else ""
+            msg = e["msg"].removeprefix("Value error, ")
+            problems.append(f"{env_name(field)}: {msg}" if field else msg)
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
