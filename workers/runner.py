@@ -1,0 +1,233 @@
+"""One run of one job inside a worker process: claim it, beat, record progress, settle it.
+
+The tasks hand `run_job` a function that does the work through the library and returns
+how to record the result; everything about job state is here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.db.engine import session_scope
+from service.db.jobs import LostJob, beat, claim_job, finish_job, record_progress
+from service.db.models import CANCELLED, FAILED, SUCCEEDED, Job, utcnow
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Outcome:
+    """How to record a finished run: the result rows, written in the same transaction that
+    marks the job `succeeded`, so a succeeded job always has its result."""
+
+    record: Callable[[Session], None]
+    # Runs once the success is committed: e.g. removing the resume checkpoint, which must
+    # outlive any crash before that commit.
+    cleanup: Callable[[], None] | None = None
+
+
+class JobRun:
+    """One attempt of one job: what the work function needs (ids, params, settings), and
+    the heartbeat, throttled progress and cancel check around it."""
+
+    def __init__(self, *, settings: Settings, job: Job):
+        self.settings = settings
+        self.job_id, self.attempt, self.kind = job.id, job.attempt, job.kind
+        self.dataset_id = job.dataset_id
+        self.params: dict[str, Any] = dict(job.params or {})
+        # Set when the job stopped being this run's (re-queued, handed to another worker).
+        self.lost = False
+        self._cancel_requested = False
+        self._last_cancel_check = time.monotonic()
+        self._last_flush = 0.0
+        self._progress: dict[str, Any] = {}
+        self._metrics: list[dict[str, Any]] = []
+        self._metrics_flushed = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._beater: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ heartbeat
+
+    def start_heartbeat(self) -> None:
+        """Beat from a thread, so a long step (loading a teacher, one slow batch) cannot
+        make a live job look dead."""
+        self._beater = threading.Thread(
+            target=self._beat_forever, name=f"heartbeat-job-{self.job_id}", daemon=True
+        )
+        self._beater.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._beater is not None:
+            self._beater.join(timeout=10)
+
+    def _beat_forever(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_interval_s):
+            try:
+                with session_scope(self.settings.database_url) as session:
+                    self._cancel_requested |= beat(
+                        session, job_id=self.job_id, attempt=self.attempt
+                    )
+            except LostJob:
+                log.warning(
+                    "job %s attempt %s was taken from this worker", self.job_id, self.attempt
+                )
+                self.lost = True
+                return
+            except Exception:  # the database hiccuped: try again at the next beat
+                log.exception("heartbeat of job %s failed", self.job_id)
+
+    # ------------------------------------------------------------------ cancel check
+
+    def should_cancel(self) -> bool:
+        """The library's cancel check: a user's cancel request, or the job was taken away."""
+        if self.lost or self._cancel_requested:
+            return True
+        now = time.monotonic()
+        if now - self._last_cancel_check >= self.settings.cancel_poll_s:
+            self._last_cancel_check = now
+            try:
+                with session_scope(self.settings.database_url) as session:
+                    row = session.execute(
+                        select(Job.cancel_requested, Job.status, Job.attempt).where(
+                            Job.id == self.job_id
+                        )
+                    ).one()
+            except Exception:  # the database hiccuped: the job goes on, look again later
+                log.exception("cancel check of job %s failed", self.job_id)
+                return False
+            if row.status != "running" or row.attempt != self.attempt:
+                self.lost = True
+            self._cancel_requested |= bool(row.cancel_requested)
+        return self.lost or self._cancel_requested
+
+    # ------------------------------------------------------------------ progress
+
+    def report(self, *, metric: dict[str, Any] | None = None, **fields: Any) -> None:
+        """Progress fields (step, max_steps, loss, examples_per_sec, progress) and an optional
+        loss-curve point; written at most every progress_interval_s."""
+        with self._lock:
+            self._progress.update({k: v for k, v in fields.items() if v is not None})
+            if metric is not None:
+                self._metrics.append(metric)
+        if time.monotonic() - self._last_flush >= self.settings.progress_interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            progress, self._progress = self._progress, {}
+            metrics, self._metrics = self._metrics, []
+        self._last_flush = time.monotonic()
+        if not progress and not metrics:
+            return
+        replace_from = None
+        if metrics and not self._metrics_flushed:
+            replace_from = min(m["step"] for m in metrics)
+        try:
+            with session_scope(self.settings.database_url) as session:
+                record_progress(
+                    session,
+                    job_id=self.job_id,
+                    attempt=self.attempt,
+                    metrics=metrics,
+                    replace_from_step=replace_from,
+                    **progress,
+                )
+            self._metrics_flushed = self._metrics_flushed or bool(metrics)
+        except LostJob:
+            self.lost = True
+        except Exception:  # the database hiccuped: keep the points for the next flush
+            log.exception("progress of job %s not recorded; will retry", self.job_id)
+            with self._lock:
+                self._progress = {**progress, **self._progress}
+                self._metrics = metrics + self._metrics
+
+
+def run_job(*, settings: Settings, job_id: int, work: Callable[[JobRun], Outcome]) -> str:
+    """Claim the job, do the work, and settle it. Returns what happened, for the task log.
+
+    A job whose work raises ends `failed` with the message (`cancelled` for Cancelled);
+    it never stays `running`. Only the death of the process itself leaves it running,
+    and then the heartbeat stops and recovery queues it again.
+    """
+    from gistnet.errors import Cancelled, GistNetError
+
+    with session_scope(settings.database_url) as session:
+        job = claim_job(
+            session,
+            job_id=job_id,
+            worker=worker_name(),
+            device=settings.device,
+            stale_before=utcnow() - timedelta(seconds=settings.heartbeat_timeout_s),
+            max_attempts=settings.max_attempts,
+        )
+        if job is None:
+            log.info("job %s is finished, cancelled or running elsewhere: nothing to do", job_id)
+            return "skipped"
+        run = JobRun(settings=settings, job=job)
+    log.info("job %s (%s) attempt %s started", job_id, run.kind, run.attempt)
+    run.start_heartbeat()
+    try:
+        outcome = work(run)
+        run.flush()
+        with session_scope(settings.database_url) as session:
+            outcome.record(session)
+            finish_job(session, job_id=job_id, attempt=run.attempt, status=SUCCEEDED)
+        if outcome.cleanup is not None:
+            outcome.cleanup()
+        return SUCCEEDED
+    except LostJob:
+        log.warning("job %s attempt %s: another run owns the job now", job_id, run.attempt)
+        return "lost"
+    except Exception as exc:
+        if run.lost:
+            log.warning(
+                "job %s attempt %s stopped: another run owns the job now", job_id, run.attempt
+            )
+            return "lost"
+        if isinstance(exc, Cancelled):
+            status, message = CANCELLED, str(exc) or "cancelled"
+        else:
+            status = FAILED
+            message = (
+                str(exc) or type(exc).__name__
+                if isinstance(exc, GistNetError)
+                else f"{type(exc).__name__}: {exc}"
+            )
+            log.exception("job %s attempt %s failed", job_id, run.attempt)
+        try:
+            run.flush()
+        except Exception:
+            log.exception("could not record the last progress of job %s", job_id)
+        try:
+            with session_scope(settings.database_url) as session:
+                finish_job(
+                    session,
+                    job_id=job_id,
+                    attempt=run.attempt,
+                    status=status,
+                    error=message,
+                    error_type=type(exc).__name__,
+                )
+        except LostJob:
+            return "lost"
+        return status
+    finally:
+        run.stop_heartbeat()
