@@ -1,0 +1,130 @@
+"""The batching queue in front of the gist engines.
+
+Requests wait in an asyncio queue; one collector takes the first, gathers more until the
+batch holds `max_batch` blocks or `max_wait_s` has passed, and runs one forward per engine
+on a single worker thread (so the event loop stays free and forwards never overlap).
+While a forward runs, new requests queue up and form the next batch. Waiting blocks are
+bounded: beyond `capacity` a request is refused at once rather than left to wait forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from api.engine import GistEngine
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """More blocks are waiting than the queue holds."""
+
+
+@dataclass
+class _Pending:
+    engine: GistEngine
+    blocks: np.ndarray  # (n, T) int64
+    future: asyncio.Future
+
+
+class GistBatcher:
+    def __init__(self, *, max_batch: int, max_wait_s: float, capacity: int):
+        self.max_batch, self.max_wait_s, self.capacity = max_batch, max_wait_s, capacity
+        self.waiting_blocks = 0
+        # Forwards run and blocks they carried, for /health and the benchmark.
+        self.forwards = 0
+        self.blocks_done = 0
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._carry: _Pending | None = None
+        self._collector: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gist-forward")
+        self._collector = asyncio.create_task(self._collect_forever(), name="gist-batcher")
+
+    async def stop(self) -> None:
+        if self._collector is not None:
+            self._collector.cancel()
+            try:
+                await self._collector
+            except asyncio.CancelledError:
+                pass
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def encode(self, engine: GistEngine, blocks: np.ndarray) -> np.ndarray:
+        """Gists for `blocks`, computed in a batch with whatever else is waiting."""
+        n = len(blocks)
+        if self.waiting_blocks + n > self.capacity:
+            raise QueueFull(
+                f"{self.waiting_blocks} blocks are already waiting (the queue holds "
+                f"{self.capacity}); retry shortly"
+            )
+        self.waiting_blocks += n
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(engine, blocks, future))
+        return await future
+
+    async def _next(self, timeout: float | None) -> _Pending | None:
+        if self._carry is not None:
+            item, self._carry = self._carry, None
+            return item
+        if timeout is None:
+            return await self._queue.get()
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        if timeout <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def _collect_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._next(None)
+            batch, size = [first], len(first.blocks)
+            deadline = loop.time() + self.max_wait_s
+            while size < self.max_batch:
+                item = await self._next(deadline - loop.time())
+                if item is None:
+                    break
+                if size + len(item.blocks) > self.max_batch:
+                    self._carry = item  # it opens the next batch instead of overfilling this one
+                    break
+                batch.append(item)
+                size += len(item.blocks)
+            self.waiting_blocks -= size
+            await self._run(batch)
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        by_engine: dict[int, list[_Pending]] = {}
+        for item in batch:
+            by_engine.setdefault(id(item.engine), []).append(item)
+        for items in by_engine.values():
+            blocks = np.concatenate([item.blocks for item in items])
+            try:
+                gists = await loop.run_in_executor(self._executor, items[0].engine.encode, blocks)
+            except Exception as exc:
+                log.exception("gist forward failed")
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            self.forwards += 1
+            self.blocks_done += len(blocks)
+            offset = 0
+            for item in items:
+                n = len(item.blocks)
+                if not item.future.done():  # its client may have gone away
+                    item.future.set_result(gists[offset : offset + n])
+                offset += n

@@ -1,0 +1,91 @@
+"""The gist engines: one model's teacher and GistNet, loaded once and kept.
+
+Nothing here knows about HTTP or the batching queue: an engine turns an (N, T) array of
+token ids into (N, D) gists, and the cache hands out engines by model id.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+
+class GistEngine:
+    def __init__(self, *, model_id: int, checkpoint: Path, device: str, max_batch: int):
+        import torch
+
+        from gistnet.inference import GistEncoder
+
+        self.model_id = model_id
+        self.max_batch = max_batch
+        self._torch = torch
+        self._encoder = GistEncoder.from_checkpoint(checkpoint, device=device)
+        self.block_size = self._encoder.block_size
+        self.dim = self._encoder.dim
+        self.vocab_size = self._encoder.vocab_size
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._encoder.tokenize(text))
+
+    def encode(self, blocks: np.ndarray) -> np.ndarray:
+        """(N, T) int64 token ids -> (N, D) float32 gists, at most max_batch blocks a forward."""
+        out = []
+        for start in range(0, len(blocks), self.max_batch):
+            chunk = self._torch.from_numpy(
+                np.ascontiguousarray(blocks[start : start + self.max_batch])
+            )
+            out.append(self._encoder.encode(chunk).numpy())  # (n, T) -> (n, D)
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+
+class EngineCache:
+    """At most `capacity` engines, least recently used dropped first. Loading happens once
+    per model even when many requests ask for it at the same moment."""
+
+    def __init__(self, *, device: str, capacity: int, max_batch: int):
+        self.device, self.capacity, self.max_batch = device, capacity, max_batch
+        self._engines: OrderedDict[int, GistEngine] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[int, threading.Lock] = {}
+
+    def get(self, model_id: int, checkpoint: Path) -> GistEngine:
+        with self._lock:
+            if model_id in self._engines:
+                self._engines.move_to_end(model_id)
+                return self._engines[model_id]
+            loading = self._loading.setdefault(model_id, threading.Lock())
+        with loading:
+            with self._lock:
+                if model_id in self._engines:
+                    return self._engines[model_id]
+            engine = GistEngine(
+                model_id=model_id,
+                checkpoint=checkpoint,
+                device=self.device,
+                max_batch=self.max_batch,
+            )
+            with self._lock:
+                self._engines[model_id] = engine
+                while len(self._engines) > self.capacity:
+                    self._engines.popitem(last=False)
+                self._loading.pop(model_id, None)
+            return engine
+
+    def loaded_engine(self, model_id: int) -> GistEngine | None:
+        """The engine if it is loaded already: a lookup that never blocks on a load."""
+        with self._lock:
+            engine = self._engines.get(model_id)
+            if engine is not None:
+                self._engines.move_to_end(model_id)
+            return engine
+
+    def loaded(self) -> list[int]:
+        with self._lock:
+            return list(self._engines)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._engines.clear()

@@ -1,0 +1,28 @@
+"""Sending a committed job to its queue."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from fastapi import HTTPException
+from sqlalchemy.orm import Session
+
+from service.db.jobs import fail_unsent_job
+from service.db.models import Job
+from workers.tasks import send_job
+
+log = logging.getLogger(__name__)
+
+
+def enqueue(session: Session, celery: Celery, job: Job) -> None:
+    """The row is committed first, so the task always finds it. If the broker refuses the
+    message the job would wait forever: it ends `failed` instead, and the client gets 503."""
+    try:
+        send_job(celery, job_id=job.id, kind=job.kind, queue=job.queue)
+    except Exception as err:
+        log.exception("could not queue job %s", job.id)
+        message = f"the broker refused the job ({type(err).__name__}: {err}); try again later"
+        fail_unsent_job(session, job_id=job.id, error=message)
+        session.commit()
+        raise HTTPException(503, message) from None

@@ -1,0 +1,25 @@
+"""All routers, in one place. Every one but health's sits behind the API key.
+
+The app includes them directly (no intermediate router): each level of nesting is one
+more round of route matching on every request.
+"""
+
+from fastapi import APIRouter, FastAPI
+
+from api.deps import AuthDep
+from api.routes import datasets, evaluations, gist, health, jobs, models, train
+
+GUARDED: list[APIRouter] = [
+    gist.router,
+    jobs.router,
+    datasets.router,
+    train.router,
+    models.router,
+    evaluations.router,
+]
+
+
+def include_routers(app: FastAPI) -> None:
+    app.include_router(health.router)
+    for router in GUARDED:
+        app.include_router(router, dependencies=[AuthDep])

@@ -1,0 +1,97 @@
+"""POST /evaluations, GET /evaluations, GET /evaluations/{id}: ΔNLL@H reports."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Query, Response
+
+from api.deps import CeleryDep, SessionDep
+from api.jobs_queue import enqueue
+from api.schemas import EvaluationAccepted, EvaluationCreate, EvaluationPublic, EvaluationsPublic
+from api.validation import RequestProblem
+from api.views import evaluation_public
+from service.db.models import READY
+from service.db.records import (
+    create_evaluation,
+    get_dataset,
+    get_evaluation,
+    get_model,
+    list_evaluations,
+)
+
+router = APIRouter(prefix="/evaluations", tags=["evaluations"])
+
+
+def _check_pairing(model, dataset, split: str) -> None:
+    info = dataset.info or {}
+    splits = info.get("splits", {})
+    if split not in splits:
+        raise RequestProblem(
+            f"split: dataset {dataset.id} has no split {split!r}; it has {', '.join(sorted(splits))}"
+        )
+    if info.get("teacher_model") != model.teacher:
+        raise RequestProblem(
+            f"model {model.id} was trained on teacher {model.teacher!r} but dataset {dataset.id} "
+            f"was prepared with {info.get('teacher_model')!r}: evaluate on a dataset of its teacher"
+        )
+    if int(info.get("block_size", -1)) != model.block_size:
+        raise RequestProblem(
+            f"model {model.id} compresses blocks of {model.block_size} tokens but dataset "
+            f"{dataset.id} has blocks of {info.get('block_size')}"
+        )
+    if int(info.get("horizon", 0)) <= model.block_size:
+        raise RequestProblem(
+            f"dataset {dataset.id} has horizon {info.get('horizon')}, no longer than one block: "
+            f"there are no following tokens to score; prepare it with a longer horizon"
+        )
+
+
+@router.post("", status_code=202, response_model=EvaluationAccepted)
+def create_evaluation_route(
+    body: EvaluationCreate, session: SessionDep, celery: CeleryDep, response: Response
+) -> EvaluationAccepted:
+    """Queue an evaluation of a model on a prepared dataset split."""
+    model = get_model(session, model_id=body.model_id)
+    if model is None:
+        raise HTTPException(404, f"model {body.model_id} does not exist")
+    dataset = get_dataset(session, dataset_id=body.dataset_id)
+    if dataset is None:
+        raise HTTPException(404, f"dataset {body.dataset_id} does not exist")
+    if dataset.status != READY:
+        raise HTTPException(409, f"dataset {dataset.id} is {dataset.status}, not ready")
+    _check_pairing(model, dataset, body.split)
+    evaluation, job = create_evaluation(
+        session,
+        model_id=model.id,
+        dataset_id=dataset.id,
+        split=body.split,
+        options=body.model_dump(include={"max_examples", "bootstrap_samples", "seed"}),
+    )
+    session.commit()
+    enqueue(session, celery, job)
+    response.headers["Location"] = f"/evaluations/{evaluation.id}"
+    return EvaluationAccepted(
+        evaluation_id=evaluation.id,
+        job_id=job.id,
+        status_url=f"/jobs/{job.id}",
+        evaluation_url=f"/evaluations/{evaluation.id}",
+    )
+
+
+@router.get("", response_model=EvaluationsPublic)
+def list_evaluations_route(
+    session: SessionDep,
+    model_id: int | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+) -> EvaluationsPublic:
+    rows, count = list_evaluations(session, model_id=model_id, limit=limit, offset=offset)
+    return EvaluationsPublic(data=[evaluation_public(session, e) for e in rows], count=count)
+
+
+@router.get("/{evaluation_id}", response_model=EvaluationPublic)
+def get_evaluation_route(evaluation_id: int, session: SessionDep) -> EvaluationPublic:
+    """Status, and once ready the report: NLL, ΔNLL and gap recovered per condition."""
+    evaluation = get_evaluation(session, evaluation_id=evaluation_id)
+    if evaluation is None:
+        raise HTTPException(404, f"evaluation {evaluation_id} does not exist")
+    return evaluation_public(session, evaluation)

@@ -1,0 +1,97 @@
+"""POST /gist: token blocks (or text) in, gist vectors out, batched across requests."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from api.batching import QueueFull
+from api.deps import BatcherDep, EnginesDep, SettingsDep
+from api.schemas import GistRequest, GistResponse
+from api.validation import blocks_array, check_gist_request, text_blocks
+from gistnet.errors import GistNetError
+from service.db.records import get_model, newest_model
+
+router = APIRouter(prefix="/gist", tags=["gists"])
+
+
+def _find_model(request: Request, model_id: int | None) -> tuple[int, str]:
+    # A short session of its own: no transaction stays open while the forward runs.
+    with request.app.state.sessionmaker() as session:
+        model = newest_model(session) if model_id is None else get_model(session, model_id=model_id)
+        if model is None:
+            raise HTTPException(
+                404,
+                "no model has been trained yet: POST /train first"
+                if model_id is None
+                else f"model {model_id} does not exist",
+            )
+        return model.id, model.checkpoint_path
+
+
+def _encoded(gists: np.ndarray, encoding: str) -> list:
+    if encoding == "base64":  # little-endian float32 bytes, one string per gist
+        return [base64.b64encode(row.astype("<f4", copy=False).tobytes()).decode() for row in gists]
+    return gists.tolist()
+
+
+@router.post(
+    "",
+    response_model=GistResponse,
+    responses={413: {"description": "too many blocks"}, 429: {"description": "queue full"}},
+)
+async def gist(
+    body: GistRequest,
+    request: Request,
+    settings: SettingsDep,
+    engines: EnginesDep,
+    batcher: BatcherDep,
+) -> Response:
+    """Gists of token blocks (or of a text cut into blocks), batched with other requests."""
+    check_gist_request(body.blocks, body.text, max_blocks=settings.gist_max_blocks)
+    # A loaded model needs no database or thread hand-off: the hot path stays on the loop.
+    engine = engines.loaded_engine(body.model_id) if body.model_id is not None else None
+    if engine is None:
+        model_id, checkpoint = await run_in_threadpool(_find_model, request, body.model_id)
+        try:
+            engine = await run_in_threadpool(
+                engines.get, model_id, settings.artifact_path(checkpoint)
+            )
+        except GistNetError as err:
+            raise HTTPException(503, f"model {model_id} cannot be loaded: {err}") from None
+
+    tokens = unused = None
+    if body.text is not None:
+        ids = await run_in_threadpool(engine.tokenize, body.text)
+        blocks, unused = text_blocks(
+            ids, block_size=engine.block_size, max_blocks=settings.gist_max_blocks
+        )
+        tokens = len(ids)
+    else:
+        blocks = blocks_array(
+            body.blocks, block_size=engine.block_size, vocab_size=engine.vocab_size
+        )
+    try:
+        gists = await batcher.encode(engine, blocks)
+    except QueueFull as err:
+        raise HTTPException(
+            429, f"the gist queue is full: {err}", headers={"Retry-After": "1"}
+        ) from None
+
+    # Serialized here: validating thousands of floats through the response model would
+    # cost more than the forward of a small model.
+    content = {
+        "model_id": engine.model_id,
+        "dim": engine.dim,
+        "block_size": engine.block_size,
+        "encoding": body.encoding,
+        "gists": _encoded(gists, body.encoding),
+        "tokens": tokens,
+        "unused_tokens": unused,
+    }
+    return Response(json.dumps(content), media_type="application/json")

@@ -1,0 +1,255 @@
+"""Request and response bodies, named by role: ...Create in, ...Public out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gistnet.config import DatasetConfig, ModelSection, TrainingConfig
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(protected_namespaces=(), from_attributes=True)
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(protected_namespaces=(), extra="forbid")
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+class JobProgress(_Out):
+    step: int | None = None
+    max_steps: int | None = None
+    loss: float | None = None
+    examples_per_sec: float | None = None
+    # Kind-specific: documents/tokens/examples while preparing, running_loss/lr/val_loss while training.
+    detail: dict[str, Any] | None = None
+
+
+class JobError(_Out):
+    message: str
+    type: str | None = None
+
+
+class JobPublic(_Out):
+    id: int
+    kind: Literal["prepare", "train", "evaluate"]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    queue: str
+    dataset_id: int | None
+    progress: JobProgress
+    attempt: int
+    worker: str | None
+    device: str | None
+    cancel_requested: bool
+    error: JobError | None
+    # What the job made: {"dataset_id": ...}, {"model_id": ...} or {"evaluation_id": ...}.
+    result: dict[str, int | None]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+
+
+class JobsPublic(_Out):
+    data: list[JobPublic]
+    count: int
+
+
+class JobAccepted(_Out):
+    job_id: int
+    status_url: str
+
+
+class MetricPoint(_Out):
+    step: int
+    loss: float
+    running_loss: float | None
+    val_loss: float | None
+    lr: float | None
+    examples_per_sec: float | None
+    attempt: int
+
+
+class JobMetricsPublic(_Out):
+    job_id: int
+    data: list[MetricPoint]
+    count: int
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+class DatasetCreate(DatasetConfig):
+    """The dataset config of the library, as JSON. Each split gives inline `documents` or a
+    `source` file/glob relative to the server's data root; the service picks output paths."""
+
+
+class DatasetAccepted(JobAccepted):
+    dataset_id: int
+    dataset_url: str
+
+
+class SplitPublic(_Out):
+    # Relative to the artifact root.
+    path: str
+    documents: int | None = None
+    tokens: int | None = None
+    blocks: int | None = None
+    examples: int | None = None
+    bytes: int | None = None
+    seconds: float | None = None
+
+
+class DatasetPublic(_Out):
+    id: int
+    name: str
+    status: Literal["pending", "ready", "failed", "cancelled"]
+    error: str | None
+    job_id: int | None
+    job_status: str | None
+    tokenizer: str
+    teacher_model: str
+    block_size: int
+    horizon: int
+    teacher_hidden_size: int | None
+    vocab_size: int | None
+    fingerprint: str | None
+    # Folder of the shards and metadata.yaml, relative to the artifact root.
+    path: str | None
+    splits: dict[str, SplitPublic]
+    created_at: datetime
+    updated_at: datetime
+
+
+class DatasetsPublic(_Out):
+    data: list[DatasetPublic]
+    count: int
+
+
+# --------------------------------------------------------------------------- training
+
+
+class TrainCreate(_In):
+    dataset_id: int
+    split: str = "train"
+    model: ModelSection = ModelSection()
+    training: TrainingConfig = TrainingConfig()
+
+
+class EvaluationSummary(_Out):
+    id: int
+    status: str
+    dataset_id: int
+    split: str
+    created_at: datetime
+    finished_at: datetime | None
+    report: dict[str, Any] | None
+
+
+class ModelPublic(_Out):
+    id: int
+    job_id: int
+    dataset_id: int
+    split: str
+    # Relative to the artifact root.
+    checkpoint_path: str
+    gistnet_config: dict[str, Any] = Field(serialization_alias="model_config")
+    training_config: dict[str, Any]
+    teacher: str
+    tokenizer: str
+    block_size: int
+    hidden_size: int
+    steps: int
+    final_loss: float | None
+    val_loss: float | None
+    created_at: datetime
+    latest_evaluation: EvaluationSummary | None = None
+
+
+class ModelsPublic(_Out):
+    data: list[ModelPublic]
+    count: int
+
+
+# --------------------------------------------------------------------------- gists
+
+
+class GistRequest(_In):
+    # None: the newest model.
+    model_id: int | None = None
+    # Token ids, each block exactly the model's block_size long...
+    blocks: list[list[int]] | None = None
+    # ...or text, tokenized with the model's tokenizer and cut into full blocks.
+    text: str | None = None
+    # float: lists of numbers; base64: little-endian float32 bytes, as embedding servers offer.
+    encoding: Literal["float", "base64"] = "float"
+
+
+class GistResponse(_Out):
+    model_id: int
+    dim: int
+    block_size: int
+    encoding: Literal["float", "base64"]
+    gists: list[list[float]] | list[str]
+    # Text requests only: tokens the text had, and the tail too short for a full block.
+    tokens: int | None = None
+    unused_tokens: int | None = None
+
+
+# --------------------------------------------------------------------------- evaluations
+
+
+class EvaluationCreate(_In):
+    model_id: int
+    dataset_id: int
+    split: str = "validation"
+    # A seeded random subset of the split; None scores every example.
+    max_examples: int | None = Field(default=None, ge=1)
+    bootstrap_samples: int = Field(default=1000, ge=10)
+    seed: int = 0
+
+
+class EvaluationAccepted(JobAccepted):
+    evaluation_id: int
+    evaluation_url: str
+
+
+class EvaluationPublic(_Out):
+    id: int
+    job_id: int
+    model_id: int
+    dataset_id: int
+    split: str
+    status: Literal["pending", "ready", "failed", "cancelled"]
+    job_status: str | None
+    error: str | None
+    report: dict[str, Any] | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class EvaluationsPublic(_Out):
+    data: list[EvaluationPublic]
+    count: int
+
+
+# --------------------------------------------------------------------------- health
+
+
+class HealthPublic(_Out):
+    status: Literal["ok"]
+    models_loaded: list[int]
+    # Blocks waiting for a forward now; forwards run and blocks encoded since start-up.
+    gist_queue_blocks: int
+    gist_forwards: int
+    gist_blocks: int
+
+
+class ReadyPublic(_Out):
+    ready: bool
+    checks: dict[str, str]
