@@ -1,0 +1,109 @@
+"""The app on a PostgreSQL database and a Redis broker of its own, with no worker: these
+tests are about what the API answers before anything runs. A prepared dataset and a
+trained model are made in-process with the library and recorded as the workers would."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.db.engine import session_scope
+from service.db.models import READY, SUCCEEDED, Dataset, Job
+from service.db.records import record_model
+from tests.service_stack import (
+    REDIS_DB,
+    make_stack,
+    postgres_database,
+    redis_database,
+    sample_teacher,
+    tiny_documents,
+)
+
+
+@pytest.fixture(scope="session")
+def teacher() -> str:
+    return sample_teacher()
+
+
+@pytest.fixture(scope="session")
+def api_stack(tmp_path_factory):
+    with postgres_database() as database_url, redis_database(REDIS_DB["api"]) as broker:
+        yield make_stack(tmp_path_factory.mktemp("api-stack"), database_url=database_url, **broker)
+
+
+@pytest.fixture(scope="session")
+def client(api_stack):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    with TestClient(create_app(api_stack.settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def ready_dataset(api_stack, teacher) -> dict:
+    """A dataset prepared with the library and recorded `ready`: {id, info}."""
+    from gistnet.config import validate_dataset_config
+    from gistnet.data import prepare_dataset
+
+    documents = tiny_documents(6)
+    config = {
+        "dataset_name": "ready",
+        "tokenizer": teacher,
+        "teacher_model": teacher,
+        "teacher_device": "cpu",
+        "splits": {
+            "train": {"documents": documents[:4]},
+            "validation": {"documents": documents[4:]},
+        },
+    }
+    settings = api_stack.settings
+    with session_scope(settings.database_url) as session:
+        dataset = Dataset(name="ready", config=config, status=READY)
+        session.add(dataset)
+        session.flush()
+        dataset_id = dataset.id
+        session.add(Job(kind="prepare", queue="prep", status=SUCCEEDED, dataset_id=dataset_id))
+    out = settings.artifact_path(f"datasets/{dataset_id}")
+    info = prepare_dataset(validate_dataset_config(config), output_dir=out)
+    info["splits"] = {k: {**v, "path": f"{k}.arrow"} for k, v in info["splits"].items()}
+    with session_scope(settings.database_url) as session:
+        row = session.get(Dataset, dataset_id)
+        row.info, row.path = info, f"datasets/{dataset_id}"
+    return {"id": dataset_id, "info": info}
+
+
+@pytest.fixture(scope="session")
+def trained_model(api_stack, ready_dataset) -> dict:
+    """A model trained for a few steps with the library and recorded: {id, checkpoint}."""
+    from gistnet.checkpoint import read_checkpoint_info
+    from gistnet.config import validate_run_config
+    from gistnet.train import train_gistnet
+
+    settings = api_stack.settings
+    with session_scope(settings.database_url) as session:
+        job = Job(kind="train", queue="train", status=SUCCEEDED, dataset_id=ready_dataset["id"])
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    output = settings.artifact_path(f"jobs/{job_id}")
+    result = train_gistnet(
+        dataset_path=output.parent.parent / f"datasets/{ready_dataset['id']}/train.arrow",
+        run_config=validate_run_config(
+            {"training": {"max_steps": 3, "batch_size": 4, "device": "cpu"}}
+        ),
+        output_dir=output,
+    )
+    with session_scope(settings.database_url) as session:
+        model = record_model(
+            session,
+            job_id=job_id,
+            dataset_id=ready_dataset["id"],
+            split="train",
+            checkpoint_path=f"jobs/{job_id}/gistnet.pt",
+            info=read_checkpoint_info(result.checkpoint_path),
+            steps=result.steps,
+            final_loss=result.final_loss,
+            val_loss=result.val_loss,
+        )
+        return {"id": model.id, "checkpoint": result.checkpoint_path, "job_id": job_id}

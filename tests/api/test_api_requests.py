@@ -1,0 +1,345 @@
+"""What the API answers before anything runs: validation (404/409/413/422/429), the API
+key, readiness, and that a refused request queues nothing."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from service.settings import load_settings
+from tests.service_stack import wait_until
+
+pytestmark = [pytest.mark.services]
+
+
+def _dataset(teacher: str, **split) -> dict:
+    return {
+        "dataset_name": "req",
+        "tokenizer": teacher,
+        "teacher_model": teacher,
+        "splits": {"train": split or {"documents": ["one two three " * 40]}},
+    }
+
+
+def _job_count(client) -> int:
+    return client.get("/jobs").json()["count"]
+
+
+# --------------------------------------------------------------------------- POST /datasets
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["/etc/passwd", "../outside.jsonl", "corpus/../../outside.jsonl", "~/corpus.jsonl"],
+)
+def test_dataset_source_that_leaves_the_data_root_is_refused(client, teacher, source):
+    before = _job_count(client)
+    answer = client.post("/datasets", json=_dataset(teacher, source=source))
+    assert answer.status_code == 422
+    assert "splits.train.source" in answer.json()["detail"]
+    assert "data root" in answer.json()["detail"]
+    assert _job_count(client) == before
+
+
+def test_dataset_source_reaching_outside_through_a_symlink_is_refused(
+    client, api_stack, teacher, tmp_path
+):
+    outside = tmp_path / "secret.jsonl"
+    outside.write_text('{"text": "not for you"}\n')
+    link = api_stack.settings.data_root / "innocent.jsonl"
+    link.symlink_to(outside)
+    answer = client.post("/datasets", json=_dataset(teacher, source="innocent.jsonl"))
+    assert answer.status_code == 422
+    assert "outside the data root" in answer.json()["detail"]
+
+
+def test_dataset_source_matching_no_file_is_refused(client, teacher):
+    answer = client.post("/datasets", json=_dataset(teacher, source="nothing/*.jsonl"))
+    assert answer.status_code == 422
+    assert "matches no file" in answer.json()["detail"]
+
+
+def test_dataset_source_under_the_data_root_is_queued(client, api_stack, teacher):
+    corpus = api_stack.settings.data_root / "corpus"
+    corpus.mkdir(exist_ok=True)
+    (corpus / "a.jsonl").write_text('{"text": "a story"}\n')
+    answer = client.post("/datasets", json=_dataset(teacher, source="corpus/*.jsonl"))
+    assert answer.status_code == 202
+    body = answer.json()
+    assert body["status_url"] == f"/jobs/{body['job_id']}"
+    job = client.get(body["status_url"]).json()
+    assert job["status"] == "queued" and job["queue"] == "prep" and job["kind"] == "prepare"
+    dataset = client.get(body["dataset_url"]).json()
+    assert dataset["status"] == "pending" and dataset["job_id"] == body["job_id"]
+
+
+def test_dataset_with_a_missing_teacher_folder_is_refused_naming_it(client, teacher, tmp_path):
+    body = _dataset(teacher)
+    body["teacher_model"] = str(tmp_path / "no-such-teacher")
+    answer = client.post("/datasets", json=body)
+    assert answer.status_code == 422
+    assert "no-such-teacher" in answer.json()["detail"]
+
+
+def test_dataset_with_a_missing_tokenizer_is_refused_naming_it(client, teacher, tmp_path):
+    body = _dataset(teacher)
+    body["tokenizer"] = str(tmp_path / "no-such-tokenizer")
+    answer = client.post("/datasets", json=body)
+    assert answer.status_code == 422
+    assert "no-such-tokenizer" in answer.json()["detail"]
+
+
+def test_dataset_config_errors_name_the_key(client, teacher):
+    unknown = {**_dataset(teacher), "blok_size": 32}
+    assert "unknown key 'blok_size'" in client.post("/datasets", json=unknown).json()["detail"]
+    uneven = {**_dataset(teacher), "block_size": 32, "horizon": 48}
+    answer = client.post("/datasets", json=uneven)
+    assert answer.status_code == 422 and "multiple of block_size" in answer.json()["detail"]
+    too_long = {**_dataset(teacher), "horizon": 4096}
+    answer = client.post("/datasets", json=too_long)
+    assert answer.status_code == 422 and "teacher's context" in answer.json()["detail"]
+
+
+def test_dataset_output_path_is_refused(client, teacher):
+    answer = client.post(
+        "/datasets", json=_dataset(teacher, documents=["x " * 80], output_path="/tmp/x.arrow")
+    )
+    assert answer.status_code == 422 and "output_path" in answer.json()["detail"]
+
+
+# --------------------------------------------------------------------------- POST /train
+
+
+def _train(dataset_id: int, **model) -> dict:
+    return {"dataset_id": dataset_id, "model": model, "training": {"max_steps": 5}}
+
+
+def test_train_on_an_unknown_dataset_is_404(client):
+    answer = client.post("/train", json=_train(999_999))
+    assert answer.status_code == 404 and "999999" in answer.json()["detail"]
+
+
+def test_train_on_a_dataset_not_ready_is_409(client, teacher):
+    pending = client.post("/datasets", json=_dataset(teacher)).json()
+    before = _job_count(client)
+    answer = client.post("/train", json=_train(pending["dataset_id"]))
+    assert answer.status_code == 409
+    assert "not ready" in answer.json()["detail"]
+    assert f"/jobs/{pending['job_id']}" in answer.json()["detail"]
+    assert _job_count(client) == before
+
+
+@pytest.mark.parametrize(
+    ("model", "split", "expected"),
+    [
+        ({"hidden_size": 64}, "train", "teacher_hidden_size is 128"),
+        ({"block_size": 16}, "train", "blocks of 32"),
+        ({"num_heads": 3}, "train", "not divisible by num_heads"),
+        ({}, "test", "no split 'test'"),
+    ],
+)
+def test_train_that_does_not_fit_the_dataset_is_422_and_queues_nothing(
+    client, ready_dataset, model, split, expected
+):
+    before = _job_count(client)
+    answer = client.post("/train", json={**_train(ready_dataset["id"], **model), "split": split})
+    assert answer.status_code == 422
+    assert expected in answer.json()["detail"]
+    assert _job_count(client) == before
+
+
+def test_train_with_a_bad_training_value_is_422_naming_it(client, ready_dataset):
+    body = {"dataset_id": ready_dataset["id"], "training": {"lr": -1}}
+    answer = client.post("/train", json=body)
+    assert answer.status_code == 422 and "training.lr" in answer.json()["detail"]
+
+
+def test_train_that_fits_is_queued_on_the_train_queue(client, ready_dataset):
+    answer = client.post("/train", json=_train(ready_dataset["id"], hidden_size=128))
+    assert answer.status_code == 202
+    job = client.get(answer.json()["status_url"]).json()
+    assert job["kind"] == "train" and job["queue"] == "train" and job["status"] == "queued"
+
+
+# --------------------------------------------------------------------------- jobs, models
+
+
+def test_unknown_job_model_and_evaluation_are_404(client):
+    for path in ("/jobs/424242", "/jobs/424242/metrics", "/models/424242", "/evaluations/424242"):
+        answer = client.get(path)
+        assert answer.status_code == 404, path
+        assert "424242" in answer.json()["detail"]
+    assert client.post("/jobs/424242/cancel").status_code == 404
+
+
+def test_cancelling_a_queued_job_cancels_it_at_once_and_a_finished_one_is_409(
+    client, teacher, trained_model
+):
+    queued = client.post("/datasets", json=_dataset(teacher)).json()
+    answer = client.post(f"/jobs/{queued['job_id']}/cancel")
+    assert answer.status_code == 202 and answer.json()["status"] == "cancelled"
+    assert client.get(queued["dataset_url"]).json()["status"] == "cancelled"
+    finished = client.post(f"/jobs/{trained_model['job_id']}/cancel")
+    assert finished.status_code == 409 and "already succeeded" in finished.json()["detail"]
+
+
+def test_model_is_listed_with_its_configs(client, trained_model):
+    model = client.get(f"/models/{trained_model['id']}").json()
+    assert model["model_config"]["hidden_size"] == 128
+    assert model["training_config"]["max_steps"] == 3
+    assert model["latest_evaluation"] is None
+    assert trained_model["id"] in [m["id"] for m in client.get("/models").json()["data"]]
+
+
+# --------------------------------------------------------------------------- evaluations
+
+
+def test_evaluation_requests_are_checked_before_queueing(
+    client, teacher, ready_dataset, trained_model
+):
+    unknown_model = {"model_id": 999_999, "dataset_id": ready_dataset["id"]}
+    assert client.post("/evaluations", json=unknown_model).status_code == 404
+    unknown_data = {"model_id": trained_model["id"], "dataset_id": 999_999}
+    assert client.post("/evaluations", json=unknown_data).status_code == 404
+    pending = client.post("/datasets", json=_dataset(teacher)).json()
+    not_ready = {"model_id": trained_model["id"], "dataset_id": pending["dataset_id"]}
+    assert client.post("/evaluations", json=not_ready).status_code == 409
+    no_split = {"model_id": trained_model["id"], "dataset_id": ready_dataset["id"], "split": "x"}
+    answer = client.post("/evaluations", json=no_split)
+    assert answer.status_code == 422 and "no split 'x'" in answer.json()["detail"]
+    fine = {"model_id": trained_model["id"], "dataset_id": ready_dataset["id"]}
+    answer = client.post("/evaluations", json=fine)
+    assert answer.status_code == 202
+    evaluation = client.get(answer.json()["evaluation_url"]).json()
+    assert evaluation["status"] == "pending" and evaluation["split"] == "validation"
+    assert (
+        client.get(f"/models/{trained_model['id']}").json()["latest_evaluation"]["id"]
+        == (evaluation["id"])
+    )
+
+
+# --------------------------------------------------------------------------- POST /gist
+
+
+def test_gist_block_of_the_wrong_length_is_422_naming_its_index(client, trained_model):
+    blocks = [[1] * 32, [2] * 32, [3] * 31]
+    answer = client.post("/gist", json={"model_id": trained_model["id"], "blocks": blocks})
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == (
+        "blocks[2] has 31 token ids; this model's blocks have exactly 32"
+    )
+
+
+def test_gist_token_outside_the_vocabulary_is_422_naming_index_and_position(client, trained_model):
+    blocks = [[1] * 32, [5] * 7 + [10**6] + [5] * 24]
+    answer = client.post("/gist", json={"model_id": trained_model["id"], "blocks": blocks})
+    assert answer.status_code == 422
+    detail = answer.json()["detail"]
+    assert detail.startswith("blocks[1][7] is 1000000, outside the teacher's vocabulary")
+    negative = client.post("/gist", json={"blocks": [[-1] + [1] * 31]})
+    assert negative.status_code == 422 and "blocks[0][0] is -1" in negative.json()["detail"]
+
+
+def test_gist_with_more_blocks_than_allowed_is_413(client, api_stack, trained_model):
+    too_many = api_stack.settings.gist_max_blocks + 1
+    answer = client.post("/gist", json={"blocks": [[1] * 32] * too_many})
+    assert answer.status_code == 413
+    assert "GISTNET_GIST_MAX_BLOCKS" in answer.json()["detail"]
+
+
+def test_gist_needs_blocks_or_text_and_a_known_model(client, trained_model):
+    assert client.post("/gist", json={}).status_code == 422
+    both = {"blocks": [[1] * 32], "text": "hello"}
+    assert client.post("/gist", json=both).status_code == 422
+    short = client.post("/gist", json={"text": "too short"})
+    assert short.status_code == 422 and "fewer than one block" in short.json()["detail"]
+    unknown = client.post("/gist", json={"model_id": 999_999, "blocks": [[1] * 32]})
+    assert unknown.status_code == 404
+
+
+def test_gist_queue_full_answers_429_instead_of_waiting(api_stack, trained_model):
+    # A queue that holds 4 blocks and waits 3 s for a batch to fill: while the first
+    # request waits there, the next one finds the queue full.
+    settings = load_settings(
+        **{
+            **api_stack.settings.model_dump(exclude={"api_key"}),
+            "gist_max_blocks": 4,
+            "gist_queue_size": 4,
+            "gist_batch_wait_ms": 3000,
+        }
+    )
+    with TestClient(create_app(settings)) as client:
+        body = {"model_id": trained_model["id"], "blocks": [[1] * 32] * 4}
+        assert client.post("/gist", json=body).status_code == 200  # loads the model
+        first: dict = {}
+        waiting = threading.Thread(target=lambda: first.update(r=client.post("/gist", json=body)))
+        started = time.monotonic()
+        waiting.start()
+        wait_until(
+            lambda: client.get("/health").json()["gist_queue_blocks"] == 4,
+            timeout=2,
+            interval=0.01,
+            what="the first request waiting in the queue",
+        )
+        refused = client.post("/gist", json={**body, "blocks": [[2] * 32]})
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"
+        assert "queue is full" in refused.json()["detail"]
+        waiting.join()
+        assert first["r"].status_code == 200 and len(first["r"].json()["gists"]) == 4
+        assert time.monotonic() - started < 10
+
+
+# --------------------------------------------------------------------------- key, health
+
+
+def test_api_key_guards_every_endpoint_but_health(api_stack):
+    settings = load_settings(
+        **{**api_stack.settings.model_dump(exclude={"api_key"}), "api_key": "s3cret"}
+    )
+    app = create_app(settings)
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 200
+        routes = [
+            (method.upper(), path.replace("{", "").replace("}", "").replace("_id", "1"))
+            for path, item in app.openapi()["paths"].items()
+            for method in item
+            if path != "/health"
+        ]
+        assert len(routes) >= 14
+        for method, path in routes:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+                answer = client.request(method, path, headers=headers, json={})
+                assert answer.status_code == 401, (method, path, headers)
+                assert answer.headers["www-authenticate"] == "Bearer"
+        ok = client.get("/jobs", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+
+
+def test_ready_checks_database_broker_and_artifacts(client, api_stack):
+    answer = client.get("/ready")
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "ready": True,
+        "checks": {"database": "ok", "broker": "ok", "artifacts": "ok"},
+    }
+    settings = load_settings(
+        **{
+            **api_stack.settings.model_dump(exclude={"api_key"}),
+            "broker_url": "redis://127.0.0.1:1/0",
+        }
+    )
+    with TestClient(create_app(settings)) as broken:
+        answer = broken.get("/ready")
+        assert answer.status_code == 503
+        checks = answer.json()["checks"]
+        assert checks["database"] == "ok" and checks["broker"].startswith("unavailable")
+
+
+def test_openapi_docs_are_served(client):
+    assert client.get("/docs").status_code == 200
+    assert "/gist" in client.get("/openapi.json").json()["paths"]

@@ -1,0 +1,96 @@
+"""docker-compose.yml, checked without a Docker engine: every service of ours runs a real
+`gistnet` command line, sets only variables the settings read, and the pieces agree."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib import import_module
+
+import pytest
+import yaml
+from sqlalchemy.engine import make_url
+
+from service.cli import build_parser
+from service.settings import Settings, env_name
+from tests.service_stack import REPO
+
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+OURS = {name: s for name, s in SERVICES.items() if "build" in s}
+SETTINGS_VARIABLES = {env_name(field) for field in Settings.model_fields}
+
+
+def test_the_stack_has_every_service():
+    assert {"redis", "postgres", "migrate", "api", "worker-prep", "worker-train"} <= set(SERVICES)
+    assert set(OURS) == {"migrate", "api", "worker-prep", "worker-train"}
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_each_command_is_a_real_entry_point(name):
+    command = OURS[name]["command"]
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert command[0] in scripts, f"{name}: {command[0]!r} is not a console script"
+    module, function = scripts[command[0]].split(":")
+    assert callable(getattr(import_module(module), function))
+    build_parser().parse_args(command[1:])  # exits (fails the test) on an unknown option
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_each_variable_set_is_one_the_settings_read(name):
+    environment = OURS[name].get("environment", {})
+    assert environment, f"{name} sets no environment"
+    unknown = set(environment) - SETTINGS_VARIABLES
+    assert not unknown, f"{name} sets variables no setting reads: {sorted(unknown)}"
+
+
+def test_the_database_url_matches_the_postgres_service():
+    postgres = SERVICES["postgres"]
+    url = make_url(OURS["api"]["environment"]["GISTNET_DATABASE_URL"])
+    assert url.drivername == "postgresql+psycopg"
+    assert url.host == "postgres"
+    env = postgres["environment"]
+    assert (url.username, url.password, url.database) == (
+        env["POSTGRES_USER"],
+        env["POSTGRES_PASSWORD"],
+        env["POSTGRES_DB"],
+    )
+    assert "healthcheck" in postgres
+    broker = OURS["api"]["environment"]["GISTNET_BROKER_URL"]
+    assert re.match(r"redis://redis:6379/\d+$", broker)
+
+
+def test_api_and_workers_share_the_artifact_and_data_volumes():
+    for name in ("api", "worker-prep", "worker-train"):
+        env = OURS[name]["environment"]
+        volumes = {
+            target: source for source, target in (v.split(":") for v in OURS[name]["volumes"])
+        }
+        assert volumes[env["GISTNET_ARTIFACT_ROOT"]] == "artifacts", name
+        assert volumes[env["GISTNET_DATA_ROOT"]] == "data", name
+    assert {"artifacts", "data"} <= set(COMPOSE["volumes"])
+
+
+def test_migration_runs_first_and_the_training_worker_gets_a_gpu():
+    assert SERVICES["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in ("api", "worker-prep", "worker-train"):
+        condition = SERVICES[name]["depends_on"]["migrate"]["condition"]
+        assert condition == "service_completed_successfully", name
+    assert "--no-upgrade" in SERVICES["api"]["command"]  # only `migrate` migrates
+    assert "--no-worker" in SERVICES["api"]["command"]  # workers are their own services
+    train = SERVICES["worker-train"]
+    (device,) = train["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert train["environment"]["GISTNET_DEVICE"].startswith("cuda")
+    assert train["command"][-1] == "train" and SERVICES["worker-prep"]["command"][-1] == "prep"
+
+
+def test_the_dockerfile_default_command_is_a_real_one():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    (cmd,) = re.findall(r"^CMD (\[.*\])$", dockerfile, flags=re.MULTILINE)
+    command = yaml.safe_load(cmd)
+    assert command[0] == "gistnet"
+    build_parser().parse_args(command[1:])
+    for variable in re.findall(r"\b(GISTNET_[A-Z_]+)=", dockerfile):
+        assert variable in SETTINGS_VARIABLES, variable
+    assert re.search(r"^RUN pip install \.$", dockerfile, flags=re.MULTILINE)

@@ -1,0 +1,266 @@
+"""Helpers for the service tests (tests/api, tests/workers, tests/service): real PostgreSQL
+and Redis databases made for the session, a stack (settings + migrated database), worker
+and server subprocesses, and waiting for jobs.
+
+Tests that need PostgreSQL or Redis skip, with the reason, when the server is unreachable;
+with GISTNET_REQUIRE_SERVICES=1 (as .ci/run sets) they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.db.migrate import upgrade_database
+from service.settings import Settings, env_name, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "GISTNET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+REDIS_SERVER_URL = os.environ.get("GISTNET_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+# Database numbers of the tests' own; each test folder takes its own, and each session its
+# own key prefix, so no worker ever sees another folder's or session's messages.
+REDIS_BASE_DB = int(os.environ.get("GISTNET_TEST_REDIS_DB", "12"))
+REDIS_DB = {"api": REDIS_BASE_DB, "workers": REDIS_BASE_DB + 1, "crash": REDIS_BASE_DB + 2}
+
+
+def services_unavailable(reason: str):
+    if os.environ.get("GISTNET_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason}; GISTNET_REQUIRE_SERVICES=1 makes this a failure", pytrace=False)
+    pytest.skip(reason)
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh, uniquely named database on the PostgreSQL server, dropped afterwards."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"gistnet_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as err:
+        services_unavailable(f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable: {err}")
+    with admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        server = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+        try:
+            yield server.replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
+        finally:
+            from service.db.engine import dispose_engines
+
+            dispose_engines()
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@contextmanager
+def redis_database(number: int) -> Iterator[dict[str, str]]:
+    """Broker settings on redis://.../<number> with a key prefix of this session's own, so
+    test sessions running at the same time never take each other's messages. The keys
+    are deleted afterwards."""
+    import redis
+
+    url = f"{REDIS_SERVER_URL}/{number}"
+    prefix = f"gistnet-test-{uuid.uuid4().hex[:10]}:"
+    client = redis.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as err:
+        services_unavailable(f"Redis at {REDIS_SERVER_URL} is unreachable: {err}")
+    try:
+        yield {"broker_url": url, "broker_key_prefix": prefix}
+    finally:
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
+        client.close()
+
+
+def sample_teacher() -> str:
+    """The shipped sample teacher + tokenizer folder (GISTNET_TEST_TEACHER overrides it)."""
+    path = Path(os.environ.get("GISTNET_TEST_TEACHER", REPO / "samples" / "teacher"))
+    if not (path / "config.json").is_file():
+        pytest.fail(
+            f"no teacher at {path}: make the sample with `python -m tools.make_sample_teacher`",
+            pytrace=False,
+        )
+    return str(path.resolve())
+
+
+def tiny_documents(count: int = 12, seed: int = 1234) -> list[str]:
+    """Short stories from the sample generator: a few hundred blocks in all."""
+    from gistnet.sample.corpus import generate_documents
+
+    return generate_documents(count, seed=seed)
+
+
+# Short intervals so crashes are noticed in seconds, not minutes.
+FAST = {
+    "device": "cpu",
+    "heartbeat_interval_s": 0.5,
+    "heartbeat_timeout_s": 3.0,
+    "resume_every": 5,
+    "progress_interval_s": 0.2,
+    "cancel_poll_s": 0.2,
+}
+# For the worker and server subprocesses only: they and the test process share two cores,
+# so one torch thread each. (The in-process app is left alone: torch's thread count is
+# process-wide and other tests run in this process.)
+SUBPROCESS_ONLY = {"torch_threads": 1}
+
+
+@dataclass
+class Stack:
+    """Settings for one platform instance, and the same settings as GISTNET_* variables."""
+
+    settings: Settings
+    env: dict[str, str]
+    root: Path
+
+
+def make_stack(root: Path, *, database_url: str, broker_url: str, **overrides: Any) -> Stack:
+    values = {
+        "database_url": database_url,
+        "broker_url": broker_url,
+        "artifact_root": root / "artifacts",
+        "data_root": root / "data",
+        **FAST,
+        **overrides,
+    }
+    settings = load_settings(**values)
+    settings.artifact_root.mkdir(parents=True, exist_ok=True)
+    settings.data_root.mkdir(parents=True, exist_ok=True)
+    upgrade_database(database_url)
+    env = {env_name(k): str(v) for k, v in {**values, **SUBPROCESS_ONLY}.items()}
+    return Stack(settings=settings, env=env, root=root)
+
+
+def subprocess_env(stack_env: dict[str, str]) -> dict[str, str]:
+    """This environment without any GISTNET_* of its own, plus the stack's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GISTNET_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return {**env, **stack_env}
+
+
+class ServiceProcess:
+    """`python -m service.cli ...` in its own process group, its output in a log file."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str], log_path: Path):
+        self.args, self.env, self.log_path = args, env, log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> ServiceProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", *self.args],
+            env=subprocess_env(self.env),
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, text: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.args[0]} exited early:\n{self.log()[-3000:]}")
+            time.sleep(0.2)
+        raise TimeoutError(f"{text!r} never appeared in {self.log_path}:\n{self.log()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL to the whole group: the worker's main process and its pool children."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM to the main process, as a user or an orchestrator stops it."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def start_worker(stack: Stack, name: str = "worker", queues: str = "prep,train") -> ServiceProcess:
+    worker = ServiceProcess(
+        ["worker", "--queues", queues], env=stack.env, log_path=stack.root / f"{name}.log"
+    ).start()
+    worker.wait_for_log(" ready.")
+    return worker
+
+
+def wait_for_job(
+    client: httpx.Client, job_id: int, *, until=TERMINAL, timeout: float = 120
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["status"] in until:
+            return job
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s: {job}")
+        time.sleep(0.2)
+
+
+def wait_until(predicate, *, timeout: float = 60, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached within {timeout}s")
+
+
+def dataset_body(
+    teacher: str, documents: list[str], *, name: str = "tiny", validation: int = 2, **extra: Any
+) -> dict[str, Any]:
+    """A POST /datasets body with inline documents: the last `validation` are held out."""
+    return {
+        "dataset_name": name,
+        "tokenizer": teacher,
+        "teacher_model": teacher,
+        "block_size": 32,
+        "horizon": 64,
+        "splits": {
+            "train": {"documents": documents[:-validation]},
+            "validation": {"documents": documents[-validation:]},
+        },
+        **extra,
+    }
+
+
+def train_body(dataset_id: int, *, max_steps: int = 12, **training: Any) -> dict[str, Any]:
+    return {
+        "dataset_id": dataset_id,
+        "split": "train",
+        "model": {"num_heads": 4},
+        "training": {"batch_size": 8, "max_steps": max_steps, "eval_every": 1000, **training},
+    }
