@@ -1,0 +1,346 @@
+"""POST /gist under load, against the model's raw batched forward on the same machine.
+
+    python -m bench.gist_load [--clients 1,8,64] [--blocks-per-request 4] [--seconds 10]
+
+It builds a small checkpoint on the sample teacher (or takes --checkpoint), records it as a
+model in a scratch SQLite database, starts the real server (`gistnet serve --no-worker`),
+and drives POST /gist from N concurrent keep-alive connections for a fixed time each. The
+load generator is a few lines of asyncio over raw HTTP/1.1, so that the client, which shares
+the machine, costs as little as possible. Then, in the same run and with the server idle,
+it times the raw forward (teacher, then GistNet, no HTTP) on full batches of
+GISTNET_GIST_MAX_BATCH blocks. Target: at 64 clients, at least 70% of the raw blocks/s.
+Results go to docs/benchmarks.md between the `bench:gist_load` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_TEACHER = ROOT / "samples" / "teacher"
+TARGET = 0.70
+
+
+def make_checkpoint(workdir: Path, artifacts: Path, teacher: Path) -> Path:
+    """A few training steps on a handful of generated stories: speed does not depend on
+    how well GistNet is trained."""
+    from gistnet.config import validate_dataset_config, validate_run_config
+    from gistnet.data import prepare_dataset
+    from gistnet.sample.corpus import generate_documents
+    from gistnet.train import train_gistnet
+
+    config = validate_dataset_config(
+        {
+            "dataset_name": "bench",
+            "tokenizer": str(teacher),
+            "teacher_model": str(teacher),
+            "teacher_device": "cpu",
+            "splits": {"train": {"documents": generate_documents(6, seed=7)}},
+        }
+    )
+    prepare_dataset(config, output_dir=workdir / "dataset")
+    result = train_gistnet(
+        dataset_path=workdir / "dataset" / "train.arrow",
+        run_config=validate_run_config({"training": {"max_steps": 3, "device": "cpu"}}),
+        output_dir=artifacts / "bench",
+    )
+    return result.checkpoint_path
+
+
+def record_model(database_url: str, checkpoint: Path, artifacts: Path) -> int:
+    from gistnet.checkpoint import read_checkpoint_info
+    from service.db.engine import session_scope
+    from service.db.jobs import create_job
+    from service.db.migrate import upgrade_database
+    from service.db.models import SUCCEEDED, TRAIN
+    from service.db.records import create_dataset
+    from service.db.records import record_model as record
+
+    upgrade_database(database_url)
+    info = read_checkpoint_info(checkpoint)
+    with session_scope(database_url) as session:
+        dataset, prep = create_dataset(session, name="bench", config={})
+        prep.status = SUCCEEDED
+        job = create_job(session, kind=TRAIN, dataset_id=dataset.id)
+        job.status = SUCCEEDED
+        model = record(
+            session,
+            job_id=job.id,
+            dataset_id=dataset.id,
+            split="train",
+            checkpoint_path=os.path.relpath(checkpoint, artifacts),
+            info=info,
+            steps=info["metrics"]["steps"],
+            final_loss=None,
+            val_loss=None,
+        )
+        return model.id
+
+
+# --------------------------------------------------------------------------- load
+
+
+async def _connection(port: int, bodies: list[bytes], until: float, latencies: list, errors: list):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    requests = [
+        b"POST /gist HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+        for body in bodies
+    ]
+    i = 0
+    try:
+        while time.perf_counter() < until:
+            started = time.perf_counter()
+            writer.write(requests[i % len(requests)])
+            i += 1
+            await writer.drain()
+            status = int((await reader.readline()).split()[1])
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            if status == 200:
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors.append(status)
+    finally:
+        writer.close()
+
+
+def drive(port: int, *, clients: int, seconds: float, bodies: list[bytes]) -> dict:
+    latencies: list[float] = []
+    errors: list[int] = []
+
+    async def main():
+        until = time.perf_counter() + seconds
+        await asyncio.gather(
+            *(
+                _connection(port, bodies[c::clients] or bodies, until, latencies, errors)
+                for c in range(clients)
+            )
+        )
+
+    started = time.perf_counter()
+    asyncio.run(main())
+    elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "errors": len(errors),
+    }
+
+
+def raw_forward(
+    checkpoint: Path, *, device: str, batch: int, seconds: float, vocab: int, threads: int | None
+) -> float:
+    """Blocks/s of GistEncoder.encode on full batches: the ceiling the server can reach."""
+    import torch
+
+    from gistnet.inference import GistEncoder
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    encoder = GistEncoder.from_checkpoint(checkpoint, device=device)
+    ids = torch.from_numpy(
+        np.random.default_rng(0).integers(0, vocab, size=(batch, encoder.block_size))
+    )
+    for _ in range(3):
+        encoder.encode(ids)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        encoder.encode(ids)
+        done += batch
+    return done / (time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def wait_healthy(port: int, server: subprocess.Popen, timeout: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError("the server exited during start-up")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError("the server did not come up")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", default="1,8,64", help="comma-separated concurrency levels")
+    parser.add_argument("--blocks-per-request", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency level")
+    parser.add_argument("--checkpoint", type=Path, help="default: train a small one")
+    parser.add_argument("--teacher", type=Path, default=SAMPLE_TEACHER, help="for that one")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-batch", type=int, default=64, help="GISTNET_GIST_MAX_BATCH")
+    parser.add_argument("--wait-ms", type=float, default=5.0, help="GISTNET_GIST_BATCH_WAIT_MS")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads, server and raw alike; 1 leaves the second core of a 2-core "
+        "machine to the event loop and the load generator (0: torch's default)",
+    )
+    parser.add_argument("--no-write", action="store_true", help="print, do not touch the docs")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.clients.split(",")]
+    load_before = os.getloadavg()[0]
+
+    from service.cli import stop_process
+    from service.demo import free_port
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        artifacts = workdir / "artifacts"
+        checkpoint = args.checkpoint or make_checkpoint(workdir, artifacts, args.teacher.resolve())
+        if args.checkpoint:
+            artifacts = checkpoint.resolve().parent
+        database_url = f"sqlite:///{workdir}/records.sqlite"
+        model_id = record_model(database_url, checkpoint.resolve(), artifacts)
+
+        from gistnet.checkpoint import read_checkpoint_info
+
+        info = read_checkpoint_info(checkpoint)
+        block_size, dim = int(info["block_size"]), int(info["hidden_size"])
+        vocab = int(
+            json.loads((Path(info["teacher"]["model"]) / "config.json").read_text())["vocab_size"]
+        )
+
+        port = free_port(8000)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GISTNET_")}
+        env.update(
+            {
+                "GISTNET_DATABASE_URL": database_url,
+                "GISTNET_BROKER_URL": f"sqla+sqlite:///{workdir}/broker.sqlite",
+                "GISTNET_ARTIFACT_ROOT": str(artifacts),
+                "GISTNET_DATA_ROOT": str(workdir / "data"),
+                "GISTNET_DEVICE": args.device,
+                "GISTNET_GIST_MAX_BATCH": str(args.max_batch),
+                "GISTNET_GIST_BATCH_WAIT_MS": str(args.wait_ms),
+                "PYTHONPATH": str(ROOT),
+            }
+        )
+        if args.threads:
+            env["GISTNET_TORCH_THREADS"] = str(args.threads)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "serve",
+                "--no-worker",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        rng = np.random.default_rng(1)
+        bodies = [
+            json.dumps(
+                {
+                    "model_id": model_id,
+                    "blocks": rng.integers(
+                        0, vocab, (args.blocks_per_request, block_size)
+                    ).tolist(),
+                }
+            ).encode()
+            for _ in range(128)
+        ]
+        results = {}
+        try:
+            wait_healthy(port, server)
+            drive(port, clients=4, seconds=2, bodies=bodies)  # loads the model, warms up
+            for clients in levels:
+                results[clients] = drive(port, clients=clients, seconds=args.seconds, bodies=bodies)
+                r = results[clients]
+                print(
+                    f"{clients:>3} clients: {r['requests_per_s']:8.1f} req/s  "
+                    f"{r['requests_per_s'] * args.blocks_per_request:8.1f} blocks/s  "
+                    f"p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  errors {r['errors']}",
+                    flush=True,
+                )
+        finally:
+            stop_process(server)
+        raw = raw_forward(
+            checkpoint,
+            device=args.device,
+            batch=args.max_batch,
+            seconds=args.seconds,
+            vocab=vocab,
+            threads=args.threads or None,
+        )
+        print(f"raw forward, batches of {args.max_batch}: {raw:.1f} blocks/s")
+
+    rows = []
+    for clients, r in results.items():
+        blocks = r["requests_per_s"] * args.blocks_per_request
+        rows.append(
+            [
+                clients,
+                f"{r['requests_per_s']:,.1f}",
+                f"{blocks:,.0f}",
+                f"{r['p50_ms']:.1f}",
+                f"{r['p99_ms']:.1f}",
+                f"{blocks / raw:.0%}",
+                r["errors"],
+            ]
+        )
+    top = max(results)
+    share = results[top]["requests_per_s"] * args.blocks_per_request / raw
+    verdict = "met" if share >= TARGET else "NOT met"
+    print(f"{top} clients reach {share:.0%} of the raw forward (target {TARGET:.0%}: {verdict})")
+    if args.no_write:
+        return 0
+
+    from bench.report import machine, table, write_section
+
+    body = (
+        "## Gist serving under load (`bench/gist_load.py`)\n\n"
+        f"Command: `python -m bench.gist_load --clients {args.clients} "
+        f"--blocks-per-request {args.blocks_per_request} --seconds {args.seconds:g} "
+        f"--threads {args.threads}`  \n"
+        f"Machine: {machine()}; server, load generator and raw forward share it "
+        f"(1-minute load average {load_before:.1f} before the run, "
+        f"{os.getloadavg()[0]:.1f} after).  \n"
+        f"Model: the sample teacher ({dim} wide) + GistNet, blocks of {block_size} tokens, "
+        f"device {args.device}; server batches up to {args.max_batch} blocks, waiting at "
+        f"most {args.wait_ms:g} ms; {args.blocks_per_request} blocks per request.  \n"
+        f"Raw batched forward (teacher + GistNet, no HTTP, batches of {args.max_batch}): "
+        f"**{raw:,.0f} blocks/s**.  \n"
+        f"Target: at {top} clients, at least {TARGET:.0%} of the raw throughput: "
+        f"**{share:.0%}, {verdict}**.\n\n"
+        + table(["clients", "requests/s", "blocks/s", "p50 ms", "p99 ms", "of raw", "errors"], rows)
+    )
+    print(f"wrote {write_section('gist_load', body)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
