@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: the offline sample, end to end.
+# The main job on the embedded default (SQLite records, SQLite broker, one local worker,
+# the API on 127.0.0.1): the sample end to end through the REST API, then everything stops.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-python -m tools.prepare_dataset --config configs/data/sample_text.yaml
-python -m tools.train_gistnet --dataset data/sample_text/train.arrow --config configs/runs/gistnet_example.yaml
+gistnet demo "$@"
