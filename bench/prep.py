@@ -97,11 +97,18 @@ def make_wide_teacher(folder: Path) -> str:
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    vocab = len(AutoTokenizer.from_pretrained(SAMPLE_TEACHER))
+    tok = AutoTokenizer.from_pretrained(SAMPLE_TEACHER)
     torch.manual_seed(0)
-    GPT2LMHeadModel(
-        GPT2Config(vocab_size=vocab, n_embd=256, n_layer=4, n_head=4, n_positions=256)
-    ).save_pretrained(folder)
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_embd=256,
+        n_layer=4,
+        n_head=4,
+        n_positions=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    GPT2LMHeadModel(config).save_pretrained(folder)
     return str(folder)
 
 

@@ -91,6 +91,22 @@ def load_tokenizer(name_or_path: str):
         raise TeacherLoadError(f"could not load tokenizer {name_or_path!r}: {err}") from err
 
 
+class _FusedTanhGELU(torch.nn.Module):
+    """GPT-2's tanh-approximated GELU as one fused kernel instead of five element-wise ops."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.gelu(x, approximate="tanh")
+
+
+def _fuse_activations(model: torch.nn.Module) -> None:
+    # transformers' NewGELUActivation spells the formula out op by op; on CPU that was 40%
+    # of the teacher's forward. The fused kernel computes the same function (to ~1e-7).
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if type(child).__name__ == "NewGELUActivation":
+                setattr(module, name, _FusedTanhGELU())
+
+
 def load_teacher(name_or_path: str, *, dtype: str = "float32", device: str | torch.device = "cpu"):
     """The causal LM, frozen: eval mode and no gradient to any of its weights."""
     from transformers import AutoModelForCausalLM
@@ -103,6 +119,7 @@ def load_teacher(name_or_path: str, *, dtype: str = "float32", device: str | tor
         )
     except Exception as err:
         raise TeacherLoadError(f"could not load teacher model {name_or_path!r}: {err}") from err
+    _fuse_activations(model)
     model.to(device).eval()
     model.requires_grad_(False)
     return model
