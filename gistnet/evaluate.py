@@ -1,0 +1,591 @@
+"""ΔNLL@H: how well the frozen teacher predicts the tokens after a block when it reads a
+gist (or a baseline vector) in place of the block.
+
+For each example the teacher scores the same L = horizon - block_size tokens h under
+five conditions (see `gistnet.substitution` for how a vector replaces the block):
+
+    full      the block's tokens, then h              the reference
+    gist      GistNet's vector for this block          what we measure
+    drop      the embedding of BOS (else EOS)          no content: the gap's other end
+    mean      the mean of the block's input embeddings the simple baseline
+    swapped   the gist of an example from another document: content, but the wrong one
+
+Per condition: mean NLL (nats per token), ΔNLL = NLL - NLL_full, the gap recovered
+GR = (NLL_drop - NLL) / (NLL_drop - NLL_full), ΔNLL over the first `early_tokens`
+horizon tokens and over the rest, and 95% bootstrap intervals (examples resampled).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gistnet.errors import Cancelled, ConfigError, ShardError
+from gistnet.substitution import (
+    drop_token_id,
+    drop_vector,
+    horizon_nll,
+    mean_block_embedding,
+)
+
+CONDITIONS = ("full", "gist", "drop", "mean", "swapped")
+EARLY_TOKENS = 8
+
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+
+
+# --- scoring ---------------------------------------------------------------------------
+
+
+def _device_of(teacher: torch.nn.Module) -> torch.device:
+    return teacher.get_input_embeddings().weight.device
+
+
+def _as_long_tensor(rows: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    if isinstance(rows, torch.Tensor):
+        return rows.to(device=device, dtype=torch.long)
+    return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(device)
+
+
+@torch.inference_mode()
+def evaluate_conditions(
+    teacher: torch.nn.Module,
+    context_input_ids: np.ndarray | torch.Tensor,
+    *,
+    block_size: int,
+    gist_vectors: np.ndarray | torch.Tensor | None = None,
+    swap_partner: np.ndarray | None = None,
+    drop_token: int | None = None,
+    tokenizer: Any = None,
+    batch_size: int = 64,
+    on_progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-token NLL of the horizon under each condition: {condition: (N, L) float32}.
+
+    `full`, `drop` and `mean` are always scored; `gist` when `gist_vectors` (N, D) is
+    given, `swapped` when `swap_partner` (N,) is given too: example i then reads the gist
+    of example `swap_partner[i]`. The drop token is `drop_token`, else the tokenizer's (or
+    teacher's) BOS, else EOS. Every condition of a batch runs on the same rows, so two
+    conditions fed the same vector give bit-identical numbers.
+    """
+    device = _device_of(teacher)
+    total = len(context_input_ids)
+    if gist_vectors is not None and len(gist_vectors) != total:
+        raise ConfigError(f"{len(gist_vectors)} gist vectors for {total} examples")
+    if swap_partner is not None:
+        if gist_vectors is None:
+            raise ConfigError("the swapped condition needs gist_vectors")
+        if len(swap_partner) != total:
+            raise ConfigError(f"{len(swap_partner)} swap partners for {total} examples")
+    if drop_token is None:
+        drop_token = drop_token_id(tokenizer, teacher)
+    dropped = drop_vector(teacher, drop_token)
+    gists = None if gist_vectors is None else torch.as_tensor(gist_vectors).float().cpu()
+
+    scores: dict[str, list[np.ndarray]] = {"full": [], "drop": [], "mean": []}
+    if gists is not None:
+        scores["gist"] = []
+        if swap_partner is not None:
+            scores["swapped"] = []
+
+    done = 0
+    for start in range(0, total, batch_size):
+        if should_cancel is not None and should_cancel():
+            raise Cancelled(f"evaluation cancelled after {done} of {total} examples")
+        stop = min(start + batch_size, total)
+        context = _as_long_tensor(context_input_ids[start:stop], device)  # (B, H)
+        rows = stop - start
+        vectors = {
+            "drop": dropped.to(device).expand(rows, -1),
+            "mean": mean_block_embedding(teacher, context[:, :block_size]),
+        }
+        if gists is not None:
+            vectors["gist"] = gists[start:stop].to(device)
+            if swap_partner is not None:
+                vectors["swapped"] = gists[torch.as_tensor(swap_partner[start:stop])].to(device)
+        scores["full"].append(horizon_nll(teacher, context, block_size=block_size).cpu().numpy())
+        for name, vector in vectors.items():
+            nll = horizon_nll(teacher, context, block_size=block_size, vectors=vector)
+            scores[name].append(nll.cpu().numpy())
+        done = stop
+        if on_progress is not None:
+            on_progress(done, total)
+    return {name: np.concatenate(parts).astype(np.float32) for name, parts in scores.items()}
+
+
+def swap_partners(doc_ids: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """For each example, a random other example from a different document, (N,) int64.
+
+    Raises ConfigError when every example comes from one document: `swapped` then has no
+    meaning.
+    """
+    doc_ids = np.asarray(doc_ids)
+    total = len(doc_ids)
+    if total == 0 or np.all(doc_ids == doc_ids[0]):
+        raise ConfigError(
+            "all examples come from one document, so `swapped` has no example from another "
+            "document to borrow a gist from: evaluate on a split with at least two documents"
+        )
+    rng = np.random.default_rng(seed)
+    partner = rng.integers(0, total, size=total)
+    for _ in range(64):
+        clash = np.flatnonzero(doc_ids[partner] == doc_ids)
+        if clash.size == 0:
+            return partner
+        partner[clash] = rng.integers(0, total, size=clash.size)
+    # A document holding most of the split: draw the rest from the examples outside it.
+    for i in np.flatnonzero(doc_ids[partner] == doc_ids):
+        partner[i] = rng.choice(np.flatnonzero(doc_ids != doc_ids[i]))
+    return partner
+
+
+# --- statistics ------------------------------------------------------------------------
+
+
+def _gap_recovered(nll_drop, nll_cond, nll_full):
+    return (nll_drop - nll_cond) / (nll_drop - nll_full)
+
+
+def _json_float(value: float) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _interval(samples: np.ndarray) -> list[float | None]:
+    finite = samples[np.isfinite(samples)]
+    if finite.size == 0:
+        return [None, None]
+    low, high = np.percentile(finite, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
+def _bootstrap_means(
+    per_example: np.ndarray, *, samples: int, seed: int, chunk: int = 64
+) -> np.ndarray:
+    """Means of `samples` resamples (with replacement) of the rows: (N, K) -> (S, K)."""
+    rng = np.random.default_rng(seed)
+    total = per_example.shape[0]
+    out = np.empty((samples, per_example.shape[1]), dtype=np.float64)
+    for start in range(0, samples, chunk):
+        stop = min(start + chunk, samples)
+        index = rng.integers(0, total, size=(stop - start, total))  # (S_chunk, N)
+        out[start:stop] = per_example[index].mean(axis=1)
+    return out
+
+
+def summarize(
+    nll: Mapping[str, np.ndarray],
+    *,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+    early_tokens: int = EARLY_TOKENS,
+) -> dict[str, Any]:
+    """The report's numbers from per-token NLLs {condition: (N, L)}; `full` and `drop` required.
+
+    Intervals resample examples (each keeps all its horizon tokens) and recompute every
+    statistic on the same resample, so a difference's interval accounts for the pairing.
+    """
+    for needed in ("full", "drop"):
+        if needed not in nll:
+            raise ConfigError(f"summarize needs the {needed!r} condition")
+    names = [name for name in CONDITIONS if name in nll] + [
+        name for name in nll if name not in CONDITIONS
+    ]
+    total, horizon_tokens = nll["full"].shape
+    if total == 0:
+        raise ConfigError("no examples to summarize")
+    early = min(early_tokens, horizon_tokens)
+
+    # Per-example columns: for each condition, the mean over all / early / late tokens.
+    columns: dict[tuple[str, str], np.ndarray] = {}
+    for name in names:
+        values = np.asarray(nll[name], dtype=np.float64)
+        if values.shape != (total, horizon_tokens):
+            raise ConfigError(
+                f"condition {name!r} has shape {values.shape}; expected {(total, horizon_tokens)}"
+            )
+        columns[name, "all"] = values.mean(axis=1)
+        columns[name, "early"] = values[:, :early].mean(axis=1)
+        if early < horizon_tokens:
+            columns[name, "late"] = values[:, early:].mean(axis=1)
+    keys = list(columns)
+    per_example = np.stack([columns[key] for key in keys], axis=1)  # (N, K)
+    point = dict(zip(keys, per_example.mean(axis=0), strict=True))
+    boot = (
+        _bootstrap_means(per_example, samples=bootstrap_samples, seed=seed)
+        if bootstrap_samples > 0
+        else np.empty((0, len(keys)))
+    )
+    resampled = {key: boot[:, i] for i, key in enumerate(keys)}
+
+    def stat(fn: Callable[[Mapping], Any]) -> dict[str, Any]:
+        # An undefined ratio (no gap to recover) becomes None, not a warning.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = {"value": _json_float(fn(point))}
+            value["ci95"] = _interval(np.asarray(fn(resampled))) if bootstrap_samples else None
+        return value
+
+    conditions: dict[str, Any] = {}
+    for name in names:
+        entry = {
+            "nll": stat(lambda m, n=name: m[n, "all"]),
+            "delta_nll": stat(lambda m, n=name: m[n, "all"] - m["full", "all"]),
+            "gap_recovered": stat(
+                lambda m, n=name: _gap_recovered(m["drop", "all"], m[n, "all"], m["full", "all"])
+            ),
+            "delta_nll_early": stat(lambda m, n=name: m[n, "early"] - m["full", "early"]),
+            "delta_nll_late": (
+                stat(lambda m, n=name: m[n, "late"] - m["full", "late"])
+                if early < horizon_tokens
+                else None
+            ),
+            "nll_per_position": [
+                float(v) for v in np.asarray(nll[name], dtype=np.float64).mean(axis=0)
+            ],
+        }
+        conditions[name] = entry
+
+    def gap(m, n):
+        return _gap_recovered(m["drop", "all"], m[n, "all"], m["full", "all"])
+
+    comparisons: dict[str, Any] = {}
+    if "gist" in nll and "mean" in nll:
+        comparisons["gist_minus_mean_gap_recovered"] = stat(
+            lambda m: gap(m, "gist") - gap(m, "mean")
+        )
+    if "gist" in nll and "swapped" in nll:
+        comparisons["swapped_over_gist_gap_recovered"] = stat(
+            lambda m: gap(m, "swapped") / gap(m, "gist")
+        )
+
+    return {
+        "n_examples": int(total),
+        "horizon_tokens": int(horizon_tokens),
+        "early_tokens": int(early),
+        "bootstrap_samples": int(bootstrap_samples),
+        "seed": int(seed),
+        "conditions": conditions,
+        "comparisons": comparisons,
+        "quality_bars": _quality_bars(conditions, comparisons),
+    }
+
+
+def _quality_bars(conditions: Mapping, comparisons: Mapping) -> dict[str, bool | None]:
+    """The bars of docs/quality.md, each True / False, or None when a number is missing."""
+
+    def value(entry):
+        return None if entry is None else entry["value"]
+
+    bars: dict[str, bool | None] = {}
+    drop_gap = value(conditions["drop"]["delta_nll"])
+    bars["drop_delta_nll_at_least_0.1"] = None if drop_gap is None else drop_gap >= 0.1
+    if "gist" in conditions:
+        gist_gr = value(conditions["gist"]["gap_recovered"])
+        bars["gist_gap_recovered_at_least_0.5"] = None if gist_gr is None else gist_gr >= 0.5
+    difference = comparisons.get("gist_minus_mean_gap_recovered")
+    if difference is not None:
+        low = (difference.get("ci95") or [None])[0]
+        bars["gist_above_mean_ci_excludes_0"] = None if low is None else low > 0
+    ratio = comparisons.get("swapped_over_gist_gap_recovered")
+    if ratio is not None:
+        bars["swapped_below_half_of_gist"] = (
+            None if ratio["value"] is None else ratio["value"] < 0.5
+        )
+    return bars
+
+
+# --- from a checkpoint and a shard -----------------------------------------------------
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """Checkpoint info (a dataclass or dict) as JSON-able data."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def resolve_shard_path(dataset_path: str | Path, split: str | None = None) -> Path:
+    """A shard file as given, or the shard of `split` (default validation) in a dataset folder."""
+    from gistnet.shards import read_metadata, split_path
+
+    path = Path(dataset_path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise ShardError(f"dataset {str(path)!r} is neither a shard file nor a dataset folder")
+    return split_path(read_metadata(path), path, split or "validation")
+
+
+def _document_ids(shard: Any) -> np.ndarray | None:
+    """(N,) document index per example: the shard's doc_id column, else derived, else None."""
+    doc_ids = getattr(shard, "doc_id", None)
+    if doc_ids is None and hasattr(shard, "document_ids"):
+        doc_ids = shard.document_ids()
+    return None if doc_ids is None else np.asarray(doc_ids)
+
+
+@torch.inference_mode()
+def _compute_gists(
+    model: torch.nn.Module,
+    teacher_hidden: np.ndarray,
+    rows: np.ndarray,
+    *,
+    device: torch.device,
+    batch_size: int,
+    should_cancel: CancelFn | None,
+) -> torch.Tensor:
+    gists = []
+    for start in range(0, len(rows), batch_size):
+        if should_cancel is not None and should_cancel():
+            raise Cancelled("evaluation cancelled while computing gists")
+        index = rows[start : start + batch_size]
+        hidden = torch.from_numpy(np.ascontiguousarray(teacher_hidden[index], dtype=np.float32))
+        gists.append(model(hidden.to(device)).float().cpu())  # (B, T, D) -> (B, D)
+    return torch.cat(gists)
+
+
+def evaluate_gistnet(
+    *,
+    checkpoint_path: str | Path,
+    dataset_path: str | Path,
+    split: str | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    max_examples: int | None = None,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+    on_progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> dict[str, Any]:
+    """Score a checkpoint's gists on a prepared shard; returns the JSON-able report.
+
+    `dataset_path` is a shard (.arrow) or a prepared dataset directory (then `split`,
+    default validation, picks the shard). The teacher and tokenizer are those the dataset
+    was prepared with. `max_examples` evaluates a seeded random subset.
+    `on_progress(done, total)` counts scored examples; `should_cancel()` is polled between
+    batches and stops the work with `Cancelled`.
+    """
+    from gistnet.checkpoint import load_checkpoint
+    from gistnet.devices import resolve_device
+    from gistnet.shards import open_shard, read_metadata
+    from gistnet.teacher import load_teacher, load_tokenizer
+
+    started = time.perf_counter()
+    checkpoint_path = Path(checkpoint_path)
+    if not checkpoint_path.is_file():
+        raise ConfigError(f"checkpoint {str(checkpoint_path)!r} does not exist")
+    shard_path = resolve_shard_path(dataset_path, split)
+    torch_device = resolve_device(device)
+
+    metadata = read_metadata(shard_path)
+    shard = open_shard(shard_path)
+    block_size = int(metadata["block_size"])
+    model, info = load_checkpoint(checkpoint_path, device=torch_device)
+    model.eval()
+    info_plain = _plain(info)
+    trained_block = info_plain.get("block_size") if isinstance(info_plain, dict) else None
+    if trained_block is not None and int(trained_block) != block_size:
+        raise ConfigError(
+            f"checkpoint was trained on blocks of {trained_block} tokens but the dataset's "
+            f"blocks have {block_size}: evaluate on a dataset prepared with its block_size"
+        )
+
+    teacher = load_teacher(
+        metadata["teacher_model"],
+        dtype=metadata.get("teacher_dtype", "float32"),
+        device=torch_device,
+    )
+    tokenizer = load_tokenizer(metadata["tokenizer"])
+
+    total = len(shard.context_input_ids)
+    if total == 0:
+        raise ShardError(f"shard {str(shard_path)!r} holds no examples")
+    rows = np.arange(total)
+    if max_examples is not None and max_examples < total:
+        rows = np.sort(np.random.default_rng(seed).choice(total, max_examples, replace=False))
+    context = np.asarray(shard.context_input_ids[rows])
+
+    doc_ids = _document_ids(shard)
+    if doc_ids is not None:
+        partner = swap_partners(doc_ids[rows], seed=seed)
+        swap_rule = "gist of a random example from another document"
+    else:  # an older shard without document ids: the best available stand-in
+        partner = swap_partners(rows, seed=seed)
+        swap_rule = "gist of a random other example (the shard has no doc_id column)"
+
+    gists = _compute_gists(
+        model,
+        shard.teacher_hidden,
+        rows,
+        device=torch_device,
+        batch_size=batch_size,
+        should_cancel=should_cancel,
+    )
+    nll = evaluate_conditions(
+        teacher,
+        context,
+        block_size=block_size,
+        gist_vectors=gists,
+        swap_partner=partner,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        on_progress=on_progress,
+        should_cancel=should_cancel,
+    )
+    report = summarize(nll, bootstrap_samples=bootstrap_samples, seed=seed)
+    report.update(
+        {
+            "checkpoint": {
+                "path": str(checkpoint_path),
+                "sha256": _file_sha256(checkpoint_path),
+                "info": info_plain,
+            },
+            "dataset": {
+                "path": str(dataset_path),
+                "shard": str(shard_path),
+                "split": split,
+                "fingerprint": metadata.get("fingerprint"),
+                "examples_in_shard": int(total),
+            },
+            "teacher": metadata["teacher_model"],
+            "tokenizer": metadata["tokenizer"],
+            "block_size": block_size,
+            "horizon": int(metadata.get("horizon", block_size + report["horizon_tokens"])),
+            "drop_token_id": drop_token_id(tokenizer, teacher),
+            "swapped_rule": swap_rule,
+            "device": str(torch_device),
+            "elapsed_s": round(time.perf_counter() - started, 3),
+        }
+    )
+    return report
+
+
+# --- output ----------------------------------------------------------------------------
+
+
+def _fmt(entry: Mapping | None, digits: int = 3) -> str:
+    if entry is None or entry["value"] is None:
+        return "n/a"
+    text = f"{entry['value']:.{digits}f}"
+    if entry.get("ci95") and entry["ci95"][0] is not None:
+        low, high = entry["ci95"]
+        text += f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return text
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """A plain-text table of the report: one row per condition, then the comparisons."""
+    early = report["early_tokens"]
+    header = [
+        "condition",
+        "NLL",
+        "ΔNLL [95% CI]",
+        "GR [95% CI]",
+        f"ΔNLL first {early}",
+        "ΔNLL rest",
+    ]
+    rows = [header]
+    for name, entry in report["conditions"].items():
+        rows.append(
+            [
+                name,
+                _fmt(entry["nll"]),
+                _fmt(entry["delta_nll"]),
+                _fmt(entry["gap_recovered"]),
+                _fmt(entry["delta_nll_early"]),
+                _fmt(entry["delta_nll_late"]),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    lines.append("")
+    lines.append(
+        f"{report['n_examples']} examples, {report['horizon_tokens']} horizon tokens each; "
+        f"{report['bootstrap_samples']} bootstrap resamples"
+    )
+    comparisons = report.get("comparisons", {})
+    if "gist_minus_mean_gap_recovered" in comparisons:
+        lines.append(f"GR(gist) - GR(mean): {_fmt(comparisons['gist_minus_mean_gap_recovered'])}")
+    if "swapped_over_gist_gap_recovered" in comparisons:
+        lines.append(
+            f"GR(swapped) / GR(gist): {_fmt(comparisons['swapped_over_gist_gap_recovered'])}"
+        )
+    bars = report.get("quality_bars") or {}
+    if bars:
+        lines.append(
+            "quality bars: "
+            + ", ".join(
+                f"{name} {'yes' if ok else 'NO' if ok is False else 'n/a'}"
+                for name, ok in bars.items()
+            )
+        )
+    return "\n".join(lines)
+
+
+def plot_per_position(report: Mapping[str, Any], path: str | Path, *, title: str | None = None):
+    """Mean NLL at each horizon position, one line per condition, saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for name, entry in report["conditions"].items():
+        curve = entry["nll_per_position"]
+        gr = entry["gap_recovered"]["value"]
+        label = name if gr is None or name in ("full", "drop") else f"{name} (GR {gr:.2f})"
+        ax.plot(range(1, len(curve) + 1), curve, label=label, linewidth=1.5)
+    early = report["early_tokens"]
+    if early < report["horizon_tokens"]:
+        ax.axvline(early + 0.5, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("horizon position (tokens after the block)")
+    # Log scale: the first tokens after the block cost ten times the later ones.
+    ax.set_yscale("log")
+    ax.set_ylabel("mean NLL (nats, log scale)")
+    ax.set_title(title or f"per-position NLL, {report['n_examples']} examples")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_report(
+    report: Mapping[str, Any], out_dir: str | Path, *, stem: str = "evaluation"
+) -> dict[str, Path]:
+    """Write `<stem>.json` and `<stem>_nll_per_position.png` under out_dir; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / f"{stem}.json"
+    json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    plot_path = plot_per_position(report, out_dir / f"{stem}_nll_per_position.png")
+    return {"json": json_path, "plot": plot_path}

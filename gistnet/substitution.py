@@ -1,0 +1,208 @@
+"""A vector in place of a block: how the frozen teacher reads a gist, and the loss that
+trains GistNet so the teacher predicts what follows the block as if it had read the block.
+
+An example is `context_input_ids` (B, H): the block b (its first T = block_size tokens),
+then the L = H - T horizon tokens h. Every condition scores the same L tokens of h:
+
+    full     b_0 ... b_{T-1} h_0 ... h_{L-1}     positions 0 ... H-1
+    vector   v               h_0 ... h_{L-1}     positions T-1, T ... H-1
+
+The vector sits at the block's last position, so h keeps its position ids and only the
+content before it differs. In both rows the token at position T-1 predicts h_0, the
+token at T-1+i predicts h_i. This module is the one place that builds those inputs;
+the evaluation (`gistnet.evaluate`) and the training objective share it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from gistnet.errors import ConfigError
+
+__all__ = [
+    "SubstitutionLoss",
+    "drop_token_id",
+    "drop_vector",
+    "horizon_log_probs",
+    "horizon_nll",
+    "horizon_targets",
+    "mean_block_embedding",
+    "substituted_inputs",
+]
+
+
+def _horizon_length(context_input_ids: torch.Tensor, block_size: int) -> int:
+    if context_input_ids.dim() != 2:
+        raise ConfigError(
+            f"context_input_ids must be (batch, horizon); got shape {tuple(context_input_ids.shape)}"
+        )
+    horizon_tokens = context_input_ids.shape[1] - block_size
+    if horizon_tokens < 1:
+        raise ConfigError(
+            f"context of {context_input_ids.shape[1]} tokens leaves no horizon after a block of "
+            f"{block_size}: prepare the dataset with horizon > block_size (e.g. 2 x block_size)"
+        )
+    return horizon_tokens
+
+
+def _embedding_weight(teacher: torch.nn.Module) -> torch.Tensor:
+    return teacher.get_input_embeddings().weight
+
+
+def horizon_targets(context_input_ids: torch.Tensor, *, block_size: int) -> torch.Tensor:
+    """The tokens every condition predicts: h = context[:, T:], (B, H) -> (B, L)."""
+    _horizon_length(context_input_ids, block_size)
+    return context_input_ids[:, block_size:]
+
+
+def substituted_inputs(
+    teacher: torch.nn.Module,
+    context_input_ids: torch.Tensor,
+    *,
+    block_size: int,
+    vectors: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's input with one vector in place of the block.
+
+    Returns `inputs_embeds` (B, 1 + L, D) in the teacher's dtype, the vector first and
+    then the embeddings of h, and `position_ids` (B, 1 + L): T-1, T, ..., H-1.
+    Gradients flow from `inputs_embeds` back into `vectors`.
+    """
+    horizon_tokens = _horizon_length(context_input_ids, block_size)
+    batch = context_input_ids.shape[0]
+    if vectors.shape != (batch, _embedding_weight(teacher).shape[1]):
+        raise ConfigError(
+            f"vectors must be (batch={batch}, teacher hidden size="
+            f"{_embedding_weight(teacher).shape[1]}); got {tuple(vectors.shape)}"
+        )
+    embed = teacher.get_input_embeddings()
+    horizon_embeds = embed(context_input_ids[:, block_size:])  # (B, L, D)
+    vectors = vectors.to(dtype=horizon_embeds.dtype, device=horizon_embeds.device)
+    inputs_embeds = torch.cat([vectors[:, None, :], horizon_embeds], dim=1)  # (B, 1 + L, D)
+    positions = torch.arange(
+        block_size - 1, block_size + horizon_tokens, device=context_input_ids.device
+    )
+    position_ids = positions[None, :].expand(batch, -1)
+    return inputs_embeds, position_ids
+
+
+def _keeps_last_logits(teacher: torch.nn.Module) -> bool:
+    return "logits_to_keep" in inspect.signature(teacher.forward).parameters
+
+
+def horizon_log_probs(
+    teacher: torch.nn.Module,
+    context_input_ids: torch.Tensor,
+    *,
+    block_size: int,
+    vectors: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Float32 log-probabilities (B, L, V) of the next token at each horizon step.
+
+    Row i is the teacher's distribution for h_i. `vectors=None` is the `full` condition
+    (the teacher reads b then h); a (B, D) tensor is substituted for the block. The last
+    horizon token is not fed: under causal attention it cannot change any prediction of h.
+    Runs under whatever grad mode the caller chose.
+    """
+    horizon_tokens = _horizon_length(context_input_ids, block_size)
+    kwargs: dict[str, Any] = {"use_cache": False}
+    if vectors is None:
+        # The logits at positions T-1 ... H-2 predict h; the context's last token predicts nothing.
+        kwargs["input_ids"] = context_input_ids[:, :-1]
+        if _keeps_last_logits(teacher):
+            kwargs["logits_to_keep"] = horizon_tokens
+        logits = teacher(**kwargs).logits[:, -horizon_tokens:]
+    else:
+        inputs_embeds, position_ids = substituted_inputs(
+            teacher, context_input_ids, block_size=block_size, vectors=vectors
+        )
+        logits = teacher(
+            inputs_embeds=inputs_embeds[:, :-1], position_ids=position_ids[:, :-1], **kwargs
+        ).logits
+    return F.log_softmax(logits.float(), dim=-1)  # (B, L, V)
+
+
+def horizon_nll(
+    teacher: torch.nn.Module,
+    context_input_ids: torch.Tensor,
+    *,
+    block_size: int,
+    vectors: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Float32 NLL in nats (B, L) of each horizon token under a condition (see horizon_log_probs)."""
+    log_probs = horizon_log_probs(
+        teacher, context_input_ids, block_size=block_size, vectors=vectors
+    )
+    targets = horizon_targets(context_input_ids, block_size=block_size)
+    return -log_probs.gather(-1, targets[..., None]).squeeze(-1)
+
+
+def drop_token_id(tokenizer: Any = None, teacher: torch.nn.Module | None = None) -> int:
+    """The token whose embedding stands for "no content": BOS, else EOS.
+
+    Looks at the tokenizer first, then at the teacher's config.
+    """
+    for source in (tokenizer, getattr(teacher, "config", None)):
+        if source is None:
+            continue
+        for attribute in ("bos_token_id", "eos_token_id"):
+            token_id = getattr(source, attribute, None)
+            if isinstance(token_id, list | tuple):
+                token_id = token_id[0] if token_id else None
+            if token_id is not None:
+                return int(token_id)
+    raise ConfigError(
+        "the tokenizer and the teacher define neither a BOS nor an EOS token, so the `drop` "
+        "condition has no content-free token: give the tokenizer a bos_token or eos_token"
+    )
+
+
+def drop_vector(teacher: torch.nn.Module, token_id: int) -> torch.Tensor:
+    """The teacher's input embedding of `token_id`, (D,) float32."""
+    weight = _embedding_weight(teacher)
+    return weight[token_id].detach().float()
+
+
+def mean_block_embedding(teacher: torch.nn.Module, block_input_ids: torch.Tensor) -> torch.Tensor:
+    """Mean of the block's input embeddings (the simple baseline), (B, T) -> (B, D) float32."""
+    with torch.no_grad():
+        return teacher.get_input_embeddings()(block_input_ids).float().mean(dim=1)
+
+
+class SubstitutionLoss:
+    """KL(full || gist) over the horizon's next-token distributions, plus optionally the
+    gist condition's NLL of h.
+
+    The teacher stays frozen and in eval mode (dropout would make the target noisy); the
+    `full` distributions are computed without gradient, the `gist` ones with it, so the
+    loss back-propagates through the teacher's forward pass into the gists only. Both are
+    in nats per horizon token, computed in float32 whatever the teacher's dtype.
+    """
+
+    def __init__(self, teacher: torch.nn.Module, *, block_size: int, nll_weight: float = 0.0):
+        if nll_weight < 0:
+            raise ConfigError(f"nll_weight must be >= 0; got {nll_weight}")
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.block_size = block_size
+        self.nll_weight = float(nll_weight)
+
+    def __call__(
+        self, gists: torch.Tensor, context_input_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.teacher.training:
+            self.teacher.eval()
+        with torch.no_grad():
+            full = horizon_log_probs(self.teacher, context_input_ids, block_size=self.block_size)
+        gist = horizon_log_probs(
+            self.teacher, context_input_ids, block_size=self.block_size, vectors=gists
+        )
+        # sum_v p_full (log p_full - log p_gist), averaged over the B x L horizon tokens.
+        kl = F.kl_div(gist, full, reduction="none", log_target=True).sum(-1).mean()
+        targets = horizon_targets(context_input_ids, block_size=self.block_size)
+        nll = -gist.gather(-1, targets[..., None]).mean()
+        loss = kl + self.nll_weight * nll if self.nll_weight else kl
+        return loss, {"kl": kl.item(), "nll": nll.item()}

@@ -1,0 +1,71 @@
+"""Measure how well a GistNet checkpoint's gists stand in for their blocks (ΔNLL@H).
+
+    python -m tools.evaluate_gistnet --checkpoint artifacts/gistnet/gistnet.pt \
+        --dataset data/sample_text --split validation --out artifacts/eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gistnet.errors import GistNetError
+from gistnet.evaluate import evaluate_gistnet, format_table, write_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="gistnet.pt written by training")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="an Arrow shard, or a prepared dataset folder (see --split)",
+    )
+    parser.add_argument(
+        "--split", help="split to score when --dataset is a folder (default: validation)"
+    )
+    parser.add_argument("--out", default="artifacts/eval", help="folder for the JSON and the plot")
+    parser.add_argument("--max-examples", type=int, help="score a seeded random subset this large")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--bootstrap-samples", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    args = parser.parse_args(argv)
+
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(unit="ex", dynamic_ncols=True, desc="scoring")
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+    try:
+        report = evaluate_gistnet(
+            checkpoint_path=args.checkpoint,
+            dataset_path=args.dataset,
+            split=args.split,
+            device=args.device,
+            batch_size=args.batch_size,
+            max_examples=args.max_examples,
+            bootstrap_samples=args.bootstrap_samples,
+            seed=args.seed,
+            on_progress=progress,
+        )
+    except GistNetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if bar is not None:
+            bar.close()
+    paths = write_report(report, args.out)
+    print(format_table(report))
+    print(f"report -> {paths['json']}\nplot   -> {paths['plot']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
