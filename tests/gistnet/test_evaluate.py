@@ -11,7 +11,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from gistnet.errors import Cancelled, ConfigError
 from gistnet.evaluate import (
@@ -23,6 +22,7 @@ from gistnet.evaluate import (
     write_report,
 )
 from gistnet.substitution import horizon_nll, mean_block_embedding
+from tests.gistnet.test_substitution import make_teacher
 
 VOCAB = 61
 BOS, EOS = 1, 2
@@ -33,17 +33,7 @@ EXAMPLES = 10
 
 @pytest.fixture(scope="module")
 def teacher():
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=VOCAB,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        n_positions=64,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-    )
-    return GPT2LMHeadModel(config).eval().requires_grad_(False)
+    return make_teacher()
 
 
 @pytest.fixture(scope="module")
