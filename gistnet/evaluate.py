@@ -420,6 +420,14 @@ def evaluate_gistnet(
         device=torch_device,
     )
     tokenizer = load_tokenizer(metadata["tokenizer"])
+    teacher_width = int(teacher.get_input_embeddings().weight.shape[1])
+    if model.config.hidden_size != teacher_width:
+        raise ConfigError(
+            f"checkpoint's gists have width {model.config.hidden_size} but the dataset's teacher "
+            f"{metadata['teacher_model']!r} reads inputs of width {teacher_width}: evaluate on a "
+            f"dataset prepared with the teacher the checkpoint was trained for"
+        )
+    trained_teacher = (info_plain.get("teacher") or {}) if isinstance(info_plain, dict) else {}
 
     total = len(shard.context_input_ids)
     if total == 0:
@@ -472,6 +480,12 @@ def evaluate_gistnet(
                 "examples_in_shard": int(total),
             },
             "teacher": metadata["teacher_model"],
+            # False when the checkpoint names another teacher than the dataset's (same width).
+            "teacher_matches_checkpoint": trained_teacher.get("model")
+            in (
+                None,
+                metadata["teacher_model"],
+            ),
             "tokenizer": metadata["tokenizer"],
             "block_size": block_size,
             "horizon": int(metadata.get("horizon", block_size + report["horizon_tokens"])),

@@ -343,3 +343,20 @@ def test_evaluate_cli_names_a_missing_split(prepared, capsys):
                  "--split", "test", "--device", "cpu"])  # fmt: skip
     assert code == 2
     assert "no split 'test'" in capsys.readouterr().err
+
+
+def test_evaluate_gistnet_refuses_gists_of_another_width(prepared):
+    from gistnet.checkpoint import save_checkpoint
+    from gistnet.model import GistNet, GistNetConfig
+
+    wide = save_checkpoint(
+        prepared["root"] / "wide" / "gistnet.pt",
+        model=GistNet(GistNetConfig(hidden_size=64, block_size=BLOCK, num_heads=2)),
+        training_config={},
+        metrics={},
+        dataset={"name": "tiny"},
+        teacher={"model": "another-teacher", "dtype": "float32"},
+        tokenizer="another-teacher",
+    )
+    with pytest.raises(ConfigError, match="width 64"):
+        evaluate_gistnet(checkpoint_path=wide, dataset_path=prepared["data"], device="cpu")
