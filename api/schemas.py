@@ -199,6 +199,8 @@ class GistResponse(_Out):
     # Text requests only: tokens the text had, and the tail too short for a full block.
     tokens: int | None = None
     unused_tokens: int | None = None
+    # Text requests only: each block's tokens written back as text, in order.
+    block_texts: list[str] | None = None
 
 
 # --------------------------------------------------------------------------- evaluations
