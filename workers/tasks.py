@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import math
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, shared_task
@@ -29,6 +31,7 @@ from service.db.records import (
     record_model,
 )
 from service.settings import Settings, get_settings
+from workers import metrics
 from workers.runner import JobRun, Outcome, run_job
 
 TASK_OF_KIND = {
@@ -69,6 +72,20 @@ def _settings_of(task) -> Settings:
     return getattr(task.app, "settings", None) or get_settings()
 
 
+def _run_measured(task, job_id: int, kind: str, work: Callable[[JobRun], Outcome]) -> str:
+    """run_job, with the worker's metrics told when a claimed job starts and ends."""
+
+    def counted(run: JobRun) -> Outcome:  # called only once the job is claimed
+        metrics.job_started(kind)
+        return work(run)
+
+    started = time.monotonic()
+    outcome = run_job(settings=_settings_of(task), job_id=job_id, work=counted)
+    if outcome != "skipped":
+        metrics.job_finished(kind, outcome, time.monotonic() - started)
+    return outcome
+
+
 def dataset_dir(dataset_id: int) -> str:
     return f"datasets/{dataset_id}"
 
@@ -90,8 +107,10 @@ def _prepare(run: JobRun) -> Outcome:
     config["teacher_device"] = settings.device  # the worker's device, not the requester's
     relative = dataset_dir(run.dataset_id)
     output = settings.artifact_path(relative)
+    meter = metrics.PrepMeter()
 
     def on_progress(p) -> None:
+        meter(p.split, p.tokens)
         run.report(
             progress={
                 "split": p.split,
@@ -123,7 +142,7 @@ def _prepare(run: JobRun) -> Outcome:
 
 @shared_task(name="gistnet.prepare_dataset", bind=True)
 def prepare_dataset_task(self, job_id: int) -> str:
-    return run_job(settings=_settings_of(self), job_id=job_id, work=_prepare)
+    return _run_measured(self, job_id, PREPARE, _prepare)
 
 
 # --------------------------------------------------------------------------- train
@@ -147,6 +166,9 @@ def _train(run: JobRun) -> Outcome:
     output.mkdir(parents=True, exist_ok=True)
 
     def on_progress(p) -> None:
+        metrics.train_step(
+            batch_size=run_config.training.batch_size, examples_per_sec=p.examples_per_sec
+        )
         point = {
             "step": p.step,
             "loss": p.loss,
@@ -210,7 +232,7 @@ def _finite(value: float | None) -> float | None:
 
 @shared_task(name="gistnet.train", bind=True)
 def train_task(self, job_id: int) -> str:
-    return run_job(settings=_settings_of(self), job_id=job_id, work=_train)
+    return _run_measured(self, job_id, TRAIN, _train)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -251,4 +273,4 @@ def _evaluate(run: JobRun) -> Outcome:
 
 @shared_task(name="gistnet.evaluate", bind=True)
 def evaluate_task(self, job_id: int) -> str:
-    return run_job(settings=_settings_of(self), job_id=job_id, work=_evaluate)
+    return _run_measured(self, job_id, EVALUATE, _evaluate)
