@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,8 +31,12 @@ from service.db.jobs import get_job
 from service.db.models import TERMINAL
 from service.db.records import job_metrics
 
+log = logging.getLogger(__name__)
+
 # A comment line this often keeps proxies and load balancers from closing a quiet stream.
 KEEPALIVE_S = 15.0
+# Reads of the job that may fail in a row before the stream gives up (the client reconnects).
+MAX_READ_FAILURES = 10
 
 
 def sse(event: str, data: Any, *, event_id: int | None = None) -> str:
@@ -66,8 +71,19 @@ async def job_event_stream(
 ) -> AsyncIterator[str]:
     last_news: dict[str, Any] | None = None
     last_sent = time.monotonic()
+    failures = 0
     while True:
-        state, points = await run_in_threadpool(_read, sessionmaker, job_id, after_step)
+        try:
+            state, points = await run_in_threadpool(_read, sessionmaker, job_id, after_step)
+            failures = 0
+        except Exception:  # the database hiccuped: look again, but not forever
+            log.exception("event stream of job %s could not read it", job_id)
+            failures += 1
+            if failures >= MAX_READ_FAILURES:
+                yield sse("error", {"detail": f"job {job_id} cannot be read now; reconnect"})
+                return
+            await asyncio.sleep(poll_s)
+            continue
         if state is None:
             yield sse("error", {"detail": f"job {job_id} no longer exists"})
             return

@@ -122,6 +122,9 @@ class DatasetPublic(_Out):
     # Folder of the shards and metadata.yaml, relative to the artifact root.
     path: str | None
     splits: dict[str, SplitPublic]
+    # Where each split's text came from: its `source` under the data root (uploads are
+    # under uploads/), or "N inline documents".
+    sources: dict[str, str] = {}
     created_at: datetime
     updated_at: datetime
 

@@ -59,14 +59,16 @@ def get_job_metrics(job_id: int, session: SessionDep) -> JobMetricsPublic:
 def job_events(
     job_id: int,
     request: Request,
-    session: SessionDep,
     settings: SettingsDep,
     after_step: int | None = Query(None, ge=0, description="send only points after this step"),
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: `state` (the job) when it changes, `metrics` (new loss-curve
     points), and `end` once the job is finished; see api/events.py."""
-    _job_or_404(session, job_id)
+    # A session of its own, closed before the stream starts: a SessionDep would stay open
+    # (on SQLite: hold the database's lock) for as long as the stream runs.
+    with request.app.state.sessionmaker() as session:
+        _job_or_404(session, job_id)
     if after_step is None and last_event_id and last_event_id.strip().isdigit():
         after_step = int(last_event_id)
     stream = job_event_stream(
