@@ -24,10 +24,10 @@ import httpx
 import pytest
 
 from service.db.migrate import upgrade_database
+from service.queue import TERMINAL
 from service.settings import Settings, env_name, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "GISTNET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -160,7 +160,7 @@ def subprocess_env(stack_env: dict[str, str]) -> dict[str, str]:
 
 
 class ServiceProcess:
-    """`python -m service.cli ...` in its own process group, its output in a log file."""
+    """`python -m tools.cli ...` in its own process group, its output in a log file."""
 
     def __init__(self, args: list[str], *, env: dict[str, str], log_path: Path):
         self.args, self.env, self.log_path = args, env, log_path
@@ -169,7 +169,7 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *self.args],
+            [sys.executable, "-m", "tools.cli", *self.args],
             env=subprocess_env(self.env),
             cwd=REPO,
             stdout=log,

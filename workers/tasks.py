@@ -13,12 +13,11 @@ import math
 import os
 from typing import Any
 
-from celery import Celery, shared_task
+from celery import shared_task
 from celery.signals import worker_init, worker_process_init
 from sqlalchemy.orm import Session
 
 from service.db.engine import session_scope
-from service.db.models import EVALUATE, PREPARE, TRAIN
 from service.db.records import (
     complete_loss_curve,
     evaluation_of_job,
@@ -28,14 +27,9 @@ from service.db.records import (
     record_evaluation_report,
     record_model,
 )
+from service.queue import TASK_OF_KIND, JobKind
 from service.settings import Settings, get_settings
 from workers.runner import JobRun, Outcome, run_job
-
-TASK_OF_KIND = {
-    PREPARE: "gistnet.prepare_dataset",
-    TRAIN: "gistnet.train",
-    EVALUATE: "gistnet.evaluate",
-}
 
 
 @worker_init.connect
@@ -58,11 +52,6 @@ def _limit_threads(**_) -> None:
         import torch
 
         torch.set_num_threads(threads)
-
-
-def send_job(app: Celery, *, job_id: int, kind: str, queue: str) -> None:
-    """Enqueue a job whose row is committed. The message carries only the id."""
-    app.send_task(TASK_OF_KIND[kind], args=[job_id], queue=queue)
 
 
 def _settings_of(task) -> Settings:
@@ -121,7 +110,7 @@ def _prepare(run: JobRun) -> Outcome:
     return Outcome(record=record)
 
 
-@shared_task(name="gistnet.prepare_dataset", bind=True)
+@shared_task(name=TASK_OF_KIND[JobKind.PREPARE], bind=True)
 def prepare_dataset_task(self, job_id: int) -> str:
     return run_job(settings=_settings_of(self), job_id=job_id, work=_prepare)
 
@@ -208,7 +197,7 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
 
 
-@shared_task(name="gistnet.train", bind=True)
+@shared_task(name=TASK_OF_KIND[JobKind.TRAIN], bind=True)
 def train_task(self, job_id: int) -> str:
     return run_job(settings=_settings_of(self), job_id=job_id, work=_train)
 
@@ -249,6 +238,6 @@ def _evaluate(run: JobRun) -> Outcome:
     return Outcome(record=record)
 
 
-@shared_task(name="gistnet.evaluate", bind=True)
+@shared_task(name=TASK_OF_KIND[JobKind.EVALUATE], bind=True)
 def evaluate_task(self, job_id: int) -> str:
     return run_job(settings=_settings_of(self), job_id=job_id, work=_evaluate)

@@ -11,9 +11,8 @@ import torch
 
 from service.db.engine import session_scope
 from service.db.records import create_dataset
+from service.queue import JobKind, celery_client, send_job
 from tests.service_stack import dataset_body, train_body, wait_for_job, wait_until
-from workers.celery_app import create_celery_app
-from workers.tasks import send_job
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -149,7 +148,7 @@ def test_job_whose_teacher_folder_is_missing_ends_failed_with_the_message(
     with session_scope(pg_stack.settings.database_url) as session:
         dataset, job = create_dataset(session, name="orphan", config=body)
         dataset_id, job_id = dataset.id, job.id
-    send_job(create_celery_app(pg_stack.settings), job_id=job_id, kind="prepare", queue="prep")
+    send_job(celery_client(pg_stack.settings), job_id=job_id, kind=JobKind.PREPARE)
 
     job = wait_for_job(pg_client, job_id)
     assert job["status"] == "failed"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,25 +19,14 @@ from typing import Any
 import httpx
 import yaml
 
+from service.queue import TERMINAL, JobStatus
 from service.settings import Settings
+from tools.processes import free_port, stop_process
 
 DATA_CONFIG = "configs/data/sample_text.yaml"
 RUN_CONFIG = "configs/runs/gistnet_example.yaml"
 DEMO_TEXT_FOLDER = "gistnet-demo"  # under the data root: the corpus copied for the demo
-TERMINAL = ("succeeded", "failed", "cancelled")
 PRINT_EVERY_S = 10
-
-
-def free_port(preferred: int, host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        try:
-            probe.bind((host, preferred))
-            return preferred
-        except OSError:
-            pass
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 def dataset_request(repo_root: Path, settings: Settings) -> dict[str, Any]:
@@ -104,8 +92,6 @@ def _wait_for_api(client: httpx.Client, server: subprocess.Popen, timeout: float
 
 
 def run_demo(settings: Settings, *, port: int, max_steps: int | None, repo_root: Path) -> int:
-    from service.cli import stop_process
-
     if not (repo_root / "samples" / "teacher").is_dir():
         print(
             "gistnet demo: samples/teacher is missing; run it from the repository root "
@@ -124,7 +110,7 @@ def run_demo(settings: Settings, *, port: int, max_steps: int | None, repo_root:
     started = time.monotonic()
     with log_path.open("w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "tools.cli", "serve", "--port", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -145,7 +131,7 @@ def run_demo(settings: Settings, *, port: int, max_steps: int | None, repo_root:
     for name, value in states.items():
         print(f"  {name}: {value}")
     print(f"  wall time: {time.monotonic() - started:.0f}s; everything started has stopped")
-    return 0 if states["train job"] == "succeeded" else 1
+    return 0 if states["train job"] == JobStatus.SUCCEEDED else 1
 
 
 def _demo_flow(
@@ -159,7 +145,7 @@ def _demo_flow(
     accepted = accepted.json()
     job = _wait_for_job(client, accepted["job_id"], "prepare", timeout=1800)
     states["prepare job"] = job["status"]
-    if job["status"] != "succeeded":
+    if job["status"] != JobStatus.SUCCEEDED:
         raise RuntimeError(f"dataset preparation {job['status']}: {job['error']}")
     dataset = client.get(f"/datasets/{accepted['dataset_id']}").raise_for_status().json()
     examples = {name: s["examples"] for name, s in dataset["splits"].items()}
@@ -177,7 +163,7 @@ def _demo_flow(
         raise RuntimeError(f"POST /train answered {accepted.status_code}: {accepted.text}")
     job = _wait_for_job(client, accepted.json()["job_id"], "train", timeout=3600)
     states["train job"] = job["status"]
-    if job["status"] != "succeeded":
+    if job["status"] != JobStatus.SUCCEEDED:
         raise RuntimeError(f"training {job['status']}: {job['error']}")
     model = client.get(f"/models/{job['result']['model_id']}").raise_for_status().json()
     states["final loss"] = f"{model['final_loss']:.4f}"
