@@ -1,5 +1,5 @@
-"""The app on a PostgreSQL database and a Redis broker of its own, with no worker: these
-tests are about what the API answers before anything runs. A prepared dataset and a
+"""The app on each kind of stack (embedded SQLite, and PostgreSQL + Redis), with no worker:
+these tests are about what the API answers before anything runs. A prepared dataset and a
 trained model are made in-process with the library and recorded as the workers would."""
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from service.db.records import record_model
 from service.queue import JobKind, JobStatus, ProductStatus, QueueName
 from tests.service_stack import (
     REDIS_DB,
-    make_stack,
-    postgres_database,
-    redis_database,
+    STACK_KINDS,
     sample_teacher,
+    stack_of_kind,
     tiny_documents,
 )
 
@@ -25,10 +24,11 @@ def teacher() -> str:
     return sample_teacher()
 
 
-@pytest.fixture(scope="session")
-def api_stack(tmp_path_factory):
-    with postgres_database() as database_url, redis_database(REDIS_DB["api"]) as broker:
-        yield make_stack(tmp_path_factory.mktemp("api-stack"), database_url=database_url, **broker)
+@pytest.fixture(scope="session", params=STACK_KINDS)
+def api_stack(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(f"api-{request.param}")
+    with stack_of_kind(request.param, root, redis_db=REDIS_DB["api"]) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,8 @@ def counted_queries(client):
     statements: list[str] = []
 
     def count(_conn, _cursor, statement, *_):
-        statements.append(statement)
+        if not statement.startswith("BEGIN"):  # SQLite's explicit transaction start
+            statements.append(statement)
 
     event.listen(engine, "before_cursor_execute", count)
     try:
