@@ -66,6 +66,10 @@ def job_dir(job_id: int) -> str:
     return f"jobs/{job_id}"
 
 
+def evaluation_dir(evaluation_id: int) -> str:
+    return f"evaluations/{evaluation_id}"
+
+
 # --------------------------------------------------------------------------- prepare
 
 
@@ -211,6 +215,7 @@ def _evaluate(run: JobRun) -> Outcome:
     settings = run.settings
     with session_scope(settings.database_url) as session:
         evaluation = evaluation_of_job(session, job_id=run.job_id)
+        evaluation_id = evaluation.id
         model = get_model(session, model_id=evaluation.model_id)
         dataset = get_dataset(session, dataset_id=evaluation.dataset_id)
         checkpoint = settings.artifact_path(model.checkpoint_path)
@@ -231,6 +236,14 @@ def _evaluate(run: JobRun) -> Outcome:
         should_cancel=run.should_cancel,
         **run.params,
     )
+
+    # The report as JSON and its per-position NLL plot, beside the other artifacts; the
+    # recorded report names them relative to the artifact root.
+    from gistnet.evaluate import write_report
+
+    relative = evaluation_dir(evaluation_id)
+    written = write_report(report, settings.artifact_path(relative), stem="report")
+    report["files"] = {kind: f"{relative}/{path.name}" for kind, path in written.items()}
 
     def record(session: Session) -> None:
         record_evaluation_report(session, job_id=run.job_id, report=report)
