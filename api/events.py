@@ -28,8 +28,8 @@ from fastapi.concurrency import run_in_threadpool
 from api.schemas import MetricPoint
 from api.views import job_public
 from service.db.jobs import get_job
-from service.db.models import TERMINAL
 from service.db.records import job_metrics
+from service.queue import TERMINAL
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _read(sessionmaker, job_id: int, after_step: int | None):
         job = get_job(session, job_id=job_id)
         if job is None:
             return None, []
-        state = job_public(session, job).model_dump(mode="json")
+        state = job_public(job).model_dump(mode="json")
         points = [
             MetricPoint.model_validate(m).model_dump(mode="json")
             for m in job_metrics(session, job_id=job_id, after_step=after_step)

@@ -17,20 +17,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import func, select
 
-from service.db.models import (
-    CANCELLED,
-    EVALUATE,
-    FAILED,
-    PREPARE,
-    QUEUED,
-    RUNNING,
-    SUCCEEDED,
-    TRAIN,
-    Job,
-)
+from service.db.models import Job
+from service.queue import JobKind, JobStatus
 
-JOB_KINDS = (PREPARE, TRAIN, EVALUATE)
-JOB_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 # Block counts are powers of two up to the largest request a server is likely to allow.
 BLOCK_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # From a fast /gist answer (a few ms) to a slow upload or a cold model load (tens of s).
@@ -120,9 +109,9 @@ def _jobs_gauge(sessionmaker) -> GaugeMetricFamily:
         "gistnet_jobs", "Jobs in the database, by kind and state.", labels=["kind", "state"]
     )
     # Every pair, zeros included: a series that appears only once non-zero breaks rate().
-    for kind in JOB_KINDS:
-        for status in JOB_STATUSES:
-            gauge.add_metric([kind, status], counts.get((kind, status), 0))
+    for kind in JobKind:
+        for status in JobStatus:
+            gauge.add_metric([kind.value, status.value], counts.get((kind, status), 0))
     return gauge
 
 

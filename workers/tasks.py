@@ -15,12 +15,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from celery import Celery, shared_task
+from celery import shared_task
 from celery.signals import worker_init, worker_process_init
 from sqlalchemy.orm import Session
 
 from service.db.engine import session_scope
-from service.db.models import EVALUATE, PREPARE, TRAIN
 from service.db.records import (
     complete_loss_curve,
     evaluation_of_job,
@@ -30,15 +29,10 @@ from service.db.records import (
     record_evaluation_report,
     record_model,
 )
+from service.queue import TASK_OF_KIND, JobKind
 from service.settings import Settings, get_settings
 from workers import metrics
 from workers.runner import JobRun, Outcome, run_job
-
-TASK_OF_KIND = {
-    PREPARE: "gistnet.prepare_dataset",
-    TRAIN: "gistnet.train",
-    EVALUATE: "gistnet.evaluate",
-}
 
 
 @worker_init.connect
@@ -61,11 +55,6 @@ def _limit_threads(**_) -> None:
         import torch
 
         torch.set_num_threads(threads)
-
-
-def send_job(app: Celery, *, job_id: int, kind: str, queue: str) -> None:
-    """Enqueue a job whose row is committed. The message carries only the id."""
-    app.send_task(TASK_OF_KIND[kind], args=[job_id], queue=queue)
 
 
 def _settings_of(task) -> Settings:
@@ -92,6 +81,10 @@ def dataset_dir(dataset_id: int) -> str:
 
 def job_dir(job_id: int) -> str:
     return f"jobs/{job_id}"
+
+
+def evaluation_dir(evaluation_id: int) -> str:
+    return f"evaluations/{evaluation_id}"
 
 
 # --------------------------------------------------------------------------- prepare
@@ -140,9 +133,9 @@ def _prepare(run: JobRun) -> Outcome:
     return Outcome(record=record)
 
 
-@shared_task(name="gistnet.prepare_dataset", bind=True)
+@shared_task(name=TASK_OF_KIND[JobKind.PREPARE], bind=True)
 def prepare_dataset_task(self, job_id: int) -> str:
-    return _run_measured(self, job_id, PREPARE, _prepare)
+    return _run_measured(self, job_id, JobKind.PREPARE, _prepare)
 
 
 # --------------------------------------------------------------------------- train
@@ -230,9 +223,9 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
 
 
-@shared_task(name="gistnet.train", bind=True)
+@shared_task(name=TASK_OF_KIND[JobKind.TRAIN], bind=True)
 def train_task(self, job_id: int) -> str:
-    return _run_measured(self, job_id, TRAIN, _train)
+    return _run_measured(self, job_id, JobKind.TRAIN, _train)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -244,6 +237,7 @@ def _evaluate(run: JobRun) -> Outcome:
     settings = run.settings
     with session_scope(settings.database_url) as session:
         evaluation = evaluation_of_job(session, job_id=run.job_id)
+        evaluation_id = evaluation.id
         model = get_model(session, model_id=evaluation.model_id)
         dataset = get_dataset(session, dataset_id=evaluation.dataset_id)
         checkpoint = settings.artifact_path(model.checkpoint_path)
@@ -265,12 +259,20 @@ def _evaluate(run: JobRun) -> Outcome:
         **run.params,
     )
 
+    # The report as JSON and its per-position NLL plot, beside the other artifacts; the
+    # recorded report names them relative to the artifact root.
+    from gistnet.evaluate import write_report
+
+    relative = evaluation_dir(evaluation_id)
+    written = write_report(report, settings.artifact_path(relative), stem="report")
+    report["files"] = {kind: f"{relative}/{path.name}" for kind, path in written.items()}
+
     def record(session: Session) -> None:
         record_evaluation_report(session, job_id=run.job_id, report=report)
 
     return Outcome(record=record)
 
 
-@shared_task(name="gistnet.evaluate", bind=True)
+@shared_task(name=TASK_OF_KIND[JobKind.EVALUATE], bind=True)
 def evaluate_task(self, job_id: int) -> str:
-    return _run_measured(self, job_id, EVALUATE, _evaluate)
+    return _run_measured(self, job_id, JobKind.EVALUATE, _evaluate)

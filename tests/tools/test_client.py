@@ -14,7 +14,7 @@ import yaml
 from gistnet.client import APIError, Client, JobFailed, ServerUnreachable, load_dataset_config
 from tests.conftest import SERVICE_KEY
 from tests.service_stack import REPO, dataset_body, sample_teacher, tiny_documents
-from tools.client_cli import main as cli
+from tools.cli import main as cli
 
 pytestmark = [pytest.mark.slow]
 
