@@ -31,7 +31,9 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ARTIFACTS = Path(os.environ.get("GISTNET_TEST_ARTIFACTS", REPO / "var" / "test-artifacts"))
-TRAIN_STEPS = 60
+# Long enough (a second or two on two cores) for the page to draw the curve several times.
+TRAIN_STEPS = 150
+VALIDATE_EVERY = 50
 
 
 def _no_browser(reason: str):
@@ -149,7 +151,7 @@ def _drive_the_dashboard(page, running_service, tmp_path, shots) -> None:
     row.locator("a", has_text="Train").click()
     page.fill("#tr-steps", str(TRAIN_STEPS))
     page.fill("#tr-batch", "8")
-    page.fill("#tr-eval", "20")
+    page.fill("#tr-eval", str(VALIDATE_EVERY))
     page.click("#tr-submit")
     page.wait_for_url("**/#/jobs/*")
     job_id = int(page.url.rsplit("/", 1)[1])
@@ -171,7 +173,7 @@ def _drive_the_dashboard(page, running_service, tmp_path, shots) -> None:
     assert seen[-1] == TRAIN_STEPS == api.get(f"/jobs/{job_id}/metrics").json()["count"]
     assert len(seen) >= 3 and seen == sorted(seen), f"the curve did not grow while running: {seen}"
     validation_points = page.locator("#loss-chart path[data-series='validation loss']")
-    assert int(validation_points.get_attribute("data-count")) == TRAIN_STEPS // 20
+    assert int(validation_points.get_attribute("data-count")) == TRAIN_STEPS // VALIDATE_EVERY
     shots(page, "job")
     model_id = api.get(f"/jobs/{job_id}").json()["result"]["model_id"]
 
