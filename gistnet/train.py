@@ -9,6 +9,7 @@ seed and the step).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -57,7 +58,8 @@ class TrainResult:
 
 
 def model_config_for(run: RunConfig, metadata: dict[str, Any]) -> GistNetConfig:
-    """The GistNet config for a dataset; a width or block size that disagrees is an error."""
+    """The run's `model:` section with the dataset's width and block size filled in; a
+    value the run sets that disagrees with the dataset is an error."""
     m = run.model
     data_d, data_t = int(metadata["teacher_hidden_size"]), int(metadata["block_size"])
     if m.hidden_size is not None and m.hidden_size != data_d:
@@ -70,15 +72,7 @@ def model_config_for(run: RunConfig, metadata: dict[str, Any]) -> GistNetConfig:
             f"model.block_size is {m.block_size} but the dataset was cut into blocks of {data_t} "
             f"tokens: set block_size to {data_t} or omit it"
         )
-    return GistNetConfig(
-        hidden_size=data_d,
-        block_size=data_t,
-        num_heads=m.num_heads,
-        mlp_ratio=m.mlp_ratio,
-        num_layers=m.num_layers,
-        rope_base=m.rope_base,
-        norm_eps=m.norm_eps,
-    )
+    return dataclasses.replace(m, hidden_size=data_d, block_size=data_t)
 
 
 def batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> np.ndarray:
@@ -208,7 +202,7 @@ def train_gistnet(
 
     torch.manual_seed(cfg.seed)
     model = GistNet(model_cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = model.optimizer(lr=cfg.lr, weight_decay=cfg.weight_decay)
     objective = _Objective(cfg, metadata, device)
 
     history: list[dict[str, Any]] = []
