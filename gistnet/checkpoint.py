@@ -27,9 +27,13 @@ def save_checkpoint(
     metrics: dict[str, Any],
     dataset: dict[str, Any],
     teacher: dict[str, Any],
-    tokenizer: str,
+    tokenizer: str | None,
 ) -> Path:
-    """Write atomically: a crash mid-save never leaves a truncated file under `path`."""
+    """Write atomically: a crash mid-save never leaves a truncated file under `path`.
+
+    The teacher's model and the tokenizer may be None when the dataset did not name them
+    (an mse run on a shard without metadata); the gist engine then asks for them.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
