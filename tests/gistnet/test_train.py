@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gistnet.checkpoint import load_checkpoint
+from gistnet.checkpoint import load_checkpoint, read_checkpoint_info
 from gistnet.config import validate_run_config
 from gistnet.errors import Cancelled, ConfigError, DeviceError, ShardError
 from gistnet.inference import GistEncoder
@@ -81,15 +81,30 @@ def test_checkpoint_round_trips_and_reproduces_the_gists(small_dataset, tmp_path
     assert encoder.dim == shard.hidden_size and encoder.block_size == 32
 
 
-def test_checkpoint_loading_never_unpickles_code(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
+class _WritesAFile:
+    """Unpickling this object creates `marker`: the side effect of running a payload."""
 
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_checkpoint_loading_never_unpickles_code(tmp_path, writer):
+    marker = tmp_path / "payload_ran"
+    payload = {"format": "gistnet-checkpoint/1", "x": _WritesAFile(marker)}
     path = tmp_path / "evil.pt"
-    path.write_bytes(pickle.dumps({"format": "gistnet-checkpoint/1", "x": Evil()}))
+    if writer == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
     with pytest.raises(ShardError, match="not a GistNet checkpoint"):
         load_checkpoint(path)
+    with pytest.raises(ShardError, match="not a GistNet checkpoint"):
+        read_checkpoint_info(path)
+    assert not marker.exists()  # refused before anything in the file was run
 
 
 def test_weight_decay_shrinks_the_matrices_only(small_dataset):
