@@ -52,6 +52,19 @@ def test_shard_opens_memory_mapped_without_copying(small_dataset):
     np.testing.assert_array_equal(gathered[2], parts[-1][-1])
 
 
+def test_chunked_rows_index_like_the_concatenated_array():
+    from gistnet.shards import ChunkedRows
+
+    parts = [np.arange(n * 6, dtype=np.float32).reshape(n, 2, 3) + 100 * n for n in (3, 1, 4)]
+    rows, whole = ChunkedRows(parts), np.concatenate(parts)
+    assert rows.shape == whole.shape == (8, 2, 3) and len(rows) == 8
+    for key in (0, 3, -1, slice(2, 7), slice(None, None, -2), [7, 0, 3, 3], whole[:, 0, 0] > 300):
+        np.testing.assert_array_equal(rows[key], whole[key])
+    np.testing.assert_array_equal(np.asarray(rows), whole)
+    with pytest.raises(IndexError):
+        rows[[8]]
+
+
 def test_teacher_states_equal_a_plain_full_window_forward(small_dataset):
     from transformers import AutoModelForCausalLM
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from gistnet.checkpoint import read_checkpoint_info
+from gistnet.checkpoint import load_checkpoint, read_checkpoint_info
 from gistnet.config import validate_run_config
 from gistnet.errors import ConfigError, ShardError
 from gistnet.evaluate import evaluate_gistnet
@@ -141,6 +141,16 @@ def test_training_on_a_seed_dataset_with_its_metadata(seed_dataset, tmp_path):
     assert info["dataset"]["fingerprint"] == described["fingerprint"]
     assert info["teacher"] == {"model": described["teacher_model"], "dtype": "float32"}
     assert info["hidden_size"] == 128 and info["block_size"] == 32
+
+    # served: the engine runs the teacher the seed's metadata names on the token ids
+    encoder = GistEncoder.from_checkpoint(result.checkpoint_path)
+    assert encoder.tokenize("Mara found a lantern.")  # the tokenizer the metadata names
+    shard = open_shard(seed_dataset / "validation.arrow")
+    model, _ = load_checkpoint(result.checkpoint_path)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(shard.teacher_hidden[:4].copy()))
+    from_tokens = encoder.encode(torch.from_numpy(shard.input_ids[:4]).long())
+    torch.testing.assert_close(from_tokens, expected, atol=1e-5, rtol=1e-5)
 
     report = evaluate_gistnet(
         checkpoint_path=result.checkpoint_path,
