@@ -1,4 +1,4 @@
-"""Sending a committed job to its queue."""
+"""Sending a committed job to its queue, by task name: the API never imports the workers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from service.db.jobs import fail_unsent_job
 from service.db.models import Job
-from workers.tasks import send_job
+from service.queue import send_job
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ def enqueue(session: Session, celery: Celery, job: Job) -> None:
     """The row is committed first, so the task always finds it. If the broker refuses the
     message the job would wait forever: it ends `failed` instead, and the client gets 503."""
     try:
-        send_job(celery, job_id=job.id, kind=job.kind, queue=job.queue)
+        send_job(celery, job_id=job.id, kind=job.kind)
     except Exception as err:
         log.exception("could not queue job %s", job.id)
         message = f"the broker refused the job ({type(err).__name__}: {err}); try again later"

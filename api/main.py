@@ -17,9 +17,10 @@ from api.batching import GistBatcher
 from api.engine import EngineCache
 from api.routes import include_routers
 from api.validation import RequestProblem
+from gistnet.config import describe_validation_errors
 from service.db.engine import make_engine
+from service.queue import celery_client
 from service.settings import Settings, get_settings
-from workers.celery_app import create_celery_app
 
 
 @asynccontextmanager
@@ -31,7 +32,7 @@ async def lifespan(app: FastAPI):
         torch.set_num_threads(settings.torch_threads)
     engine = make_engine(settings.database_url)
     app.state.sessionmaker = sessionmaker(engine, expire_on_commit=False)
-    app.state.celery = create_celery_app(settings)
+    app.state.celery = celery_client(settings)
     app.state.engines = EngineCache(
         device=settings.device,
         capacity=settings.gist_model_cache,
@@ -53,18 +54,12 @@ async def lifespan(app: FastAPI):
 
 
 def _describe(errors) -> str:
-    parts = []
-    for e in errors:
-        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
-        where = ".".join(loc)
-        if e.get("type") == "extra_forbidden":
-            parts.append(f"unknown key {where!r}: remove it or check its spelling")
-        elif e.get("type") == "missing":
-            parts.append(f"missing required key {where!r}")
-        else:
-            msg = str(e.get("msg", "")).removeprefix("Value error, ")
-            parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts)
+    # A request's locations start with where the value came from (body, query, path).
+    return "; ".join(
+        describe_validation_errors(
+            errors, name_of=lambda loc: ".".join(str(p) for p in loc if p != "body")
+        )
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from gistnet.config import DatasetConfig, ModelSection, TrainingConfig
+from service.queue import JobKind, JobStatus, ProductStatus, QueueName
 
 
 class _Out(BaseModel):
@@ -37,9 +38,9 @@ class JobError(_Out):
 
 class JobPublic(_Out):
     id: int
-    kind: Literal["prepare", "train", "evaluate"]
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
-    queue: str
+    kind: JobKind
+    status: JobStatus
+    queue: QueueName
     dataset_id: int | None
     progress: JobProgress
     attempt: int
@@ -108,10 +109,10 @@ class SplitPublic(_Out):
 class DatasetPublic(_Out):
     id: int
     name: str
-    status: Literal["pending", "ready", "failed", "cancelled"]
+    status: ProductStatus
     error: str | None
     job_id: int | None
-    job_status: str | None
+    job_status: JobStatus | None
     tokenizer: str
     teacher_model: str
     block_size: int
@@ -143,7 +144,7 @@ class TrainCreate(_In):
 
 class EvaluationSummary(_Out):
     id: int
-    status: str
+    status: ProductStatus
     dataset_id: int
     split: str
     created_at: datetime
@@ -225,8 +226,8 @@ class EvaluationPublic(_Out):
     model_id: int
     dataset_id: int
     split: str
-    status: Literal["pending", "ready", "failed", "cancelled"]
-    job_status: str | None
+    status: ProductStatus
+    job_status: JobStatus | None
     error: str | None
     report: dict[str, Any] | None
     created_at: datetime

@@ -1,4 +1,8 @@
-"""Rows to response schemas."""
+"""Rows to response schemas.
+
+Built from a row and its relationships only; the list queries load those relationships
+with the page (`selectinload`), so a page costs a fixed number of queries, not one per row.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +19,10 @@ from api.schemas import (
     SplitPublic,
 )
 from service.db.models import Dataset, Evaluation, Job, Model
-from service.db.records import dataset_job, get_job_status, job_result, latest_evaluation
+from service.db.records import job_result, latest_evaluation
 
 
-def job_public(session: Session, job: Job) -> JobPublic:
+def job_public(job: Job) -> JobPublic:
     return JobPublic(
         id=job.id,
         kind=job.kind,
@@ -37,7 +41,7 @@ def job_public(session: Session, job: Job) -> JobPublic:
         device=job.device,
         cancel_requested=job.cancel_requested,
         error=JobError(message=job.error, type=job.error_type) if job.error else None,
-        result=job_result(session, job),
+        result=job_result(job),
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
@@ -45,10 +49,10 @@ def job_public(session: Session, job: Job) -> JobPublic:
     )
 
 
-def dataset_public(session: Session, dataset: Dataset) -> DatasetPublic:
+def dataset_public(dataset: Dataset) -> DatasetPublic:
     info = dataset.info or {}
     config = dataset.config
-    job = dataset_job(session, dataset_id=dataset.id)
+    job = dataset.prepare_jobs[0] if dataset.prepare_jobs else None
     splits = {}
     for name, stats in (info.get("splits") or {}).items():
         splits[name] = SplitPublic(**{**stats, "path": f"{dataset.path}/{stats['path']}"})
@@ -73,7 +77,7 @@ def dataset_public(session: Session, dataset: Dataset) -> DatasetPublic:
     )
 
 
-def evaluation_public(session: Session, evaluation: Evaluation) -> EvaluationPublic:
+def evaluation_public(evaluation: Evaluation) -> EvaluationPublic:
     return EvaluationPublic(
         id=evaluation.id,
         job_id=evaluation.job_id,
@@ -81,7 +85,7 @@ def evaluation_public(session: Session, evaluation: Evaluation) -> EvaluationPub
         dataset_id=evaluation.dataset_id,
         split=evaluation.split,
         status=evaluation.status,
-        job_status=get_job_status(session, job_id=evaluation.job_id),
+        job_status=evaluation.job.status if evaluation.job else None,
         error=evaluation.error,
         report=evaluation.report,
         created_at=evaluation.created_at,

@@ -62,17 +62,17 @@ def record_model(database_url: str, checkpoint: Path, artifacts: Path) -> int:
     from service.db.engine import session_scope
     from service.db.jobs import create_job
     from service.db.migrate import upgrade_database
-    from service.db.models import SUCCEEDED, TRAIN
     from service.db.records import create_dataset
     from service.db.records import record_model as record
+    from service.queue import JobKind, JobStatus
 
     upgrade_database(database_url)
     info = read_checkpoint_info(checkpoint)
     with session_scope(database_url) as session:
         dataset, prep = create_dataset(session, name="bench", config={})
-        prep.status = SUCCEEDED
-        job = create_job(session, kind=TRAIN, dataset_id=dataset.id)
-        job.status = SUCCEEDED
+        prep.status = JobStatus.SUCCEEDED
+        job = create_job(session, kind=JobKind.TRAIN, dataset_id=dataset.id)
+        job.status = JobStatus.SUCCEEDED
         model = record(
             session,
             job_id=job.id,
@@ -209,8 +209,7 @@ def main() -> int:
     levels = [int(c) for c in args.clients.split(",")]
     load_before = os.getloadavg()[0]
 
-    from service.cli import stop_process
-    from service.demo import free_port
+    from tools.processes import free_port, stop_process
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -249,7 +248,7 @@ def main() -> int:
             [
                 sys.executable,
                 "-m",
-                "service.cli",
+                "tools.cli",
                 "serve",
                 "--no-worker",
                 "--port",

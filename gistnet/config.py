@@ -6,6 +6,7 @@ key or a bad value gets the same message whether it came from the CLI or the ser
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -180,19 +181,31 @@ def parse_device(spec: str) -> str:
     raise ValueError(f"device {spec!r} is not one of cpu, cuda, cuda:N, auto")
 
 
-def _format_validation_error(err: ValidationError, what: str) -> str:
+def describe_validation_errors(
+    errors: list[dict[str, Any]], *, name_of: Callable[[tuple], str] | None = None
+) -> list[str]:
+    """pydantic's errors as sentences a person can act on, one per problem.
+
+    `name_of` turns an error's location into the name the person typed (a dotted key by
+    default; the service names an environment variable, the API drops the `body` prefix).
+    """
+    name_of = name_of or (lambda loc: ".".join(str(p) for p in loc))
     lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    for e in errors:
+        where = name_of(tuple(e.get("loc", ())))
         # A dataclass section (`model:`) reports an unknown key as an unexpected argument.
-        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-            lines.append(f"unknown key {loc!r}: remove it or check its spelling")
-        elif e["type"] == "missing":
-            lines.append(f"missing required key {loc!r}")
+        if e.get("type") in ("extra_forbidden", "unexpected_keyword_argument"):
+            lines.append(f"unknown key {where!r}: remove it or check its spelling")
+        elif e.get("type") == "missing":
+            lines.append(f"missing required key {where!r}")
         else:
-            msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{loc}: {msg}" if e["loc"] else msg)
-    return f"invalid {what}: " + "; ".join(lines)
+            msg = str(e.get("msg", "")).removeprefix("Value error, ")
+            lines.append(f"{where}: {msg}" if where else msg)
+    return lines
+
+
+def _format_validation_error(err: ValidationError, what: str) -> str:
+    return f"invalid {what}: " + "; ".join(describe_validation_errors(err.errors()))
 
 
 def validate_dataset_config(data: dict[str, Any]) -> DatasetConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from gistnet.config import parse_device
 from gistnet.errors import ConfigError, DeviceError
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -11,24 +12,27 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 def resolve_device(spec: str = "auto") -> torch.device:
     """Map cpu | cuda | cuda:N | auto to a device that exists here, or say why not."""
+    try:
+        spec = parse_device(spec)
+    except ValueError as err:
+        raise DeviceError(str(err)) from None
     if spec == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":
         return torch.device("cpu")
-    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                f"device {spec!r} was asked for but CUDA is not available on this machine "
-                f"(torch {torch.__version__}); use 'cpu' or 'auto'"
-            )
-        index = int(spec[5:]) if ":" in spec else 0
-        if index >= torch.cuda.device_count():
-            raise DeviceError(
-                f"device {spec!r} does not exist: this machine has "
-                f"{torch.cuda.device_count()} CUDA device(s)"
-            )
-        return torch.device("cuda", index)
-    raise DeviceError(f"device {spec!r} is not one of cpu, cuda, cuda:N, auto")
+    # cuda or cuda:N
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            f"device {spec!r} was asked for but CUDA is not available on this machine "
+            f"(torch {torch.__version__}); use 'cpu' or 'auto'"
+        )
+    index = int(spec[5:]) if ":" in spec else 0
+    if index >= torch.cuda.device_count():
+        raise DeviceError(
+            f"device {spec!r} does not exist: this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s)"
+        )
+    return torch.device("cuda", index)
 
 
 def torch_dtype(name: str) -> torch.dtype:

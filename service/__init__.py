@@ -1,1 +1,2 @@
-"""The platform around the library: settings, the database layer and the `gistnet` command."""
+"""The shared bottom of the platform: the settings, the SQL job store and the queue
+vocabulary. It imports nothing of `api/`, `workers/` or `tools/`."""

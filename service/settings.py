@@ -10,6 +10,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gistnet.config import describe_validation_errors, parse_device
+
 ENV_PREFIX = "GISTNET_"
 
 
@@ -76,9 +78,7 @@ class Settings(BaseSettings):
     @field_validator("device")
     @classmethod
     def _device_spelling(cls, value: str) -> str:
-        if value in ("cpu", "cuda", "auto") or (value.startswith("cuda:") and value[5:].isdigit()):
-            return value
-        raise ValueError(f"{value!r} is not one of auto, cpu, cuda, cuda:N")
+        return parse_device(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -110,11 +110,9 @@ def load_settings(**overrides) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            field = str(e["loc"][0]) if e["loc"] else ""
-            msg = e["msg"].removeprefix("Value error, ")
-            problems.append(f"{env_name(field)}: {msg}" if field else msg)
+        problems = describe_validation_errors(
+            err.errors(), name_of=lambda loc: env_name(str(loc[0])) if loc else ""
+        )
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
 
 

@@ -1,9 +1,11 @@
-"""Helpers for the service tests (tests/api, tests/workers, tests/service): real PostgreSQL
-and Redis databases made for the session, a stack (settings + migrated database), worker
-and server subprocesses, and waiting for jobs.
+"""Helpers for the service tests (tests/api, tests/workers, tests/service): stacks on the
+embedded default (SQLite records, SQLite broker) and on real PostgreSQL and Redis databases
+made for the session, worker and server subprocesses, and waiting for jobs.
 
-Tests that need PostgreSQL or Redis skip, with the reason, when the server is unreachable;
-with GISTNET_REQUIRE_SERVICES=1 (as .ci/run sets) they fail instead.
+The API and worker tests run on both kinds of stack (`STACK_KINDS`). The embedded one needs
+nothing installed, so `bash scripts/test.sh` on a laptop exercises the API and a real
+worker; the PostgreSQL + Redis one skips, with the reason, when a server is unreachable,
+and with GISTNET_REQUIRE_SERVICES=1 (as .ci/run sets) fails instead.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ import httpx
 import pytest
 
 from service.db.migrate import upgrade_database
+from service.queue import TERMINAL
 from service.settings import Settings, env_name, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "GISTNET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -90,6 +92,25 @@ def redis_database(number: int) -> Iterator[dict[str, str]]:
         for key in client.scan_iter(match=f"{prefix}*"):
             client.delete(key)
         client.close()
+
+
+# The embedded default a user gets with nothing installed, and the production pair.
+STACK_KINDS = ["embedded", "postgres-redis"]
+
+
+@contextmanager
+def stack_of_kind(kind: str, root: Path, *, redis_db: int, **overrides: Any) -> Iterator[Stack]:
+    """A migrated stack of the given kind under `root`, removed (databases, keys) afterwards."""
+    if kind == "embedded":
+        yield make_stack(
+            root,
+            database_url=f"sqlite:///{root}/var/gistnet.sqlite",
+            broker_url=f"sqla+sqlite:///{root}/var/broker.sqlite",
+            **overrides,
+        )
+        return
+    with postgres_database() as database_url, redis_database(redis_db) as broker:
+        yield make_stack(root, database_url=database_url, **broker, **overrides)
 
 
 def sample_teacher() -> str:
@@ -160,7 +181,7 @@ def subprocess_env(stack_env: dict[str, str]) -> dict[str, str]:
 
 
 class ServiceProcess:
-    """`python -m service.cli ...` in its own process group, its output in a log file."""
+    """`python -m tools.cli ...` in its own process group, its output in a log file."""
 
     def __init__(self, args: list[str], *, env: dict[str, str], log_path: Path):
         self.args, self.env, self.log_path = args, env, log_path
@@ -169,7 +190,7 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *self.args],
+            [sys.executable, "-m", "tools.cli", *self.args],
             env=subprocess_env(self.env),
             cwd=REPO,
             stdout=log,

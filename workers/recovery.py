@@ -20,6 +20,7 @@ from celery.signals import worker_ready, worker_shutdown
 from service.db.engine import session_scope
 from service.db.jobs import Recovery, recover_stale_jobs
 from service.db.models import utcnow
+from service.queue import send_job
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,6 @@ log = logging.getLogger(__name__)
 
 def sweep(*, settings: Settings, app: Celery) -> Recovery:
     """One pass: re-queue (or fail) every job whose worker stopped beating."""
-    from workers.tasks import send_job
-
     with session_scope(settings.database_url) as session:
         outcome = recover_stale_jobs(
             session,
@@ -39,7 +38,7 @@ def sweep(*, settings: Settings, app: Celery) -> Recovery:
     # After the commit: the new message must find the job queued.
     for job in outcome.requeued:
         log.warning("job %s lost its worker during attempt %s: queued again", job.id, job.attempt)
-        send_job(app, job_id=job.id, kind=job.kind, queue=job.queue)
+        send_job(app, job_id=job.id, kind=job.kind)
     for job in outcome.failed:
         log.warning("job %s lost its worker during attempt %s: not run again", job.id, job.attempt)
     return outcome

@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 
 from service.db.engine import session_scope
 from service.db.jobs import LostJob, beat, claim_job, finish_job, record_progress
-from service.db.models import CANCELLED, FAILED, SUCCEEDED, Job, utcnow
+from service.db.models import Job, utcnow
+from service.queue import JobStatus
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class JobRun:
             except Exception:  # the database hiccuped: the job goes on, look again later
                 log.exception("cancel check of job %s failed", self.job_id)
                 return False
-            if row.status != "running" or row.attempt != self.attempt:
+            if row.status != JobStatus.RUNNING or row.attempt != self.attempt:
                 self.lost = True
             self._cancel_requested |= bool(row.cancel_requested)
         return self.lost or self._cancel_requested
@@ -189,10 +190,10 @@ def run_job(*, settings: Settings, job_id: int, work: Callable[[JobRun], Outcome
         run.flush()
         with session_scope(settings.database_url) as session:
             outcome.record(session)
-            finish_job(session, job_id=job_id, attempt=run.attempt, status=SUCCEEDED)
+            finish_job(session, job_id=job_id, attempt=run.attempt, status=JobStatus.SUCCEEDED)
         if outcome.cleanup is not None:
             outcome.cleanup()
-        return SUCCEEDED
+        return JobStatus.SUCCEEDED
     except LostJob:
         log.warning("job %s attempt %s: another run owns the job now", job_id, run.attempt)
         return "lost"
@@ -203,9 +204,9 @@ def run_job(*, settings: Settings, job_id: int, work: Callable[[JobRun], Outcome
             )
             return "lost"
         if isinstance(exc, Cancelled):
-            status, message = CANCELLED, str(exc) or "cancelled"
+            status, message = JobStatus.CANCELLED, str(exc) or "cancelled"
         else:
-            status = FAILED
+            status = JobStatus.FAILED
             message = (
                 str(exc) or type(exc).__name__
                 if isinstance(exc, GistNetError)

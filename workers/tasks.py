@@ -13,12 +13,11 @@ import math
 import os
 from typing import Any
 
-from celery import Celery, shared_task
+from celery import shared_task
 from celery.signals import worker_init, worker_process_init
 from sqlalchemy.orm import Session
 
 from service.db.engine import session_scope
-from service.db.models import EVALUATE, PREPARE, TRAIN
 from service.db.records import (
     complete_loss_curve,
     evaluation_of_job,
@@ -28,14 +27,9 @@ from service.db.records import (
     record_evaluation_report,
     record_model,
 )
+from service.queue import TASK_OF_KIND, JobKind
 from service.settings import Settings, get_settings
 from workers.runner import JobRun, Outcome, run_job
-
-TASK_OF_KIND = {
-    PREPARE: "gistnet.prepare_dataset",
-    TRAIN: "gistnet.train",
-    EVALUATE: "gistnet.evaluate",
-}
 
 
 @worker_init.connect
@@ -60,11 +54,6 @@ def _limit_threads(**_) -> None:
         torch.set_num_threads(threads)
 
 
-def send_job(app: Celery, *, job_id: int, kind: str, queue: str) -> None:
-    """Enqueue a job whose row is committed. The message carries only the id."""
-    app.send_task(TASK_OF_KIND[kind], args=[job_id], queue=queue)
-
-
 def _settings_of(task) -> Settings:
     return getattr(task.app, "settings", None) or get_settings()
 
@@ -75,6 +64,10 @@ def dataset_dir(dataset_id: int) -> str:
 
 def job_dir(job_id: int) -> str:
     return f"jobs/{job_id}"
+
+
+def evaluation_dir(evaluation_id: int) -> str:
+    return f"evaluations/{evaluation_id}"
 
 
 # --------------------------------------------------------------------------- prepare
@@ -121,7 +114,7 @@ def _prepare(run: JobRun) -> Outcome:
     return Outcome(record=record)
 
 
-@shared_task(name="gistnet.prepare_dataset", bind=True)
+@shared_task(name=TASK_OF_KIND[JobKind.PREPARE], bind=True)
 def prepare_dataset_task(self, job_id: int) -> str:
     return run_job(settings=_settings_of(self), job_id=job_id, work=_prepare)
 
@@ -208,7 +201,7 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
 
 
-@shared_task(name="gistnet.train", bind=True)
+@shared_task(name=TASK_OF_KIND[JobKind.TRAIN], bind=True)
 def train_task(self, job_id: int) -> str:
     return run_job(settings=_settings_of(self), job_id=job_id, work=_train)
 
@@ -222,6 +215,7 @@ def _evaluate(run: JobRun) -> Outcome:
     settings = run.settings
     with session_scope(settings.database_url) as session:
         evaluation = evaluation_of_job(session, job_id=run.job_id)
+        evaluation_id = evaluation.id
         model = get_model(session, model_id=evaluation.model_id)
         dataset = get_dataset(session, dataset_id=evaluation.dataset_id)
         checkpoint = settings.artifact_path(model.checkpoint_path)
@@ -243,12 +237,20 @@ def _evaluate(run: JobRun) -> Outcome:
         **run.params,
     )
 
+    # The report as JSON and its per-position NLL plot, beside the other artifacts; the
+    # recorded report names them relative to the artifact root.
+    from gistnet.evaluate import write_report
+
+    relative = evaluation_dir(evaluation_id)
+    written = write_report(report, settings.artifact_path(relative), stem="report")
+    report["files"] = {kind: f"{relative}/{path.name}" for kind, path in written.items()}
+
     def record(session: Session) -> None:
         record_evaluation_report(session, job_id=run.job_id, report=report)
 
     return Outcome(record=record)
 
 
-@shared_task(name="gistnet.evaluate", bind=True)
+@shared_task(name=TASK_OF_KIND[JobKind.EVALUATE], bind=True)
 def evaluate_task(self, job_id: int) -> str:
     return run_job(settings=_settings_of(self), job_id=job_id, work=_evaluate)

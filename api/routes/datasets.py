@@ -43,7 +43,7 @@ def list_datasets_route(
     session: SessionDep, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)
 ) -> DatasetsPublic:
     rows, count = list_datasets(session, limit=limit, offset=offset)
-    return DatasetsPublic(data=[dataset_public(session, d) for d in rows], count=count)
+    return DatasetsPublic(data=[dataset_public(d) for d in rows], count=count)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic)
@@ -51,4 +51,4 @@ def get_dataset_route(dataset_id: int, session: SessionDep) -> DatasetPublic:
     dataset = get_dataset(session, dataset_id=dataset_id)
     if dataset is None:
         raise HTTPException(404, f"dataset {dataset_id} does not exist")
-    return dataset_public(session, dataset)
+    return dataset_public(dataset)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi.responses import FileResponse
 
-from api.deps import CeleryDep, SessionDep
+from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.jobs_queue import enqueue
 from api.schemas import EvaluationAccepted, EvaluationCreate, EvaluationPublic, EvaluationsPublic
 from api.validation import RequestProblem
 from api.views import evaluation_public
-from service.db.models import READY
 from service.db.records import (
     create_evaluation,
     get_dataset,
@@ -17,6 +17,7 @@ from service.db.records import (
     get_model,
     list_evaluations,
 )
+from service.queue import ProductStatus
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])
 
@@ -56,7 +57,7 @@ def create_evaluation_route(
     dataset = get_dataset(session, dataset_id=body.dataset_id)
     if dataset is None:
         raise HTTPException(404, f"dataset {body.dataset_id} does not exist")
-    if dataset.status != READY:
+    if dataset.status != ProductStatus.READY:
         raise HTTPException(409, f"dataset {dataset.id} is {dataset.status}, not ready")
     _check_pairing(model, dataset, body.split)
     evaluation, job = create_evaluation(
@@ -85,7 +86,7 @@ def list_evaluations_route(
     offset: int = Query(0, ge=0),
 ) -> EvaluationsPublic:
     rows, count = list_evaluations(session, model_id=model_id, limit=limit, offset=offset)
-    return EvaluationsPublic(data=[evaluation_public(session, e) for e in rows], count=count)
+    return EvaluationsPublic(data=[evaluation_public(e) for e in rows], count=count)
 
 
 @router.get("/{evaluation_id}", response_model=EvaluationPublic)
@@ -94,4 +95,27 @@ def get_evaluation_route(evaluation_id: int, session: SessionDep) -> EvaluationP
     evaluation = get_evaluation(session, evaluation_id=evaluation_id)
     if evaluation is None:
         raise HTTPException(404, f"evaluation {evaluation_id} does not exist")
-    return evaluation_public(session, evaluation)
+    return evaluation_public(evaluation)
+
+
+@router.get(
+    "/{evaluation_id}/plot",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}}, "description": "the per-position NLL plot"}},
+)
+def get_evaluation_plot(
+    evaluation_id: int, session: SessionDep, settings: SettingsDep
+) -> FileResponse:
+    """The per-position NLL of every condition as a PNG, once the evaluation is ready."""
+    evaluation = get_evaluation(session, evaluation_id=evaluation_id)
+    if evaluation is None:
+        raise HTTPException(404, f"evaluation {evaluation_id} does not exist")
+    plot = ((evaluation.report or {}).get("files") or {}).get("plot")
+    if plot is None:
+        raise HTTPException(
+            404, f"evaluation {evaluation_id} is {evaluation.status}: it has no plot yet"
+        )
+    path = settings.artifact_path(plot)
+    if not path.is_file():
+        raise HTTPException(404, f"the plot of evaluation {evaluation_id} is missing from storage")
+    return FileResponse(path, media_type="image/png")

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import APIRouter, HTTPException, Query
 
 from api.deps import SessionDep
 from api.schemas import JobMetricsPublic, JobPublic, JobsPublic, MetricPoint
 from api.views import job_public
 from service.db.jobs import get_job, list_jobs, request_cancel
-from service.db.models import TERMINAL
 from service.db.records import job_metrics
+from service.queue import JobKind, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -26,18 +24,18 @@ def _job_or_404(session, job_id: int):
 @router.get("", response_model=JobsPublic)
 def list_jobs_route(
     session: SessionDep,
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
-    kind: Literal["prepare", "train", "evaluate"] | None = None,
+    status: JobStatus | None = None,
+    kind: JobKind | None = None,
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0),
 ) -> JobsPublic:
     rows, count = list_jobs(session, status=status, kind=kind, limit=limit, offset=offset)
-    return JobsPublic(data=[job_public(session, j) for j in rows], count=count)
+    return JobsPublic(data=[job_public(j) for j in rows], count=count)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job_route(job_id: int, session: SessionDep) -> JobPublic:
-    return job_public(session, _job_or_404(session, job_id))
+    return job_public(_job_or_404(session, job_id))
 
 
 @router.get("/{job_id}/metrics", response_model=JobMetricsPublic)
@@ -52,8 +50,8 @@ def get_job_metrics(job_id: int, session: SessionDep) -> JobMetricsPublic:
 def cancel_job(job_id: int, session: SessionDep) -> JobPublic:
     """A queued job is cancelled at once; a running one stops within a few steps."""
     job = _job_or_404(session, job_id)
-    if job.status in TERMINAL:
+    if JobStatus(job.status).terminal:
         raise HTTPException(409, f"job {job_id} already {job.status}; there is nothing to cancel")
     job = request_cancel(session, job_id=job_id)
     session.commit()
-    return job_public(session, job)
+    return job_public(job)

@@ -9,8 +9,8 @@ from api.jobs_queue import enqueue
 from api.schemas import JobAccepted, TrainCreate
 from api.validation import check_run_request
 from gistnet.config import RunConfig
-from service.db.models import READY
 from service.db.records import create_training_job, dataset_job, get_dataset
+from service.queue import ProductStatus
 
 router = APIRouter(prefix="/train", tags=["training"])
 
@@ -24,7 +24,7 @@ def start_training(
     dataset = get_dataset(session, dataset_id=body.dataset_id)
     if dataset is None:
         raise HTTPException(404, f"dataset {body.dataset_id} does not exist")
-    if dataset.status != READY:
+    if dataset.status != ProductStatus.READY:
         job = dataset_job(session, dataset_id=dataset.id)
         hint = f"; follow job {job.id} at /jobs/{job.id}" if job else ""
         raise HTTPException(

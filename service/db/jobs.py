@@ -14,28 +14,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
-from service.db.models import (
-    CANCELLED,
-    EVALUATE,
-    FAILED,
-    PREPARE,
-    QUEUE_OF_KIND,
-    QUEUED,
-    READY,
-    RUNNING,
-    SUCCEEDED,
-    TERMINAL,
-    Dataset,
-    Evaluation,
-    Job,
-    JobMetric,
-    utcnow,
-)
-
-# A dataset or evaluation takes its status from the job that makes it.
-PRODUCT_STATUS = {SUCCEEDED: READY, FAILED: FAILED, CANCELLED: CANCELLED}
+from service.db.models import Dataset, Evaluation, Job, JobMetric, utcnow
+from service.queue import PRODUCT_STATUS, QUEUE_OF_KIND, JobKind, JobStatus
 
 
 class LostJob(Exception):
@@ -45,14 +27,15 @@ class LostJob(Exception):
 def create_job(
     session: Session,
     *,
-    kind: str,
+    kind: JobKind,
     dataset_id: int | None = None,
     params: dict[str, Any] | None = None,
 ) -> Job:
+    kind = JobKind(kind)
     job = Job(
         kind=kind,
         queue=QUEUE_OF_KIND[kind],
-        status=QUEUED,
+        status=JobStatus.QUEUED,
         dataset_id=dataset_id,
         params=params or {},
     )
@@ -68,12 +51,13 @@ def get_job(session: Session, *, job_id: int) -> Job | None:
 def list_jobs(
     session: Session,
     *,
-    status: str | None = None,
-    kind: str | None = None,
+    status: JobStatus | None = None,
+    kind: JobKind | None = None,
     limit: int = 100,
     offset: int = 0,
 ) -> tuple[Sequence[Job], int]:
-    query = select(Job)
+    # What each job made comes in two more queries, however many jobs the page holds.
+    query = select(Job).options(selectinload(Job.model), selectinload(Job.evaluation))
     if status is not None:
         query = query.where(Job.status == status)
     if kind is not None:
@@ -104,13 +88,13 @@ def claim_job(
         .where(Job.id == job_id)
         .where(
             or_(
-                Job.status == QUEUED,
-                and_(Job.status == RUNNING, Job.heartbeat_at < stale_before),
+                Job.status == JobStatus.QUEUED,
+                and_(Job.status == JobStatus.RUNNING, Job.heartbeat_at < stale_before),
             )
         )
         .where(Job.attempt < max_attempts)
         .values(
-            status=RUNNING,
+            status=JobStatus.RUNNING,
             attempt=Job.attempt + 1,
             worker=worker,
             device=device,
@@ -125,7 +109,7 @@ def claim_job(
 
 
 def _owned(job_id: int, attempt: int):
-    return and_(Job.id == job_id, Job.status == RUNNING, Job.attempt == attempt)
+    return and_(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.attempt == attempt)
 
 
 def beat(session: Session, *, job_id: int, attempt: int) -> bool:
@@ -191,7 +175,7 @@ def finish_job(
     *,
     job_id: int,
     attempt: int,
-    status: str,
+    status: JobStatus,
     error: str | None = None,
     error_type: str | None = None,
 ) -> None:
@@ -200,7 +184,7 @@ def finish_job(
     Raises LostJob when the run no longer owns the job, so the caller's transaction (its
     result rows included) rolls back.
     """
-    if status not in TERMINAL:
+    if not JobStatus(status).terminal:
         raise ValueError(f"{status!r} is not a final status")
     ended = session.execute(
         update(Job)
@@ -213,17 +197,17 @@ def finish_job(
     _settle_product(session, job_id=job_id, status=status, error=error)
 
 
-def _settle_product(session: Session, *, job_id: int, status: str, error: str | None) -> None:
+def _settle_product(session: Session, *, job_id: int, status: JobStatus, error: str | None) -> None:
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         return
-    if job.kind == PREPARE and job.dataset_id is not None:
+    if job.kind == JobKind.PREPARE and job.dataset_id is not None:
         session.execute(
             update(Dataset)
             .where(Dataset.id == job.dataset_id)
             .values(status=PRODUCT_STATUS[status], error=error, updated_at=utcnow())
         )
-    elif job.kind == EVALUATE:
+    elif job.kind == JobKind.EVALUATE:
         session.execute(
             update(Evaluation)
             .where(Evaluation.job_id == job_id)
@@ -238,9 +222,9 @@ def request_cancel(session: Session, *, job_id: int) -> Job | None:
     """
     dropped = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == QUEUED)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
         .values(
-            status=CANCELLED,
+            status=JobStatus.CANCELLED,
             cancel_requested=True,
             finished_at=utcnow(),
             error="cancelled before it started",
@@ -250,12 +234,12 @@ def request_cancel(session: Session, *, job_id: int) -> Job | None:
     )
     if dropped.rowcount == 1:
         _settle_product(
-            session, job_id=job_id, status=CANCELLED, error="cancelled before it started"
+            session, job_id=job_id, status=JobStatus.CANCELLED, error="cancelled before it started"
         )
     else:
         session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == RUNNING)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
             .values(cancel_requested=True)
             .execution_options(synchronize_session=False)
         )
@@ -279,19 +263,19 @@ def recover_stale_jobs(
     update is conditional on the state it read, so a job moves once.
     """
     stale = session.scalars(
-        select(Job).where(Job.status == RUNNING, Job.heartbeat_at < stale_before)
+        select(Job).where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < stale_before)
     ).all()
     outcome = Recovery(requeued=[], failed=[])
     for job in stale:
         same_run = and_(
             Job.id == job.id,
-            Job.status == RUNNING,
+            Job.status == JobStatus.RUNNING,
             Job.attempt == job.attempt,
             Job.heartbeat_at < stale_before,
         )
         silent = f"its worker {job.worker} sent no heartbeat for {timeout_s:g}s"
         if job.cancel_requested or job.attempt >= max_attempts:
-            status = CANCELLED if job.cancel_requested else FAILED
+            status = JobStatus.CANCELLED if job.cancel_requested else JobStatus.FAILED
             error = (
                 f"cancelled: {silent} after the cancel request"
                 if job.cancel_requested
@@ -312,7 +296,7 @@ def recover_stale_jobs(
             update(Job)
             .where(same_run)
             .values(
-                status=QUEUED,
+                status=JobStatus.QUEUED,
                 heartbeat_at=None,
                 error=f"attempt {job.attempt} lost: {silent}; queued again",
                 error_type="WorkerLost",
@@ -328,9 +312,14 @@ def fail_unsent_job(session: Session, *, job_id: int, error: str) -> None:
     """A queued job whose message never reached the broker: it would wait forever."""
     failed = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == QUEUED)
-        .values(status=FAILED, finished_at=utcnow(), error=error, error_type="BrokerUnavailable")
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(
+            status=JobStatus.FAILED,
+            finished_at=utcnow(),
+            error=error,
+            error_type="BrokerUnavailable",
+        )
         .execution_options(synchronize_session=False)
     )
     if failed.rowcount == 1:
-        _settle_product(session, job_id=job_id, status=FAILED, error=error)
+        _settle_product(session, job_id=job_id, status=JobStatus.FAILED, error=error)

@@ -23,8 +23,10 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from service.queue import JobStatus, ProductStatus
 
 # Stable constraint names, so migrations can refer to them on every backend.
 NAMING = {
@@ -34,21 +36,6 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-# Job status, in the order a job moves through them.
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-)
-TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
-# What a job does, and the queue it runs on. Evaluation runs the teacher, so it goes with training.
-PREPARE, TRAIN, EVALUATE = "prepare", "train", "evaluate"
-QUEUE_OF_KIND = {PREPARE: "prep", TRAIN: "train", EVALUATE: "train"}
-# Status of the thing a job produces (a dataset, an evaluation).
-PENDING, READY = "pending", "ready"
 
 
 def utcnow() -> datetime:
@@ -88,7 +75,7 @@ class Dataset(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(20), default=PENDING)
+    status: Mapped[str] = mapped_column(String(20), default=ProductStatus.PENDING)
     # The request as validated (inline documents included), so the job can run from the row.
     config: Mapped[dict[str, Any]]
     # metadata.yaml as prepare_dataset returned it; None until the dataset is ready.
@@ -99,6 +86,13 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
+    # Newest first; the list views load them with the datasets in one more query.
+    prepare_jobs: Mapped[list[Job]] = relationship(
+        primaryjoin="and_(Dataset.id == Job.dataset_id, Job.kind == 'prepare')",
+        order_by="Job.id.desc()",
+        viewonly=True,
+    )
+
 
 class Job(Base):
     __tablename__ = "jobs"
@@ -107,7 +101,7 @@ class Job(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(20))
     queue: Mapped[str] = mapped_column(String(50))
-    status: Mapped[str] = mapped_column(String(20), default=QUEUED)
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED)
     # The dataset a job prepares, trains on or evaluates on.
     dataset_id: Mapped[int | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="CASCADE"), index=True, default=None
@@ -131,6 +125,10 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    # What the job made, if it makes a model or an evaluation (a dataset is `dataset_id`).
+    model: Mapped[Model | None] = relationship(viewonly=True)
+    evaluation: Mapped[Evaluation | None] = relationship(viewonly=True)
 
 
 class Model(Base):
@@ -189,8 +187,10 @@ class Evaluation(Base):
         ForeignKey("datasets.id", ondelete="CASCADE"), index=True
     )
     split: Mapped[str] = mapped_column(String(100))
-    status: Mapped[str] = mapped_column(String(20), default=PENDING)
+    status: Mapped[str] = mapped_column(String(20), default=ProductStatus.PENDING)
     report: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    job: Mapped[Job] = relationship(viewonly=True)

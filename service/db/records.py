@@ -6,21 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from service.db.jobs import create_job
-from service.db.models import (
-    EVALUATE,
-    PREPARE,
-    READY,
-    TRAIN,
-    Dataset,
-    Evaluation,
-    Job,
-    JobMetric,
-    Model,
-    utcnow,
-)
+from service.db.models import Dataset, Evaluation, Job, JobMetric, Model, utcnow
+from service.queue import JobKind, ProductStatus
 
 
 def _page(session: Session, query, *, limit: int, offset: int, order) -> tuple[Sequence, int]:
@@ -37,7 +27,7 @@ def create_dataset(session: Session, *, name: str, config: dict[str, Any]) -> tu
     dataset = Dataset(name=name, config=config)
     session.add(dataset)
     session.flush()
-    job = create_job(session, kind=PREPARE, dataset_id=dataset.id)
+    job = create_job(session, kind=JobKind.PREPARE, dataset_id=dataset.id)
     return dataset, job
 
 
@@ -48,14 +38,15 @@ def get_dataset(session: Session, *, dataset_id: int) -> Dataset | None:
 def list_datasets(
     session: Session, *, limit: int = 100, offset: int = 0
 ) -> tuple[Sequence[Dataset], int]:
-    return _page(session, select(Dataset), limit=limit, offset=offset, order=Dataset.id.desc())
+    query = select(Dataset).options(selectinload(Dataset.prepare_jobs))
+    return _page(session, query, limit=limit, offset=offset, order=Dataset.id.desc())
 
 
 def dataset_job(session: Session, *, dataset_id: int) -> Job | None:
     """The newest job preparing this dataset."""
     return session.scalar(
         select(Job)
-        .where(Job.dataset_id == dataset_id, Job.kind == PREPARE)
+        .where(Job.dataset_id == dataset_id, Job.kind == JobKind.PREPARE)
         .order_by(Job.id.desc())
         .limit(1)
     )
@@ -78,7 +69,7 @@ def create_training_job(
 ) -> Job:
     return create_job(
         session,
-        kind=TRAIN,
+        kind=JobKind.TRAIN,
         dataset_id=dataset_id,
         params={"split": split, "run_config": run_config},
     )
@@ -147,7 +138,7 @@ def job_metrics(session: Session, *, job_id: int) -> Sequence[JobMetric]:
 def create_evaluation(
     session: Session, *, model_id: int, dataset_id: int, split: str, options: dict[str, Any]
 ) -> tuple[Evaluation, Job]:
-    job = create_job(session, kind=EVALUATE, dataset_id=dataset_id, params=options)
+    job = create_job(session, kind=JobKind.EVALUATE, dataset_id=dataset_id, params=options)
     evaluation = Evaluation(job_id=job.id, model_id=model_id, dataset_id=dataset_id, split=split)
     session.add(evaluation)
     session.flush()
@@ -165,7 +156,7 @@ def evaluation_of_job(session: Session, *, job_id: int) -> Evaluation | None:
 def list_evaluations(
     session: Session, *, model_id: int | None = None, limit: int = 100, offset: int = 0
 ) -> tuple[Sequence[Evaluation], int]:
-    query = select(Evaluation)
+    query = select(Evaluation).options(selectinload(Evaluation.job))
     if model_id is not None:
         query = query.where(Evaluation.model_id == model_id)
     return _page(session, query, limit=limit, offset=offset, order=Evaluation.id.desc())
@@ -176,9 +167,9 @@ def latest_evaluation(session: Session, *, model_id: int) -> Evaluation | None:
     newest = (
         select(Evaluation).where(Evaluation.model_id == model_id).order_by(Evaluation.id.desc())
     )
-    return session.scalar(newest.where(Evaluation.status == READY).limit(1)) or session.scalar(
-        newest.limit(1)
-    )
+    return session.scalar(
+        newest.where(Evaluation.status == ProductStatus.READY).limit(1)
+    ) or session.scalar(newest.limit(1))
 
 
 def record_evaluation_report(session: Session, *, job_id: int, report: dict[str, Any]) -> None:
@@ -186,15 +177,14 @@ def record_evaluation_report(session: Session, *, job_id: int, report: dict[str,
     evaluation.report = report
 
 
-def job_result(session: Session, job: Job) -> dict[str, int | None]:
-    """What a job made, as ids: its dataset, model or evaluation."""
-    if job.kind == PREPARE:
+def job_result(job: Job) -> dict[str, int | None]:
+    """What a job made, as ids: its dataset, model or evaluation (relationships that list
+    queries load up front, so a page of jobs costs a fixed number of queries)."""
+    if job.kind == JobKind.PREPARE:
         return {"dataset_id": job.dataset_id}
-    if job.kind == TRAIN:
-        model = model_of_job(session, job_id=job.id)
-        return {"model_id": model.id if model else None}
-    evaluation = evaluation_of_job(session, job_id=job.id)
-    return {"evaluation_id": evaluation.id if evaluation else None}
+    if job.kind == JobKind.TRAIN:
+        return {"model_id": job.model.id if job.model else None}
+    return {"evaluation_id": job.evaluation.id if job.evaluation else None}
 
 
 def get_job_status(session: Session, *, job_id: int) -> str | None:

@@ -1,5 +1,5 @@
-"""The app on a PostgreSQL database and a Redis broker of its own, with no worker: these
-tests are about what the API answers before anything runs. A prepared dataset and a
+"""The app on each kind of stack (embedded SQLite, and PostgreSQL + Redis), with no worker:
+these tests are about what the API answers before anything runs. A prepared dataset and a
 trained model are made in-process with the library and recorded as the workers would."""
 
 from __future__ import annotations
@@ -7,14 +7,14 @@ from __future__ import annotations
 import pytest
 
 from service.db.engine import session_scope
-from service.db.models import READY, SUCCEEDED, Dataset, Job
+from service.db.models import Dataset, Job
 from service.db.records import record_model
+from service.queue import JobKind, JobStatus, ProductStatus, QueueName
 from tests.service_stack import (
     REDIS_DB,
-    make_stack,
-    postgres_database,
-    redis_database,
+    STACK_KINDS,
     sample_teacher,
+    stack_of_kind,
     tiny_documents,
 )
 
@@ -24,10 +24,11 @@ def teacher() -> str:
     return sample_teacher()
 
 
-@pytest.fixture(scope="session")
-def api_stack(tmp_path_factory):
-    with postgres_database() as database_url, redis_database(REDIS_DB["api"]) as broker:
-        yield make_stack(tmp_path_factory.mktemp("api-stack"), database_url=database_url, **broker)
+@pytest.fixture(scope="session", params=STACK_KINDS)
+def api_stack(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(f"api-{request.param}")
+    with stack_of_kind(request.param, root, redis_db=REDIS_DB["api"]) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")
@@ -59,11 +60,18 @@ def ready_dataset(api_stack, teacher) -> dict:
     }
     settings = api_stack.settings
     with session_scope(settings.database_url) as session:
-        dataset = Dataset(name="ready", config=config, status=READY)
+        dataset = Dataset(name="ready", config=config, status=ProductStatus.READY)
         session.add(dataset)
         session.flush()
         dataset_id = dataset.id
-        session.add(Job(kind="prepare", queue="prep", status=SUCCEEDED, dataset_id=dataset_id))
+        session.add(
+            Job(
+                kind=JobKind.PREPARE,
+                queue=QueueName.PREP,
+                status=JobStatus.SUCCEEDED,
+                dataset_id=dataset_id,
+            )
+        )
     out = settings.artifact_path(f"datasets/{dataset_id}")
     info = prepare_dataset(validate_dataset_config(config), output_dir=out)
     info["splits"] = {k: {**v, "path": f"{k}.arrow"} for k, v in info["splits"].items()}
@@ -82,7 +90,12 @@ def trained_model(api_stack, ready_dataset) -> dict:
 
     settings = api_stack.settings
     with session_scope(settings.database_url) as session:
-        job = Job(kind="train", queue="train", status=SUCCEEDED, dataset_id=ready_dataset["id"])
+        job = Job(
+            kind=JobKind.TRAIN,
+            queue=QueueName.TRAIN,
+            status=JobStatus.SUCCEEDED,
+            dataset_id=ready_dataset["id"],
+        )
         session.add(job)
         session.flush()
         job_id = job.id

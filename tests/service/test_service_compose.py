@@ -11,9 +11,9 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from service.cli import build_parser
 from service.settings import Settings, env_name
 from tests.service_stack import REPO
+from tools.cli import build_parser
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]

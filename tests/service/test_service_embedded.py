@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from service.demo import free_port
 from tests.service_stack import (
     ServiceProcess,
     dataset_body,
@@ -23,6 +22,7 @@ from tests.service_stack import (
     wait_for_job,
     wait_until,
 )
+from tools.processes import free_port
 
 pytestmark = [pytest.mark.slow]
 

@@ -47,7 +47,7 @@ def test_gistnet_db_upgrade_migrates_the_configured_database(tmp_path):
     url = f"sqlite:///{tmp_path}/fresh/records.sqlite"
     env = subprocess_env({"GISTNET_DATABASE_URL": url})
     done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "db", "upgrade"],
+        [sys.executable, "-m", "tools.cli", "db", "upgrade"],
         env=env,
         cwd=REPO,
         capture_output=True,

@@ -33,7 +33,7 @@ def test_values_come_from_gistnet_variables(monkeypatch):
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("GISTNET_DEVICE", "gpu", "GISTNET_DEVICE: .gpu. is not one of auto, cpu"),
+        ("GISTNET_DEVICE", "gpu", "GISTNET_DEVICE: device .gpu. is not one of cpu, cuda"),
         ("GISTNET_MAX_ATTEMPTS", "zero", "GISTNET_MAX_ATTEMPTS"),
         ("GISTNET_HEARTBEAT_TIMEOUT_S", "1", "at least twice GISTNET_HEARTBEAT_INTERVAL_S"),
     ],
@@ -46,7 +46,7 @@ def test_a_bad_value_names_its_variable(monkeypatch, variable, value, message):
 
 def test_the_command_refuses_to_start_with_a_bad_setting():
     done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "db", "current"],
+        [sys.executable, "-m", "tools.cli", "db", "current"],
         env=subprocess_env({"GISTNET_DEVICE": "tpu"}),
         cwd=REPO,
         capture_output=True,

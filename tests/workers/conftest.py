@@ -1,5 +1,6 @@
-"""A PostgreSQL + Redis stack with one real Celery worker subprocess, shared by the
-worker tests, and a dataset and a model made through the API on it."""
+"""A stack of each kind (embedded SQLite, and PostgreSQL + Redis) with one real Celery
+worker subprocess, shared by the worker tests, and a dataset and a model made through the
+API on it."""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ import pytest
 
 from tests.service_stack import (
     REDIS_DB,
+    STACK_KINDS,
     dataset_body,
-    make_stack,
-    postgres_database,
-    redis_database,
     sample_teacher,
+    stack_of_kind,
     start_worker,
     tiny_documents,
     train_body,
@@ -29,46 +29,47 @@ def documents() -> list[str]:
     return tiny_documents()
 
 
-@pytest.fixture(scope="session")
-def pg_stack(tmp_path_factory):
-    with postgres_database() as database_url, redis_database(REDIS_DB["workers"]) as broker:
-        yield make_stack(tmp_path_factory.mktemp("pg-stack"), database_url=database_url, **broker)
+@pytest.fixture(scope="session", params=STACK_KINDS)
+def stack(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(f"workers-{request.param}")
+    with stack_of_kind(request.param, root, redis_db=REDIS_DB["workers"]) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")
-def pg_worker(pg_stack):
+def stack_worker(stack):
     """One Celery worker for both queues."""
-    worker = start_worker(pg_stack)
+    worker = start_worker(stack)
     yield worker
     worker.stop()
 
 
 @pytest.fixture(scope="session")
-def pg_client(pg_stack):
+def stack_client(stack):
     """An HTTP client on the app (lifespan included), configured for the stack."""
     from fastapi.testclient import TestClient
 
     from api.main import create_app
 
-    with TestClient(create_app(pg_stack.settings)) as client:
+    with TestClient(create_app(stack.settings)) as client:
         yield client
 
 
 @pytest.fixture(scope="session")
-def pg_dataset(pg_client, pg_worker, teacher, documents):
+def stack_dataset(stack_client, stack_worker, teacher, documents):
     """A dataset prepared through POST /datasets from inline documents: GET /datasets/{id}."""
-    accepted = pg_client.post("/datasets", json=dataset_body(teacher, documents))
+    accepted = stack_client.post("/datasets", json=dataset_body(teacher, documents))
     assert accepted.status_code == 202, accepted.text
-    job = wait_for_job(pg_client, accepted.json()["job_id"])
+    job = wait_for_job(stack_client, accepted.json()["job_id"])
     assert job["status"] == "succeeded", job
-    return pg_client.get(f"/datasets/{accepted.json()['dataset_id']}").json()
+    return stack_client.get(f"/datasets/{accepted.json()['dataset_id']}").json()
 
 
 @pytest.fixture(scope="session")
-def pg_model(pg_client, pg_dataset):
+def stack_model(stack_client, stack_dataset):
     """A model trained through POST /train: (its job, GET /models/{id})."""
-    accepted = pg_client.post("/train", json=train_body(pg_dataset["id"], max_steps=12))
+    accepted = stack_client.post("/train", json=train_body(stack_dataset["id"], max_steps=12))
     assert accepted.status_code == 202, accepted.text
-    job = wait_for_job(pg_client, accepted.json()["job_id"])
+    job = wait_for_job(stack_client, accepted.json()["job_id"])
     assert job["status"] == "succeeded", job
-    return job, pg_client.get(f"/models/{job['result']['model_id']}").json()
+    return job, stack_client.get(f"/models/{job['result']['model_id']}").json()

@@ -2,15 +2,16 @@
 
 It starts `gistnet serve` (database migrated, one local worker for both queues, the API),
 then, as any client would: POST /datasets with the sample corpus, waits for the job,
-POST /train with configs/runs/gistnet_example.yaml, waits, POST /gist, prints what happened
-and stops everything it started.
+POST /train with configs/runs/gistnet_demo.yaml (the substitution objective, shortened),
+waits, POST /evaluations on the validation split, waits, POST /gist; prints the job states,
+the gap recovered by the gist and by the mean-of-embeddings baseline with their intervals,
+where the plot was written, and stops everything it started.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,25 +21,16 @@ from typing import Any
 import httpx
 import yaml
 
+from service.queue import TERMINAL, JobStatus
 from service.settings import Settings
+from tools.processes import free_port, stop_process
 
 DATA_CONFIG = "configs/data/sample_text.yaml"
-RUN_CONFIG = "configs/runs/gistnet_example.yaml"
+RUN_CONFIG = "configs/runs/gistnet_demo.yaml"
+# A seeded subset of the validation split keeps the evaluation to well under a minute.
+EVAL_EXAMPLES = 512
 DEMO_TEXT_FOLDER = "gistnet-demo"  # under the data root: the corpus copied for the demo
-TERMINAL = ("succeeded", "failed", "cancelled")
 PRINT_EVERY_S = 10
-
-
-def free_port(preferred: int, host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        try:
-            probe.bind((host, preferred))
-            return preferred
-        except OSError:
-            pass
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 def dataset_request(repo_root: Path, settings: Settings) -> dict[str, Any]:
@@ -89,6 +81,30 @@ def _describe(job: dict[str, Any]) -> str:
     return text
 
 
+def _interval(entry: dict[str, Any]) -> str:
+    text = f"{entry['value']:.3f}"
+    if entry.get("ci95"):
+        low, high = entry["ci95"]
+        text += f" [{low:.3f}, {high:.3f}] 95% CI"
+    return text
+
+
+def _gap_lines(report: dict[str, Any], settings: Settings, url: str) -> dict[str, str]:
+    """What a gist is worth: the share of the gap between no block (drop) and the whole
+    block (full) that the gist closes, beside the mean of the block's embeddings."""
+    conditions = report["conditions"]
+    drop = conditions["drop"]["delta_nll"]["value"]
+    lines = {
+        "ΔNLL without the block (drop)": f"{drop:+.3f} nats/token",
+        "gap recovered by the gist": _interval(conditions["gist"]["gap_recovered"]),
+        "gap recovered by the mean of embeddings": _interval(conditions["mean"]["gap_recovered"]),
+    }
+    plot = (report.get("files") or {}).get("plot")
+    if plot:
+        lines["per-position NLL plot"] = f"{settings.artifact_path(plot)} (also GET {url}/plot)"
+    return lines
+
+
 def _wait_for_api(client: httpx.Client, server: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -104,8 +120,6 @@ def _wait_for_api(client: httpx.Client, server: subprocess.Popen, timeout: float
 
 
 def run_demo(settings: Settings, *, port: int, max_steps: int | None, repo_root: Path) -> int:
-    from service.cli import stop_process
-
     if not (repo_root / "samples" / "teacher").is_dir():
         print(
             "gistnet demo: samples/teacher is missing; run it from the repository root "
@@ -124,7 +138,7 @@ def run_demo(settings: Settings, *, port: int, max_steps: int | None, repo_root:
     started = time.monotonic()
     with log_path.open("w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "tools.cli", "serve", "--port", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -145,7 +159,7 @@ def run_demo(settings: Settings, *, port: int, max_steps: int | None, repo_root:
     for name, value in states.items():
         print(f"  {name}: {value}")
     print(f"  wall time: {time.monotonic() - started:.0f}s; everything started has stopped")
-    return 0 if states["train job"] == "succeeded" else 1
+    return 0 if states["train job"] == JobStatus.SUCCEEDED else 1
 
 
 def _demo_flow(
@@ -159,7 +173,7 @@ def _demo_flow(
     accepted = accepted.json()
     job = _wait_for_job(client, accepted["job_id"], "prepare", timeout=1800)
     states["prepare job"] = job["status"]
-    if job["status"] != "succeeded":
+    if job["status"] != JobStatus.SUCCEEDED:
         raise RuntimeError(f"dataset preparation {job['status']}: {job['error']}")
     dataset = client.get(f"/datasets/{accepted['dataset_id']}").raise_for_status().json()
     examples = {name: s["examples"] for name, s in dataset["splits"].items()}
@@ -177,12 +191,32 @@ def _demo_flow(
         raise RuntimeError(f"POST /train answered {accepted.status_code}: {accepted.text}")
     job = _wait_for_job(client, accepted.json()["job_id"], "train", timeout=3600)
     states["train job"] = job["status"]
-    if job["status"] != "succeeded":
+    if job["status"] != JobStatus.SUCCEEDED:
         raise RuntimeError(f"training {job['status']}: {job['error']}")
     model = client.get(f"/models/{job['result']['model_id']}").raise_for_status().json()
     states["final loss"] = f"{model['final_loss']:.4f}"
     if model["val_loss"] is not None:
         states["validation loss"] = f"{model['val_loss']:.4f}"
+
+    print(f"POST /evaluations (validation split, {EVAL_EXAMPLES} examples)")
+    accepted = client.post(
+        "/evaluations",
+        json={
+            "model_id": model["id"],
+            "dataset_id": dataset["id"],
+            "split": "validation",
+            "max_examples": EVAL_EXAMPLES,
+        },
+    )
+    if accepted.status_code != 202:
+        raise RuntimeError(f"POST /evaluations answered {accepted.status_code}: {accepted.text}")
+    accepted = accepted.json()
+    job = _wait_for_job(client, accepted["job_id"], "evaluate", timeout=1800)
+    states["evaluate job"] = job["status"]
+    if job["status"] != JobStatus.SUCCEEDED:
+        raise RuntimeError(f"evaluation {job['status']}: {job['error']}")
+    report = client.get(accepted["evaluation_url"]).raise_for_status().json()["report"]
+    states.update(_gap_lines(report, settings, accepted["evaluation_url"]))
 
     text = "Once upon a time " * 40
     validation = repo_root / "samples" / "sample_text" / "validation.jsonl"

@@ -6,6 +6,7 @@
     gistnet demo [--port P] [--max-steps N]
 
 It only parses arguments, reads the settings and starts things; the work is elsewhere.
+This is the one place that composes the API and the workers.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
+from service.queue import QueueName
 from service.settings import Settings, SettingsError, get_settings
+from tools.processes import start_local_worker, stop_process
 
-DEFAULT_QUEUES = "prep,train"
+DEFAULT_QUEUES = ",".join(QueueName)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info")
 
     worker = commands.add_parser("worker", help="a Celery worker for the given queues")
-    worker.add_argument("--queues", default=DEFAULT_QUEUES, help="comma-separated: prep, train")
+    worker.add_argument(
+        "--queues", default=DEFAULT_QUEUES, help=f"comma-separated: {', '.join(QueueName)}"
+    )
     worker.add_argument(
         "--concurrency", type=int, default=None, help="tasks at once (GISTNET_WORKER_CONCURRENCY)"
     )
@@ -85,6 +89,14 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     _prepare_folders(settings)
     app = create_celery_app(settings)
     queues = ",".join(q.strip() for q in args.queues.split(",") if q.strip())
+    unknown = sorted(set(queues.split(",")) - set(QueueName))
+    if unknown:
+        print(
+            f"gistnet worker: unknown queue(s) {', '.join(unknown)}; the queues are "
+            f"{', '.join(QueueName)}",
+            file=sys.stderr,
+        )
+        return 2
     argv = [
         "worker",
         f"--queues={queues}",
@@ -97,47 +109,6 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     ]
     app.worker_main(argv)
     return 0
-
-
-def _terminate_with_parent() -> None:
-    """In a child before exec (Linux): SIGTERM it when the process that started it dies,
-    so a local worker never outlives a `gistnet serve` that was killed."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def start_local_worker(queues: str = DEFAULT_QUEUES) -> subprocess.Popen:
-    """A worker subprocess with this process's environment (and so its settings).
-
-    The API shares the machine with it, so unless GISTNET_TORCH_THREADS says otherwise the
-    worker's torch leaves one core free: on a small machine, torch threads that compete
-    with the API for every core slow each training step several times over.
-    """
-    command = [sys.executable, "-m", "service.cli", "worker", "--queues", queues]
-    env = dict(os.environ)
-    env.setdefault("GISTNET_TORCH_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
-    return subprocess.Popen(
-        command, env=env, start_new_session=True, preexec_fn=_terminate_with_parent
-    )
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM to the process (a Celery worker then stops its pool children after their
-    current task), SIGKILL to its whole process group if it lingers."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -175,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return _worker(settings, args)
     if args.command == "serve":
         return _serve(settings, args)
-    from service.demo import run_demo
+    from tools.demo import run_demo
 
     return run_demo(settings, port=args.port, max_steps=args.max_steps, repo_root=Path.cwd())
 
