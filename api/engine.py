@@ -1,7 +1,7 @@
 """The gist engines: one model's teacher and GistNet, loaded once and kept.
 
 Nothing here knows about HTTP or the batching queue: an engine turns an (N, T) array of
-token ids into (N, D) gists, and the cache hands out engines by model id.
+token ids into (N, D) gists ((N, k, D) for a model with k gists per block), and the cache hands out engines by model id.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class GistEngine:
         self._encoder = GistEncoder.from_checkpoint(checkpoint, device=device)
         self.block_size = self._encoder.block_size
         self.dim = self._encoder.dim
+        self.gists_per_block = self._encoder.gists_per_block
         self.vocab_size = self._encoder.vocab_size
 
     def tokenize(self, text: str) -> list[int]:
@@ -35,13 +36,14 @@ class GistEngine:
         return self._encoder.tokenizer.batch_decode(blocks.tolist())
 
     def encode(self, blocks: np.ndarray) -> np.ndarray:
-        """(N, T) int64 token ids -> (N, D) float32 gists, at most max_batch blocks a forward."""
+        """(N, T) int64 token ids -> (N, D) float32 gists ((N, k, D) for k gists per block),
+        at most max_batch blocks a forward."""
         out = []
         for start in range(0, len(blocks), self.max_batch):
             chunk = self._torch.from_numpy(
                 np.ascontiguousarray(blocks[start : start + self.max_batch])
             )
-            out.append(self._encoder.encode(chunk).numpy())  # (n, T) -> (n, D)
+            out.append(self._encoder.encode(chunk).numpy())  # (n, T) -> (n, [k,] D)
         return np.concatenate(out) if len(out) > 1 else out[0]
 
 

@@ -198,8 +198,13 @@ class GistResponse(_Out):
     model_id: int
     dim: int
     block_size: int
+    # k, the vectors the model emits per block (its `gists_per_block`).
+    gists_per_block: int = 1
     encoding: Literal["float", "base64"]
-    gists: list[list[float]] | list[str]
+    # float: shape (N, D) when gists_per_block is 1, else (N, k, D): block i's vector j
+    # stands at the block's position T-k+j. base64: one string per block holding its
+    # k x D little-endian float32 values, row-major.
+    gists: list[list[float]] | list[list[list[float]]] | list[str]
     # Text requests only: tokens the text had, and the tail too short for a full block.
     tokens: int | None = None
     unused_tokens: int | None = None
@@ -218,6 +223,10 @@ class EvaluationCreate(_In):
     max_examples: int | None = Field(default=None, ge=1)
     bootstrap_samples: int = Field(default=1000, ge=10)
     seed: int = 0
+    # Adds the `oracle` condition on a seeded subset of this many examples: free vectors
+    # fitted to each example, the ceiling of what the gist's vectors could carry. Costs
+    # about one training step per example batch and Adam step; None leaves it out.
+    oracle_examples: int | None = Field(default=None, ge=1, le=4096)
 
 
 class EvaluationAccepted(JobAccepted):

@@ -248,6 +248,7 @@ class Client:
         max_examples: int | None = None,
         bootstrap_samples: int = 1000,
         seed: int = 0,
+        oracle_examples: int | None = None,
     ) -> dict[str, Any]:
         """Queue a ΔNLL@H evaluation (on the model's own dataset unless told another):
         {evaluation_id, job_id, ...}."""
@@ -260,6 +261,7 @@ class Client:
             "max_examples": max_examples,
             "bootstrap_samples": bootstrap_samples,
             "seed": seed,
+            "oracle_examples": oracle_examples,
         }
         return self.request("POST", "/evaluations", json=body)
 
@@ -367,12 +369,15 @@ class Client:
 
 
 def decode_gists(answer: Mapping[str, Any]) -> np.ndarray:
-    """A POST /gist answer's vectors as an (N, D) float32 array, whatever the encoding."""
+    """A POST /gist answer's vectors as an (N, D) float32 array, or (N, k, D) for a model
+    with k > 1 gists per block, whatever the encoding."""
     gists, dim = answer["gists"], int(answer["dim"])
+    slots = int(answer.get("gists_per_block") or 1)
+    shape = (len(gists), dim) if slots == 1 else (len(gists), slots, dim)
     if answer.get("encoding") == "base64":
         raw = b"".join(base64.b64decode(g) for g in gists)
-        return np.frombuffer(raw, dtype="<f4").reshape(len(gists), dim).astype(np.float32)
-    return np.asarray(gists, dtype=np.float32).reshape(len(gists), dim)
+        return np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
+    return np.asarray(gists, dtype=np.float32).reshape(shape)
 
 
 def _content_type(path: str | Path) -> str:

@@ -97,6 +97,11 @@ class TrainingConfig(_Strict):
     objective: Literal["mse", "substitution"] = "mse"
     # substitution only: weight of the NLL of the horizon tokens added to the KL.
     nll_weight: float = Field(default=0.0, ge=0)
+    # substitution only: how the KL weighs horizon tokens. uniform: all alike.
+    # block_dependence: a token counts in proportion to how much the teacher's prediction
+    # of it depends on the block (KL(full || drop)), relative to the other tokens at its
+    # horizon position, so a name that recurs counts more than a filler word after it.
+    horizon_weighting: Literal["uniform", "block_dependence"] = "uniform"
     # Evaluate on the validation split every this many steps (and at the end).
     eval_every: int = Field(default=200, ge=1)
     # Examples of the validation split used per evaluation (None: all).
@@ -129,17 +134,28 @@ class GistNetConfig:
     num_layers: int = 1  # transformer blocks before pooling; one already beats the mean
     rope_base: float = 10000.0  # rotary frequency base, as in most decoder LMs
     norm_eps: float = 1e-5  # LayerNorm epsilon
+    # Vectors per block: k pooling queries, substituted at the block's last k positions.
+    # More vectors carry more of the block at a lower compression (block_size / k : 1).
+    gists_per_block: int = 1
+    # Also read the block's input token embeddings (the teacher's, given by the caller)
+    # beside its last-layer states: the gist is read at the input, where tokens live.
+    token_embeddings: bool = False
 
     def __post_init__(self) -> None:
         # One check serves the model's constructor and the YAML/JSON validation (pydantic
         # runs __post_init__ too and reports the ConfigError, a ValueError, under `model`).
-        for name in ("hidden_size", "block_size", "num_heads", "num_layers"):
+        for name in ("hidden_size", "block_size", "num_heads", "num_layers", "gists_per_block"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1; got {value}")
         for name in ("mlp_ratio", "rope_base", "norm_eps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive; got {getattr(self, name)}")
+        if self.block_size is not None and self.gists_per_block > self.block_size:
+            raise ConfigError(
+                f"gists_per_block ({self.gists_per_block}) exceeds block_size "
+                f"({self.block_size}): a block cannot be compressed into more vectors than tokens"
+            )
         if self.hidden_size is None:
             return
         if self.hidden_size % self.num_heads != 0:

@@ -25,11 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from gistnet.errors import Cancelled, ConfigError, ShardError
 from gistnet.substitution import (
     drop_token_id,
     drop_vector,
+    horizon_log_probs,
     horizon_nll,
     mean_block_embedding,
 )
@@ -62,6 +64,7 @@ def evaluate_conditions(
     block_size: int,
     gist_vectors: np.ndarray | torch.Tensor | None = None,
     swap_partner: np.ndarray | None = None,
+    extra_vectors: Mapping[str, np.ndarray | torch.Tensor] | None = None,
     drop_token: int | None = None,
     tokenizer: Any = None,
     batch_size: int = 64,
@@ -70,9 +73,10 @@ def evaluate_conditions(
 ) -> dict[str, np.ndarray]:
     """Per-token NLL of the horizon under each condition: {condition: (N, L) float32}.
 
-    `full`, `drop` and `mean` are always scored; `gist` when `gist_vectors` (N, D) is
-    given, `swapped` when `swap_partner` (N,) is given too: example i then reads the gist
-    of example `swap_partner[i]`. The drop token is `drop_token`, else the tokenizer's (or
+    `full`, `drop` and `mean` are always scored; `gist` when `gist_vectors` (N, D) or
+    (N, k, D) is given, `swapped` when `swap_partner` (N,) is given too: example i then
+    reads the gist of example `swap_partner[i]`. `extra_vectors` {name: (N, [k,] D)} scores
+    further conditions the same way (the `oracle`). The drop token is `drop_token`, else the tokenizer's (or
     teacher's) BOS, else EOS. Every condition of a batch runs on the same rows, so two
     conditions fed the same vector give bit-identical numbers.
     """
@@ -89,12 +93,24 @@ def evaluate_conditions(
         drop_token = drop_token_id(tokenizer, teacher)
     dropped = drop_vector(teacher, drop_token)
     gists = None if gist_vectors is None else torch.as_tensor(gist_vectors).float().cpu()
+    extra = {
+        name: torch.as_tensor(vectors).float().cpu()
+        for name, vectors in (extra_vectors or {}).items()
+    }
+    for name, vectors in extra.items():
+        if name in CONDITIONS or len(vectors) != total:
+            raise ConfigError(
+                f"extra condition {name!r} needs a new name and one vector set per example "
+                f"({total}); got {len(vectors)}"
+            )
 
     scores: dict[str, list[np.ndarray]] = {"full": [], "drop": [], "mean": []}
     if gists is not None:
         scores["gist"] = []
         if swap_partner is not None:
             scores["swapped"] = []
+    for name in extra:
+        scores[name] = []
 
     done = 0
     for start in range(0, total, batch_size):
@@ -111,6 +127,8 @@ def evaluate_conditions(
             vectors["gist"] = gists[start:stop].to(device)
             if swap_partner is not None:
                 vectors["swapped"] = gists[torch.as_tensor(swap_partner[start:stop])].to(device)
+        for name, given in extra.items():
+            vectors[name] = given[start:stop].to(device)
         scores["full"].append(horizon_nll(teacher, context, block_size=block_size).cpu().numpy())
         for name, vector in vectors.items():
             nll = horizon_nll(teacher, context, block_size=block_size, vectors=vector)
@@ -147,6 +165,81 @@ def swap_partners(doc_ids: np.ndarray, *, seed: int = 0) -> np.ndarray:
     return partner
 
 
+def fit_oracle_vectors(
+    teacher: torch.nn.Module,
+    context_input_ids: np.ndarray | torch.Tensor,
+    *,
+    block_size: int,
+    init: torch.Tensor,
+    max_steps: int = 400,
+    patience: int = 30,
+    min_improvement: float = 1e-3,
+    lr: float = 0.05,
+    batch_size: int = 64,
+    should_cancel: CancelFn | None = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The `oracle`: free vectors, one set per example, fitted by Adam to the same KL the
+    substitution objective uses: what one (or k) input vector(s) can carry for this teacher.
+
+    `init` (N, D) or (N, k, D) is where the search starts (the evaluation starts from the
+    trained gist, so the oracle is at least as good as the gist). A batch stops when its
+    summed KL has not improved by `min_improvement` (relative) for `patience` steps, or
+    after `max_steps`; each example keeps the vector with its lowest KL seen. Returns the
+    vectors (float32, CPU) and what the search did: steps per batch and the final KL.
+    """
+    device = _device_of(teacher)
+    total = len(context_input_ids)
+    if len(init) != total:
+        raise ConfigError(f"{len(init)} starting vectors for {total} examples")
+    fitted, steps_taken, final_kl = [], [], []
+    for start in range(0, total, batch_size):
+        context = _as_long_tensor(context_input_ids[start : start + batch_size], device)
+        with torch.no_grad():
+            full = horizon_log_probs(teacher, context, block_size=block_size)
+        # A normal tensor (init may come from inference mode) that Adam may move.
+        vectors = init[start : start + batch_size].detach().clone().float().to(device)
+        vectors.requires_grad_(True)
+        best = vectors.detach().clone()
+        best_kl = torch.full((len(vectors),), float("inf"), device=device)
+        optimizer = torch.optim.Adam([vectors], lr=lr)
+        history: list[float] = []
+        with torch.enable_grad():
+            for _ in range(max_steps):
+                if should_cancel is not None and should_cancel():
+                    raise Cancelled("evaluation cancelled while fitting the oracle")
+                log_probs = horizon_log_probs(
+                    teacher, context, block_size=block_size, vectors=vectors
+                )
+                per_example = (
+                    F.kl_div(log_probs, full, reduction="none", log_target=True).sum(-1).mean(-1)
+                )  # (B,)
+                with torch.no_grad():
+                    better = per_example < best_kl
+                    best[better] = vectors.detach()[better]
+                    best_kl = torch.minimum(best_kl, per_example.detach())
+                # Summed, not averaged: each example's vector sees its own gradient alone.
+                optimizer.zero_grad(set_to_none=True)
+                per_example.sum().backward()
+                optimizer.step()
+                history.append(float(best_kl.sum()))
+                if len(history) > patience and history[-1] > history[-1 - patience] * (
+                    1 - min_improvement
+                ):
+                    break
+        fitted.append(best.cpu())
+        steps_taken.append(len(history))
+        final_kl.append(best_kl.cpu())
+    return torch.cat(fitted), {
+        "steps_per_batch": steps_taken,
+        "max_steps": max_steps,
+        "patience": patience,
+        "min_improvement": min_improvement,
+        "lr": lr,
+        "init": "the trained gist",
+        "mean_kl": float(torch.cat(final_kl).mean()),
+    }
+
+
 # --- statistics ------------------------------------------------------------------------
 
 
@@ -168,16 +261,41 @@ def _interval(samples: np.ndarray) -> list[float | None]:
 
 
 def _bootstrap_means(
-    per_example: np.ndarray, *, samples: int, seed: int, chunk: int = 64
+    per_example: np.ndarray,
+    *,
+    samples: int,
+    seed: int,
+    groups: np.ndarray | None = None,
+    chunk: int = 64,
 ) -> np.ndarray:
-    """Means of `samples` resamples (with replacement) of the rows: (N, K) -> (S, K)."""
+    """Means of `samples` resamples of the rows: (N, K) -> (S, K).
+
+    Without `groups` rows are resampled with replacement. With `groups` (N,) (a document
+    id per row) whole groups are: a cluster bootstrap, whose mean is the sum over the drawn
+    groups' rows over their count. Windows of one document overlap and share its facts,
+    so their errors are correlated and resampling rows would make the intervals too narrow.
+    """
     rng = np.random.default_rng(seed)
     total = per_example.shape[0]
     out = np.empty((samples, per_example.shape[1]), dtype=np.float64)
+    if groups is None:
+        for start in range(0, samples, chunk):
+            stop = min(start + chunk, samples)
+            index = rng.integers(0, total, size=(stop - start, total))  # (S_chunk, N)
+            out[start:stop] = per_example[index].mean(axis=1)
+        return out
+    _, group_of = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = int(group_of.max()) + 1
+    sums = np.zeros((n_groups, per_example.shape[1]))
+    np.add.at(sums, group_of, per_example)  # (G, K) per-group sums
+    counts = np.bincount(group_of, minlength=n_groups).astype(np.float64)  # (G,)
     for start in range(0, samples, chunk):
         stop = min(start + chunk, samples)
-        index = rng.integers(0, total, size=(stop - start, total))  # (S_chunk, N)
-        out[start:stop] = per_example[index].mean(axis=1)
+        drawn = rng.integers(0, n_groups, size=(stop - start, n_groups))  # (S_chunk, G)
+        # How often each group was drawn: (S_chunk, G) multiplicities.
+        times = np.zeros((stop - start, n_groups))
+        np.add.at(times, (np.arange(stop - start)[:, None], drawn), 1.0)
+        out[start:stop] = (times @ sums) / (times @ counts)[:, None]
     return out
 
 
@@ -187,11 +305,19 @@ def summarize(
     bootstrap_samples: int = 1000,
     seed: int = 0,
     early_tokens: int = EARLY_TOKENS,
+    doc_ids: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The report's numbers from per-token NLLs {condition: (N, L)}; `full` and `drop` required.
 
-    Intervals resample examples (each keeps all its horizon tokens) and recompute every
-    statistic on the same resample, so a difference's interval accounts for the pairing.
+    Intervals resample documents when `doc_ids` (N,) is given (a cluster bootstrap: each
+    drawn document brings all its examples), else examples; each example keeps all its
+    horizon tokens, and every statistic is recomputed on the same resample, so a
+    difference's interval accounts for the pairing of conditions.
+
+    Beside GR over all horizon tokens the report gives GR from the second token on (the
+    first token after BOS pays for a teacher that reads BOS as "a document starts here",
+    which flatters every GR) and over the rest (tokens early_tokens+1 onward, where the
+    facts that recur later are what counts).
     """
     for needed in ("full", "drop"):
         if needed not in nll:
@@ -214,13 +340,17 @@ def summarize(
             )
         columns[name, "all"] = values.mean(axis=1)
         columns[name, "early"] = values[:, :early].mean(axis=1)
+        if horizon_tokens > 1:
+            columns[name, "from2"] = values[:, 1:].mean(axis=1)
         if early < horizon_tokens:
             columns[name, "late"] = values[:, early:].mean(axis=1)
     keys = list(columns)
     per_example = np.stack([columns[key] for key in keys], axis=1)  # (N, K)
     point = dict(zip(keys, per_example.mean(axis=0), strict=True))
+    if doc_ids is not None and len(doc_ids) != total:
+        raise ConfigError(f"{len(doc_ids)} document ids for {total} examples")
     boot = (
-        _bootstrap_means(per_example, samples=bootstrap_samples, seed=seed)
+        _bootstrap_means(per_example, samples=bootstrap_samples, seed=seed, groups=doc_ids)
         if bootstrap_samples > 0
         else np.empty((0, len(keys)))
     )
@@ -240,6 +370,24 @@ def summarize(
             "delta_nll": stat(lambda m, n=name: m[n, "all"] - m["full", "all"]),
             "gap_recovered": stat(
                 lambda m, n=name: _gap_recovered(m["drop", "all"], m[n, "all"], m["full", "all"])
+            ),
+            "gap_recovered_from_2": (
+                stat(
+                    lambda m, n=name: _gap_recovered(
+                        m["drop", "from2"], m[n, "from2"], m["full", "from2"]
+                    )
+                )
+                if horizon_tokens > 1
+                else None
+            ),
+            "gap_recovered_rest": (
+                stat(
+                    lambda m, n=name: _gap_recovered(
+                        m["drop", "late"], m[n, "late"], m["full", "late"]
+                    )
+                )
+                if early < horizon_tokens
+                else None
             ),
             "delta_nll_early": stat(lambda m, n=name: m[n, "early"] - m["full", "early"]),
             "delta_nll_late": (
@@ -261,6 +409,11 @@ def summarize(
         comparisons["gist_minus_mean_gap_recovered"] = stat(
             lambda m: gap(m, "gist") - gap(m, "mean")
         )
+    if "gist" in nll and "oracle" in nll:
+        # How much of what one (or k) free vector(s) can carry the trained gist reaches.
+        comparisons["gist_over_oracle_gap_recovered"] = stat(
+            lambda m: gap(m, "gist") / gap(m, "oracle")
+        )
     if "gist" in nll and "swapped" in nll:
         comparisons["swapped_over_gist_gap_recovered"] = stat(
             lambda m: gap(m, "swapped") / gap(m, "gist")
@@ -271,6 +424,8 @@ def summarize(
         "horizon_tokens": int(horizon_tokens),
         "early_tokens": int(early),
         "bootstrap_samples": int(bootstrap_samples),
+        "resampling": "documents" if doc_ids is not None else "examples",
+        "n_documents": None if doc_ids is None else int(len(np.unique(doc_ids))),
         "seed": int(seed),
         "conditions": conditions,
         "comparisons": comparisons,
@@ -290,6 +445,10 @@ def _quality_bars(conditions: Mapping, comparisons: Mapping) -> dict[str, bool |
     if "gist" in conditions:
         gist_gr = value(conditions["gist"]["gap_recovered"])
         bars["gist_gap_recovered_at_least_0.5"] = None if gist_gr is None else gist_gr >= 0.5
+        # The targets of issue 12 (docs/quality.md, "Quality bars").
+        bars["gist_gap_recovered_at_least_0.7"] = None if gist_gr is None else gist_gr >= 0.7
+        rest = value(conditions["gist"].get("gap_recovered_rest"))
+        bars["gist_gap_recovered_rest_at_least_0.4"] = None if rest is None else rest >= 0.4
     difference = comparisons.get("gist_minus_mean_gap_recovered")
     if difference is not None:
         low = (difference.get("ci95") or [None])[0]
@@ -298,6 +457,9 @@ def _quality_bars(conditions: Mapping, comparisons: Mapping) -> dict[str, bool |
     if ratio is not None:
         bars["swapped_below_half_of_gist"] = (
             None if ratio["value"] is None else ratio["value"] < 0.5
+        )
+        bars["swapped_below_third_of_gist"] = (
+            None if ratio["value"] is None else ratio["value"] < 1 / 3
         )
     return bars
 
@@ -337,6 +499,8 @@ def _compute_gists(
     device: torch.device,
     batch_size: int,
     should_cancel: CancelFn | None,
+    block_input_ids: np.ndarray | None = None,
+    teacher: torch.nn.Module | None = None,
 ) -> torch.Tensor:
     gists = []
     for start in range(0, len(rows), batch_size):
@@ -344,7 +508,12 @@ def _compute_gists(
             raise Cancelled("evaluation cancelled while computing gists")
         index = rows[start : start + batch_size]
         hidden = torch.from_numpy(np.ascontiguousarray(teacher_hidden[index], dtype=np.float32))
-        gists.append(model(hidden.to(device)).float().cpu())  # (B, T, D) -> (B, D)
+        kwargs = {}
+        if model.config.token_embeddings:
+            block = _as_long_tensor(np.asarray(block_input_ids[index]), device)
+            kwargs["embeddings"] = teacher.get_input_embeddings()(block).float()
+        # (B, T, D) -> (B, D), or (B, k, D) for k gists per block
+        gists.append(model(hidden.to(device), **kwargs).float().cpu())
     return torch.cat(gists)
 
 
@@ -358,6 +527,7 @@ def evaluate_gistnet(
     max_examples: int | None = None,
     bootstrap_samples: int = 1000,
     seed: int = 0,
+    oracle_examples: int | None = None,
     on_progress: ProgressFn | None = None,
     should_cancel: CancelFn | None = None,
     tokenizer: str | None = None,
@@ -370,8 +540,12 @@ def evaluate_gistnet(
     metadata, are read too. The teacher is `teacher_model` if given, else the dataset's,
     else the one the checkpoint was trained with; likewise the tokenizer, which only picks
     the drop token (the teacher's config has it too). `max_examples` evaluates a seeded
-    random subset. `on_progress(done, total)` counts scored examples; `should_cancel()` is
-    polled between batches and stops the work with `Cancelled`.
+    random subset. `oracle_examples` adds the `oracle` on a seeded subset of that many of
+    the scored examples (free vectors fitted to each, see `fit_oracle_vectors`): the report
+    then has an `oracle` section with its own table and GR(gist) / GR(oracle).
+    Intervals resample documents (the shard's `doc_id`, else `Shard.document_ids()`).
+    `on_progress(done, total)` counts scored examples; `should_cancel()` is polled between
+    batches and stops the work with `Cancelled`.
     """
     from gistnet.checkpoint import load_checkpoint
     from gistnet.devices import resolve_device
@@ -429,7 +603,10 @@ def evaluate_gistnet(
         rows = np.sort(np.random.default_rng(seed).choice(total, max_examples, replace=False))
     context = np.asarray(shard.context_input_ids[rows])
 
-    partner = swap_partners(shard.document_ids()[rows], seed=seed)
+    if oracle_examples is not None and oracle_examples < 1:
+        raise ConfigError(f"oracle_examples must be at least 1; got {oracle_examples}")
+    doc_ids = shard.document_ids()[rows]
+    partner = swap_partners(doc_ids, seed=seed)
     swap_rule = (
         "gist of a random example from another document"
         if shard.horizon >= 2 * block_size
@@ -443,6 +620,8 @@ def evaluate_gistnet(
         device=torch_device,
         batch_size=batch_size,
         should_cancel=should_cancel,
+        block_input_ids=shard.input_ids,
+        teacher=teacher,
     )
     nll = evaluate_conditions(
         teacher,
@@ -455,7 +634,26 @@ def evaluate_gistnet(
         on_progress=on_progress,
         should_cancel=should_cancel,
     )
-    report = summarize(nll, bootstrap_samples=bootstrap_samples, seed=seed)
+    report = summarize(nll, bootstrap_samples=bootstrap_samples, seed=seed, doc_ids=doc_ids)
+    if oracle_examples is not None:
+        report["oracle"] = _oracle_section(
+            teacher,
+            context,
+            nll,
+            gists,
+            doc_ids,
+            block_size=block_size,
+            drop_token=drop_token,
+            size=oracle_examples,
+            seed=seed,
+            batch_size=batch_size,
+            bootstrap_samples=bootstrap_samples,
+            should_cancel=should_cancel,
+        )
+        share = report["oracle"]["comparisons"]["gist_over_oracle_gap_recovered"]["value"]
+        report["quality_bars"]["gist_at_least_90pct_of_oracle"] = (
+            None if share is None else share >= 0.9
+        )
     report.update(
         {
             "checkpoint": {
@@ -476,6 +674,10 @@ def evaluate_gistnet(
             "teacher_matches_checkpoint": trained_teacher.get("model") in (None, teacher_name),
             "tokenizer": tokenizer_name,
             "block_size": block_size,
+            "gists_per_block": int(model.config.gists_per_block),
+            "compression": f"{block_size // model.config.gists_per_block}:1"
+            if block_size % model.config.gists_per_block == 0
+            else f"{block_size / model.config.gists_per_block:.1f}:1",
             "horizon": int(metadata["horizon"]),
             "drop_token_id": drop_token,
             "swapped_rule": swap_rule,
@@ -484,6 +686,56 @@ def evaluate_gistnet(
         }
     )
     return report
+
+
+def _oracle_section(
+    teacher: torch.nn.Module,
+    context: np.ndarray,
+    nll: Mapping[str, np.ndarray],
+    gists: torch.Tensor,
+    doc_ids: np.ndarray,
+    *,
+    block_size: int,
+    drop_token: int,
+    size: int,
+    seed: int,
+    batch_size: int,
+    bootstrap_samples: int,
+    should_cancel: CancelFn | None,
+) -> dict[str, Any]:
+    """The oracle on a seeded subset: its conditions beside full, drop, mean and gist on the
+    same examples, and GR(gist) / GR(oracle) with its interval."""
+    total = len(context)
+    # A different stream from the one that picked max_examples, so the two do not nest.
+    subset = np.arange(total)
+    if size < total:
+        subset = np.sort(np.random.default_rng([seed, 1]).choice(total, size, replace=False))
+    started = time.perf_counter()
+    vectors, search = fit_oracle_vectors(
+        teacher,
+        context[subset],
+        block_size=block_size,
+        init=gists[subset],
+        batch_size=batch_size,
+        should_cancel=should_cancel,
+    )
+    oracle_nll = evaluate_conditions(
+        teacher,
+        context[subset],
+        block_size=block_size,
+        extra_vectors={"oracle": vectors},
+        drop_token=drop_token,
+        batch_size=batch_size,
+        should_cancel=should_cancel,
+    )["oracle"]
+    on_subset = {name: nll[name][subset] for name in ("full", "gist", "drop", "mean")}
+    on_subset["oracle"] = oracle_nll
+    section = summarize(
+        on_subset, bootstrap_samples=bootstrap_samples, seed=seed, doc_ids=doc_ids[subset]
+    )
+    section.pop("quality_bars", None)
+    section["search"] = {**search, "seconds": round(time.perf_counter() - started, 1)}
+    return section
 
 
 # --- output ----------------------------------------------------------------------------
@@ -499,14 +751,15 @@ def _fmt(entry: Mapping | None, digits: int = 3) -> str:
     return text
 
 
-def format_table(report: Mapping[str, Any]) -> str:
-    """A plain-text table of the report: one row per condition, then the comparisons."""
+def _condition_table(report: Mapping[str, Any]) -> list[str]:
     early = report["early_tokens"]
     header = [
         "condition",
         "NLL",
         "ΔNLL [95% CI]",
         "GR [95% CI]",
+        "GR from token 2",
+        f"GR tokens {early + 1}+",
         f"ΔNLL first {early}",
         "ΔNLL rest",
     ]
@@ -518,6 +771,8 @@ def format_table(report: Mapping[str, Any]) -> str:
                 _fmt(entry["nll"]),
                 _fmt(entry["delta_nll"]),
                 _fmt(entry["gap_recovered"]),
+                _fmt(entry.get("gap_recovered_from_2")),
+                _fmt(entry.get("gap_recovered_rest")),
                 _fmt(entry["delta_nll_early"]),
                 _fmt(entry["delta_nll_late"]),
             ]
@@ -528,10 +783,25 @@ def format_table(report: Mapping[str, Any]) -> str:
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
+    return lines
+
+
+def _resampling_note(report: Mapping[str, Any]) -> str:
+    if report.get("resampling") == "documents":
+        return (
+            f"{report['bootstrap_samples']} bootstrap resamples of the "
+            f"{report['n_documents']} documents (cluster bootstrap over doc_id)"
+        )
+    return f"{report['bootstrap_samples']} bootstrap resamples of the examples"
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """A plain-text table of the report: one row per condition, then the comparisons."""
+    lines = _condition_table(report)
     lines.append("")
     lines.append(
         f"{report['n_examples']} examples, {report['horizon_tokens']} horizon tokens each; "
-        f"{report['bootstrap_samples']} bootstrap resamples"
+        f"{_resampling_note(report)}"
     )
     comparisons = report.get("comparisons", {})
     if "gist_minus_mean_gap_recovered" in comparisons:
@@ -540,6 +810,18 @@ def format_table(report: Mapping[str, Any]) -> str:
         lines.append(
             f"GR(swapped) / GR(gist): {_fmt(comparisons['swapped_over_gist_gap_recovered'])}"
         )
+    oracle = report.get("oracle")
+    if oracle is not None:
+        search = oracle["search"]
+        lines += [
+            "",
+            f"oracle: free vectors fitted per example on {oracle['n_examples']} examples "
+            f"(Adam lr {search['lr']}, from the gist, at most {search['max_steps']} steps, "
+            f"stopped on a KL plateau; {search['seconds']} s)",
+            *_condition_table(oracle),
+            f"GR(gist) / GR(oracle): "
+            f"{_fmt(oracle['comparisons']['gist_over_oracle_gap_recovered'])}",
+        ]
     bars = report.get("quality_bars") or {}
     if bars:
         lines.append(

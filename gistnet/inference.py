@@ -24,6 +24,8 @@ class GistEncoder:
         self.device = device
         self.block_size = int(info["block_size"])
         self.dim = int(info["hidden_size"])
+        # Vectors per block; encode gives (N, k, D) when k > 1 and (N, D) when k = 1.
+        self.gists_per_block = int(model.config.gists_per_block)
         self.vocab_size = int(teacher.get_input_embeddings().weight.shape[0])
 
     @classmethod
@@ -77,10 +79,15 @@ class GistEncoder:
 
     @torch.inference_mode()
     def encode(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(N, T) token ids -> (N, D) float32 gists on the CPU."""
+        """(N, T) token ids -> (N, D) float32 gists on the CPU, or (N, k, D) for a model
+        with gists_per_block k > 1 (vector j of a block stands at its position T-k+j)."""
         if input_ids.dim() != 2 or input_ids.shape[1] != self.block_size:
             raise ValueError(
                 f"expected (N, {self.block_size}) token ids, got {tuple(input_ids.shape)}"
             )
-        states = block_hidden_states(self.teacher, input_ids.to(self.device))  # (N, T, D)
-        return self.model(states).float().cpu()  # (N, T, D) -> (N, D)
+        input_ids = input_ids.to(self.device)
+        states = block_hidden_states(self.teacher, input_ids)  # (N, T, D)
+        kwargs = {}
+        if self.model.config.token_embeddings:
+            kwargs["embeddings"] = self.teacher.get_input_embeddings()(input_ids).float()
+        return self.model(states, **kwargs).float().cpu()  # (N, T, D) -> (N, [k,] D)

@@ -1,8 +1,9 @@
 """GistNet: a small transformer that reads a block's teacher states and pools them into
 one vector in the teacher's hidden space.
 
-(B, N, T, D) teacher states -> pre-norm blocks with rotary positions inside each block
--> a learned query attends over the block -> (B, N, D) gists.
+(B, N, T, D) teacher states [+ the block's token embeddings] -> pre-norm blocks with
+rotary positions inside each block -> k learned queries attend over the block ->
+(B, N, D) gists (k = 1) or (B, N, k, D) (k = gists_per_block > 1).
 """
 
 from __future__ import annotations
@@ -72,12 +73,17 @@ class Block(nn.Module):
 
 
 class AttentionPool(nn.Module):
-    """A learned query per head attends over the block's tokens: (B, T, D) -> (B, D)."""
+    """k learned queries per head attend over the block's tokens: (B, T, D) -> (B, k, D)."""
 
     def __init__(self, config: GistNetConfig):
         super().__init__()
         self.num_heads = config.num_heads
-        self.query = nn.Parameter(torch.zeros(config.num_heads, 1, config.head_dim))
+        slots = config.gists_per_block
+        query = torch.zeros(config.num_heads, slots, config.head_dim)
+        if slots > 1:
+            # Distinct queries from the start, so the k vectors need not first break symmetry.
+            nn.init.normal_(query, std=0.02)
+        self.query = nn.Parameter(query)
         self.kv = nn.Linear(config.hidden_size, 2 * config.hidden_size)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
 
@@ -85,9 +91,10 @@ class AttentionPool(nn.Module):
         b, t, d = x.shape
         k, v = self.kv(x).split(d, dim=-1)
         k, v = (z.view(b, t, self.num_heads, -1).transpose(1, 2) for z in (k, v))  # (B, H, T, hd)
-        q = self.query.unsqueeze(0).expand(b, -1, -1, -1)  # (B, H, 1, hd)
-        pooled = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, 1, hd)
-        return self.proj(pooled.reshape(b, d))
+        q = self.query.unsqueeze(0).expand(b, -1, -1, -1)  # (B, H, k, hd)
+        pooled = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, k, hd)
+        slots = pooled.shape[2]
+        return self.proj(pooled.transpose(1, 2).reshape(b, slots, d))  # (B, k, D)
 
 
 class GistNet(nn.Module):
@@ -99,6 +106,10 @@ class GistNet(nn.Module):
                 "gistnet.train.model_config_for fills them in from the dataset"
             )
         self.config = config
+        # The token embeddings enter the residual stream through their own projection.
+        self.embed_in = (
+            nn.Linear(config.hidden_size, config.hidden_size) if config.token_embeddings else None
+        )
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
         self.pool = AttentionPool(config)
@@ -130,13 +141,31 @@ class GistNet(nn.Module):
             nn.init.normal_(module.weight, std=0.02)
             nn.init.zeros_(module.bias)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, N, T, D) [+ mask (B, N, T), 1 = real token] -> (B, N, D); (B, T, D) -> (B, D)."""
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        embeddings: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, N, T, D) [+ mask (B, N, T), 1 = real token] -> (B, N, D); (B, T, D) -> (B, D).
+
+        With gists_per_block k > 1 every block gives k vectors: (B, N, k, D), or (B, k, D)
+        for (B, T, D) states. `embeddings`, shaped as `hidden`, are the block's input token
+        embeddings; a model built with token_embeddings needs them, others refuse them.
+        """
         cfg = self.config
+        if (embeddings is not None) != cfg.token_embeddings:
+            raise ConfigError(
+                "this GistNet reads the block's token embeddings beside its states: pass "
+                "embeddings= (the teacher's input embeddings of the block's tokens)"
+                if cfg.token_embeddings
+                else "this GistNet was built without token_embeddings; do not pass embeddings="
+            )
         single = hidden.dim() == 3
         if single:
             hidden = hidden.unsqueeze(1)
             mask = mask.unsqueeze(1) if mask is not None else None
+            embeddings = embeddings.unsqueeze(1) if embeddings is not None else None
         if hidden.dim() != 4:
             raise ValueError(
                 f"expected (B, N, T, D) or (B, T, D) states, got {tuple(hidden.shape)}"
@@ -151,12 +180,21 @@ class GistNet(nn.Module):
                 f"blocks have {t} tokens but this GistNet takes at most {cfg.block_size}"
             )
         x = hidden.reshape(b * n, t, d)  # (B, N, T, D) -> (B*N, T, D)
+        if embeddings is not None:
+            if embeddings.shape != hidden.shape:
+                raise ConfigError(
+                    f"embeddings have shape {tuple(embeddings.shape)} but the states "
+                    f"{tuple(hidden.shape)}: give one input embedding per block token"
+                )
+            x = x + self.embed_in(embeddings.reshape(b * n, t, d).to(x.dtype))
         key_mask = None
         if mask is not None:
             key_mask = mask.reshape(b * n, 1, 1, t).bool()  # broadcast over heads and queries
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
         for block in self.blocks:
             x = block(x, cos, sin, key_mask)
-        gists = self.pool(self.norm(x), key_mask)  # (B*N, T, D) -> (B*N, D)
-        gists = gists.view(b, n, d)
+        gists = self.pool(self.norm(x), key_mask)  # (B*N, T, D) -> (B*N, k, D)
+        gists = gists.view(b, n, cfg.gists_per_block, d)
+        if cfg.gists_per_block == 1:
+            gists = gists[:, :, 0]  # one vector per block keeps the (B, N, D) shape
         return gists[:, 0] if single else gists

@@ -4,12 +4,13 @@ trains GistNet so the teacher predicts what follows the block as if it had read 
 An example is `context_input_ids` (B, H): the block b (its first T = block_size tokens),
 then the L = H - T horizon tokens h. Every condition scores the same L tokens of h:
 
-    full     b_0 ... b_{T-1} h_0 ... h_{L-1}     positions 0 ... H-1
-    vector   v               h_0 ... h_{L-1}     positions T-1, T ... H-1
+    full     b_0 ... b_{T-1}      h_0 ... h_{L-1}     positions 0 ... H-1
+    vector   v                    h_0 ... h_{L-1}     positions T-1, T ... H-1
+    k vectors v_1 ... v_k          h_0 ... h_{L-1}     positions T-k ... T-1, T ... H-1
 
-The vector sits at the block's last position, so h keeps its position ids and only the
-content before it differs. In both rows the token at position T-1 predicts h_0, the
-token at T-1+i predicts h_i. This module is the one place that builds those inputs;
+The vectors sit at the block's last k positions (k = 1 unless GistNet emits several per
+block), so h keeps its position ids and only the content before it differs. In every row
+the input at position T-1 predicts h_0, the one at T-1+i predicts h_i. This module is the one place that builds those inputs;
 the evaluation (`gistnet.evaluate`) and the training objective share it.
 """
 
@@ -59,6 +60,22 @@ def horizon_targets(context_input_ids: torch.Tensor, *, block_size: int) -> torc
     return context_input_ids[:, block_size:]
 
 
+def _as_slots(vectors: torch.Tensor, batch: int, width: int, block_size: int) -> torch.Tensor:
+    """(B, D) or (B, k, D) vectors as (B, k, D), checked against the batch and the width."""
+    slots = vectors[:, None, :] if vectors.dim() == 2 else vectors
+    if slots.dim() != 3 or slots.shape[0] != batch or slots.shape[2] != width:
+        raise ConfigError(
+            f"vectors must be (batch={batch}, teacher hidden size={width}) or (batch={batch}, "
+            f"k, {width}); got {tuple(vectors.shape)}"
+        )
+    if not 1 <= slots.shape[1] <= block_size:
+        raise ConfigError(
+            f"{slots.shape[1]} vectors per block cannot stand in for a block of {block_size} "
+            f"tokens: use at most {block_size}"
+        )
+    return slots
+
+
 def substituted_inputs(
     teacher: torch.nn.Module,
     context_input_ids: torch.Tensor,
@@ -66,25 +83,23 @@ def substituted_inputs(
     block_size: int,
     vectors: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The teacher's input with one vector in place of the block.
+    """The teacher's input with k vectors in place of the block.
 
-    Returns `inputs_embeds` (B, 1 + L, D) in the teacher's dtype, the vector first and
-    then the embeddings of h, and `position_ids` (B, 1 + L): T-1, T, ..., H-1.
-    Gradients flow from `inputs_embeds` back into `vectors`.
+    `vectors` is (B, D) (k = 1) or (B, k, D). Returns `inputs_embeds` (B, k + L, D) in the
+    teacher's dtype, the vectors first and then the embeddings of h, and `position_ids`
+    (B, k + L): T-k, ..., T-1, T, ..., H-1. Gradients flow from `inputs_embeds` back into
+    `vectors`.
     """
     horizon_tokens = _horizon_length(context_input_ids, block_size)
     batch = context_input_ids.shape[0]
-    if vectors.shape != (batch, _embedding_weight(teacher).shape[1]):
-        raise ConfigError(
-            f"vectors must be (batch={batch}, teacher hidden size="
-            f"{_embedding_weight(teacher).shape[1]}); got {tuple(vectors.shape)}"
-        )
+    slots = _as_slots(vectors, batch, _embedding_weight(teacher).shape[1], block_size)
+    k = slots.shape[1]
     embed = teacher.get_input_embeddings()
     horizon_embeds = embed(context_input_ids[:, block_size:])  # (B, L, D)
-    vectors = vectors.to(dtype=horizon_embeds.dtype, device=horizon_embeds.device)
-    inputs_embeds = torch.cat([vectors[:, None, :], horizon_embeds], dim=1)  # (B, 1 + L, D)
+    slots = slots.to(dtype=horizon_embeds.dtype, device=horizon_embeds.device)
+    inputs_embeds = torch.cat([slots, horizon_embeds], dim=1)  # (B, k + L, D)
     positions = torch.arange(
-        block_size - 1, block_size + horizon_tokens, device=context_input_ids.device
+        block_size - k, block_size + horizon_tokens, device=context_input_ids.device
     )
     position_ids = positions[None, :].expand(batch, -1)
     return inputs_embeds, position_ids
@@ -104,7 +119,8 @@ def horizon_log_probs(
     """Float32 log-probabilities (B, L, V) of the next token at each horizon step.
 
     Row i is the teacher's distribution for h_i. `vectors=None` is the `full` condition
-    (the teacher reads b then h); a (B, D) tensor is substituted for the block. The last
+    (the teacher reads b then h); a (B, D) or (B, k, D) tensor is substituted for the
+    block. The last
     horizon token is not fed: under causal attention it cannot change any prediction of h.
     Runs under whatever grad mode the caller chose.
     """
@@ -120,9 +136,10 @@ def horizon_log_probs(
         inputs_embeds, position_ids = substituted_inputs(
             teacher, context_input_ids, block_size=block_size, vectors=vectors
         )
+        slots = inputs_embeds.shape[1] - horizon_tokens
         logits = teacher(
             inputs_embeds=inputs_embeds[:, :-1], position_ids=position_ids[:, :-1], **kwargs
-        ).logits
+        ).logits[:, slots - 1 :]  # the last vector predicts h_0: (B, k-1+L, V) -> (B, L, V)
     return F.log_softmax(logits.float(), dim=-1)  # (B, L, V)
 
 
@@ -183,12 +200,40 @@ class SubstitutionLoss:
     in nats per horizon token, computed in float32 whatever the teacher's dtype.
     """
 
-    def __init__(self, teacher: torch.nn.Module, *, block_size: int, nll_weight: float = 0.0):
+    def __init__(
+        self,
+        teacher: torch.nn.Module,
+        *,
+        block_size: int,
+        nll_weight: float = 0.0,
+        horizon_weighting: str = "uniform",
+    ):
         if nll_weight < 0:
             raise ConfigError(f"nll_weight must be >= 0; got {nll_weight}")
+        if horizon_weighting not in ("uniform", "block_dependence"):
+            raise ConfigError(
+                f"horizon_weighting must be uniform or block_dependence; got {horizon_weighting!r}"
+            )
         self.teacher = teacher.eval().requires_grad_(False)
         self.block_size = block_size
         self.nll_weight = float(nll_weight)
+        self.horizon_weighting = horizon_weighting
+        self.dropped = (
+            drop_vector(teacher, drop_token_id(None, teacher))
+            if horizon_weighting == "block_dependence"
+            else None
+        )
+
+    def _token_weights(self, context_input_ids: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+        """(B, L) weights with mean 1 at every horizon position: KL(full || drop) of each
+        token over its position's mean, so positions keep their share of the loss."""
+        batch = context_input_ids.shape[0]
+        vectors = self.dropped.to(full.device).expand(batch, -1)
+        drop = horizon_log_probs(
+            self.teacher, context_input_ids, block_size=self.block_size, vectors=vectors
+        )
+        dependence = F.kl_div(drop, full, reduction="none", log_target=True).sum(-1)  # (B, L)
+        return dependence / dependence.mean(0, keepdim=True).clamp_min(1e-6)
 
     def __call__(
         self, gists: torch.Tensor, context_input_ids: torch.Tensor
@@ -201,8 +246,14 @@ class SubstitutionLoss:
             self.teacher, context_input_ids, block_size=self.block_size, vectors=gists
         )
         # sum_v p_full (log p_full - log p_gist), averaged over the B x L horizon tokens.
-        kl = F.kl_div(gist, full, reduction="none", log_target=True).sum(-1).mean()
+        per_token = F.kl_div(gist, full, reduction="none", log_target=True).sum(-1)  # (B, L)
+        kl = per_token.mean()
         targets = horizon_targets(context_input_ids, block_size=self.block_size)
         nll = -gist.gather(-1, targets[..., None]).mean()
-        loss = kl + self.nll_weight * nll if self.nll_weight else kl
+        objective = kl
+        if self.dropped is not None:
+            with torch.no_grad():
+                weights = self._token_weights(context_input_ids, full)
+            objective = (weights * per_token).mean()
+        loss = objective + self.nll_weight * nll if self.nll_weight else objective
         return loss, {"kl": kl.item(), "nll": nll.item()}

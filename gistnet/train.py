@@ -78,6 +78,12 @@ def model_config_for(run: RunConfig, metadata: dict[str, Any]) -> GistNetConfig:
             f"model.block_size is {m.block_size} but the dataset was cut into blocks of {data_t} "
             f"tokens: set block_size to {data_t} or omit it"
         )
+    if run.training.objective == "mse" and data_t % m.gists_per_block != 0:
+        raise ConfigError(
+            f"objective mse with gists_per_block {m.gists_per_block} regresses each vector onto "
+            f"an equal share of the block, but {data_t} tokens do not divide by "
+            f"{m.gists_per_block}: pick a divisor of {data_t}"
+        )
     return dataclasses.replace(m, hidden_size=data_d, block_size=data_t)
 
 
@@ -131,14 +137,47 @@ class _Objective:
                     f"name the teacher the dataset was prepared with (--teacher)"
                 )
             self.substitution = SubstitutionLoss(
-                teacher, block_size=int(metadata["block_size"]), nll_weight=cfg.nll_weight
+                teacher,
+                block_size=int(metadata["block_size"]),
+                nll_weight=cfg.nll_weight,
+                horizon_weighting=cfg.horizon_weighting,
             )
+        self.embed = None
+
+    def read_embeddings(self, metadata: dict[str, Any], dataset_path: Path) -> None:
+        """Keep the teacher's input embedding table, for a GistNet that reads the block's
+        token embeddings beside its states (loads the teacher when mse has not)."""
+        if self.substitution is not None:
+            teacher = self.substitution.teacher
+        else:
+            from gistnet.teacher import load_teacher
+
+            if metadata.get("teacher_model") is None:
+                raise missing_teacher_error("model.token_embeddings", dataset_path)
+            teacher = load_teacher(metadata["teacher_model"], device=self.device)
+        self.embed = teacher.get_input_embeddings()
+
+    def gists(self, model: GistNet, shard: Shard, idx: np.ndarray) -> torch.Tensor:
+        """The batch's gists: (B, T, D) states [+ embeddings] -> (B, D) or (B, k, D)."""
+        states = _states(shard, idx, self.device)
+        if self.embed is None:
+            return model(states)
+        with torch.no_grad():
+            block = torch.from_numpy(np.asarray(shard.input_ids[idx])).long().to(self.device)
+            embeddings = self.embed(block).float()  # (B, T) -> (B, T, D)
+        return model(states, embeddings=embeddings)
 
     def __call__(
         self, gists: torch.Tensor, shard: Shard, idx: np.ndarray
     ) -> tuple[torch.Tensor, dict[str, float]]:
         if self.substitution is None:
-            target = torch.from_numpy(shard.gist_target[idx]).to(self.device)
+            if gists.dim() == 3:
+                # k vectors: each regresses onto the mean state of its k-th of the block.
+                states = _states(shard, idx, self.device)  # (B, T, D)
+                b, t, d = states.shape
+                target = states.view(b, gists.shape[1], t // gists.shape[1], d).mean(2)
+            else:
+                target = torch.from_numpy(shard.gist_target[idx]).to(self.device)
             return F.mse_loss(gists, target), {}
         context = torch.from_numpy(shard.context_input_ids[idx]).long().to(self.device)
         return self.substitution(gists, context)
@@ -157,7 +196,7 @@ def evaluate_loss(
     total = 0.0
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(n, start + batch_size))
-        gists = model(_states(shard, idx, objective.device))
+        gists = objective.gists(model, shard, idx)
         total += objective(gists, shard, idx)[0].item() * len(idx)
     model.train()
     return total / n
@@ -232,6 +271,8 @@ def train_gistnet(
     model = GistNet(model_cfg).to(device)
     optimizer = model.optimizer(lr=cfg.lr, weight_decay=cfg.weight_decay)
     objective = _Objective(cfg, metadata, device, dataset_path)
+    if model_cfg.token_embeddings:
+        objective.read_embeddings(metadata, dataset_path)
 
     history: list[dict[str, Any]] = []
     start_step, resumed_from = 0, None
@@ -254,7 +295,7 @@ def train_gistnet(
         for group in optimizer.param_groups:
             group["lr"] = lr
         idx = batch_indices(step, cfg.batch_size, shard.num_examples, cfg.seed)
-        gists = model(_states(shard, idx, device))  # (B, T, D) -> (B, D)
+        gists = objective.gists(model, shard, idx)  # (B, T, D) -> (B, D) or (B, k, D)
         loss, stats = objective(gists, shard, idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -96,6 +96,12 @@ def add_client_commands(subparsers) -> None:
     evaluate.add_argument("--dataset", type=int, default=None, help="default: the model's own")
     evaluate.add_argument("--split", default="validation")
     evaluate.add_argument("--max-examples", type=int, default=None)
+    evaluate.add_argument(
+        "--oracle-examples",
+        type=int,
+        default=None,
+        help="add the oracle (free vectors fitted per example) on this many examples",
+    )
     evaluate.add_argument("--bootstrap-samples", type=int, default=1000)
     evaluate.add_argument("--wait", action="store_true", help="follow it and print the report")
     evaluate.set_defaults(client_handler=_evaluate)
@@ -239,6 +245,7 @@ def _evaluate(client: Client, args) -> int:
         split=args.split,
         max_examples=args.max_examples,
         bootstrap_samples=args.bootstrap_samples,
+        oracle_examples=args.oracle_examples,
     )
     if not args.wait:
         _print_json(accepted) if args.json else print(accepted["evaluation_id"])
@@ -341,6 +348,9 @@ def _gist(client: Client, args) -> int:
     if args.json:
         _print_json(gists.tolist())
         return 0
+    if gists.ndim == 3:  # k gists per block: show each block's first vector
+        print(f"{gists.shape[0]} blocks of {gists.shape[1]} gists each")
+        gists = gists[:, 0]
     norms = np.linalg.norm(gists, axis=1)
     print(f"{gists.shape[0]} gists of dimension {gists.shape[1]}")
     for i, (row, norm) in enumerate(zip(gists, norms, strict=True)):

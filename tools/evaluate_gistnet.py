@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="artifacts/eval", help="folder for the JSON and the plot")
     parser.add_argument("--max-examples", type=int, help="score a seeded random subset this large")
+    parser.add_argument(
+        "--oracle-examples",
+        type=int,
+        help="add the oracle condition: free vectors fitted to each of a seeded subset of "
+        "this many examples (the ceiling of what the gist's vectors can carry)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--bootstrap-samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
@@ -61,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             max_examples=args.max_examples,
             bootstrap_samples=args.bootstrap_samples,
             seed=args.seed,
+            oracle_examples=args.oracle_examples,
             on_progress=progress,
             tokenizer=args.tokenizer,
             teacher_model=args.teacher,

@@ -65,7 +65,7 @@ def create_evaluation_route(
         model_id=model.id,
         dataset_id=dataset.id,
         split=body.split,
-        options=body.model_dump(include={"max_examples", "bootstrap_samples", "seed"}),
+        options=body.model_dump(include={"max_examples", "bootstrap_samples", "seed", "oracle_examples"}),
     )
     session.commit()
     enqueue(session, celery, job)

@@ -35,8 +35,11 @@ def _find_model(request: Request, model_id: int | None) -> tuple[int, str]:
 
 
 def _encoded(gists: np.ndarray, encoding: str) -> list:
-    if encoding == "base64":  # little-endian float32 bytes, one string per gist
-        return [base64.b64encode(row.astype("<f4", copy=False).tobytes()).decode() for row in gists]
+    if encoding == "base64":  # little-endian float32 bytes, one string per block (k x D, row-major)
+        return [
+            base64.b64encode(np.ascontiguousarray(row, dtype="<f4").tobytes()).decode()
+            for row in gists
+        ]
     return gists.tolist()
 
 
@@ -97,6 +100,7 @@ async def gist(
         "model_id": engine.model_id,
         "dim": engine.dim,
         "block_size": engine.block_size,
+        "gists_per_block": engine.gists_per_block,
         "encoding": body.encoding,
         "gists": _encoded(gists, body.encoding),
         "tokens": tokens,

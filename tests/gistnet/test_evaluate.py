@@ -170,8 +170,11 @@ def test_gap_recovered_and_delta_nll_on_constructed_cases():
     assert report["quality_bars"] == {
         "drop_delta_nll_at_least_0.1": True,
         "gist_gap_recovered_at_least_0.5": True,
+        "gist_gap_recovered_at_least_0.7": True,
+        "gist_gap_recovered_rest_at_least_0.4": True,
         "gist_above_mean_ci_excludes_0": True,
         "swapped_below_half_of_gist": True,
+        "swapped_below_third_of_gist": True,
     }
 
 
@@ -360,3 +363,168 @@ def test_evaluate_gistnet_refuses_gists_of_another_width(prepared):
     )
     with pytest.raises(ConfigError, match="width 64"):
         evaluate_gistnet(checkpoint_path=wide, dataset_path=prepared["data"], device="cpu")
+
+
+# --- document resampling, GR past the first tokens, the oracle ---------------------------
+
+
+def test_document_bootstrap_widens_the_interval_when_a_documents_windows_agree():
+    # 8 documents of 25 windows each; windows of one document share their error exactly,
+    # as overlapping windows of a story share its facts.
+    rng = np.random.default_rng(0)
+    doc_effect = np.repeat(rng.normal(0.0, 0.5, 8), 25)[:, None]
+    full = np.full((200, 4), 1.0)
+    nll = {"full": full, "drop": full + 1.0, "gist": full + 0.5 + doc_effect}
+    doc_ids = np.repeat(np.arange(8), 25)
+
+    by_example = summarize(nll, bootstrap_samples=400)
+    by_document = summarize(nll, bootstrap_samples=400, doc_ids=doc_ids)
+
+    def width(report):
+        low, high = report["conditions"]["gist"]["gap_recovered"]["ci95"]
+        return high - low
+
+    assert by_example["resampling"] == "examples" and by_example["n_documents"] is None
+    assert by_document["resampling"] == "documents" and by_document["n_documents"] == 8
+    # the point estimate is the same; only the interval honestly widens (by ~sqrt(25))
+    assert by_document["conditions"]["gist"]["gap_recovered"]["value"] == pytest.approx(
+        by_example["conditions"]["gist"]["gap_recovered"]["value"]
+    )
+    assert width(by_document) > 3 * width(by_example)
+    low, high = by_document["conditions"]["gist"]["gap_recovered"]["ci95"]
+    assert low <= by_document["conditions"]["gist"]["gap_recovered"]["value"] <= high
+
+
+def test_document_bootstrap_of_one_example_per_document_matches_the_example_bootstrap():
+    rng = np.random.default_rng(1)
+    full = rng.normal(1.0, 0.1, (300, 4))
+    nll = {"full": full, "drop": full + 1.0, "gist": full + rng.uniform(0, 1, (300, 4))}
+    a = summarize(nll, bootstrap_samples=500)["conditions"]["gist"]["gap_recovered"]["ci95"]
+    b = summarize(nll, bootstrap_samples=500, doc_ids=np.arange(300))
+    b = b["conditions"]["gist"]["gap_recovered"]["ci95"]
+    assert a == pytest.approx(b, abs=0.02)
+
+
+def test_gap_recovered_from_token_2_and_over_the_rest_leave_out_the_first_tokens():
+    # drop pays 9 nats on the first token alone (a teacher that reads BOS as a start)
+    # and 1 nat on every other; the gist recovers all of the first token, half elsewhere.
+    full = np.zeros((4, 12))
+    drop = np.ones((4, 12))
+    drop[:, 0] = 9.0
+    gist = np.full((4, 12), 0.5)
+    gist[:, 0] = 0.0
+    report = summarize({"full": full, "drop": drop, "gist": gist}, bootstrap_samples=0)
+    entry = report["conditions"]["gist"]
+    assert entry["gap_recovered"]["value"] == pytest.approx((20 - 5.5) / 20)
+    assert entry["gap_recovered_from_2"]["value"] == pytest.approx(0.5)
+    assert entry["gap_recovered_rest"]["value"] == pytest.approx(0.5)  # tokens 9..12
+    assert "GR from token 2" in format_table(report) and "GR tokens 9+" in format_table(report)
+
+
+def test_the_oracle_lowers_the_kl_below_its_start_and_stops_on_a_plateau(teacher, context):
+    from gistnet.evaluate import fit_oracle_vectors
+    from gistnet.substitution import horizon_log_probs
+
+    def kl(vectors):
+        with torch.no_grad():
+            full = horizon_log_probs(teacher, ctx, block_size=BLOCK)
+            sub = horizon_log_probs(teacher, ctx, block_size=BLOCK, vectors=vectors)
+            return (
+                torch.nn.functional.kl_div(sub, full, reduction="none", log_target=True)
+                .sum(-1)
+                .mean(-1)
+            )
+
+    ctx = torch.from_numpy(context[:4]).long()
+    start = mean_block_embedding(teacher, ctx[:, :BLOCK])
+    fitted, search = fit_oracle_vectors(
+        teacher, ctx, block_size=BLOCK, init=start, max_steps=60, patience=10, batch_size=2
+    )
+    assert fitted.shape == start.shape
+    assert torch.all(kl(fitted) < kl(start))  # each example's own vector improved
+    assert search["steps_per_batch"] == [60, 60] or all(s <= 60 for s in search["steps_per_batch"])
+
+    # From vectors the search cannot improve (lr 0: nothing moves) it stops after `patience`.
+    _, stuck = fit_oracle_vectors(
+        teacher, ctx, block_size=BLOCK, init=start, max_steps=200, patience=5, lr=1e-12
+    )
+    assert stuck["steps_per_batch"] == [6]
+
+
+def test_evaluate_gistnet_reports_the_oracle_on_a_seeded_subset(prepared):
+    kwargs = dict(
+        checkpoint_path=prepared["checkpoint"],
+        dataset_path=prepared["data"],
+        device="cpu",
+        batch_size=8,
+        bootstrap_samples=50,
+        oracle_examples=5,
+    )
+    report = evaluate_gistnet(**kwargs)
+
+    oracle = report["oracle"]
+    assert oracle["n_examples"] == 5
+    assert set(oracle["conditions"]) == {"full", "gist", "drop", "mean", "oracle"}
+    assert oracle["resampling"] == "documents" and report["resampling"] == "documents"
+    # the untrained gist is a poor vector: the fitted one recovers more of the gap
+    gr = {name: oracle["conditions"][name]["gap_recovered"]["value"] for name in ("gist", "oracle")}
+    assert gr["oracle"] > gr["gist"]
+    share = oracle["comparisons"]["gist_over_oracle_gap_recovered"]["value"]
+    assert share == pytest.approx(gr["gist"] / gr["oracle"])
+    assert report["quality_bars"]["gist_at_least_90pct_of_oracle"] is (share >= 0.9)
+    assert "oracle" in format_table(report) and "GR(gist) / GR(oracle)" in format_table(report)
+    json.dumps(report, allow_nan=False)
+    # seeded: the same subset and the same vectors again
+    again = evaluate_gistnet(**kwargs)["oracle"]["conditions"]["oracle"]["nll"]["value"]
+    assert again == oracle["conditions"]["oracle"]["nll"]["value"]
+    with pytest.raises(ConfigError, match="oracle_examples"):
+        evaluate_gistnet(**{**kwargs, "oracle_examples": 0})
+
+
+def test_evaluate_cli_takes_the_oracle_size(prepared, capsys):
+    from tools.evaluate_gistnet import main
+
+    out = prepared["root"] / "eval-oracle"
+    code = main(["--checkpoint", str(prepared["checkpoint"]), "--dataset", str(prepared["data"]),
+                 "--out", str(out), "--device", "cpu", "--bootstrap-samples", "20",
+                 "--oracle-examples", "3"])  # fmt: skip
+    assert code == 0
+    assert "GR(gist) / GR(oracle)" in capsys.readouterr().out
+    assert json.loads((out / "evaluation.json").read_text())["oracle"]["n_examples"] == 3
+
+
+def test_evaluate_gistnet_scores_k_vectors_per_block(prepared):
+    from gistnet.checkpoint import save_checkpoint
+    from gistnet.model import GistNet, GistNetConfig
+
+    torch.manual_seed(0)
+    model = GistNet(GistNetConfig(hidden_size=32, block_size=BLOCK, num_heads=2, gists_per_block=2))
+    checkpoint = save_checkpoint(
+        prepared["root"] / "two" / "gistnet.pt",
+        model=model,
+        training_config={},
+        metrics={},
+        dataset={"name": "tiny"},
+        teacher={"model": str(prepared["root"] / "teacher"), "dtype": "float32"},
+        tokenizer=str(prepared["root"] / "teacher"),
+    )
+    one = evaluate_gistnet(checkpoint_path=prepared["checkpoint"], dataset_path=prepared["data"],
+                           device="cpu", bootstrap_samples=20)  # fmt: skip
+    two = evaluate_gistnet(checkpoint_path=checkpoint, dataset_path=prepared["data"],
+                           device="cpu", bootstrap_samples=20, oracle_examples=2)  # fmt: skip
+    assert two["gists_per_block"] == 2 and two["compression"] == "4:1"
+    assert one["gists_per_block"] == 1 and one["compression"] == "8:1"
+    assert set(two["conditions"]) == {"full", "gist", "drop", "mean", "swapped"}
+    # the baselines read one vector whatever k is, so they score exactly as before
+    for name in ("full", "drop", "mean"):
+        assert two["conditions"][name]["nll"] == one["conditions"][name]["nll"]
+    assert two["conditions"]["gist"]["nll"]["value"] != one["conditions"]["gist"]["nll"]["value"]
+    assert "oracle" in two["oracle"]["conditions"]
+
+
+def test_extra_vector_sets_of_k_vectors_are_scored_like_the_gist(teacher, context):
+    vectors = torch.randn(EXAMPLES, 2, 32, generator=torch.Generator().manual_seed(3))
+    nll = score(teacher, context, gist_vectors=vectors, extra_vectors={"oracle": vectors})
+    np.testing.assert_array_equal(nll["oracle"], nll["gist"])
+    with pytest.raises(ConfigError, match="new name"):
+        score(teacher, context, extra_vectors={"mean": vectors})
