@@ -184,6 +184,85 @@ def write_docs(reports: dict[str, dict], out: Path, *, threads: int) -> None:
     DOC.write_text(pattern.sub(lambda _: section, text), encoding="utf-8")
 
 
+# Short probes: the shipped substitution config with these changes, trained for
+# --probe-steps and scored on a seeded subset of --probe-examples validation examples.
+# They chose the candidate config, so they looked at validation examples: docs/quality.md
+# says so beside every figure they produced.
+PROBES: dict[str, dict[str, dict]] = {
+    "base": {},
+    "embeddings": {"model": {"token_embeddings": True}},
+    "embeddings_2layers": {"model": {"token_embeddings": True, "num_layers": 2}},
+    "embeddings_weighted": {
+        "model": {"token_embeddings": True},
+        "training": {"horizon_weighting": "block_dependence"},
+    },
+    "embeddings_lr5e-3": {"model": {"token_embeddings": True}, "training": {"lr": 5e-3}},
+    "embeddings_mlp2": {"model": {"token_embeddings": True, "mlp_ratio": 2.0}},
+    "k2": {"model": {"gists_per_block": 2}},
+    "k4": {"model": {"gists_per_block": 4}},
+}
+
+
+def run_probe(
+    name: str,
+    *,
+    base_config: str,
+    dataset: Path,
+    out: Path,
+    steps: int,
+    examples: int,
+    oracle_examples: int | None,
+) -> dict:
+    """Train the base config with PROBES[name]'s changes for `steps`, score it on a seeded
+    validation subset; append one line to <out>/probes.jsonl and return it."""
+    from gistnet.config import read_yaml, validate_run_config
+
+    data = read_yaml(base_config)
+    for section, changes in PROBES[name].items():
+        data[section] = {**data.get(section, {}), **changes}
+    data["training"] = {**data["training"], "max_steps": steps, "eval_every": steps}
+    run = validate_run_config(data)
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    result = train_gistnet(
+        dataset_path=dataset / "train.arrow", run_config=run, output_dir=out / "probes" / name
+    )
+    train_seconds = time.perf_counter() - started
+    report = evaluate_gistnet(
+        checkpoint_path=result.checkpoint_path,
+        dataset_path=dataset,
+        split="validation",
+        device="cpu",
+        max_examples=examples,
+        bootstrap_samples=200,
+        oracle_examples=oracle_examples,
+    )
+    gist = report["conditions"]["gist"]
+    line = {
+        "probe": name,
+        "changes": PROBES[name],
+        "steps": steps,
+        "examples": report["n_examples"],
+        "gr": gist["gap_recovered"]["value"],
+        "gr_ci95": gist["gap_recovered"]["ci95"],
+        "gr_from_2": gist["gap_recovered_from_2"]["value"],
+        "gr_rest": gist["gap_recovered_rest"]["value"],
+        "gr_mean": report["conditions"]["mean"]["gap_recovered"]["value"],
+        "swapped_over_gist": report["comparisons"]["swapped_over_gist_gap_recovered"]["value"],
+        "gist_over_oracle": (report.get("oracle") or {})
+        .get("comparisons", {})
+        .get("gist_over_oracle_gap_recovered", {})
+        .get("value"),
+        "train_seconds": round(train_seconds, 1),
+        "load_average_before": round(load_before, 2),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "probes.jsonl").open("a") as fh:
+        fh.write(json.dumps(line) + "\n")
+    print(json.dumps(line), flush=True)
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="data/sample_text", help="prepared dataset folder")
@@ -194,9 +273,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-train", action="store_true", help="reuse existing checkpoints")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--write-docs", action="store_true", help="update docs/quality.md")
+    parser.add_argument("--probe", nargs="+", choices=list(PROBES), help="run short probes")
+    parser.add_argument("--probe-steps", type=int, default=300)
+    parser.add_argument("--probe-examples", type=int, default=384)
+    parser.add_argument("--probe-oracle", type=int, default=None, help="oracle subset size")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if args.probe:
+        for name in args.probe:
+            run_probe(
+                name,
+                base_config=RUNS["substitution"],
+                dataset=Path(args.dataset),
+                out=out,
+                steps=args.probe_steps,
+                examples=args.probe_examples,
+                oracle_examples=args.probe_oracle,
+            )
+        return 0
     reports = {
         name: train_and_evaluate(
             name, RUNS[name], dataset=Path(args.dataset), out=out, skip_train=args.skip_train

@@ -30,6 +30,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     parser.add_argument("--seq-len", type=int, default=DEFAULTS.seq_len, help="training window")
     parser.add_argument("--layers", type=int, default=DEFAULTS.n_layer)
+    parser.add_argument("--width", type=int, default=DEFAULTS.n_embd, help="hidden size D")
+    parser.add_argument("--heads", type=int, default=DEFAULTS.n_head)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -45,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         seq_len=args.seq_len,
         n_layer=args.layers,
+        n_embd=args.width,
+        n_head=args.heads,
     )
     command = shlex.join(["python", "-m", "tools.make_sample_teacher", *(argv or sys.argv[1:])])
     bar = tqdm(total=config.steps, desc="training teacher", disable=args.no_progress)

@@ -81,8 +81,7 @@ def ready_dataset(api_stack, teacher) -> dict:
     return {"id": dataset_id, "info": info}
 
 
-@pytest.fixture(scope="session")
-def trained_model(api_stack, ready_dataset) -> dict:
+def _train_and_record(api_stack, ready_dataset, model_section: dict) -> dict:
     """A model trained for a few steps with the library and recorded: {id, checkpoint}."""
     from gistnet.checkpoint import read_checkpoint_info
     from gistnet.config import validate_run_config
@@ -103,7 +102,10 @@ def trained_model(api_stack, ready_dataset) -> dict:
     result = train_gistnet(
         dataset_path=output.parent.parent / f"datasets/{ready_dataset['id']}/train.arrow",
         run_config=validate_run_config(
-            {"training": {"max_steps": 3, "batch_size": 4, "device": "cpu"}}
+            {
+                "model": model_section,
+                "training": {"max_steps": 3, "batch_size": 4, "device": "cpu"},
+            }
         ),
         output_dir=output,
     )
@@ -120,3 +122,15 @@ def trained_model(api_stack, ready_dataset) -> dict:
             val_loss=result.val_loss,
         )
         return {"id": model.id, "checkpoint": result.checkpoint_path, "job_id": job_id}
+
+
+@pytest.fixture(scope="session")
+def trained_model(api_stack, ready_dataset) -> dict:
+    """A model trained for a few steps with the library and recorded: {id, checkpoint}."""
+    return _train_and_record(api_stack, ready_dataset, {})
+
+
+@pytest.fixture(scope="session")
+def two_gist_model(api_stack, ready_dataset) -> dict:
+    """As trained_model, with gists_per_block 2: two vectors per block."""
+    return _train_and_record(api_stack, ready_dataset, {"gists_per_block": 2})

@@ -222,6 +222,16 @@ def test_evaluation_requests_are_checked_before_queueing(
     )
 
 
+def test_evaluation_takes_an_oracle_size_and_refuses_a_bad_one(
+    client, ready_dataset, trained_model
+):
+    body = {"model_id": trained_model["id"], "dataset_id": ready_dataset["id"]}
+    bad = client.post("/evaluations", json={**body, "oracle_examples": 0})
+    assert bad.status_code == 422 and "oracle_examples" in bad.text
+    answer = client.post("/evaluations", json={**body, "oracle_examples": 8})
+    assert answer.status_code == 202
+
+
 # --------------------------------------------------------------------------- POST /gist
 
 
@@ -344,3 +354,37 @@ def test_ready_checks_database_broker_and_artifacts(client, api_stack):
 def test_openapi_docs_are_served(client):
     assert client.get("/docs").status_code == 200
     assert "/gist" in client.get("/openapi.json").json()["paths"]
+
+
+def test_gist_of_a_model_with_two_vectors_per_block_is_n_by_2_by_d(client, two_gist_model):
+    import base64
+
+    import numpy as np
+    import torch
+
+    from gistnet.inference import GistEncoder
+
+    blocks = [[5] * 32, list(range(3, 35))]
+    answer = client.post("/gist", json={"model_id": two_gist_model["id"], "blocks": blocks})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["gists_per_block"] == 2
+    gists = np.asarray(body["gists"], dtype=np.float32)
+    assert gists.shape == (2, 2, body["dim"])
+    expected = GistEncoder.from_checkpoint(two_gist_model["checkpoint"]).encode(
+        torch.tensor(blocks)
+    )
+    np.testing.assert_allclose(gists, expected.numpy(), atol=1e-5)
+    packed = client.post(
+        "/gist",
+        json={"model_id": two_gist_model["id"], "blocks": blocks, "encoding": "base64"},
+    ).json()
+    raw = np.frombuffer(base64.b64decode(packed["gists"][0]), dtype="<f4")
+    np.testing.assert_allclose(raw.reshape(2, -1), gists[0], atol=1e-6)
+
+
+def test_gist_of_a_one_vector_model_keeps_the_n_by_d_shape(client, trained_model):
+    answer = client.post("/gist", json={"model_id": trained_model["id"], "blocks": [[5] * 32]})
+    body = answer.json()
+    assert body["gists_per_block"] == 1
+    assert len(body["gists"]) == 1 and len(body["gists"][0]) == body["dim"]
