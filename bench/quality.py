@@ -31,7 +31,13 @@ from gistnet.train import TrainProgress, train_gistnet
 RUNS = {
     "substitution": "configs/runs/gistnet_substitution.yaml",
     "mse": "configs/runs/gistnet_example.yaml",
+    "k2": "configs/runs/gistnet_substitution_k2.yaml",
+    "k4": "configs/runs/gistnet_substitution_k4.yaml",
+    # The substitution config again, on the dataset of a second teacher (--second-dataset).
+    "second_teacher": "configs/runs/gistnet_substitution.yaml",
 }
+# The runs that trace GR against compression (32:1, 16:1, 8:1).
+CURVE = ("substitution", "k2", "k4")
 DOC = Path("docs/quality.md")
 IMAGES = Path("docs/img")
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
@@ -51,13 +57,16 @@ def _cell(entry, digits: int = 3, signed: bool = False) -> str:
 def markdown_table(report: dict) -> str:
     early = report["early_tokens"]
     lines = [
-        f"| condition | NLL (nats/token) | ΔNLL [95% CI] | GR [95% CI] | ΔNLL first {early} | ΔNLL rest |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"| condition | NLL (nats/token) | ΔNLL [95% CI] | GR [95% CI] | GR from token 2 "
+        f"| GR tokens {early + 1}+ | ΔNLL first {early} | ΔNLL rest |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, entry in report["conditions"].items():
         lines.append(
             f"| {name} | {entry['nll']['value']:.3f} | {_cell(entry['delta_nll'], signed=True)} "
-            f"| {_cell(entry['gap_recovered'])} | {_cell(entry['delta_nll_early'], signed=True)} "
+            f"| {_cell(entry['gap_recovered'])} | {_cell(entry.get('gap_recovered_from_2'))} "
+            f"| {_cell(entry.get('gap_recovered_rest'))} "
+            f"| {_cell(entry['delta_nll_early'], signed=True)} "
             f"| {_cell(entry['delta_nll_late'], signed=True)} |"
         )
     return "\n".join(lines)
@@ -67,20 +76,57 @@ def bars_line(report: dict) -> str:
     comparisons = report["comparisons"]
     bars = report["quality_bars"]
     marks = {True: "met", False: "**missed**", None: "n/a"}
+    gist = report["conditions"]["gist"]
+    lines = [
+        f"- GR(gist) − GR(mean) = {_cell(comparisons['gist_minus_mean_gap_recovered'], signed=True)}"
+        f" (interval above 0: {marks[bars['gist_above_mean_ci_excludes_0']]})",
+        f"- GR(gist) = {_cell(gist['gap_recovered'])}: ≥ 0.5 "
+        f"{marks[bars['gist_gap_recovered_at_least_0.5']]}; target ≥ 0.70 "
+        f"{marks[bars['gist_gap_recovered_at_least_0.7']]}",
+        f"- GR(gist) over tokens {report['early_tokens'] + 1}+ = "
+        f"{_cell(gist.get('gap_recovered_rest'))}: target ≥ 0.40 "
+        f"{marks[bars['gist_gap_recovered_rest_at_least_0.4']]}",
+        f"- GR(swapped) / GR(gist) = {_cell(comparisons['swapped_over_gist_gap_recovered'])}"
+        f" (below 1/2: {marks[bars['swapped_below_half_of_gist']]}; target below 1/3: "
+        f"{marks[bars['swapped_below_third_of_gist']]})",
+    ]
+    oracle = report.get("oracle")
+    if oracle is not None:
+        share = oracle["comparisons"]["gist_over_oracle_gap_recovered"]
+        lines.append(
+            f"- GR(gist) / GR(oracle) on the oracle's {oracle['n_examples']} examples = "
+            f"{_cell(share)}: target ≥ 0.90 {marks[bars['gist_at_least_90pct_of_oracle']]}"
+        )
+    lines.append(f"- ΔNLL(drop) ≥ 0.1 nats/token: {marks[bars['drop_delta_nll_at_least_0.1']]}")
+    return "\n".join(lines)
+
+
+def oracle_table(report: dict) -> str:
+    oracle = report["oracle"]
+    search = oracle["search"]
     return "\n".join(
         [
-            f"- GR(gist) − GR(mean) = {_cell(comparisons['gist_minus_mean_gap_recovered'], signed=True)}"
-            f" (bar: interval above 0 — {marks[bars['gist_above_mean_ci_excludes_0']]})",
-            f"- GR(gist) ≥ 0.5: {marks[bars['gist_gap_recovered_at_least_0.5']]}",
-            f"- GR(swapped) / GR(gist) = {_cell(comparisons['swapped_over_gist_gap_recovered'])}"
-            f" (bar: below 0.5 — {marks[bars['swapped_below_half_of_gist']]})",
-            f"- ΔNLL(drop) ≥ 0.1 nats/token: {marks[bars['drop_delta_nll_at_least_0.1']]}",
+            f"The oracle: a free vector set per example, started from the gist and fitted by "
+            f"Adam (lr {search['lr']}) to the same KL until the batch's KL improved by less "
+            f"than {search['min_improvement']:.1%} over {search['patience']} steps (at most "
+            f"{search['max_steps']}; steps taken per batch: "
+            f"{', '.join(map(str, search['steps_per_batch']))}; {search['seconds']:.0f} s), "
+            f"on a seeded subset of {oracle['n_examples']} examples "
+            f"({oracle['n_documents']} documents):",
+            "",
+            markdown_table(oracle),
         ]
     )
 
 
 def train_and_evaluate(
-    name: str, config_path: str, *, dataset: Path, out: Path, skip_train: bool
+    name: str,
+    config_path: str,
+    *,
+    dataset: Path,
+    out: Path,
+    skip_train: bool,
+    oracle_examples: int | None,
 ) -> dict:
     run_dir = out / name
     checkpoint = run_dir / "gistnet.pt"
@@ -122,10 +168,15 @@ def train_and_evaluate(
         checkpoint = result.checkpoint_path
     started = time.perf_counter()
     report = evaluate_gistnet(
-        checkpoint_path=checkpoint, dataset_path=dataset, split="validation", device="cpu"
+        checkpoint_path=checkpoint,
+        dataset_path=dataset,
+        split="validation",
+        device="cpu",
+        oracle_examples=oracle_examples,
     )
     report["bench"] = {
         "run_config": config_path,
+        "dataset": str(dataset),
         "training": timing,
         "evaluate_seconds": round(time.perf_counter() - started, 1),
     }
@@ -134,44 +185,153 @@ def train_and_evaluate(
     return report
 
 
+TITLES = {
+    "substitution": "`objective: substitution`, one gist per block (32:1)",
+    "mse": "`objective: mse`",
+    "k2": "two gists per block (16:1)",
+    "k4": "four gists per block (8:1)",
+    "second_teacher": "the second teacher: same config, same evaluation",
+}
+
+
+def _timing_line(report: dict) -> str:
+    bench = report["bench"]
+    timing = bench["training"]
+    trained = (
+        f"trained in **{timing['train_seconds']:.0f} s** wall clock "
+        f"(`train_gistnet` end to end, teacher loading and validation passes included; "
+        f"{timing['train_cpu_seconds']:.0f} s CPU; load average "
+        f"{timing['load_average_before']:.1f} before, {timing['load_average_after']:.1f} after)"
+        if timing.get("train_seconds") is not None
+        else "training not timed (checkpoint reused)"
+    )
+    steps = report["checkpoint"]["info"].get("metrics", {}).get("steps")
+    return f"{steps} steps, {trained}; evaluated in {bench['evaluate_seconds']:.0f} s."
+
+
+def curve_table(reports: dict[str, dict]) -> str:
+    lines = [
+        "| vectors per block | compression | GR(gist) [95% CI] | GR tokens 9+ | GR(oracle) on its subset "
+        "| GR(gist) on that subset | GR(gist) / GR(oracle) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in CURVE:
+        if name not in reports:
+            continue
+        report = reports[name]
+        gist = report["conditions"]["gist"]
+        oracle = report.get("oracle")
+        if oracle is not None:
+            cells = (
+                _cell(oracle["conditions"]["oracle"]["gap_recovered"]),
+                _cell(oracle["conditions"]["gist"]["gap_recovered"]),
+                _cell(oracle["comparisons"]["gist_over_oracle_gap_recovered"]),
+            )
+        else:
+            cells = ("n/a", "n/a", "n/a")
+        lines.append(
+            f"| {report['gists_per_block']} | {report['compression']} "
+            f"| {_cell(gist['gap_recovered'])} | {_cell(gist.get('gap_recovered_rest'))} "
+            f"| {' | '.join(cells)} |"
+        )
+    return "\n".join(lines)
+
+
+def curve_plot(reports: dict[str, dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    points = [reports[name] for name in CURVE if name in reports]
+    ratios = [r["block_size"] / r["gists_per_block"] for r in points]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for label, pick, style in (
+        ("gist (all validation)", lambda r: r["conditions"]["gist"]["gap_recovered"], "o-"),
+        (
+            "oracle (its subset)",
+            lambda r: (
+                (r.get("oracle") or {}).get("conditions", {}).get("oracle", {}).get("gap_recovered")
+            ),
+            "s--",
+        ),
+    ):
+        xs, ys, lows, highs = [], [], [], []
+        for ratio, report in zip(ratios, points, strict=True):
+            entry = pick(report)
+            if entry is None or entry["value"] is None:
+                continue
+            xs.append(ratio)
+            ys.append(entry["value"])
+            low, high = entry.get("ci95") or (entry["value"], entry["value"])
+            lows.append(entry["value"] - low)
+            highs.append(high - entry["value"])
+        if xs:
+            ax.errorbar(xs, ys, yerr=[lows, highs], fmt=style, capsize=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ratios, [f"{r:.0f}:1" for r in ratios])
+    ax.invert_xaxis()
+    ax.set_xlabel("compression (block tokens per gist vector)")
+    ax.set_ylabel("gap recovered (GR)")
+    ax.set_title("GR against compression, sample teacher")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def docs_section(reports: dict[str, dict], *, threads: int) -> str:
     first = next(iter(reports.values()))
     parts = [
         f"Measured by `python -m bench.quality --write-docs` on {platform.machine()} with "
-        f"{threads} torch threads (torch {torch.__version__}), on all {first['n_examples']} "
-        f"examples of the sample's validation split (dataset fingerprint "
-        f"`{first['dataset']['fingerprint']}`), {first['bootstrap_samples']} bootstrap "
-        f"resamples of the examples.",
+        f"{threads} torch threads (torch {torch.__version__}), on all examples of each "
+        f"dataset's validation split; {first['bootstrap_samples']} bootstrap resamples of the "
+        f"**documents** (a cluster bootstrap over `doc_id`: overlapping windows of one "
+        f"story are not independent). Sample: {first['n_examples']} examples in "
+        f"{first['n_documents']} documents, dataset fingerprint "
+        f"`{first['dataset']['fingerprint']}`.",
     ]
-    for name, report in reports.items():
-        bench = report["bench"]
-        timing = bench["training"]
-        trained = (
-            f"trained in **{timing['train_seconds']:.0f} s** wall clock "
-            f"(`train_gistnet` end to end, teacher loading and validation passes included; "
-            f"{timing['train_cpu_seconds']:.0f} s CPU; load average "
-            f"{timing['load_average_before']:.1f} before, {timing['load_average_after']:.1f} after)"
-            if timing.get("train_seconds") is not None
-            else "training not timed (checkpoint reused)"
-        )
-        steps = report["checkpoint"]["info"].get("metrics", {}).get("steps")
+    if any(name in reports for name in CURVE):
         parts += [
             "",
-            f"### `objective: {name}` — `{bench['run_config']}`",
+            "### GR against compression (sample teacher)",
             "",
-            f"{steps} steps, {trained}; evaluated in {bench['evaluate_seconds']:.0f} s.",
+            curve_table(reports),
+            "",
+            "![GR against compression](img/quality_compression.png)",
+        ]
+    for name, report in reports.items():
+        parts += [
+            "",
+            f"### {TITLES.get(name, name)} — `{report['bench']['run_config']}`",
+            "",
+        ]
+        if name == "second_teacher":
+            parts += [
+                f"Dataset `{report['bench']['dataset']}` (teacher `{report['teacher']}`, "
+                f"{report['n_examples']} validation examples in {report['n_documents']} "
+                f"documents).",
+                "",
+            ]
+        parts += [
+            _timing_line(report),
             "",
             markdown_table(report),
             "",
             bars_line(report),
-            "",
-            f"![per-position NLL, {name}](img/quality_{name}.png)",
         ]
+        if report.get("oracle") is not None:
+            parts += ["", oracle_table(report)]
+        parts += ["", f"![per-position NLL, {name}](img/quality_{name}.png)"]
     return "\n".join(parts)
 
 
 def write_docs(reports: dict[str, dict], out: Path, *, threads: int) -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
+    if any(name in reports for name in CURVE):
+        curve_plot(reports, IMAGES / "quality_compression.png")
     for name in reports:
         shutil.copyfile(
             out / name / "evaluation_nll_per_position.png", IMAGES / f"quality_{name}.png"
@@ -268,7 +428,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="data/sample_text", help="prepared dataset folder")
     parser.add_argument("--out", default="artifacts/quality")
     parser.add_argument(
-        "--runs", nargs="+", default=list(RUNS), choices=list(RUNS), help="which objectives"
+        "--runs", nargs="+", default=list(RUNS), choices=list(RUNS), help="which runs"
+    )
+    parser.add_argument(
+        "--second-dataset",
+        default="data/second_teacher",
+        help="prepared dataset of the second teacher (configs/data/second_teacher.yaml)",
+    )
+    parser.add_argument(
+        "--oracle-examples",
+        type=int,
+        default=64,
+        help="oracle subset size for the substitution runs (0: no oracle)",
     )
     parser.add_argument("--skip-train", action="store_true", help="reuse existing checkpoints")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
@@ -294,7 +465,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     reports = {
         name: train_and_evaluate(
-            name, RUNS[name], dataset=Path(args.dataset), out=out, skip_train=args.skip_train
+            name,
+            RUNS[name],
+            dataset=Path(args.second_dataset if name == "second_teacher" else args.dataset),
+            out=out,
+            skip_train=args.skip_train,
+            oracle_examples=(args.oracle_examples or None) if name != "mse" else None,
         )
         for name in args.runs
     }
