@@ -9,7 +9,6 @@ and stops everything it started.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -39,13 +38,12 @@ def dataset_request(repo_root: Path, settings: Settings) -> dict[str, Any]:
         local = (base / config[key]).resolve()
         if local.is_dir():
             config[key] = os.path.relpath(local, repo_root)
-    target = settings.data_root.resolve() / DEMO_TEXT_FOLDER
-    target.mkdir(parents=True, exist_ok=True)
+    data = settings.data_store()
     for split in config["splits"].values():
         split.pop("output_path", None)
         if split.get("source"):
             source = (base / split["source"]).resolve()
-            shutil.copyfile(source, target / source.name)
+            data.publish(source, f"{DEMO_TEXT_FOLDER}/{source.name}")
             split["source"] = f"{DEMO_TEXT_FOLDER}/{source.name}"
     config["teacher_device"] = "auto"
     return config

@@ -23,7 +23,7 @@ def create_dataset_route(
     response: Response,
 ) -> DatasetAccepted:
     """Validate the config, record the dataset and queue its preparation on `prep`."""
-    check_dataset_request(body, data_root=settings.data_root)
+    check_dataset_request(body, data_store=settings.data_store())
     dataset, job = create_dataset(
         session, name=body.dataset_name, config=body.model_dump(exclude_none=True)
     )
