@@ -307,9 +307,14 @@ class ArtifactStore:
                 raise StorageError(f"{self.setting} {self.root}: {err}") from None
         return self._fs
 
+    @property
+    def root_path(self) -> str:
+        """The root as the filesystem names it (`bucket/prefix`)."""
+        self.fs  # noqa: B018 - made together with the filesystem
+        return self._root_path
+
     def _remote(self, key: str) -> str:
-        self.fs  # noqa: B018 - resolves the root path
-        return join(self._root_path, _check_key(key))
+        return join(self.root_path, _check_key(key))
 
     def location(self, key: str) -> str:
         """Where a key lives: a local path or a URL, for messages and records."""
@@ -370,7 +375,7 @@ class ArtifactStore:
                 for p in self.local_root.glob(pattern)
                 if p.is_file()
             )
-        base = self._root_path.rstrip("/") + "/"
+        base = self.root_path.rstrip("/") + "/"
         self.fs.invalidate_cache()
         found = self.fs.glob(base + pattern, detail=True)
         return sorted(
@@ -463,7 +468,7 @@ class ArtifactStore:
                 raise StorageError(f"{self.setting} {self.local_root} is not accessible")
             return
         fs = self.fs
-        bucket = _bucket_of(self._root_path)
+        bucket = _bucket_of(self.root_path)
         try:
             fs.invalidate_cache()
             fs.ls(bucket, detail=False)

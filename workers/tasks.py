@@ -147,7 +147,7 @@ def open_dataset_split(store, dataset, split: str) -> Path:
 
 @shared_task(name=TASK_OF_KIND[JobKind.PREPARE], bind=True)
 def prepare_dataset_task(self, job_id: int) -> str:
-    return run_job(settings=_settings_of(self), job_id=job_id, work=_prepare)
+    return run_job(settings=_settings_of(self), job_id=job_id, work=_prepare, app=self.app)
 
 
 # --------------------------------------------------------------------------- train
@@ -239,7 +239,7 @@ def _finite(value: float | None) -> float | None:
 
 @shared_task(name=TASK_OF_KIND[JobKind.TRAIN], bind=True)
 def train_task(self, job_id: int) -> str:
-    return run_job(settings=_settings_of(self), job_id=job_id, work=_train)
+    return run_job(settings=_settings_of(self), job_id=job_id, work=_train, app=self.app)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -287,4 +287,4 @@ def _evaluate(run: JobRun) -> Outcome:
 
 @shared_task(name=TASK_OF_KIND[JobKind.EVALUATE], bind=True)
 def evaluate_task(self, job_id: int) -> str:
-    return run_job(settings=_settings_of(self), job_id=job_id, work=_evaluate)
+    return run_job(settings=_settings_of(self), job_id=job_id, work=_evaluate, app=self.app)
