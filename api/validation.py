@@ -63,6 +63,13 @@ def source_files(source: str, *, data_store: ArtifactStore, split: str) -> list[
             f"{where}: {source!r} matches no file under the server's data root "
             f"(GISTNET_DATA_ROOT); put the corpus there or send the text as `documents`"
         )
+    # Preparation reads only these; saying so now beats a failed job later.
+    unreadable = [PurePath(p).name for p in found if PurePath(p).suffix not in (".txt", ".jsonl")]
+    if unreadable:
+        raise RequestProblem(
+            f"{where}: {source!r} matches {', '.join(unreadable[:3])}, which preparation cannot "
+            f'read: sources are .txt (one document per file) or .jsonl (one {{"text": ...}} per line)'
+        )
     return found
 
 

@@ -13,7 +13,8 @@ import copy
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from service.db.records import (
 )
 from service.queue import TASK_OF_KIND, JobKind
 from service.settings import Settings, get_settings
+from workers import metrics
 from workers.runner import JobRun, Outcome, run_job
 
 
@@ -62,12 +64,30 @@ def _settings_of(task) -> Settings:
     return getattr(task.app, "settings", None) or get_settings()
 
 
+def _run_measured(task, job_id: int, kind: str, work: Callable[[JobRun], Outcome]) -> str:
+    """run_job, with the worker's metrics told when a claimed job starts and ends."""
+
+    def counted(run: JobRun) -> Outcome:  # called only once the job is claimed
+        metrics.job_started(kind)
+        return work(run)
+
+    started = time.monotonic()
+    outcome = run_job(settings=_settings_of(task), job_id=job_id, work=counted, app=task.app)
+    if outcome != "skipped":
+        metrics.job_finished(kind, outcome, time.monotonic() - started)
+    return outcome
+
+
 def dataset_dir(dataset_id: int) -> str:
     return f"datasets/{dataset_id}"
 
 
 def job_dir(job_id: int) -> str:
     return f"jobs/{job_id}"
+
+
+def evaluation_dir(evaluation_id: int) -> str:
+    return f"evaluations/{evaluation_id}"
 
 
 # --------------------------------------------------------------------------- prepare
@@ -100,8 +120,10 @@ def _prepare(run: JobRun) -> Outcome:
         config = dict(get_dataset(session, dataset_id=run.dataset_id).config)
     config["teacher_device"] = settings.device  # the worker's device, not the requester's
     relative = dataset_dir(run.dataset_id)
+    meter = metrics.PrepMeter()
 
     def on_progress(p) -> None:
+        meter(p.split, p.tokens)
         run.report(
             progress={
                 "split": p.split,
@@ -147,7 +169,7 @@ def open_dataset_split(store, dataset, split: str) -> Path:
 
 @shared_task(name=TASK_OF_KIND[JobKind.PREPARE], bind=True)
 def prepare_dataset_task(self, job_id: int) -> str:
-    return run_job(settings=_settings_of(self), job_id=job_id, work=_prepare, app=self.app)
+    return _run_measured(self, job_id, JobKind.PREPARE, _prepare)
 
 
 # --------------------------------------------------------------------------- train
@@ -170,6 +192,9 @@ def _train(run: JobRun) -> Outcome:
     resume_key = f"{relative}/resume.pt"
 
     def on_progress(p) -> None:
+        metrics.train_step(
+            batch_size=run_config.training.batch_size, examples_per_sec=p.examples_per_sec
+        )
         point = {
             "step": p.step,
             "loss": p.loss,
@@ -239,7 +264,7 @@ def _finite(value: float | None) -> float | None:
 
 @shared_task(name=TASK_OF_KIND[JobKind.TRAIN], bind=True)
 def train_task(self, job_id: int) -> str:
-    return run_job(settings=_settings_of(self), job_id=job_id, work=_train, app=self.app)
+    return _run_measured(self, job_id, JobKind.TRAIN, _train)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -257,7 +282,7 @@ def _evaluate(run: JobRun) -> Outcome:
         checkpoint = store.open_local(model.checkpoint_path)
         split = evaluation.split
         dataset_path = open_dataset_split(store, dataset, split).parent
-        relative = f"evaluations/{evaluation.id}"
+        relative = evaluation_dir(evaluation.id)
 
     def on_progress(done: int, total: int) -> None:
         run.report(
@@ -273,11 +298,12 @@ def _evaluate(run: JobRun) -> Outcome:
         should_cancel=run.should_cancel,
         **run.params,
     )
-    # The report and its plot as files too, beside the other artifacts.
+    # The report as JSON and its per-position NLL plot, beside the other artifacts; the
+    # recorded report names them relative to the artifact root.
     with store.writing(relative) as output:
-        written = write_report(report, output)
+        written = write_report(report, output, stem="report")
         store.publish_folder(output, relative)
-    report["artifacts"] = {kind: f"{relative}/{path.name}" for kind, path in written.items()}
+    report["files"] = {kind: f"{relative}/{path.name}" for kind, path in written.items()}
 
     def record(session: Session) -> None:
         record_evaluation_report(session, job_id=run.job_id, report=report)
@@ -287,4 +313,4 @@ def _evaluate(run: JobRun) -> Outcome:
 
 @shared_task(name=TASK_OF_KIND[JobKind.EVALUATE], bind=True)
 def evaluate_task(self, job_id: int) -> str:
-    return run_job(settings=_settings_of(self), job_id=job_id, work=_evaluate, app=self.app)
+    return _run_measured(self, job_id, JobKind.EVALUATE, _evaluate)

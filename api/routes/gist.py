@@ -49,6 +49,13 @@ def _encoded(gists: np.ndarray, encoding: str) -> list:
     return gists.tolist()
 
 
+def _text_to_blocks(engine, text: str, max_blocks: int):
+    """Tokenize, cut into full blocks, and write each block back as text (for people)."""
+    ids = engine.tokenize(text)
+    blocks, unused = text_blocks(ids, block_size=engine.block_size, max_blocks=max_blocks)
+    return blocks, len(ids), unused, engine.decode_blocks(blocks)
+
+
 @router.post(
     "",
     response_model=GistResponse,
@@ -72,20 +79,21 @@ async def gist(
         except GistNetError as err:
             raise HTTPException(503, f"model {model_id} cannot be loaded: {err}") from None
 
-    tokens = unused = None
+    tokens = unused = block_texts = None
     if body.text is not None:
-        ids = await run_in_threadpool(engine.tokenize, body.text)
-        blocks, unused = text_blocks(
-            ids, block_size=engine.block_size, max_blocks=settings.gist_max_blocks
+        blocks, tokens, unused, block_texts = await run_in_threadpool(
+            _text_to_blocks, engine, body.text, settings.gist_max_blocks
         )
-        tokens = len(ids)
     else:
         blocks = blocks_array(
             body.blocks, block_size=engine.block_size, vocab_size=engine.vocab_size
         )
+    metrics = request.app.state.metrics
+    metrics.gist_request_blocks.observe(len(blocks))
     try:
         gists = await batcher.encode(engine, blocks)
     except QueueFull as err:
+        metrics.gist_queue_full.inc()
         raise HTTPException(
             429, f"the gist queue is full: {err}", headers={"Retry-After": "1"}
         ) from None
@@ -100,5 +108,6 @@ async def gist(
         "gists": _encoded(gists, body.encoding),
         "tokens": tokens,
         "unused_tokens": unused,
+        "block_texts": block_texts,
     }
     return Response(json.dumps(content), media_type="application/json")

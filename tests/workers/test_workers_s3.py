@@ -107,7 +107,7 @@ def test_flow_prepares_trains_evaluates_and_serves_gists_from_the_bucket(
     job = wait_for_job(s3_client, accepted.json()["job_id"], timeout=180)
     assert job["status"] == "succeeded", job
     report = s3_client.get(accepted.json()["evaluation_url"]).json()["report"]
-    assert store.exists(report["artifacts"]["json"]) and store.exists(report["artifacts"]["plot"])
+    assert store.exists(report["files"]["json"]) and store.exists(report["files"]["plot"])
 
     blocks = np.random.default_rng(0).integers(0, 1000, size=(3, 32)).tolist()
     answer = s3_client.post("/gist", json={"model_id": model["id"], "blocks": blocks})
