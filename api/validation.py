@@ -34,6 +34,14 @@ def source_files(source: str, *, data_store: ArtifactStore, split: str) -> list[
     runs over the objects under the root's prefix.
     """
     where = f"splits.{split}.source"
+    # A URL under the data root's prefix names the same objects as its relative form.
+    inside = data_store.key_of(source)
+    if "://" in source and inside is None:
+        raise RequestProblem(
+            f"{where}: {source!r} is outside the server's data root (GISTNET_DATA_ROOT); "
+            f"name a file under it, relative to it or as a URL that starts with it"
+        )
+    source = inside if inside is not None else source
     if (
         os.path.isabs(source)
         or source.startswith("~")

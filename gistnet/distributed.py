@@ -206,8 +206,17 @@ def launch_training(
     poll_s: float = 0.1,
 ):
     """Run `train_gistnet` over `processes` ranks and return rank 0's TrainResult."""
+    from gistnet.devices import resolve_device
+    from gistnet.errors import DeviceError
     from gistnet.train import TrainResult
 
+    # Said here, before any process starts: each rank takes the GPU of its local rank.
+    device = resolve_device(run_config.training.device)
+    if device.type == "cuda" and torch.cuda.device_count() < processes:
+        raise DeviceError(
+            f"training.processes is {processes} but this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s): one process per GPU"
+        )
     run_dir = Path(tempfile.mkdtemp(prefix="gistnet-ddp-"))
     spec = {
         "dataset_path": str(Path(dataset_path).resolve()),

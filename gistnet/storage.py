@@ -316,6 +316,13 @@ class ArtifactStore:
     def _remote(self, key: str) -> str:
         return join(self.root_path, _check_key(key))
 
+    def key_of(self, location: str) -> str | None:
+        """The key of a URL under this (object-store) root, or None when it lies elsewhere."""
+        if self.is_local or not is_url(location):
+            return None
+        prefix = self.root.rstrip("/") + "/"
+        return location[len(prefix) :] if location.startswith(prefix) else None
+
     def location(self, key: str) -> str:
         """Where a key lives: a local path or a URL, for messages and records."""
         return str(self.local_root / _check_key(key)) if self.is_local else join(self.root, key)
@@ -353,12 +360,13 @@ class ArtifactStore:
         path = self._remote(key)
         tmp = destination.with_name(f".{destination.name}.part-{uuid.uuid4().hex[:8]}")
         try:
+            self.fs.invalidate_cache(path)
             self.fs.get_file(path, str(tmp))
+            os.replace(tmp, destination)  # only a whole download takes the name
         except FileNotFoundError:
             return False
         finally:
-            if tmp.exists():
-                os.replace(tmp, destination)
+            tmp.unlink(missing_ok=True)
         return True
 
     def read_text(self, key: str) -> str:

@@ -64,8 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if bar is not None:
             bar.close()
-    with writing_to(args.out) as output:
-        paths = write_report(report, output)
+    try:
+        with writing_to(args.out) as output:
+            paths = write_report(report, output)
+    except GistNetError as err:  # the bucket refused the report: say so, keep the table
+        print(format_table(report))
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if is_url(args.out):
         paths = {kind: join(args.out, path.name) for kind, path in paths.items()}
     print(format_table(report))

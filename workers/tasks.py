@@ -105,6 +105,8 @@ def _source_folder(settings: Settings, config: dict[str, Any]) -> Iterator[Path]
     with tempfile.TemporaryDirectory(prefix="gistnet-sources-") as scratch:
         for split in config.get("splits", {}).values():
             if split.get("source"):
+                # A URL under the data root becomes its relative form, as the API checked it.
+                split["source"] = store.key_of(split["source"]) or split["source"]
                 for key in store.glob(split["source"]):
                     store.download(key, Path(scratch) / key)
         yield Path(scratch)
@@ -117,7 +119,7 @@ def _prepare(run: JobRun) -> Outcome:
     settings = run.settings
     store = settings.artifact_store()
     with session_scope(settings.database_url) as session:
-        config = dict(get_dataset(session, dataset_id=run.dataset_id).config)
+        config = copy.deepcopy(get_dataset(session, dataset_id=run.dataset_id).config)
     config["teacher_device"] = settings.device  # the worker's device, not the requester's
     relative = dataset_dir(run.dataset_id)
     meter = metrics.PrepMeter()

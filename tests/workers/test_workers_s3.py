@@ -78,12 +78,21 @@ def test_flow_prepares_trains_evaluates_and_serves_gists_from_the_bucket(
     corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents[:-2]))
     corpora.publish(corpus, "stories/train.jsonl")
 
-    # Sources under the bucket's data prefix, with the same escape checks as a folder.
+    # Sources under the bucket's data prefix, with the same escape checks as a folder;
+    # another bucket, or the artifact prefix of the same bucket, is outside it.
     body = dataset_body(teacher, documents)
-    for bad in ("../platform/x.jsonl", "s3://elsewhere/x.jsonl", "/etc/passwd"):
+    outside = (
+        "../platform/x.jsonl",
+        "s3://elsewhere/x.jsonl",
+        f"{store.root}/x.jsonl",
+        f"{corpora.root}/../platform/x.jsonl",
+        "/etc/passwd",
+    )
+    for bad in outside:
         body["splits"]["train"] = {"source": bad}
         assert s3_client.post("/datasets", json=body).status_code == 422, bad
-    body["splits"]["train"] = {"source": "stories/*.jsonl"}
+    # As a URL that starts with the data root (a relative glob names the same objects).
+    body["splits"]["train"] = {"source": f"{corpora.root}/stories/*.jsonl"}
     accepted = s3_client.post("/datasets", json=body)
     assert accepted.status_code == 202, accepted.text
     job = wait_for_job(s3_client, accepted.json()["job_id"], timeout=180)
