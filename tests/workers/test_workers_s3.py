@@ -207,3 +207,25 @@ def test_refused_credentials_are_named_by_ready(tmp_path):
         assert ready.status_code == 503
         assert "refused the credentials" in ready.json()["checks"]["artifacts"]
         assert time.monotonic() - started < 30
+
+
+def test_uploaded_files_go_to_the_bucket_and_prepare_from_there(
+    s3_stack, s3_worker, s3_client, teacher, documents
+):
+    config = dataset_body(teacher, documents, name="uploaded")
+    del config["splits"]["train"]
+    files = [
+        ("train", (f"story-{i}.txt", text.encode(), "text/plain"))
+        for i, text in enumerate(documents[:4])
+    ]
+    accepted = s3_client.post("/datasets", data={"config": json.dumps(config)}, files=files)
+    assert accepted.status_code == 202, accepted.text
+    job = wait_for_job(s3_client, accepted.json()["job_id"], timeout=180)
+    assert job["status"] == "succeeded", job
+    dataset = s3_client.get(f"/datasets/{accepted.json()['dataset_id']}").json()
+    assert dataset["splits"]["train"]["documents"] == 4
+    uploaded = s3_stack.settings.data_store().glob("uploads/**/*.txt")
+    assert len(uploaded) == 4
+    # Nothing stays in the API's local staging folder.
+    staging = s3_stack.settings.cache_dir / "upload-staging"
+    assert not [p for p in staging.rglob("*") if p.is_file()]
