@@ -171,10 +171,6 @@ class GistNetConfig:
         return asdict(self)
 
 
-# The name the service's request schemas use for the run config's `model:` section.
-ModelSection = GistNetConfig
-
-
 class RunConfig(_Strict):
     model: GistNetConfig = Field(default_factory=GistNetConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
