@@ -54,6 +54,23 @@ def small_dataset(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def seed_dataset(small_dataset, tmp_path_factory) -> Path:
+    """small_dataset as the seed's tool wrote datasets: variable-length list columns and
+    the seed's metadata.yaml (train + validation)."""
+    from tests.seed_layout import write_seed_dataset
+
+    return write_seed_dataset(small_dataset, tmp_path_factory.mktemp("seed_dataset"))
+
+
+@pytest.fixture(scope="session")
+def seed_shard_alone(seed_dataset, tmp_path_factory) -> Path:
+    """The seed's train shard in a folder with no metadata.yaml."""
+    from tests.seed_layout import copy_without_metadata
+
+    return copy_without_metadata(seed_dataset, tmp_path_factory.mktemp("seed_alone"))
+
+
 # The key of the shared embedded service: the dashboard, the client and the metrics tests
 # all go through the API key, as a deployed server would ask them to.
 SERVICE_KEY = "dashboard-test-key"
@@ -75,17 +92,19 @@ def running_service(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def seed_dataset(small_dataset, tmp_path_factory) -> Path:
-    """small_dataset as the seed's tool wrote datasets: variable-length list columns and
-    the seed's metadata.yaml (train + validation)."""
-    from tests.seed_layout import write_seed_dataset
+def s3():
+    """moto's S3 server on 127.0.0.1, with its fake credentials in this process's
+    environment (worker subprocesses inherit them)."""
+    from tests.s3_server import CREDENTIALS, s3_server
 
-    return write_seed_dataset(small_dataset, tmp_path_factory.mktemp("seed_dataset"))
-
-
-@pytest.fixture(scope="session")
-def seed_shard_alone(seed_dataset, tmp_path_factory) -> Path:
-    """The seed's train shard in a folder with no metadata.yaml."""
-    from tests.seed_layout import copy_without_metadata
-
-    return copy_without_metadata(seed_dataset, tmp_path_factory.mktemp("seed_alone"))
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    try:
+        with s3_server() as server:
+            yield server
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -4,6 +4,7 @@ GET /datasets/{id}."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -69,7 +70,7 @@ _MULTIPART_BODY = {
 def _queue_dataset(
     body: DatasetCreate, session: Session, settings: Settings, celery
 ) -> DatasetAccepted:
-    check_dataset_request(body, data_root=settings.data_root)
+    check_dataset_request(body, data_store=settings.data_store())
     dataset, job = create_dataset(
         session, name=body.dataset_name, config=body.model_dump(exclude_none=True)
     )
@@ -112,11 +113,19 @@ async def create_dataset_from_files(request: Request) -> Response:
     state = request.app.state
     settings: Settings = state.settings
     await require_api_key(request, settings)
+    # An object-store data root: the files arrive in a local folder and are published
+    # under the same keys before the request's `source` is checked.
+    remote = not isinstance(settings.data_root, Path)
+    local_root = settings.cache_dir / "upload-staging" if remote else settings.data_root
     upload = await receive_upload(
-        request, data_root=settings.data_root, max_bytes=settings.upload_max_bytes
+        request, data_root=local_root, max_bytes=settings.upload_max_bytes
     )
     try:
-        body = parse_model(DatasetCreate, dataset_config_of(upload, data_root=settings.data_root))
+        body = parse_model(DatasetCreate, dataset_config_of(upload, data_root=local_root))
+        if remote:
+            key = upload.folder.relative_to(local_root.resolve()).as_posix()
+            await run_in_threadpool(settings.data_store().publish_folder, upload.folder, key)
+            shutil.rmtree(upload.folder, ignore_errors=True)
 
         def queue() -> DatasetAccepted:
             with state.sessionmaker() as session:

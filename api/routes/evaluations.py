@@ -10,6 +10,7 @@ from api.jobs_queue import enqueue
 from api.schemas import EvaluationAccepted, EvaluationCreate, EvaluationPublic, EvaluationsPublic
 from api.validation import RequestProblem
 from api.views import evaluation_public
+from gistnet.errors import StorageError
 from service.db.records import (
     create_evaluation,
     get_dataset,
@@ -115,7 +116,10 @@ def get_evaluation_plot(
         raise HTTPException(
             404, f"evaluation {evaluation_id} is {evaluation.status}: it has no plot yet"
         )
-    path = settings.artifact_path(plot)
-    if not path.is_file():
-        raise HTTPException(404, f"the plot of evaluation {evaluation_id} is missing from storage")
+    try:  # from the artifact root, or through the local cache on an object store
+        path = settings.artifact_store().open_local(plot)
+    except StorageError:
+        raise HTTPException(
+            404, f"the plot of evaluation {evaluation_id} is missing from storage"
+        ) from None
     return FileResponse(path, media_type="image/png")

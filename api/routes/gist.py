@@ -34,6 +34,15 @@ def _find_model(request: Request, model_id: int | None) -> tuple[int, str]:
         return model.id, model.checkpoint_path
 
 
+def _load_engine(engines, settings, model_id: int, checkpoint: str):
+    """The model's engine; its checkpoint read from the artifact root (through the local
+    cache on an object store) only when the engine is not loaded yet."""
+    engine = engines.loaded_engine(model_id)
+    if engine is not None:
+        return engine
+    return engines.get(model_id, settings.artifact_store().open_local(checkpoint))
+
+
 def _encoded(gists: np.ndarray, encoding: str) -> list:
     if encoding == "base64":  # little-endian float32 bytes, one string per block (k x D, row-major)
         return [
@@ -69,17 +78,18 @@ async def gist(
     if engine is None:
         model_id, checkpoint = await run_in_threadpool(_find_model, request, body.model_id)
         try:
-            engine = await run_in_threadpool(
-                engines.get, model_id, settings.artifact_path(checkpoint)
-            )
+            engine = await run_in_threadpool(_load_engine, engines, settings, model_id, checkpoint)
         except GistNetError as err:
             raise HTTPException(503, f"model {model_id} cannot be loaded: {err}") from None
 
     tokens = unused = block_texts = None
     if body.text is not None:
-        blocks, tokens, unused, block_texts = await run_in_threadpool(
-            _text_to_blocks, engine, body.text, settings.gist_max_blocks
-        )
+        try:
+            blocks, tokens, unused, block_texts = await run_in_threadpool(
+                _text_to_blocks, engine, body.text, settings.gist_max_blocks
+            )
+        except GistNetError as err:  # e.g. a checkpoint that names no tokenizer
+            raise HTTPException(422, f"text: {err}") from None
     else:
         blocks = blocks_array(
             body.blocks, block_size=engine.block_size, vocab_size=engine.vocab_size
