@@ -34,6 +34,8 @@ RUNS = {
     "mse": "configs/runs/gistnet_example.yaml",
     "k2": "configs/runs/gistnet_substitution_k2.yaml",
     "k4": "configs/runs/gistnet_substitution_k4.yaml",
+    # The issue-12 candidate: GistNet also reads the block's token embeddings.
+    "embeddings": "configs/runs/gistnet_substitution_embeddings.yaml",
     # The substitution config again, on the dataset of a second teacher (--second-dataset).
     "second_teacher": "configs/runs/gistnet_substitution.yaml",
 }
@@ -197,6 +199,7 @@ TITLES = {
     "mse": "`objective: mse`",
     "k2": "two gists per block (16:1)",
     "k4": "four gists per block (8:1)",
+    "embeddings": "GistNet reading the block's token embeddings beside its states",
     "second_teacher": "the second teacher: same config, same evaluation",
 }
 

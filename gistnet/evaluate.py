@@ -635,6 +635,13 @@ def evaluate_gistnet(
         should_cancel=should_cancel,
     )
     report = summarize(nll, bootstrap_samples=bootstrap_samples, seed=seed, doc_ids=doc_ids)
+    if bootstrap_samples:
+        # The intervals a bootstrap over examples would give, beside the document ones, so
+        # a reader sees how much the overlap of a document's windows narrows them.
+        by_example = summarize(nll, bootstrap_samples=bootstrap_samples, seed=seed)
+        report["example_bootstrap_gap_recovered_ci95"] = {
+            name: entry["gap_recovered"]["ci95"] for name, entry in by_example["conditions"].items()
+        }
     if oracle_examples is not None:
         report["oracle"] = _oracle_section(
             teacher,

@@ -466,6 +466,8 @@ def test_evaluate_gistnet_reports_the_oracle_on_a_seeded_subset(prepared):
     assert oracle["n_examples"] == 5
     assert set(oracle["conditions"]) == {"full", "gist", "drop", "mean", "oracle"}
     assert oracle["resampling"] == "documents" and report["resampling"] == "documents"
+    # the example bootstrap's intervals ride along, for comparison
+    assert set(report["example_bootstrap_gap_recovered_ci95"]) == set(report["conditions"])
     # the untrained gist is a poor vector: the fitted one recovers more of the gap
     gr = {name: oracle["conditions"][name]["gap_recovered"]["value"] for name in ("gist", "oracle")}
     assert gr["oracle"] > gr["gist"]
