@@ -329,15 +329,14 @@ def _plain(value: Any) -> Any:
 
 
 def resolve_shard_path(dataset_path: str | Path, split: str | None = None) -> Path:
-    """A shard file as given, or the shard of `split` (default validation) in a dataset folder."""
-    from gistnet.shards import read_metadata, split_path
+    """A shard file as given, or the first shard of `split` (default validation) in a
+    dataset folder. `gistnet.shards.split_shard_paths` gives all of a split's shards."""
+    from gistnet.shards import split_shard_paths
 
     path = Path(dataset_path)
-    if path.is_file():
-        return path
-    if not path.is_dir():
+    if not path.exists() and not any(c in str(path) for c in "*?["):
         raise ShardError(f"dataset {str(path)!r} is neither a shard file nor a dataset folder")
-    return split_path(read_metadata(path), path, split or "validation")
+    return split_shard_paths(path, split, default_split="validation")[0]
 
 
 def _document_ids(shard: Any) -> np.ndarray | None:
@@ -351,20 +350,31 @@ def _document_ids(shard: Any) -> np.ndarray | None:
 @torch.inference_mode()
 def _compute_gists(
     model: torch.nn.Module,
-    teacher_hidden: np.ndarray,
+    data: Any,
     rows: np.ndarray,
     *,
+    teacher: torch.nn.Module,
     device: torch.device,
     batch_size: int,
     should_cancel: CancelFn | None,
 ) -> torch.Tensor:
+    """GistNet's vectors for the given rows: from the cached states, or for a token-only
+    dataset from the teacher's states of the block (what the cached ones are)."""
+    from gistnet.teacher import block_hidden_states
+
     gists = []
     for start in range(0, len(rows), batch_size):
         if should_cancel is not None and should_cancel():
             raise Cancelled("evaluation cancelled while computing gists")
         index = rows[start : start + batch_size]
-        hidden = torch.from_numpy(np.ascontiguousarray(teacher_hidden[index], dtype=np.float32))
-        gists.append(model(hidden.to(device)).float().cpu())  # (B, T, D) -> (B, D)
+        if getattr(data, "teacher_hidden", None) is not None:
+            hidden = torch.from_numpy(
+                np.ascontiguousarray(data.teacher_hidden[index], dtype=np.float32)
+            ).to(device)
+        else:
+            block = torch.from_numpy(np.ascontiguousarray(data.input_ids[index], dtype=np.int64))
+            hidden = block_hidden_states(teacher, block.to(device))
+        gists.append(model(hidden).float().cpu())  # (B, T, D) -> (B, D)
     return torch.cat(gists)
 
 
@@ -383,26 +393,29 @@ def evaluate_gistnet(
 ) -> dict[str, Any]:
     """Score a checkpoint's gists on a prepared shard; returns the JSON-able report.
 
-    `dataset_path` is a shard (.arrow) or a prepared dataset directory (then `split`,
-    default validation, picks the shard). The teacher and tokenizer are those the dataset
-    was prepared with. `max_examples` evaluates a seeded random subset.
+    `dataset_path` is a shard (.arrow), a glob of a split's shards, or a prepared dataset
+    directory (then `split`, default validation, picks the split; all of its shards are
+    read). Datasets with cached states and token-only ones alike. The teacher and tokenizer
+    are those the dataset was prepared with. `max_examples` evaluates a seeded random subset.
     `on_progress(done, total)` counts scored examples; `should_cancel()` is polled between
     batches and stops the work with `Cancelled`.
     """
     from gistnet.checkpoint import load_checkpoint
     from gistnet.devices import resolve_device
-    from gistnet.shards import open_shard, read_metadata
+    from gistnet.shards import open_shard_set, read_metadata, split_shard_paths
     from gistnet.teacher import load_teacher, load_tokenizer
 
     started = time.perf_counter()
     checkpoint_path = Path(checkpoint_path)
     if not checkpoint_path.is_file():
         raise ConfigError(f"checkpoint {str(checkpoint_path)!r} does not exist")
-    shard_path = resolve_shard_path(dataset_path, split)
+    resolve_shard_path(dataset_path, split)  # the clear error for a path that is not there
+    shard_paths = split_shard_paths(dataset_path, split, default_split="validation")
+    shard_path = shard_paths[0]
     torch_device = resolve_device(device)
 
     metadata = read_metadata(shard_path)
-    shard = open_shard(shard_path)
+    shard = open_shard_set(shard_paths)
     block_size = int(metadata["block_size"])
     model, info = load_checkpoint(checkpoint_path, device=torch_device)
     model.eval()
@@ -447,8 +460,9 @@ def evaluate_gistnet(
 
     gists = _compute_gists(
         model,
-        shard.teacher_hidden,
+        shard,
         rows,
+        teacher=teacher,
         device=torch_device,
         batch_size=batch_size,
         should_cancel=should_cancel,
@@ -475,6 +489,8 @@ def evaluate_gistnet(
             "dataset": {
                 "path": str(dataset_path),
                 "shard": str(shard_path),
+                "shards": [str(p) for p in shard_paths],
+                "teacher_states": metadata.get("teacher_states", "cache"),
                 "split": split,
                 "fingerprint": metadata.get("fingerprint"),
                 "examples_in_shard": int(total),
