@@ -50,6 +50,21 @@ def source_files(source: str, *, data_root: Path, split: str) -> list[Path]:
     return files
 
 
+def _check_source_file(path: Path, *, split: str, text_column: str) -> None:
+    """A format we read; for Parquet, the text column is there (read from the footer)."""
+    from gistnet.sources import count_documents, source_kind
+
+    try:
+        kind = source_kind(path)
+    except ConfigError as err:
+        raise RequestProblem(f"splits.{split}.source: {err}") from None
+    if kind == ".parquet":
+        try:
+            count_documents(path, text_column=text_column)
+        except ConfigError as err:
+            raise RequestProblem(f"splits.{split}.text_column: {err}") from None
+
+
 def _teacher_config(name: str):
     """The teacher's Hugging Face config, read without its weights."""
     from gistnet.errors import TeacherLoadError
@@ -77,7 +92,8 @@ def check_dataset_request(config: DatasetConfig, *, data_root: Path) -> None:
                 f"splits.{name}.output_path: the service chooses where shards go; remove it"
             )
         if split.source is not None:
-            source_files(split.source, data_root=data_root, split=name)
+            for path in source_files(split.source, data_root=data_root, split=name):
+                _check_source_file(path, split=name, text_column=split.text_column)
         elif not any(doc.strip() for doc in split.documents):
             raise RequestProblem(f"splits.{name}.documents: every document is empty")
 

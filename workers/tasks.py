@@ -11,13 +11,18 @@ from __future__ import annotations
 import copy
 import math
 import os
+from functools import partial
 from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_init, worker_process_init
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from gistnet.errors import Cancelled, GistNetError
 from service.db.engine import session_scope
+from service.db.jobs import create_parts, get_job, part_label, record_progress, take_over_parent
+from service.db.models import Job
 from service.db.records import (
     complete_loss_curve,
     evaluation_of_job,
@@ -27,9 +32,9 @@ from service.db.records import (
     record_evaluation_report,
     record_model,
 )
-from service.queue import TASK_OF_KIND, JobKind
+from service.queue import TASK_OF_KIND, JobKind, JobStatus, send_job
 from service.settings import Settings, get_settings
-from workers.runner import JobRun, Outcome, run_job
+from workers.runner import DETACHED, JobRun, Outcome, run_claimed, run_job, worker_name
 
 
 @worker_init.connect
@@ -69,16 +74,28 @@ def job_dir(job_id: int) -> str:
 # --------------------------------------------------------------------------- prepare
 
 
-def _prepare(run: JobRun) -> Outcome:
+def _dataset_config(run: JobRun):
+    """The dataset's config as validated, on this worker's device."""
     from gistnet.config import validate_dataset_config
-    from gistnet.data import prepare_dataset
+
+    with session_scope(run.settings.database_url) as session:
+        config = dict(get_dataset(session, dataset_id=run.dataset_id).config)
+    config["teacher_device"] = run.settings.device  # the worker's device, not the requester's
+    return validate_dataset_config(config)
+
+
+def _prepare(run: JobRun, *, app) -> Outcome:
+    """A dataset's job: the whole preparation here, or, when a split has several shards,
+    plan the parts, hand them to the `prep` queue and detach; later (taken over once the
+    parts are done, or re-run) check them and write the metadata."""
+    from gistnet.data import prepare_dataset, relative_metadata
 
     settings = run.settings
-    with session_scope(settings.database_url) as session:
-        config = dict(get_dataset(session, dataset_id=run.dataset_id).config)
-    config["teacher_device"] = settings.device  # the worker's device, not the requester's
+    config = _dataset_config(run)
     relative = dataset_dir(run.dataset_id)
     output = settings.artifact_path(relative)
+    if any(split.shards > 1 for split in config.splits.values()):
+        return _prepare_in_parts(run, config=config, output=output, relative=relative, app=app)
 
     def on_progress(p) -> None:
         run.report(
@@ -91,28 +108,177 @@ def _prepare(run: JobRun) -> Outcome:
         )
 
     metadata = prepare_dataset(
-        validate_dataset_config(config),
+        config,
         config_dir=settings.data_root.resolve(),
         output_dir=output,
         on_progress=on_progress,
         should_cancel=run.should_cancel,
     )
-    # Shard paths relative to the dataset folder, as metadata.yaml has them.
-    splits = {
-        name: {**stats, "path": os.path.relpath(stats["path"], output)}
-        for name, stats in metadata["splits"].items()
-    }
-    info = {**metadata, "splits": splits}
+    return _dataset_ready(run, info=relative_metadata(metadata, output), relative=relative)
 
+
+def _dataset_ready(run: JobRun, *, info: dict[str, Any], relative: str) -> Outcome:
+    # Shard paths relative to the dataset folder, as metadata.yaml has them.
     def record(session: Session) -> None:
         mark_dataset_prepared(session, dataset_id=run.dataset_id, path=relative, info=info)
 
     return Outcome(record=record)
 
 
+def _part_params(plan: dict[str, Any], config) -> list[dict[str, Any]]:
+    from gistnet.data import plan_parts
+    from gistnet.shards import shard_file_name
+
+    return [
+        {
+            "split": part["split"],
+            "index": part["index"],
+            "count": part["count"],
+            "shard": shard_file_name(part["split"], part["index"], part["count"]),
+            "documents": None if part["stop"] is None else part["stop"] - part["start"],
+        }
+        for part in plan_parts(plan)
+    ]
+
+
+def _prepare_in_parts(run: JobRun, *, config, output, relative: str, app) -> Outcome:
+    from gistnet.data import finalize_dataset, plan_dataset, relative_metadata
+
+    settings = run.settings
+    plan = run.params.get("plan")
+    if plan is None:  # the first run: counts every source's documents, hashes every input
+        run.report(progress={"stage": "planning"})
+        plan = plan_dataset(config, config_dir=settings.data_root.resolve())
+    with session_scope(settings.database_url) as session:
+        parts = create_parts(
+            session,
+            parent_id=run.job_id,
+            attempt=run.attempt,
+            plan=plan,
+            parts=_part_params(plan, config),
+        )
+        states = [(p.id, p.status, p.error, part_label(p)) for p in parts]
+    failed = [s for s in states if s[1] == JobStatus.FAILED]
+    if failed:
+        raise PartFailed(f"{failed[0][3]} failed: {failed[0][2]}")
+    if any(s[1] == JobStatus.CANCELLED for s in states):
+        raise Cancelled("a part of the dataset was cancelled")
+    if all(s[1] == JobStatus.SUCCEEDED for s in states):
+        run.report(progress={"stage": "finalizing", "parts": len(states)})
+        metadata = finalize_dataset(
+            config, plan=plan, config_dir=settings.data_root.resolve(), output_dir=output
+        )
+        return _dataset_ready(run, info=relative_metadata(metadata, output), relative=relative)
+    # After the commit, so each part finds its row. A rerun sends the queued ones again:
+    # a part already taken ignores the extra message (see claim_job).
+    for part_id, status, _, _ in states:
+        if status == JobStatus.QUEUED:
+            send_job(app, job_id=part_id, kind=JobKind.PREPARE_PART)
+    run.report(progress={"stage": "parts", "parts": len(states)})
+    return Outcome(detach=True)
+
+
+class PartFailed(GistNetError):
+    """A part of a dataset failed, after its attempts: the dataset fails with its reason."""
+
+
+_RESOURCES: dict[tuple, Any] = {}
+
+
+def _prep_resources(config):
+    """Tokenizer and teacher, loaded once per worker process while its parts share them."""
+    from gistnet.data import load_prep_resources
+
+    key = (
+        config.tokenizer,
+        config.teacher_model,
+        config.teacher_dtype,
+        config.teacher_device,
+        config.teacher_states,
+    )
+    if key not in _RESOURCES:
+        _RESOURCES.clear()  # one teacher at a time: two would double the memory
+        _RESOURCES[key] = load_prep_resources(config)
+    return _RESOURCES[key]
+
+
+def _prepare_part(run: JobRun) -> Outcome:
+    """One part of a dataset: its shard and manifest, from its range of documents."""
+    from gistnet.data import prepare_part, resolve_dataset_config
+
+    settings = run.settings
+    config, _ = resolve_dataset_config(_dataset_config(run), settings.data_root.resolve())
+    with session_scope(settings.database_url) as session:
+        plan = get_job(session, job_id=run.parent_id).params["plan"]
+    split, index = run.params["split"], run.params["index"]
+
+    def on_progress(p) -> None:
+        run.report(
+            progress={
+                "split": p.split,
+                "shard": run.params.get("shard"),
+                "documents": p.documents,
+                "tokens": p.tokens,
+                "examples": p.examples,
+            }
+        )
+
+    manifest = prepare_part(
+        config,
+        plan=plan,
+        split=split,
+        index=index,
+        config_dir=settings.data_root.resolve(),
+        output_dir=settings.artifact_path(dataset_dir(run.dataset_id)),
+        resources=_prep_resources(config),
+        on_progress=on_progress,
+        should_cancel=run.should_cancel,
+    )
+    summary = {
+        "split": split,
+        "shard": manifest["path"],
+        **{k: manifest[k] for k in ("documents", "tokens", "examples", "bytes", "sha256")},
+        # A redelivered part whose shard was complete and verified was not written again.
+        "reused": bool(manifest.get("reused")),
+    }
+
+    def record(session: Session) -> None:
+        record_progress(session, job_id=run.job_id, attempt=run.attempt, progress=summary)
+
+    return Outcome(record=record)
+
+
+def _finish_parent_if_done(settings: Settings, app, parent_id: int) -> str | None:
+    """After a part (or the parent's own run) ended: if every part has finished and the
+    parent waits detached, take it over here and finish it. Many may try; one gets it."""
+    with session_scope(settings.database_url) as session:
+        parent = take_over_parent(
+            session, job_id=parent_id, worker=worker_name(), device=settings.device
+        )
+        if parent is None:
+            return None
+        run = JobRun(settings=settings, job=parent)
+    return run_claimed(run, work=partial(_prepare, app=app))
+
+
 @shared_task(name=TASK_OF_KIND[JobKind.PREPARE], bind=True)
 def prepare_dataset_task(self, job_id: int) -> str:
-    return run_job(settings=_settings_of(self), job_id=job_id, work=_prepare)
+    settings = _settings_of(self)
+    outcome = run_job(settings=settings, job_id=job_id, work=partial(_prepare, app=self.app))
+    if outcome == DETACHED:  # the parts may all have finished while it sent them
+        outcome = _finish_parent_if_done(settings, self.app, job_id) or outcome
+    return outcome
+
+
+@shared_task(name=TASK_OF_KIND[JobKind.PREPARE_PART], bind=True)
+def prepare_part_task(self, job_id: int) -> str:
+    settings = _settings_of(self)
+    outcome = run_job(settings=settings, job_id=job_id, work=_prepare_part)
+    with session_scope(settings.database_url) as session:
+        parent_id = session.scalar(select(Job.parent_id).where(Job.id == job_id))
+    if parent_id is not None:
+        _finish_parent_if_done(settings, self.app, parent_id)
+    return outcome
 
 
 # --------------------------------------------------------------------------- train
@@ -130,7 +296,7 @@ def _train(run: JobRun) -> Outcome:
     run_config = validate_run_config(raw)
     with session_scope(settings.database_url) as session:
         dataset = get_dataset(session, dataset_id=run.dataset_id)
-        shard = settings.artifact_path(dataset.path) / dataset.info["splits"][split]["path"]
+        dataset_path = settings.artifact_path(dataset.path)
     relative = job_dir(run.job_id)
     output = settings.artifact_path(relative)
     output.mkdir(parents=True, exist_ok=True)
@@ -159,7 +325,8 @@ def _train(run: JobRun) -> Outcome:
 
     # A redelivered job finds the resume checkpoint of the run that died and continues it.
     result = train_gistnet(
-        dataset_path=shard,
+        dataset_path=dataset_path,
+        split=split,
         run_config=run_config,
         output_dir=output,
         on_progress=on_progress,

@@ -9,7 +9,8 @@ from api.jobs_queue import enqueue
 from api.schemas import DatasetAccepted, DatasetCreate, DatasetPublic, DatasetsPublic
 from api.validation import check_dataset_request
 from api.views import dataset_public
-from service.db.records import create_dataset, get_dataset, list_datasets
+from service.db.jobs import job_parts
+from service.db.records import create_dataset, dataset_job, get_dataset, list_datasets
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -48,7 +49,10 @@ def list_datasets_route(
 
 @router.get("/{dataset_id}", response_model=DatasetPublic)
 def get_dataset_route(dataset_id: int, session: SessionDep) -> DatasetPublic:
+    """Status, metadata, shard locations; while prepared in parts, each part's progress."""
     dataset = get_dataset(session, dataset_id=dataset_id)
     if dataset is None:
         raise HTTPException(404, f"dataset {dataset_id} does not exist")
-    return dataset_public(dataset)
+    job = dataset_job(session, dataset_id=dataset.id)
+    parts = job_parts(session, job_id=job.id) if job is not None else None
+    return dataset_public(dataset, parts=parts)

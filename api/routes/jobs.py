@@ -7,7 +7,7 @@ from fastapi import APIRouter, HTTPException, Query
 from api.deps import SessionDep
 from api.schemas import JobMetricsPublic, JobPublic, JobsPublic, MetricPoint
 from api.views import job_public
-from service.db.jobs import get_job, list_jobs, request_cancel
+from service.db.jobs import get_job, job_parts, list_jobs, request_cancel
 from service.db.records import job_metrics
 from service.queue import JobKind, JobStatus
 
@@ -35,7 +35,9 @@ def list_jobs_route(
 
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job_route(job_id: int, session: SessionDep) -> JobPublic:
-    return job_public(_job_or_404(session, job_id))
+    """A job; a dataset's job prepared in parts also shows each part's progress."""
+    job = _job_or_404(session, job_id)
+    return job_public(job, parts=job_parts(session, job_id=job.id))
 
 
 @router.get("/{job_id}/metrics", response_model=JobMetricsPublic)
