@@ -1,7 +1,10 @@
-"""Train GistNet on a prepared dataset shard.
+"""Train GistNet on a prepared dataset split.
 
     python -m tools.train_gistnet --dataset data/sample_text/train.arrow \
         --config configs/runs/gistnet_example.yaml
+
+--dataset takes one shard file, a glob of a split's shards ('data/x/train-*.arrow', quoted)
+or a dataset folder (with --split, default train).
 """
 
 from __future__ import annotations
@@ -16,7 +19,12 @@ from gistnet.train import TrainProgress, train_gistnet
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, help="Arrow shard of the training split")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="a shard file, a quoted glob of a split's shards, or a dataset folder (see --split)",
+    )
+    parser.add_argument("--split", help="split to train on when --dataset is a folder (train)")
     parser.add_argument("--config", required=True, help="run config (YAML)")
     parser.add_argument("--output-dir", default="artifacts/gistnet", help="where gistnet.pt goes")
     parser.add_argument("--max-steps", type=int, help="override training.max_steps")
@@ -42,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             output_dir=args.output_dir,
             max_steps=args.max_steps,
             on_progress=log,
+            split=args.split,
         )
     except GistNetError as err:
         print(f"error: {err}", file=sys.stderr)
