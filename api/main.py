@@ -15,6 +15,7 @@ from sqlalchemy.orm import sessionmaker
 
 from api.batching import GistBatcher
 from api.engine import EngineCache
+from api.metrics import ApiMetrics, RequestMetricsMiddleware
 from api.routes import include_routers
 from api.validation import RequestProblem
 from gistnet.config import describe_validation_errors
@@ -42,6 +43,7 @@ async def lifespan(app: FastAPI):
         max_batch=settings.gist_max_batch,
         max_wait_s=settings.gist_batch_wait_ms / 1000,
         capacity=settings.gist_queue_size,
+        on_forward=app.state.metrics.gist_batch_blocks.observe,
     )
     await app.state.batcher.start()
     try:
@@ -70,6 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings or get_settings()
+    app.state.metrics = ApiMetrics()
+    app.state.metrics.watch(app)
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
     include_routers(app)
 
     @app.exception_handler(RequestValidationError)

@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from gistnet.config import DatasetConfig, RunConfig
-from gistnet.errors import ConfigError, GistNetError
+from gistnet.errors import ConfigError, GistNetError, StorageError
+from gistnet.sources import source_kind
+from gistnet.storage import ArtifactStore
 
 
 class RequestProblem(Exception):
@@ -25,44 +27,66 @@ class RequestProblem(Exception):
 # --------------------------------------------------------------------------- datasets
 
 
-def source_files(source: str, *, data_root: Path, split: str) -> list[Path]:
+def source_files(source: str, *, data_store: ArtifactStore, split: str) -> list[str]:
     """The files a split's `source` names, all inside the data root, or a RequestProblem.
 
-    Absolute paths, `~` and `..` are refused outright, and so is any match that resolves
-    outside the root through a symbolic link.
+    Absolute paths, URLs, `~` and `..` are refused outright, and on a local root so is any
+    match that resolves outside it through a symbolic link. On an object store the glob
+    runs over the objects under the root's prefix.
     """
     where = f"splits.{split}.source"
-    if os.path.isabs(source) or source.startswith("~") or PurePath(source).drive:
+    # A URL under the data root's prefix names the same objects as its relative form.
+    inside = data_store.key_of(source)
+    if "://" in source and inside is None:
+        raise RequestProblem(
+            f"{where}: {source!r} is outside the server's data root (GISTNET_DATA_ROOT); "
+            f"name a file under it, relative to it or as a URL that starts with it"
+        )
+    source = inside if inside is not None else source
+    if os.path.isabs(source) or source.startswith("~") or PurePath(source).drive or "://" in source:
         raise RequestProblem(f"{where}: {source!r} must be relative to the server's data root")
     if ".." in PurePath(source).parts:
         raise RequestProblem(f"{where}: {source!r} leaves the data root ('..' is not allowed)")
-    root = data_root.resolve()
-    matches = sorted(Path(p) for p in glob.glob(str(root / source), recursive=True))
-    files = [p for p in matches if p.is_file()]
-    for path in files:
-        if not path.resolve().is_relative_to(root):
-            raise RequestProblem(f"{where}: {source!r} reaches {path.name} outside the data root")
-    if not files:
+    if data_store.is_local:
+        root = data_store.local_root
+        matches = sorted(Path(p) for p in glob.glob(str(root / source), recursive=True))
+        files = [p for p in matches if p.is_file()]
+        for path in files:
+            if not path.resolve().is_relative_to(root):
+                raise RequestProblem(
+                    f"{where}: {source!r} reaches {path.name} outside the data root"
+                )
+        found = [str(p.relative_to(root)) for p in files]
+    else:
+        try:
+            found = data_store.glob(source)
+        except StorageError as err:
+            raise RequestProblem(f"{where}: {err}", status_code=503) from None
+    if not found:
         raise RequestProblem(
             f"{where}: {source!r} matches no file under the server's data root "
             f"(GISTNET_DATA_ROOT); put the corpus there or send the text as `documents`"
         )
-    return files
-
-
-def _check_source_file(path: Path, *, split: str, text_column: str) -> None:
-    """A format we read; for Parquet, the text column is there (read from the footer)."""
-    from gistnet.sources import count_documents, source_kind
-
-    try:
-        kind = source_kind(path)
-    except ConfigError as err:
-        raise RequestProblem(f"splits.{split}.source: {err}") from None
-    if kind == ".parquet":
+    # Preparation reads only these; saying so now beats a failed job later.
+    for key in found:
         try:
-            count_documents(path, text_column=text_column)
+            source_kind(key)
         except ConfigError as err:
-            raise RequestProblem(f"splits.{split}.text_column: {err}") from None
+            raise RequestProblem(f"{where}: {err}") from None
+    return found
+
+
+def _check_text_column(key: str, *, data_store: ArtifactStore, split: str, text_column: str):
+    """A Parquet source holds the text column (read from its footer). On an object store
+    the check waits for the job: reading the footer there means fetching the file."""
+    from gistnet.sources import count_documents
+
+    if source_kind(key) != ".parquet" or not data_store.is_local:
+        return
+    try:
+        count_documents(data_store.local_root / key, text_column=text_column)
+    except ConfigError as err:
+        raise RequestProblem(f"splits.{split}.text_column: {err}") from None
 
 
 def _teacher_config(name: str):
@@ -82,7 +106,7 @@ def _teacher_config(name: str):
         raise RequestProblem(str(err)) from None
 
 
-def check_dataset_request(config: DatasetConfig, *, data_root: Path) -> None:
+def check_dataset_request(config: DatasetConfig, *, data_store: ArtifactStore) -> None:
     """Everything about a dataset request that can be known before running it."""
     from gistnet.teacher import load_tokenizer
 
@@ -92,8 +116,10 @@ def check_dataset_request(config: DatasetConfig, *, data_root: Path) -> None:
                 f"splits.{name}.output_path: the service chooses where shards go; remove it"
             )
         if split.source is not None:
-            for path in source_files(split.source, data_root=data_root, split=name):
-                _check_source_file(path, split=name, text_column=split.text_column)
+            for key in source_files(split.source, data_store=data_store, split=name):
+                _check_text_column(
+                    key, data_store=data_store, split=name, text_column=split.text_column
+                )
         elif not any(doc.strip() for doc in split.documents):
             raise RequestProblem(f"splits.{name}.documents: every document is empty")
 

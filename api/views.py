@@ -98,6 +98,12 @@ def dataset_public(dataset: Dataset, *, parts: Sequence[Job] | None = None) -> D
         splits[name] = SplitPublic(
             **{**stats, "path": f"{dataset.path}/{stats['path']}", "shards": shards}
         )
+    sources = {}
+    for name, split in (config.get("splits") or {}).items():
+        if split.get("source"):
+            sources[name] = split["source"]
+        else:
+            sources[name] = f"{len(split.get('documents') or [])} inline documents"
     return DatasetPublic(
         id=dataset.id,
         name=dataset.name,
@@ -115,6 +121,7 @@ def dataset_public(dataset: Dataset, *, parts: Sequence[Job] | None = None) -> D
         fingerprint=info.get("fingerprint"),
         path=dataset.path,
         splits=splits,
+        sources=sources,
         created_at=dataset.created_at,
         updated_at=dataset.updated_at,
         parts=parts_public(parts) if parts else None,

@@ -202,6 +202,16 @@ def planned_name(path: Path, base_dir: Path) -> str:
         return str(path.resolve())
 
 
+def files_in_range(counts: Sequence[tuple[str, int]], start: int, stop: int | None) -> list[str]:
+    """The planned files that hold any of documents [start, stop): all a part must read."""
+    names, first = [], 0
+    for name, count in counts:
+        if (stop is None or first < stop) and first + count > start:
+            names.append(name)
+        first += count
+    return names
+
+
 def document_range(
     split_name: str,
     split: SplitConfig,
@@ -213,42 +223,49 @@ def document_range(
 ) -> Iterator[str]:
     """Documents [start, stop) of a split, in order.
 
-    `counts` (file name, documents) from the split's plan lets the range skip whole files
-    before `start` unread; the files found now must be the planned ones, or the source
-    changed since planning and the range would hold other documents.
+    With `counts` ((file name, documents) from the split's plan) the planned files are
+    read, not the glob's matches now: files outside the range are never opened, nor need
+    they be there (a worker fetches only those of its range), and a file of the range that
+    holds another number of documents than planned is an error.
     """
     if split.documents is not None:
         yield from split.documents[start:stop]
         return
-    files = source_files(split_name, split, base_dir)
     if counts is None and (start > 0 or stop is not None):
         counts = [
             (planned_name(f, base_dir), count_documents(f, text_column=split.text_column))
-            for f in files
+            for f in source_files(split_name, split, base_dir)
         ]
-    if counts is None:  # the whole split: no need to count first
-        counts = [(planned_name(f, base_dir), None) for f in files]
-    elif [planned_name(f, base_dir) for f in files] != [name for name, _ in counts]:
-        raise ConfigError(
-            f"split {split_name!r}: the files its source matches changed since the dataset was "
-            f"planned; prepare the dataset again"
-        )
+    if counts is None:  # the whole split, in one pass: no need to count first
+        for path in source_files(split_name, split, base_dir):
+            yield from file_documents(path, text_column=split.text_column)
+        return
     first = 0  # index of the file's first document in the split
-    for path, (name, count) in zip(files, counts, strict=True):
+    for name, count in counts:
         if stop is not None and first >= stop:
             return
-        if count is not None and first + count <= start:
+        if first + count <= start:
             first += count
             continue
+        path = base_dir / name  # an absolute name stays as it is
+        if not path.is_file():
+            raise ConfigError(
+                f"split {split_name!r}: {name} was planned but is not there any more; "
+                f"prepare the dataset again"
+            )
         skip = max(0, start - first)
-        limit = None if stop is None else stop - first - skip
+        # Read to the file's end when the range goes on past it, so a changed count shows.
+        limit = None if stop is None or stop >= first + count else stop - first - skip
         read = 0
         for text in file_documents(path, text_column=split.text_column, skip=skip, limit=limit):
+            if limit is None and skip + read == count:
+                read += 1  # one more than planned: the file grew
+                break
             read += 1
             yield text
-        if count is not None and skip + read != count and (limit is None or read < limit):
+        if read != (count - skip if limit is None else limit):
             raise ConfigError(
-                f"split {split_name!r}: {name} now holds {skip + read} documents but held "
-                f"{count} when the dataset was planned; prepare the dataset again"
+                f"split {split_name!r}: {name} holds {skip + read} documents but held {count} "
+                f"when the dataset was planned; prepare the dataset again"
             )
-        first += count if count is not None else skip + read
+        first += count

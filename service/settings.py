@@ -6,17 +6,47 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gistnet.config import describe_validation_errors, parse_device
+from gistnet.storage import DEFAULT_CACHE_MAX_BYTES, ArtifactStore, is_url
 
 ENV_PREFIX = "GISTNET_"
 
 
 class SettingsError(ValueError):
     """A GISTNET_* variable holds a value the platform cannot start with."""
+
+
+def _location(value: Any) -> str | Path:
+    """A folder stays a Path; an fsspec URL (s3://bucket/prefix) stays a string, since a
+    Path would fold its `//`."""
+    if isinstance(value, str) and is_url(value):
+        scheme, _, rest = value.partition("://")
+        if not rest.split("/", 1)[0]:
+            raise ValueError(f"{value!r} names no bucket: write {scheme}://BUCKET/PREFIX")
+        try:
+            from fsspec import get_filesystem_class
+
+            get_filesystem_class(scheme)
+        except (ImportError, ValueError) as err:
+            raise ValueError(f"{value!r}: {err}") from None
+        return value.rstrip("/")
+    return Path(value)
+
+
+# A local folder or an object-store URL.
+Location = Annotated[str | Path, BeforeValidator(_location)]
 
 
 class Settings(BaseSettings):
@@ -28,10 +58,18 @@ class Settings(BaseSettings):
     broker_url: str = "sqla+sqlite:///var/broker.sqlite"
     # Redis only: a prefix for every broker key, so that several platforms share a database.
     broker_key_prefix: str = ""
-    # Shards, checkpoints and resume checkpoints; shared by the API and every worker.
-    artifact_root: Path = Path("artifacts")
-    # The only folder a dataset's `source` may read from: requests cannot name other files.
-    data_root: Path = Path("data")
+    # Shards, checkpoints, resume checkpoints and evaluation reports: a folder every process
+    # shares, or an object-store URL (s3://bucket/prefix) for machines that share no disk.
+    artifact_root: Location = Path("artifacts")
+    # The only folder (or object-store prefix) a dataset's `source` may read from.
+    data_root: Location = Path("data")
+    # fsspec options for object-store roots, as JSON: {"endpoint_url": "http://minio:9000"}
+    # for MinIO; credentials come from the usual AWS_* variables or "key"/"secret" here.
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    # Local copies of object-store artifacts that are memory-mapped (shards, checkpoints).
+    cache_dir: Path = Path("var/cache")
+    # The cache's bound; the least recently used copies are removed beyond it.
+    cache_max_bytes: int = Field(default=DEFAULT_CACHE_MAX_BYTES, ge=0)
     # When set, every endpoint but /health wants `Authorization: Bearer <key>`.
     api_key: SecretStr | None = None
     # Where workers train and the API computes gists: auto | cpu | cuda | cuda:N.
@@ -70,6 +108,15 @@ class Settings(BaseSettings):
     # Models whose teacher + GistNet stay loaded in the API process.
     gist_model_cache: int = Field(default=2, ge=1)
 
+    # POST /datasets with files: most bytes one upload may carry, all files together (413
+    # above it). Files are streamed to <data root>/uploads/, never held in memory.
+    upload_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    # GET /jobs/{id}/events: how often the stream looks at the job's row for news.
+    events_poll_s: float = Field(default=0.5, gt=0)
+    # A worker serves its Prometheus metrics on this port (its main process, for every pool
+    # process); None or 0 serves none. Two workers on one host need two ports.
+    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
     @field_validator("api_key", mode="before")
     @classmethod
     def _blank_key_is_none(cls, value):
@@ -97,8 +144,29 @@ class Settings(BaseSettings):
         return self
 
     def artifact_path(self, relative: str | Path) -> Path:
-        """Artifact paths are stored relative to the root, so the volume can move."""
+        """Artifact paths are stored relative to the root, so the volume can move. Local
+        roots only: code that must also work on an object store uses `artifact_store()`."""
+        if isinstance(self.artifact_root, str):
+            raise SettingsError(
+                f"GISTNET_ARTIFACT_ROOT is {self.artifact_root}, not a folder: read "
+                f"{relative} through artifact_store()"
+            )
         return self.artifact_root.resolve() / relative
+
+    def artifact_store(self) -> ArtifactStore:
+        return self._store(self.artifact_root, "GISTNET_ARTIFACT_ROOT")
+
+    def data_store(self) -> ArtifactStore:
+        return self._store(self.data_root, "GISTNET_DATA_ROOT")
+
+    def _store(self, root: str | Path, setting: str) -> ArtifactStore:
+        return ArtifactStore(
+            root,
+            storage_options=self.storage_options,
+            cache_dir=self.cache_dir,
+            cache_max_bytes=self.cache_max_bytes,
+            setting=setting,
+        )
 
 
 def env_name(field: str) -> str:

@@ -10,8 +10,10 @@ and with GISTNET_REQUIRE_SERVICES=1 (as .ci/run sets) fails instead.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -165,10 +167,14 @@ def make_stack(root: Path, *, database_url: str, broker_url: str, **overrides: A
         **overrides,
     }
     settings = load_settings(**values)
-    settings.artifact_root.mkdir(parents=True, exist_ok=True)
-    settings.data_root.mkdir(parents=True, exist_ok=True)
+    for folder in (settings.artifact_root, settings.data_root):
+        if isinstance(folder, Path):  # an object-store root is a bucket the test made
+            folder.mkdir(parents=True, exist_ok=True)
     upgrade_database(database_url)
-    env = {env_name(k): str(v) for k, v in {**values, **SUBPROCESS_ONLY}.items()}
+    env = {
+        env_name(k): json.dumps(v) if isinstance(v, dict | list) else str(v)
+        for k, v in {**values, **SUBPROCESS_ONLY}.items()
+    }
     return Stack(settings=settings, env=env, root=root)
 
 
@@ -227,6 +233,52 @@ class ServiceProcess:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class RunningService:
+    """`gistnet serve` running the embedded stack: its settings, URL and API key."""
+
+    stack: Stack
+    url: str
+    api_key: str | None
+    server: ServiceProcess
+
+    def http(self, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
+
+
+@contextmanager
+def embedded_service(root: Path, *, api_key: str | None = None, **overrides: Any):
+    """`gistnet serve` on SQLite records and the SQLite broker with its one local worker,
+    as a user starts it; stopped (with its worker) afterwards."""
+    if api_key is not None:
+        overrides["api_key"] = api_key
+    stack = make_stack(
+        root,
+        database_url=f"sqlite:///{root}/var/gistnet.sqlite",
+        broker_url=f"sqla+sqlite:///{root}/var/broker.sqlite",
+        **overrides,
+    )
+    port = free_port()
+    server = ServiceProcess(
+        ["serve", "--port", str(port)], env=stack.env, log_path=root / "serve.log"
+    ).start()
+    try:
+        server.wait_for_log(f"Uvicorn running on http://127.0.0.1:{port}")
+        server.wait_for_log(" ready.")  # the local worker
+        yield RunningService(
+            stack=stack, url=f"http://127.0.0.1:{port}", api_key=api_key, server=server
+        )
+    finally:
+        server.stop(timeout=60)
 
 
 def start_worker(stack: Stack, name: str = "worker", queues: str = "prep,train") -> ServiceProcess:

@@ -1,9 +1,10 @@
-"""The `gistnet` command: serve, worker, db upgrade, demo.
+"""The `gistnet` command: serve, worker, db upgrade, demo, and the client verbs.
 
     gistnet serve [--host H] [--port P] [--no-worker] [--no-upgrade]
     gistnet worker [--queues prep,train] [--concurrency N]
     gistnet db upgrade [REVISION] | gistnet db current
     gistnet demo [--port P] [--max-steps N]
+    gistnet datasets | train | evaluate | jobs | models | gist ...   (tools/client_cli.py)
 
 It only parses arguments, reads the settings and starts things; the work is elsewhere.
 This is the one place that composes the API and the workers.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from service.queue import QueueName
 from service.settings import Settings, SettingsError, get_settings
+from tools.client_cli import CLIENT_COMMANDS, add_client_commands, run_client_command
 from tools.processes import start_local_worker, stop_process
 
 DEFAULT_QUEUES = ",".join(QueueName)
@@ -64,12 +66,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--max-steps", type=int, default=None, help="cap the training steps of the run config"
     )
+    add_client_commands(commands)
     return parser
 
 
-def _prepare_folders(settings: Settings) -> None:
-    settings.artifact_root.mkdir(parents=True, exist_ok=True)
-    settings.data_root.mkdir(parents=True, exist_ok=True)
+def _prepare_folders(settings: Settings, *, strict: bool) -> None:
+    """Local roots are created; object stores are checked at start-up. A worker (`strict`)
+    refuses to start on a missing bucket or refused credentials, so no job fails on them
+    later; the API starts anyway and names the problem in GET /ready."""
+    from gistnet.errors import StorageError
+
+    for root, store, write in (
+        (settings.artifact_root, settings.artifact_store(), True),
+        (settings.data_root, settings.data_store(), False),
+    ):
+        if isinstance(root, Path):
+            root.mkdir(parents=True, exist_ok=True)
+            continue
+        try:
+            store.check(write=write and strict)
+        except StorageError as err:
+            if strict:
+                raise SystemExit(f"gistnet: {err}") from None
+            print(f"gistnet: warning: {err} (GET /ready reports it)", file=sys.stderr)
 
 
 def _db(settings: Settings, args: argparse.Namespace) -> int:
@@ -86,7 +105,7 @@ def _db(settings: Settings, args: argparse.Namespace) -> int:
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from workers.celery_app import create_celery_app
 
-    _prepare_folders(settings)
+    _prepare_folders(settings, strict=True)
     app = create_celery_app(settings)
     queues = ",".join(q.strip() for q in args.queues.split(",") if q.strip())
     unknown = sorted(set(queues.split(",")) - set(QueueName))
@@ -116,7 +135,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     from api.main import create_app
 
-    _prepare_folders(settings)
+    _prepare_folders(settings, strict=False)
     if not args.no_upgrade:
         from service.db.migrate import upgrade_database
 
@@ -135,6 +154,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in CLIENT_COMMANDS:  # HTTP only: the server's settings play no part
+        return run_client_command(args)
     try:
         settings = get_settings()
     except SettingsError as err:

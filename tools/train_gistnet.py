@@ -4,7 +4,10 @@
         --config configs/runs/gistnet_example.yaml
 
 --dataset takes one shard file, a glob of a split's shards ('data/x/train-*.arrow', quoted)
-or a dataset folder (with --split, default train).
+or a dataset folder (with --split, default train). It and --output-dir may be object-store
+URLs (s3://bucket/prefix/train.arrow, or the dataset's folder): the shards are read through
+the local cache (GISTNET_CACHE_DIR) and the checkpoint published.
+`training.processes: N` in the run config trains over N processes (DDP).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 
 from gistnet.config import load_run_config
 from gistnet.errors import GistNetError
+from gistnet.storage import is_url, join, open_local_dataset, writing_to
 from gistnet.train import TrainProgress, train_gistnet
 
 
@@ -44,14 +48,18 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run = load_run_config(args.config)
-        result = train_gistnet(
-            dataset_path=args.dataset,
-            run_config=run,
-            output_dir=args.output_dir,
-            max_steps=args.max_steps,
-            on_progress=log,
-            split=args.split,
-        )
+        dataset = open_local_dataset(args.dataset, splits=[args.split or "train", "validation"])
+        with writing_to(args.output_dir) as output:
+            result = train_gistnet(
+                dataset_path=dataset,
+                run_config=run,
+                output_dir=output,
+                max_steps=args.max_steps,
+                on_progress=log,
+                split=args.split,
+            )
+        if is_url(args.output_dir):
+            result.checkpoint_path = join(args.output_dir, result.checkpoint_path.name)
     except GistNetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

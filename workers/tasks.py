@@ -8,10 +8,14 @@ is first used inside the pool process that runs the task, which is where it must
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from celery import shared_task
@@ -34,6 +38,7 @@ from service.db.records import (
 )
 from service.queue import TASK_OF_KIND, JobKind, JobStatus, send_job
 from service.settings import Settings, get_settings
+from workers import metrics
 from workers.runner import DETACHED, JobRun, Outcome, run_claimed, run_job, worker_name
 
 
@@ -63,6 +68,20 @@ def _settings_of(task) -> Settings:
     return getattr(task.app, "settings", None) or get_settings()
 
 
+def _run_measured(task, job_id: int, kind: str, work: Callable[[JobRun], Outcome]) -> str:
+    """run_job, with the worker's metrics told when a claimed job starts and ends."""
+
+    def counted(run: JobRun) -> Outcome:  # called only once the job is claimed
+        metrics.job_started(kind)
+        return work(run)
+
+    started = time.monotonic()
+    outcome = run_job(settings=_settings_of(task), job_id=job_id, work=counted, app=task.app)
+    if outcome != "skipped":
+        metrics.job_finished(kind, outcome, time.monotonic() - started)
+    return outcome
+
+
 def dataset_dir(dataset_id: int) -> str:
     return f"datasets/{dataset_id}"
 
@@ -71,33 +90,61 @@ def job_dir(job_id: int) -> str:
     return f"jobs/{job_id}"
 
 
+def evaluation_dir(evaluation_id: int) -> str:
+    return f"evaluations/{evaluation_id}"
+
+
 # --------------------------------------------------------------------------- prepare
 
 
-def _dataset_config(run: JobRun):
-    """The dataset's config as validated, on this worker's device."""
-    from gistnet.config import validate_dataset_config
+@contextlib.contextmanager
+def _source_folder(
+    settings: Settings, config: dict[str, Any], *, only: dict[str, Iterable[str]] | None = None
+) -> Iterator[Path]:
+    """The folder a dataset's relative `source` globs are read from: the data root itself
+    when it is a folder; on an object store, a scratch folder holding the matched objects
+    (exactly those, so the library's glob finds the same files the API's check did).
+    `only` ({split: keys}) downloads just those: a part reads only the files of its range."""
+    store = settings.data_store()
+    if store.is_local:
+        yield store.local_root
+        return
+    with tempfile.TemporaryDirectory(prefix="gistnet-sources-") as scratch:
+        for name, split in config.get("splits", {}).items():
+            if split.get("source"):
+                # A URL under the data root becomes its relative form, as the API checked it.
+                split["source"] = store.key_of(split["source"]) or split["source"]
+                keys = store.glob(split["source"]) if only is None else only.get(name, ())
+                for key in keys:
+                    store.download(key, Path(scratch) / key)
+        yield Path(scratch)
 
+
+def _dataset_config(run: JobRun) -> dict[str, Any]:
+    """The dataset's config as requested, on this worker's device."""
     with session_scope(run.settings.database_url) as session:
-        config = dict(get_dataset(session, dataset_id=run.dataset_id).config)
+        config = copy.deepcopy(get_dataset(session, dataset_id=run.dataset_id).config)
     config["teacher_device"] = run.settings.device  # the worker's device, not the requester's
-    return validate_dataset_config(config)
+    return config
 
 
 def _prepare(run: JobRun, *, app) -> Outcome:
     """A dataset's job: the whole preparation here, or, when a split has several shards,
     plan the parts, hand them to the `prep` queue and detach; later (taken over once the
-    parts are done, or re-run) check them and write the metadata."""
+    parts are done, or run again) check them and write the metadata."""
+    from gistnet.config import validate_dataset_config
     from gistnet.data import prepare_dataset, relative_metadata
 
     settings = run.settings
+    store = settings.artifact_store()
     config = _dataset_config(run)
     relative = dataset_dir(run.dataset_id)
-    output = settings.artifact_path(relative)
-    if any(split.shards > 1 for split in config.splits.values()):
-        return _prepare_in_parts(run, config=config, output=output, relative=relative, app=app)
+    if any(split.get("shards", 1) > 1 for split in config["splits"].values()):
+        return _prepare_in_parts(run, config=config, relative=relative, app=app)
+    meter = metrics.PrepMeter()
 
     def on_progress(p) -> None:
+        meter(p.split, p.tokens)
         run.report(
             progress={
                 "split": p.split,
@@ -107,25 +154,29 @@ def _prepare(run: JobRun, *, app) -> Outcome:
             }
         )
 
-    metadata = prepare_dataset(
-        config,
-        config_dir=settings.data_root.resolve(),
-        output_dir=output,
-        on_progress=on_progress,
-        should_cancel=run.should_cancel,
-    )
-    return _dataset_ready(run, info=relative_metadata(metadata, output), relative=relative)
+    with store.writing(relative) as output, _source_folder(settings, config) as sources:
+        metadata = prepare_dataset(
+            validate_dataset_config(config),
+            config_dir=sources,
+            output_dir=output,
+            on_progress=on_progress,
+            should_cancel=run.should_cancel,
+        )
+        # Shards first, metadata.yaml last: a dataset folder with its metadata is complete.
+        store.publish_folder(output, relative)
+        # Shard paths relative to the dataset folder, as metadata.yaml has them.
+        info = relative_metadata(metadata, output)
+    return _dataset_ready(run, info=info, relative=relative)
 
 
 def _dataset_ready(run: JobRun, *, info: dict[str, Any], relative: str) -> Outcome:
-    # Shard paths relative to the dataset folder, as metadata.yaml has them.
     def record(session: Session) -> None:
         mark_dataset_prepared(session, dataset_id=run.dataset_id, path=relative, info=info)
 
     return Outcome(record=record)
 
 
-def _part_params(plan: dict[str, Any], config) -> list[dict[str, Any]]:
+def _part_params(plan: dict[str, Any]) -> list[dict[str, Any]]:
     from gistnet.data import plan_parts
     from gistnet.shards import shard_file_name
 
@@ -141,21 +192,19 @@ def _part_params(plan: dict[str, Any], config) -> list[dict[str, Any]]:
     ]
 
 
-def _prepare_in_parts(run: JobRun, *, config, output, relative: str, app) -> Outcome:
-    from gistnet.data import finalize_dataset, plan_dataset, relative_metadata
+def _prepare_in_parts(run: JobRun, *, config: dict[str, Any], relative: str, app) -> Outcome:
+    from gistnet.config import validate_dataset_config
+    from gistnet.data import plan_dataset
 
     settings = run.settings
     plan = run.params.get("plan")
     if plan is None:  # the first run: counts every source's documents, hashes every input
         run.report(progress={"stage": "planning"})
-        plan = plan_dataset(config, config_dir=settings.data_root.resolve())
+        with _source_folder(settings, config) as sources:
+            plan = plan_dataset(validate_dataset_config(config), config_dir=sources)
     with session_scope(settings.database_url) as session:
         parts = create_parts(
-            session,
-            parent_id=run.job_id,
-            attempt=run.attempt,
-            plan=plan,
-            parts=_part_params(plan, config),
+            session, parent_id=run.job_id, attempt=run.attempt, plan=plan, parts=_part_params(plan)
         )
         states = [(p.id, p.status, p.error, part_label(p)) for p in parts]
     failed = [s for s in states if s[1] == JobStatus.FAILED]
@@ -165,10 +214,7 @@ def _prepare_in_parts(run: JobRun, *, config, output, relative: str, app) -> Out
         raise Cancelled("a part of the dataset was cancelled")
     if all(s[1] == JobStatus.SUCCEEDED for s in states):
         run.report(progress={"stage": "finalizing", "parts": len(states)})
-        metadata = finalize_dataset(
-            config, plan=plan, config_dir=settings.data_root.resolve(), output_dir=output
-        )
-        return _dataset_ready(run, info=relative_metadata(metadata, output), relative=relative)
+        return _finalize(run, config=config, plan=plan, relative=relative)
     # After the commit, so each part finds its row. A rerun sends the queued ones again:
     # a part already taken ignores the extra message (see claim_job).
     for part_id, status, _, _ in states:
@@ -176,6 +222,28 @@ def _prepare_in_parts(run: JobRun, *, config, output, relative: str, app) -> Out
             send_job(app, job_id=part_id, kind=JobKind.PREPARE_PART)
     run.report(progress={"stage": "parts", "parts": len(states)})
     return Outcome(detach=True)
+
+
+def _finalize(run: JobRun, *, config: dict[str, Any], plan: dict[str, Any], relative: str):
+    """Every part checked against its manifest, then metadata.yaml written (and published
+    last, on an object store, after fetching the parts to check them)."""
+    from gistnet.config import validate_dataset_config
+    from gistnet.data import PARTS_DIR, finalize_dataset, relative_metadata
+
+    store = run.settings.artifact_store()
+    with store.writing(relative) as output:
+        if not store.is_local:
+            for params in _part_params(plan):
+                shard = params["shard"]
+                store.download(f"{relative}/{shard}", output / shard)
+                store.download(
+                    f"{relative}/{PARTS_DIR}/{shard}.json", output / PARTS_DIR / f"{shard}.json"
+                )
+        metadata = finalize_dataset(validate_dataset_config(config), plan=plan, output_dir=output)
+        if not store.is_local:
+            store.publish(output / "metadata.yaml", f"{relative}/metadata.yaml")
+        info = relative_metadata(metadata, output)
+    return _dataset_ready(run, info=info, relative=relative)
 
 
 class PartFailed(GistNetError):
@@ -203,37 +271,62 @@ def _prep_resources(config):
 
 
 def _prepare_part(run: JobRun) -> Outcome:
-    """One part of a dataset: its shard and manifest, from its range of documents."""
-    from gistnet.data import prepare_part, resolve_dataset_config
+    """One part of a dataset: its shard and manifest, from its range of documents (on an
+    object store: only the source files of that range are fetched, and the shard then its
+    manifest are published)."""
+    from gistnet.config import validate_dataset_config
+    from gistnet.data import PARTS_DIR, prepare_part, resolve_dataset_config
+    from gistnet.sources import files_in_range
 
     settings = run.settings
-    config, _ = resolve_dataset_config(_dataset_config(run), settings.data_root.resolve())
+    store = settings.artifact_store()
+    raw = _dataset_config(run)
     with session_scope(settings.database_url) as session:
         plan = get_job(session, job_id=run.parent_id).params["plan"]
-    split, index = run.params["split"], run.params["index"]
+    split, index, shard = run.params["split"], run.params["index"], run.params["shard"]
+    part = plan["splits"][split]["parts"][index]
+    relative = dataset_dir(run.dataset_id)
+    shard_key, manifest_key = f"{relative}/{shard}", f"{relative}/{PARTS_DIR}/{shard}.json"
+    meter = metrics.PrepMeter()
 
     def on_progress(p) -> None:
+        meter(p.split, p.tokens)
         run.report(
             progress={
                 "split": p.split,
-                "shard": run.params.get("shard"),
+                "shard": shard,
                 "documents": p.documents,
                 "tokens": p.tokens,
                 "examples": p.examples,
             }
         )
 
-    manifest = prepare_part(
-        config,
-        plan=plan,
-        split=split,
-        index=index,
-        config_dir=settings.data_root.resolve(),
-        output_dir=settings.artifact_path(dataset_dir(run.dataset_id)),
-        resources=_prep_resources(config),
-        on_progress=on_progress,
-        should_cancel=run.should_cancel,
+    counts = plan["splits"][split]["files"]
+    needed = (
+        None if counts is None else {split: files_in_range(counts, part["start"], part["stop"])}
     )
+    with store.writing(relative) as output, _source_folder(settings, raw, only=needed) as sources:
+        # What an earlier run of this part published, so that a verified one is kept.
+        if not store.is_local and store.download(
+            manifest_key, output / PARTS_DIR / f"{shard}.json"
+        ):
+            store.download(shard_key, output / shard)
+        config, _ = resolve_dataset_config(validate_dataset_config(raw), sources)
+        manifest = prepare_part(
+            config,
+            plan=plan,
+            split=split,
+            index=index,
+            config_dir=sources,
+            output_dir=output,
+            resources=_prep_resources(config),
+            on_progress=on_progress,
+            should_cancel=run.should_cancel,
+        )
+        if not store.is_local and not manifest.get("reused"):
+            # The shard first: a manifest in the store vouches for a shard that is there.
+            store.publish(output / shard, shard_key)
+            store.publish(output / PARTS_DIR / f"{shard}.json", manifest_key)
     summary = {
         "split": split,
         "shard": manifest["path"],
@@ -248,9 +341,10 @@ def _prepare_part(run: JobRun) -> Outcome:
     return Outcome(record=record)
 
 
-def _finish_parent_if_done(settings: Settings, app, parent_id: int) -> str | None:
-    """After a part (or the parent's own run) ended: if every part has finished and the
-    parent waits detached, take it over here and finish it. Many may try; one gets it."""
+def _finish_parent_if_done(task, parent_id: int) -> str | None:
+    """After a part (or the dataset's job itself) ended: if every part has finished and the
+    dataset's job waits detached, take it over here and finish it. Many may try; one gets it."""
+    settings = _settings_of(task)
     with session_scope(settings.database_url) as session:
         parent = take_over_parent(
             session, job_id=parent_id, worker=worker_name(), device=settings.device
@@ -258,26 +352,36 @@ def _finish_parent_if_done(settings: Settings, app, parent_id: int) -> str | Non
         if parent is None:
             return None
         run = JobRun(settings=settings, job=parent)
-    return run_claimed(run, work=partial(_prepare, app=app))
+    return run_claimed(run, work=partial(_prepare, app=task.app), app=task.app)
+
+
+def open_dataset_split(store, dataset, split: str) -> Path:
+    """The dataset's folder with the split's shards, metadata.yaml and the validation
+    shards in it (training scores validation): the folder itself on a local root, the
+    cache's copy of it on an object store (the cache mirrors the store's layout)."""
+    splits = dataset.info["splits"]
+    folder = store.open_local(f"{dataset.path}/metadata.yaml").parent
+    for name in {split, "validation"} & set(splits):
+        for shard in splits[name].get("shards") or [splits[name]]:
+            store.open_local(f"{dataset.path}/{shard['path']}")
+    return folder
 
 
 @shared_task(name=TASK_OF_KIND[JobKind.PREPARE], bind=True)
 def prepare_dataset_task(self, job_id: int) -> str:
-    settings = _settings_of(self)
-    outcome = run_job(settings=settings, job_id=job_id, work=partial(_prepare, app=self.app))
+    outcome = _run_measured(self, job_id, JobKind.PREPARE, partial(_prepare, app=self.app))
     if outcome == DETACHED:  # the parts may all have finished while it sent them
-        outcome = _finish_parent_if_done(settings, self.app, job_id) or outcome
+        outcome = _finish_parent_if_done(self, job_id) or outcome
     return outcome
 
 
 @shared_task(name=TASK_OF_KIND[JobKind.PREPARE_PART], bind=True)
 def prepare_part_task(self, job_id: int) -> str:
-    settings = _settings_of(self)
-    outcome = run_job(settings=settings, job_id=job_id, work=_prepare_part)
-    with session_scope(settings.database_url) as session:
+    outcome = _run_measured(self, job_id, JobKind.PREPARE_PART, _prepare_part)
+    with session_scope(_settings_of(self).database_url) as session:
         parent_id = session.scalar(select(Job.parent_id).where(Job.id == job_id))
     if parent_id is not None:
-        _finish_parent_if_done(settings, self.app, parent_id)
+        _finish_parent_if_done(self, parent_id)
     return outcome
 
 
@@ -287,21 +391,23 @@ def prepare_part_task(self, job_id: int) -> str:
 def _train(run: JobRun) -> Outcome:
     from gistnet.checkpoint import read_checkpoint_info
     from gistnet.config import validate_run_config
-    from gistnet.train import train_gistnet
+    from gistnet.train import CHECKPOINT_NAME, train_gistnet
 
     settings = run.settings
+    store = settings.artifact_store()
     split = run.params["split"]
     raw: dict[str, Any] = copy.deepcopy(run.params["run_config"])
     raw.setdefault("training", {})["device"] = settings.device
     run_config = validate_run_config(raw)
     with session_scope(settings.database_url) as session:
-        dataset = get_dataset(session, dataset_id=run.dataset_id)
-        dataset_path = settings.artifact_path(dataset.path)
+        folder = open_dataset_split(store, get_dataset(session, dataset_id=run.dataset_id), split)
     relative = job_dir(run.job_id)
-    output = settings.artifact_path(relative)
-    output.mkdir(parents=True, exist_ok=True)
+    resume_key = f"{relative}/resume.pt"
 
     def on_progress(p) -> None:
+        metrics.train_step(
+            batch_size=run_config.training.batch_size, examples_per_sec=p.examples_per_sec
+        )
         point = {
             "step": p.step,
             "loss": p.loss,
@@ -323,19 +429,25 @@ def _train(run: JobRun) -> Outcome:
             metric=point,
         )
 
-    # A redelivered job finds the resume checkpoint of the run that died and continues it.
-    result = train_gistnet(
-        dataset_path=dataset_path,
-        split=split,
-        run_config=run_config,
-        output_dir=output,
-        on_progress=on_progress,
-        should_cancel=run.should_cancel,
-        resume_path=output / "resume.pt",
-        checkpoint_every=settings.resume_every,
-    )
-    info = read_checkpoint_info(result.checkpoint_path)
-    checkpoint = os.path.relpath(result.checkpoint_path, settings.artifact_root.resolve())
+    with store.writing(relative) as output:
+        # A redelivered job finds the resume checkpoint of the run that died (on this
+        # machine or another: it is published to the store) and continues it.
+        resume = output / "resume.pt"
+        store.download(resume_key, resume)
+        result = train_gistnet(
+            dataset_path=folder,
+            split=split,
+            run_config=run_config,
+            output_dir=output,
+            on_progress=on_progress,
+            should_cancel=run.should_cancel,
+            resume_path=resume,
+            checkpoint_every=settings.resume_every,
+            on_checkpoint=lambda path: store.publish(path, resume_key),
+        )
+        checkpoint = f"{relative}/{CHECKPOINT_NAME}"
+        store.publish(result.checkpoint_path, checkpoint)
+        info = read_checkpoint_info(result.checkpoint_path)
 
     def record(session: Session) -> None:
         record_model(
@@ -357,7 +469,7 @@ def _train(run: JobRun) -> Outcome:
             history=result.history,
         )
 
-    return Outcome(record=record, cleanup=lambda: (output / "resume.pt").unlink(missing_ok=True))
+    return Outcome(record=record, cleanup=lambda: store.delete(resume_key))
 
 
 def _finite(value: float | None) -> float | None:
@@ -366,23 +478,25 @@ def _finite(value: float | None) -> float | None:
 
 @shared_task(name=TASK_OF_KIND[JobKind.TRAIN], bind=True)
 def train_task(self, job_id: int) -> str:
-    return run_job(settings=_settings_of(self), job_id=job_id, work=_train)
+    return _run_measured(self, job_id, JobKind.TRAIN, _train)
 
 
 # --------------------------------------------------------------------------- evaluate
 
 
 def _evaluate(run: JobRun) -> Outcome:
-    from gistnet.evaluate import evaluate_gistnet
+    from gistnet.evaluate import evaluate_gistnet, write_report
 
     settings = run.settings
+    store = settings.artifact_store()
     with session_scope(settings.database_url) as session:
         evaluation = evaluation_of_job(session, job_id=run.job_id)
         model = get_model(session, model_id=evaluation.model_id)
         dataset = get_dataset(session, dataset_id=evaluation.dataset_id)
-        checkpoint = settings.artifact_path(model.checkpoint_path)
-        dataset_path = settings.artifact_path(dataset.path)
+        checkpoint = store.open_local(model.checkpoint_path)
         split = evaluation.split
+        dataset_path = open_dataset_split(store, dataset, split)
+        relative = evaluation_dir(evaluation.id)
 
     def on_progress(done: int, total: int) -> None:
         run.report(
@@ -398,6 +512,12 @@ def _evaluate(run: JobRun) -> Outcome:
         should_cancel=run.should_cancel,
         **run.params,
     )
+    # The report as JSON and its per-position NLL plot, beside the other artifacts; the
+    # recorded report names them relative to the artifact root.
+    with store.writing(relative) as output:
+        written = write_report(report, output, stem="report")
+        store.publish_folder(output, relative)
+    report["files"] = {kind: f"{relative}/{path.name}" for kind, path in written.items()}
 
     def record(session: Session) -> None:
         record_evaluation_report(session, job_id=run.job_id, report=report)
@@ -407,4 +527,4 @@ def _evaluate(run: JobRun) -> Outcome:
 
 @shared_task(name=TASK_OF_KIND[JobKind.EVALUATE], bind=True)
 def evaluate_task(self, job_id: int) -> str:
-    return run_job(settings=_settings_of(self), job_id=job_id, work=_evaluate)
+    return _run_measured(self, job_id, JobKind.EVALUATE, _evaluate)

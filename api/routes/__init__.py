@@ -1,4 +1,5 @@
-"""All routers, in one place. Every one but health's sits behind the API key.
+"""All routers, in one place. Every one but health's (and the dashboard's static files,
+which hold no data) sits behind the API key.
 
 The app includes them directly (no intermediate router): each level of nesting is one
 more round of route matching on every request.
@@ -7,7 +8,7 @@ more round of route matching on every request.
 from fastapi import APIRouter, FastAPI
 
 from api.deps import AuthDep
-from api.routes import datasets, evaluations, gist, health, jobs, models, train
+from api.routes import datasets, evaluations, gist, health, jobs, metrics, models, train, ui
 
 GUARDED: list[APIRouter] = [
     gist.router,
@@ -16,6 +17,7 @@ GUARDED: list[APIRouter] = [
     train.router,
     models.router,
     evaluations.router,
+    metrics.router,
 ]
 
 
@@ -23,3 +25,4 @@ def include_routers(app: FastAPI) -> None:
     app.include_router(health.router)
     for router in GUARDED:
         app.include_router(router, dependencies=[AuthDep])
+    ui.mount_dashboard(app)

@@ -1,21 +1,97 @@
-"""POST /datasets, GET /datasets, GET /datasets/{id}."""
+"""POST /datasets (a JSON config, or files as multipart/form-data), GET /datasets,
+GET /datasets/{id}."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Query, Response
+import shutil
+from pathlib import Path
 
-from api.deps import CeleryDep, SessionDep, SettingsDep
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from sqlalchemy.orm import Session
+
+from api.deps import CeleryDep, SessionDep, SettingsDep, require_api_key
 from api.jobs_queue import enqueue
 from api.schemas import DatasetAccepted, DatasetCreate, DatasetPublic, DatasetsPublic
+from api.uploads import dataset_config_of, is_multipart, parse_model, receive_upload
 from api.validation import check_dataset_request
 from api.views import dataset_public
 from service.db.jobs import job_parts
 from service.db.records import create_dataset, dataset_job, get_dataset, list_datasets
+from service.settings import Settings
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+class _DatasetsRoute(APIRoute):
+    """POST /datasets with a multipart body goes to `create_dataset_from_files`, which
+    streams the files to disk; FastAPI would read such a body whole into memory before
+    any handler saw it. Every other request takes the ordinary route."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+        if "POST" not in self.methods:
+            return handler
+
+        async def route_handler(request: Request) -> Response:
+            if is_multipart(request):
+                return await create_dataset_from_files(request)
+            return await handler(request)
+
+        return route_handler
 
 
-@router.post("", status_code=202, response_model=DatasetAccepted)
+router = APIRouter(prefix="/datasets", tags=["datasets"], route_class=_DatasetsRoute)
+
+_MULTIPART_BODY = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["config"],
+                    "properties": {
+                        "config": {
+                            "type": "string",
+                            "description": "the dataset config as JSON or YAML, splits optional",
+                        }
+                    },
+                    "additionalProperties": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": ".txt or .jsonl files; the field's name is the split",
+                    },
+                }
+            }
+        }
+    }
+}
+
+
+def _queue_dataset(
+    body: DatasetCreate, session: Session, settings: Settings, celery
+) -> DatasetAccepted:
+    check_dataset_request(body, data_store=settings.data_store())
+    dataset, job = create_dataset(
+        session, name=body.dataset_name, config=body.model_dump(exclude_none=True)
+    )
+    session.commit()
+    enqueue(session, celery, job)
+    return DatasetAccepted(
+        dataset_id=dataset.id,
+        job_id=job.id,
+        status_url=f"/jobs/{job.id}",
+        dataset_url=f"/datasets/{dataset.id}",
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=DatasetAccepted,
+    responses={413: {"description": "upload too large"}},
+    openapi_extra=_MULTIPART_BODY,
+)
 def create_dataset_route(
     body: DatasetCreate,
     session: SessionDep,
@@ -23,19 +99,45 @@ def create_dataset_route(
     celery: CeleryDep,
     response: Response,
 ) -> DatasetAccepted:
-    """Validate the config, record the dataset and queue its preparation on `prep`."""
-    check_dataset_request(body, data_root=settings.data_root)
-    dataset, job = create_dataset(
-        session, name=body.dataset_name, config=body.model_dump(exclude_none=True)
+    """Validate the config, record the dataset and queue its preparation on `prep`.
+
+    As multipart/form-data: a `config` field and .txt / .jsonl files, each under the name
+    of its split; they are stored under the data root and read as that split's `source`."""
+    accepted = _queue_dataset(body, session, settings, celery)
+    response.headers["Location"] = accepted.dataset_url
+    return accepted
+
+
+async def create_dataset_from_files(request: Request) -> Response:
+    """The multipart form of POST /datasets (api/uploads.py). It bypasses the route's
+    dependencies, so it checks the API key itself, before reading a byte."""
+    state = request.app.state
+    settings: Settings = state.settings
+    await require_api_key(request, settings)
+    # An object-store data root: the files arrive in a local folder and are published
+    # under the same keys before the request's `source` is checked.
+    remote = not isinstance(settings.data_root, Path)
+    local_root = settings.cache_dir / "upload-staging" if remote else settings.data_root
+    upload = await receive_upload(
+        request, data_root=local_root, max_bytes=settings.upload_max_bytes
     )
-    session.commit()
-    enqueue(session, celery, job)
-    response.headers["Location"] = f"/datasets/{dataset.id}"
-    return DatasetAccepted(
-        dataset_id=dataset.id,
-        job_id=job.id,
-        status_url=f"/jobs/{job.id}",
-        dataset_url=f"/datasets/{dataset.id}",
+    try:
+        body = parse_model(DatasetCreate, dataset_config_of(upload, data_root=local_root))
+        if remote:
+            key = upload.folder.relative_to(local_root.resolve()).as_posix()
+            await run_in_threadpool(settings.data_store().publish_folder, upload.folder, key)
+            shutil.rmtree(upload.folder, ignore_errors=True)
+
+        def queue() -> DatasetAccepted:
+            with state.sessionmaker() as session:
+                return _queue_dataset(body, session, settings, state.celery)
+
+        accepted = await run_in_threadpool(queue)
+    except BaseException:
+        shutil.rmtree(upload.folder, ignore_errors=True)
+        raise
+    return JSONResponse(
+        accepted.model_dump(), status_code=202, headers={"Location": accepted.dataset_url}
     )
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi.responses import FileResponse
 
-from api.deps import CeleryDep, SessionDep
+from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.jobs_queue import enqueue
 from api.schemas import EvaluationAccepted, EvaluationCreate, EvaluationPublic, EvaluationsPublic
 from api.validation import RequestProblem
 from api.views import evaluation_public
+from gistnet.errors import StorageError
 from service.db.records import (
     create_evaluation,
     get_dataset,
@@ -95,3 +97,29 @@ def get_evaluation_route(evaluation_id: int, session: SessionDep) -> EvaluationP
     if evaluation is None:
         raise HTTPException(404, f"evaluation {evaluation_id} does not exist")
     return evaluation_public(evaluation)
+
+
+@router.get(
+    "/{evaluation_id}/plot",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}}, "description": "the per-position NLL plot"}},
+)
+def get_evaluation_plot(
+    evaluation_id: int, session: SessionDep, settings: SettingsDep
+) -> FileResponse:
+    """The per-position NLL of every condition as a PNG, once the evaluation is ready."""
+    evaluation = get_evaluation(session, evaluation_id=evaluation_id)
+    if evaluation is None:
+        raise HTTPException(404, f"evaluation {evaluation_id} does not exist")
+    plot = ((evaluation.report or {}).get("files") or {}).get("plot")
+    if plot is None:
+        raise HTTPException(
+            404, f"evaluation {evaluation_id} is {evaluation.status}: it has no plot yet"
+        )
+    try:  # from the artifact root, or through the local cache on an object store
+        path = settings.artifact_store().open_local(plot)
+    except StorageError:
+        raise HTTPException(
+            404, f"the plot of evaluation {evaluation_id} is missing from storage"
+        ) from None
+    return FileResponse(path, media_type="image/png")

@@ -34,10 +34,26 @@ def _find_model(request: Request, model_id: int | None) -> tuple[int, str]:
         return model.id, model.checkpoint_path
 
 
+def _load_engine(engines, settings, model_id: int, checkpoint: str):
+    """The model's engine; its checkpoint read from the artifact root (through the local
+    cache on an object store) only when the engine is not loaded yet."""
+    engine = engines.loaded_engine(model_id)
+    if engine is not None:
+        return engine
+    return engines.get(model_id, settings.artifact_store().open_local(checkpoint))
+
+
 def _encoded(gists: np.ndarray, encoding: str) -> list:
     if encoding == "base64":  # little-endian float32 bytes, one string per gist
         return [base64.b64encode(row.astype("<f4", copy=False).tobytes()).decode() for row in gists]
     return gists.tolist()
+
+
+def _text_to_blocks(engine, text: str, max_blocks: int):
+    """Tokenize, cut into full blocks, and write each block back as text (for people)."""
+    ids = engine.tokenize(text)
+    blocks, unused = text_blocks(ids, block_size=engine.block_size, max_blocks=max_blocks)
+    return blocks, len(ids), unused, engine.decode_blocks(blocks)
 
 
 @router.post(
@@ -59,26 +75,25 @@ async def gist(
     if engine is None:
         model_id, checkpoint = await run_in_threadpool(_find_model, request, body.model_id)
         try:
-            engine = await run_in_threadpool(
-                engines.get, model_id, settings.artifact_path(checkpoint)
-            )
+            engine = await run_in_threadpool(_load_engine, engines, settings, model_id, checkpoint)
         except GistNetError as err:
             raise HTTPException(503, f"model {model_id} cannot be loaded: {err}") from None
 
-    tokens = unused = None
+    tokens = unused = block_texts = None
     if body.text is not None:
-        ids = await run_in_threadpool(engine.tokenize, body.text)
-        blocks, unused = text_blocks(
-            ids, block_size=engine.block_size, max_blocks=settings.gist_max_blocks
+        blocks, tokens, unused, block_texts = await run_in_threadpool(
+            _text_to_blocks, engine, body.text, settings.gist_max_blocks
         )
-        tokens = len(ids)
     else:
         blocks = blocks_array(
             body.blocks, block_size=engine.block_size, vocab_size=engine.vocab_size
         )
+    metrics = request.app.state.metrics
+    metrics.gist_request_blocks.observe(len(blocks))
     try:
         gists = await batcher.encode(engine, blocks)
     except QueueFull as err:
+        metrics.gist_queue_full.inc()
         raise HTTPException(
             429, f"the gist queue is full: {err}", headers={"Retry-After": "1"}
         ) from None
@@ -93,5 +108,6 @@ async def gist(
         "gists": _encoded(gists, body.encoding),
         "tokens": tokens,
         "unused_tokens": unused,
+        "block_texts": block_texts,
     }
     return Response(json.dumps(content), media_type="application/json")

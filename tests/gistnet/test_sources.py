@@ -13,7 +13,13 @@ import zstandard
 
 from gistnet.config import SplitConfig
 from gistnet.errors import ConfigError
-from gistnet.sources import count_documents, document_range, file_documents, planned_name
+from gistnet.sources import (
+    count_documents,
+    document_range,
+    file_documents,
+    files_in_range,
+    planned_name,
+)
 
 DOCS = [f"document {i}: " + "word " * (i % 7) + "\u00e9t\u00e9 \u2014 end" for i in range(23)]
 
@@ -91,9 +97,15 @@ def test_a_range_with_the_plans_counts_skips_earlier_files_unread(tmp_path):
     assert list(document_range("s", split, base, start=9, stop=20, counts=counts)) == DOCS[9:20]
     assert planned_name(base / "c" / "1.jsonl", base) == "c/1.jsonl"
 
-    other = [("c/0.jsonl", 8), ("c/1.jsonl", 7)]  # the plan saw two files, there are three now
-    with pytest.raises(ConfigError, match="changed since the dataset was planned"):
-        list(document_range("s", split, base, start=9, stop=12, counts=other))
+    assert files_in_range(counts, 9, 20) == ["c/1.jsonl", "c/2.jsonl"]
+    assert files_in_range(counts, 0, 8) == ["c/0.jsonl"]
+    (base / "c" / "2.jsonl").unlink()  # a file of the range that is gone is named
+    with pytest.raises(ConfigError, match=r"c/2\.jsonl was planned but is not there"):
+        list(document_range("s", split, base, start=9, stop=20, counts=counts))
+    grown = [("c/0.jsonl", 8), ("c/1.jsonl", 6), ("c/2.jsonl", 8)]  # the plan saw one fewer
+    (base / "c" / "2.jsonl").write_bytes(_jsonl_bytes(DOCS[15:]))
+    with pytest.raises(ConfigError, match=r"c/1\.jsonl holds 7 documents but held 6"):
+        list(document_range("s", split, base, start=9, stop=20, counts=grown))
 
 
 def test_blank_lines_are_not_documents_and_a_bad_line_is_named(tmp_path):
