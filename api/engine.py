@@ -30,8 +30,11 @@ class GistEngine:
     def tokenize(self, text: str) -> list[int]:
         return list(self._encoder.tokenize(text))
 
-    def decode_blocks(self, blocks: np.ndarray) -> list[str]:
-        """(N, T) ids -> the text of each block, as the tokenizer writes it back."""
+    def decode_blocks(self, blocks: np.ndarray) -> list[str] | None:
+        """(N, T) ids -> the text of each block, as the tokenizer writes it back (None for a
+        checkpoint that names no tokenizer)."""
+        if self._encoder.tokenizer is None:
+            return None
         return self._encoder.tokenizer.batch_decode(blocks.tolist())
 
     def encode(self, blocks: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gistnet.config import DatasetConfig, ModelSection, TrainingConfig
+from gistnet.config import DatasetConfig, GistNetConfig, TrainingConfig
 from service.queue import JobKind, JobStatus, ProductStatus, QueueName
 
 
@@ -189,7 +189,7 @@ class DatasetsPublic(_Out):
 class TrainCreate(_In):
     dataset_id: int
     split: str = "train"
-    model: ModelSection = ModelSection()
+    model: GistNetConfig = GistNetConfig()
     training: TrainingConfig = TrainingConfig()
 
 

@@ -1,15 +1,18 @@
-"""The Arrow shard format: schema, record-batch building, and zero-copy reading.
+"""The Arrow shard format: schema, record-batch building, zero-copy reading, and the
+description of a dataset whatever tool wrote it.
 
-Every column is a fixed-size list, so a reader that memory-maps the file sees each
-column as one contiguous buffer and can view teacher_hidden as an (N, T, D) array
-without copying. Shards written by other tools with variable-length lists are read too
-(with one copy, since their values are not laid out as a regular array).
+Every column we write is a fixed-size list, so a reader that memory-maps the file sees
+each column as one contiguous buffer and can view teacher_hidden as an (N, T, D) array
+without copying. The seed's `tools/prepare_dataset.py` wrote variable-length lists: their
+values are just as contiguous, so they are read the same way once the offsets show that
+every row has the same length.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
-import re
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,17 +21,11 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
-from gistnet.errors import ShardError
+from gistnet.errors import ConfigError, ShardError
 
 METADATA_FILE = "metadata.yaml"
-COLUMNS = (
-    "input_ids",
-    "attention_mask",
-    "context_input_ids",
-    "context_attention_mask",
-    "teacher_hidden",
-    "gist_target",
-)
+# Dtypes our loaders take a teacher in; the seed also wrote "auto" or nothing.
+TEACHER_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def shard_schema(block_size: int, horizon: int, hidden_size: int) -> pa.Schema:
@@ -73,28 +70,162 @@ def make_record_batch(
     return pa.RecordBatch.from_arrays(columns, schema=shard_schema(t, h, d))
 
 
-def _column_array(table: pa.Table, name: str, dtype: np.dtype) -> np.ndarray:
-    """Column -> numpy array of shape (N, *inner), zero-copy for fixed-size lists."""
-    column = table.column(name)
-    chunks = column.chunks if column.num_chunks else []
-    shape: list[int] = []
-    typ = column.type
-    while pa.types.is_fixed_size_list(typ):
-        shape.append(typ.list_size)
+def _list_depth(typ: pa.DataType) -> int:
+    depth = 0
+    while pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        depth += 1
         typ = typ.value_type
-    if shape and len(chunks) == 1 and chunks[0].offset == 0 and chunks[0].null_count == 0:
-        flat = chunks[0]
-        for _ in shape:
-            flat = flat.values
-        values = flat.to_numpy(zero_copy_only=True)
-        return values.reshape(len(table), *shape).astype(dtype, copy=False)
-    if shape:  # several chunks of fixed-size lists: one concatenating copy
-        return _column_array(pa.table({name: column.combine_chunks()}), name, dtype)
-    # Variable-length lists (other tools' output): nested Python lists, then one array.
+    return depth
+
+
+def _common_length(lengths: np.ndarray) -> int:
+    """The length most rows have: the one a stray row is measured against."""
+    if len(lengths) == 0:
+        return 0
+    if np.all(lengths == lengths[0]):
+        return int(lengths[0])
+    values, counts = np.unique(lengths, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
+def _chunk_array(
+    chunk: pa.Array,
+    *,
+    name: str,
+    expected: tuple[int | None, ...],
+    first_row: int,
+    where: str,
+) -> np.ndarray:
+    """One chunk of a (nested) list column -> (rows, *sizes) numpy view of its values.
+
+    Fixed-size lists carry their size in the type. For variable-length lists the offsets
+    give each row's length; once they are all equal (to `expected` where given, else to
+    one another) the flattened values are the same regular array, viewed without a copy.
+    """
+    rows = len(chunk)
+    if chunk.null_count:
+        row = first_row + int(np.flatnonzero(chunk.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ShardError(f"{where}: row {row} of column {name!r} is null")
+    shape: list[int] = []
+    values = chunk
+    for level, want in enumerate(expected):
+        if pa.types.is_fixed_size_list(values.type):
+            size = values.type.list_size
+            if want is not None and size != want:
+                raise ShardError(
+                    f"{where}: column {name!r} holds lists of {size} where {want} are expected"
+                )
+        else:
+            lengths = np.diff(values.offsets.to_numpy())
+            size = want if want is not None else _common_length(lengths)
+            wrong = np.flatnonzero(lengths != size)
+            if wrong.size:
+                at = int(wrong[0])
+                outer = int(np.prod(shape)) if shape else 1
+                row, item = first_row + at // outer, at % outer
+                inside = f" in its item {item}" if level else ""
+                raise ShardError(
+                    f"{where}: row {row} of column {name!r} has {int(lengths[at])} values"
+                    f"{inside} where {size} are expected: every row must have the same length"
+                )
+            if values.null_count:  # a null inner list has length 0 and was caught above
+                raise ShardError(f"{where}: column {name!r} has a null entry")
+        shape.append(size)
+        values = values.flatten()  # honours the slice: the values of these rows only
     try:
-        return np.asarray(column.to_pylist(), dtype=dtype)
-    except ValueError as err:
-        raise ShardError(f"column {name!r} has rows of different lengths: {err}") from None
+        flat = values.to_numpy(zero_copy_only=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise ShardError(
+            f"{where}: column {name!r} holds {values.type} values with nulls or of a type "
+            f"that is not a plain number"
+        ) from None
+    return flat.reshape(rows, *shape)
+
+
+class ChunkedRows:
+    """An (N, ...) array left as the views of the file's record batches (or of every
+    shard of a split: `ShardSet`), gathered on indexing: a shard written batch by batch,
+    or a split written as many shards, is never copied whole into memory.
+
+    Supports what training and evaluation do with teacher_hidden: `shape`, `len`, and
+    indexing rows by an integer, a slice or an index array (-> a new ndarray).
+    """
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])  # (chunks + 1,)
+        self.shape = (int(self.starts[-1]), *parts[0].shape[1:])
+        self.dtype = parts[0].dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, int | np.integer):
+            rows = np.asarray([key], dtype=np.int64)
+        elif isinstance(key, slice):
+            rows = np.arange(*key.indices(len(self)))
+        else:
+            rows = np.asarray(key)
+            if rows.dtype == bool:
+                rows = np.flatnonzero(rows)
+            if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+                raise TypeError("index the rows with an int, a slice or a 1-d index array")
+            rows = rows.astype(np.int64, copy=False)
+        rows = np.where(rows < 0, rows + len(self), rows)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"row index out of range for {len(self)} rows")
+        chunk = np.searchsorted(self.starts, rows, side="right") - 1
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        for c in np.unique(chunk):
+            sel = chunk == c
+            out[sel] = self.parts[c][rows[sel] - self.starts[c]]
+        return out[0] if isinstance(key, int | np.integer) else out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.concatenate(self.parts).astype(dtype or self.dtype, copy=False)
+
+
+def _column_array(
+    table: pa.Table,
+    name: str,
+    dtype: type[np.generic],
+    *,
+    expected: tuple[int | None, ...],
+    where: str,
+    chunked: bool = False,
+) -> np.ndarray | ChunkedRows:
+    """Column -> numpy array of shape (N, *sizes), a view into the mapped file where the
+    dtype matches (the seed's int64 token ids are converted: one small copy).
+
+    Several record batches are concatenated (one copy), or with `chunked` kept as a
+    ChunkedRows of views: that is for teacher_hidden, the column as large as the file.
+    """
+    column = table.column(name)
+    depth = _list_depth(column.type)
+    if depth != len(expected):
+        nesting = "a list of lists" if len(expected) == 2 else "a list"
+        raise ShardError(
+            f"{where}: column {name!r} has type {column.type}; each row must be {nesting} "
+            f"of numbers"
+        )
+    parts, first_row = [], 0
+    for chunk in column.chunks:
+        if len(chunk) == 0:
+            continue
+        part = _chunk_array(chunk, name=name, expected=expected, first_row=first_row, where=where)
+        if not np.issubdtype(part.dtype, np.number):
+            raise ShardError(f"{where}: column {name!r} holds {part.dtype} values, not numbers")
+        # Every later chunk must agree with the first on the inner sizes.
+        expected = part.shape[1:]
+        parts.append(part.astype(dtype, copy=False))
+        first_row += len(chunk)
+    if not parts:
+        return np.zeros((0, *(e or 0 for e in expected)), dtype=dtype)
+    if len(parts) == 1:
+        return parts[0]
+    return ChunkedRows(parts) if chunked else np.concatenate(parts)
 
 
 @dataclass
@@ -104,7 +235,7 @@ class Shard:
     path: Path
     input_ids: np.ndarray  # (N, T) int32
     context_input_ids: np.ndarray  # (N, H) int32
-    teacher_hidden: np.ndarray  # (N, T, D) float32
+    teacher_hidden: np.ndarray | ChunkedRows  # (N, T, D) float32
     gist_target: np.ndarray  # (N, D) float32
     table: pa.Table  # keeps the memory map alive
 
@@ -141,18 +272,25 @@ class Shard:
         return np.concatenate([[0], np.cumsum(~follows)]).astype(np.int64)
 
 
+def _missing_shard_error(path: Path) -> ShardError:
+    tmp = path.with_name(path.name + ".tmp")
+    hint = (
+        " (an unfinished .tmp file is there: its preparation did not complete)"
+        if tmp.exists()
+        else ""
+    )
+    return ShardError(
+        f"shard {str(path)!r} does not exist{hint}; run the dataset preparation first"
+    )
+
+
 def open_shard(path: str | Path) -> Shard:
+    """Memory-map a shard and view its columns as arrays; fixed-size (ours) and
+    variable-length (the seed's) list columns alike. A row whose length differs from the
+    others raises ShardError naming the row and the column."""
     path = Path(path)
     if not path.is_file():
-        tmp = path.with_name(path.name + ".tmp")
-        hint = (
-            " (an unfinished .tmp file is there: its preparation did not complete)"
-            if tmp.exists()
-            else ""
-        )
-        raise ShardError(
-            f"shard {str(path)!r} does not exist{hint}; run the dataset preparation first"
-        )
+        raise _missing_shard_error(path)
     try:
         table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
     except pa.ArrowInvalid as err:
@@ -164,23 +302,31 @@ def open_shard(path: str | Path) -> Shard:
     ]
     if missing:
         raise ShardError(f"shard {str(path)!r} lacks column(s) {', '.join(missing)}")
+    where = f"shard {str(path)!r}"
+    if table.num_rows and all(len(c.flatten()) == 0 for c in table.column("teacher_hidden").chunks):
+        # The seed wrote empty rows when its config had no teacher_model.
+        raise ShardError(
+            f"{where}: teacher_hidden is empty: the shard was prepared without a teacher; "
+            f"prepare it again with teacher_model set"
+        )
+    # The block's length fixes the states' token axis; the states' width fixes the target's.
+    input_ids = _column_array(table, "input_ids", np.int32, expected=(None,), where=where)
+    block_size = input_ids.shape[1]
+    teacher_hidden = _column_array(
+        table, "teacher_hidden", np.float32, expected=(block_size, None), where=where, chunked=True
+    )
     shard = Shard(
         path=path,
-        input_ids=_column_array(table, "input_ids", np.int32),
-        context_input_ids=_column_array(table, "context_input_ids", np.int32),
-        teacher_hidden=_column_array(table, "teacher_hidden", np.float32),
-        gist_target=_column_array(table, "gist_target", np.float32),
+        input_ids=input_ids,
+        context_input_ids=_column_array(
+            table, "context_input_ids", np.int32, expected=(None,), where=where
+        ),
+        teacher_hidden=teacher_hidden,
+        gist_target=_column_array(
+            table, "gist_target", np.float32, expected=(teacher_hidden.shape[2],), where=where
+        ),
         table=table,
     )
-    if shard.teacher_hidden.ndim != 3 or shard.input_ids.ndim != 2:
-        raise ShardError(
-            f"shard {str(path)!r}: teacher_hidden must be (N, T, D), got {shard.teacher_hidden.shape}"
-        )
-    if shard.teacher_hidden.shape[1] != shard.block_size:
-        raise ShardError(
-            f"shard {str(path)!r}: teacher_hidden covers {shard.teacher_hidden.shape[1]} tokens "
-            f"but input_ids has {shard.block_size}"
-        )
     return shard
 
 
@@ -191,13 +337,24 @@ def metadata_path(path: str | Path) -> Path:
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata.yaml beside a shard or in a dataset folder, as written (any form).
+
+    Most callers want `describe_dataset`, which also reads the seed's form and shards
+    without metadata, and gives every dataset the same keys.
+    """
     meta = metadata_path(path)
     if not meta.is_file():
         raise ShardError(
             f"no {METADATA_FILE} beside {str(path)!r}: the dataset preparation writes it next to "
             f"the shards; prepare the dataset again or copy it along"
         )
-    return yaml.safe_load(meta.read_text())
+    try:
+        data = yaml.safe_load(meta.read_text())
+    except yaml.YAMLError as err:
+        raise ShardError(f"{str(meta)!r} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ShardError(f"{str(meta)!r} must hold a mapping of keys to values")
+    return data
 
 
 def split_path(metadata: dict[str, Any], dataset_dir: str | Path, split: str) -> Path:
@@ -205,6 +362,173 @@ def split_path(metadata: dict[str, Any], dataset_dir: str | Path, split: str) ->
     if split not in splits:
         raise ShardError(f"dataset has no split {split!r}; it has {', '.join(splits) or 'none'}")
     return Path(dataset_dir) / splits[split]["path"]
+
+
+# --------------------------------------------------------------------------- describing
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> bytes:
+    # Keyed by size and mtime too, so a rewritten file is hashed again.
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.digest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, streamed; cached per (path, size, mtime) in-process."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _file_digest(str(path), stat.st_size, stat.st_mtime_ns).hex()
+
+
+def shards_fingerprint(paths: list[Path]) -> str:
+    """A dataset fingerprint from its shards' bytes, for datasets whose metadata has none.
+
+    The full content is hashed (at disk speed, about a second per GB when cached):
+    sampling a few bytes would miss a re-preparation with another teacher of the same
+    width, which changes the states but not the file's size or layout.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(bytes.fromhex(file_sha256(path)))
+    return digest.hexdigest()[:16]
+
+
+def _model_ref(name: str | None) -> str | None:
+    """A local folder becomes an absolute path so a checkpoint names it from anywhere."""
+    if name is None:
+        return None
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
+
+
+def _positive_int(raw: dict[str, Any], key: str, where: Path) -> int:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ShardError(f"{str(where)!r}: {key} must be a positive whole number; got {value!r}")
+    return value
+
+
+def _seed_splits(raw: dict[str, Any], shard: Path | None) -> dict[str, dict[str, Any]]:
+    """The seed's per-split statistics with the shard path it left out.
+
+    The seed wrote shards wherever each split's output_path said, usually
+    data/<dataset_name>/<split>.arrow beside the metadata: that name is assumed. A shard
+    given by path that is none of those is the dataset's only split, or a split of its own.
+    """
+    splits = {
+        str(name): {**(stats or {}), "path": f"{name}.arrow"}
+        for name, stats in (raw.get("splits") or {}).items()
+    }
+    if shard is not None and shard.name not in {s["path"] for s in splits.values()}:
+        if len(splits) == 1:
+            next(iter(splits.values()))["path"] = shard.name
+        else:
+            splits[shard.stem] = {"path": shard.name}
+    return splits
+
+
+def _describe_seed(raw: dict[str, Any], root: Path, shard: Path | None) -> dict[str, Any]:
+    meta_file = root / METADATA_FILE
+    splits = _seed_splits(raw, shard)
+    if not splits:
+        raise ShardError(f"{str(meta_file)!r} names no split; give the shard file itself")
+    widths = {
+        s["teacher_hidden_size"]
+        for s in splits.values()
+        if isinstance(s.get("teacher_hidden_size"), int) and s["teacher_hidden_size"] > 0
+    }
+    if len(widths) != 1:  # no teacher recorded, or splits that disagree: the shard says
+        first = shard or split_path({"splits": splits}, root, next(iter(splits)))
+        widths = {open_shard(first).hidden_size}
+    dtype = raw.get("teacher_dtype")
+    return {
+        "dataset_name": str(raw.get("dataset_name") or root.name),
+        "tokenizer": raw.get("tokenizer"),
+        "teacher_model": raw.get("teacher_model"),
+        # The seed's "auto" chose a dtype on the machine at hand: float32 is always safe.
+        "teacher_dtype": dtype if dtype in TEACHER_DTYPES else "float32",
+        "block_size": _positive_int(raw, "block_size", meta_file),
+        "horizon": _positive_int(raw, "horizon", meta_file),
+        "teacher_hidden_size": widths.pop(),
+        "splits": splits,
+    }
+
+
+def _describe_shard(shard_path: Path) -> dict[str, Any]:
+    shard = open_shard(shard_path)
+    return {
+        "dataset_name": shard_path.parent.name or shard_path.stem,
+        "tokenizer": None,
+        "teacher_model": None,
+        "teacher_dtype": "float32",  # the states are float32 whatever the teacher ran in
+        "block_size": shard.block_size,
+        "horizon": shard.horizon,
+        "teacher_hidden_size": shard.hidden_size,
+        "splits": {shard_path.stem: {"path": shard_path.name, "examples": shard.num_examples}},
+    }
+
+
+def missing_teacher_error(what: str, dataset: str | Path) -> ConfigError:
+    """The error for a teacher that is needed but that the dataset does not name."""
+    return ConfigError(
+        f"{what} runs the teacher, but the dataset at {str(dataset)!r} does not name one (no "
+        f"teacher_model in a metadata.yaml beside it): give the teacher its states came from "
+        f"with --teacher (teacher_model= in the library), or add teacher_model to metadata.yaml"
+    )
+
+
+def describe_dataset(
+    path: str | Path, *, tokenizer: str | None = None, teacher_model: str | None = None
+) -> dict[str, Any]:
+    """What a dataset is, from a shard file or a dataset folder, in the form our
+    preparation writes to metadata.yaml, whichever tool wrote it.
+
+    - Our metadata: returned as written.
+    - The seed's (`dataset_name, tokenizer, block_size, horizon, teacher_model,
+      teacher_dtype` and per split `documents, blocks, examples, teacher_hidden_size`):
+      teacher_hidden_size is lifted from the splits (or read from the shard), each split's
+      shard is `<split>.arrow` beside the metadata, and the fingerprint is computed from
+      the shards' bytes.
+    - No metadata beside a shard: block_size, horizon and teacher_hidden_size come from
+      the shard's columns, the fingerprint from its bytes; tokenizer and teacher are
+      unknown (None) unless given.
+
+    `tokenizer` and `teacher_model` supply or override what the metadata names. Split paths
+    are relative to the dataset folder (`path`, or the shard's folder). `metadata_form`
+    says which case applied: "gistnet", "seed" or "none".
+    """
+    path = Path(path)
+    if path.is_dir():
+        root, shard = path, None
+    elif path.is_file():
+        root, shard = path.parent, path
+    else:
+        raise _missing_shard_error(path)
+    if (root / METADATA_FILE).is_file():
+        raw = read_metadata(root)
+        if "fingerprint" in raw and "teacher_hidden_size" in raw:
+            info = {**raw, "metadata_form": "gistnet"}
+        else:
+            info = {**_describe_seed(raw, root, shard), "metadata_form": "seed"}
+    elif shard is not None:
+        info = {**_describe_shard(shard), "metadata_form": "none"}
+    else:
+        raise ShardError(
+            f"dataset folder {str(root)!r} has no {METADATA_FILE}: give the shard file itself "
+            f"(its block size, horizon and width are read from its columns)"
+        )
+    if "fingerprint" not in info:
+        shards = [root / s["path"] for s in info["splits"].values()]
+        info["fingerprint"] = shards_fingerprint([p for p in shards if p.is_file()])
+    if tokenizer is not None:
+        info["tokenizer"] = _model_ref(tokenizer)
+    if teacher_model is not None:
+        info["teacher_model"] = _model_ref(teacher_model)
+    return info
 
 
 # --------------------------------------------------------------------------- token-only shards
@@ -239,8 +563,6 @@ def make_token_batch(*, input_ids: np.ndarray, context_input_ids: np.ndarray) ->
 
 # --------------------------------------------------------------------------- many-shard splits
 
-# Hugging Face datasets' names for the shards of a split: train-00000-of-00008.arrow.
-_SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.arrow$")
 _GLOB_CHARS = ("*", "?", "[")
 
 
@@ -254,76 +576,6 @@ def shard_glob(stem: str, count: int) -> str:
     return f"{stem}.arrow" if count == 1 else f"{stem}-*-of-{count:05d}.arrow"
 
 
-class StackedRows:
-    """An (N, ...) array made of pieces (the record batches of one or many shard files)
-    stacked behind one row index and gathered on indexing: the pieces are views into the
-    memory-mapped files and are never concatenated.
-
-    Supports what training and evaluation do with a column: `shape`, `len`, and indexing
-    rows by an int, a slice or an index array (-> a new ndarray of just those rows).
-    """
-
-    def __init__(self, pieces: list[np.ndarray], inner: tuple[int, ...], dtype: np.dtype):
-        self.pieces = pieces
-        self.starts = np.cumsum([0] + [len(p) for p in pieces])  # (pieces + 1,)
-        self.shape = (int(self.starts[-1]), *inner)
-        self.dtype = np.dtype(dtype)
-        self.ndim = len(self.shape)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def rows(self, key) -> np.ndarray:
-        """The global row numbers a key selects, as int64."""
-        if isinstance(key, int | np.integer):
-            rows = np.asarray([key], dtype=np.int64)
-        elif isinstance(key, slice):
-            rows = np.arange(*key.indices(len(self)), dtype=np.int64)
-        else:
-            rows = np.asarray(key)
-            if rows.dtype == bool:
-                rows = np.flatnonzero(rows)
-            if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
-                raise TypeError("index rows with an int, a slice or a 1-d index array")
-            rows = rows.astype(np.int64, copy=False)
-        rows = np.where(rows < 0, rows + len(self), rows)
-        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
-            raise IndexError(f"row index out of range for {len(self)} rows")
-        return rows
-
-    def __getitem__(self, key) -> np.ndarray:
-        rows = self.rows(key)
-        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
-        piece = np.searchsorted(self.starts, rows, side="right") - 1
-        for p in np.unique(piece):
-            sel = piece == p
-            out[sel] = self.pieces[p][rows[sel] - self.starts[p]]
-        return out[0] if isinstance(key, int | np.integer) else out
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        out = self[:]
-        return out if dtype is None else out.astype(dtype, copy=False)
-
-
-def _fixed_view(chunk: pa.Array, dtype: type[np.generic]) -> np.ndarray | None:
-    """A chunk of (nested) fixed-size lists as a (rows, *sizes) view of its values, or None
-    when it is not that (variable-length lists, nulls): then the caller reads it otherwise."""
-    sizes: list[int] = []
-    values = chunk
-    while pa.types.is_fixed_size_list(values.type):
-        if values.null_count:
-            return None
-        sizes.append(values.type.list_size)
-        values = values.flatten()  # honours the chunk's offset: these rows' values only
-    if not sizes or values.null_count:
-        return None
-    try:
-        flat = values.to_numpy(zero_copy_only=True)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
-    return flat.reshape(len(chunk), *sizes).astype(dtype, copy=False)
-
-
 _SET_COLUMNS = {
     "input_ids": np.int32,
     "context_input_ids": np.int32,
@@ -332,43 +584,40 @@ _SET_COLUMNS = {
 }
 
 
-def _file_pieces(path: Path) -> tuple[dict[str, list[np.ndarray]], Any]:
-    """One shard file's columns as lists of per-record-batch views, and what keeps the
-    memory map alive. Layouts other than our fixed-size lists go through `open_shard`."""
+def _file_pieces(path: Path) -> tuple[dict[str, list[np.ndarray]], pa.Table]:
+    """One shard file's columns as lists of views, one per record batch (any layout
+    `open_shard` reads, token-only ones too), and the table that keeps the map alive.
+    An empty file gives no pieces."""
     try:
-        reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
     except (pa.ArrowInvalid, OSError) as err:
         raise ShardError(f"{str(path)!r} is not an Arrow IPC file: {err}") from None
-    names = set(reader.schema.names)
+    where = f"shard {str(path)!r}"
     for column in ("input_ids", "context_input_ids"):
-        if column not in names:
-            raise ShardError(f"shard {str(path)!r} lacks column {column!r}")
-    with_states = "teacher_hidden" in names and "gist_target" in names
-    wanted = list(_SET_COLUMNS) if with_states else ["input_ids", "context_input_ids"]
-    pieces: dict[str, list[np.ndarray]] = {c: [] for c in wanted}
-    for i in range(reader.num_record_batches):
-        batch = reader.get_batch(i)
-        if batch.num_rows == 0:
-            continue
-        views = {c: _fixed_view(batch.column(c), _SET_COLUMNS[c]) for c in wanted}
-        if any(v is None for v in views.values()):
-            if not with_states:
-                raise ShardError(
-                    f"shard {str(path)!r}: token columns must be fixed-size lists of numbers"
-                )
-            shard = open_shard(path)  # another tool's layout: read as the single shard reader does
-            return {c: [np.asarray(getattr(shard, c))] for c in wanted}, shard
-        for c in wanted:
-            pieces[c].append(views[c])
-    if not pieces["input_ids"]:  # an empty shard still says what its rows would look like
-        for c in wanted:
-            sizes = []
-            typ = reader.schema.field(c).type
-            while pa.types.is_fixed_size_list(typ):
-                sizes.append(typ.list_size)
-                typ = typ.value_type
-            pieces[c].append(np.zeros((0, *sizes), dtype=_SET_COLUMNS[c]))
-    return pieces, reader
+        if column not in table.column_names:
+            raise ShardError(f"{where} lacks column {column!r}")
+    with_states = "teacher_hidden" in table.column_names
+    if with_states and "gist_target" not in table.column_names:
+        raise ShardError(f"{where} lacks column 'gist_target'")
+    if table.num_rows == 0:
+        return {}, table
+    if with_states and all(len(c.flatten()) == 0 for c in table.column("teacher_hidden").chunks):
+        open_shard(path)  # the seed's shards prepared without a teacher: its error says so
+
+    def pieces(name: str, expected: tuple[int | None, ...]) -> list[np.ndarray]:
+        array = _column_array(
+            table, name, _SET_COLUMNS[name], expected=expected, where=where, chunked=True
+        )
+        return array.parts if isinstance(array, ChunkedRows) else [array]
+
+    columns = {"input_ids": pieces("input_ids", (None,))}
+    columns["context_input_ids"] = pieces("context_input_ids", (None,))
+    if with_states:
+        block = columns["input_ids"][0].shape[1]
+        columns["teacher_hidden"] = pieces("teacher_hidden", (block, None))
+        width = columns["teacher_hidden"][0].shape[2]
+        columns["gist_target"] = pieces("gist_target", (width,))
+    return columns, table
 
 
 @dataclass
@@ -376,17 +625,17 @@ class ShardSet:
     """A split as a list of memory-mapped shard files behind one row index.
 
     Exposes the columns training and evaluation read (`input_ids`, `context_input_ids`,
-    and for a dataset with cached states `teacher_hidden`, `gist_target`) as StackedRows:
+    and for a dataset with cached states `teacher_hidden`, `gist_target`) as ChunkedRows:
     indexing gathers the rows from whichever shard and record batch hold them, without a
     concatenating copy. `teacher_hidden` is None for a token-only dataset.
     """
 
     paths: list[Path]
     rows_per_file: list[int]
-    input_ids: StackedRows  # (N, T) int32
-    context_input_ids: StackedRows  # (N, H) int32
-    teacher_hidden: StackedRows | None  # (N, T, D) float32, None: token-only
-    gist_target: StackedRows | None  # (N, D) float32, None: token-only
+    input_ids: ChunkedRows  # (N, T) int32
+    context_input_ids: ChunkedRows  # (N, H) int32
+    teacher_hidden: ChunkedRows | None  # (N, T, D) float32, None: token-only
+    gist_target: ChunkedRows | None  # (N, D) float32, None: token-only
     piece_file: list[int]  # the file each piece (record batch) comes from
     keep_alive: list[Any]
 
@@ -426,18 +675,20 @@ class ShardSet:
             return np.arange(n, dtype=np.int64)
         starts_doc = np.ones(n, dtype=bool)
         ids, ctx = self.input_ids, self.context_input_ids
-        for p, (block, window) in enumerate(zip(ids.pieces, ctx.pieces, strict=True)):
+        for p, (block, window) in enumerate(zip(ids.parts, ctx.parts, strict=True)):
             first = int(ids.starts[p])
             follows = np.all(window[:-1, t : 2 * t] == block[1:], axis=1)
             starts_doc[first + 1 : first + len(block)] = ~follows
             if p > 0 and self.piece_file[p] == self.piece_file[p - 1] and len(block):
-                previous = ctx.pieces[p - 1][-1]
+                previous = ctx.parts[p - 1][-1]
                 starts_doc[first] = not np.array_equal(previous[t : 2 * t], block[0])
         return np.cumsum(starts_doc).astype(np.int64) - 1
 
 
 def open_shard_set(paths: list[str | Path]) -> ShardSet:
-    """Memory-map every shard of a split; they must agree on block, horizon and width."""
+    """Memory-map every shard of a split; they must agree on block, horizon and width.
+    An empty shard (a part whose documents were all shorter than the horizon) adds no
+    rows; a split with no rows at all is an error."""
     paths = [Path(p) for p in paths]
     if not paths:
         raise ShardError("no shard files given")
@@ -445,51 +696,44 @@ def open_shard_set(paths: list[str | Path]) -> ShardSet:
     piece_file: list[int] = []
     rows_per_file: list[int] = []
     keep: list[Any] = []
-    first_shapes: dict[str, tuple[int, ...]] | None = None
+    first: tuple[Path, dict[str, tuple[int, ...]]] | None = None
     for index, path in enumerate(paths):
         if not path.is_file():
             open_shard(path)  # raises the missing-shard error, with its .tmp hint
         pieces, handle = _file_pieces(path)
         keep.append(handle)
+        rows_per_file.append(sum(len(v) for v in pieces.get("input_ids", [])))
+        if not pieces:
+            continue
         shapes = {c: p[0].shape[1:] for c, p in pieces.items()}
-        if first_shapes is None:
-            first_shapes = shapes
+        if first is None:
+            first = (path, shapes)
             columns = {c: [] for c in pieces}
-        elif shapes != first_shapes:
+        elif shapes != first[1]:
             raise ShardError(
-                f"shard {str(path)!r} does not match {str(paths[0])!r}: "
-                f"{_describe_shapes(shapes)} against {_describe_shapes(first_shapes)}; the "
+                f"shard {str(path)!r} does not match {str(first[0])!r}: "
+                f"{_describe_shapes(shapes)} against {_describe_shapes(first[1])}; the "
                 f"shards of one split come from one preparation"
             )
         for c, p in pieces.items():
             columns[c].extend(p)
         piece_file.extend([index] * len(pieces["input_ids"]))
-        rows_per_file.append(sum(len(v) for v in pieces["input_ids"]))
+    if first is None:
+        raise ShardError(f"{str(paths[0])!r} and the other shards of its split hold no examples")
 
-    def stacked(name: str) -> StackedRows | None:
-        if name not in columns:
-            return None
-        return StackedRows(columns[name], first_shapes[name], _SET_COLUMNS[name])
+    def rows(name: str) -> ChunkedRows | None:
+        return ChunkedRows(columns[name]) if name in columns else None
 
-    shard_set = ShardSet(
+    return ShardSet(
         paths=paths,
         rows_per_file=rows_per_file,
-        input_ids=stacked("input_ids"),
-        context_input_ids=stacked("context_input_ids"),
-        teacher_hidden=stacked("teacher_hidden"),
-        gist_target=stacked("gist_target"),
+        input_ids=rows("input_ids"),
+        context_input_ids=rows("context_input_ids"),
+        teacher_hidden=rows("teacher_hidden"),
+        gist_target=rows("gist_target"),
         piece_file=piece_file,
         keep_alive=keep,
     )
-    if (
-        shard_set.teacher_hidden is not None
-        and shard_set.teacher_hidden.shape[1] != shard_set.block_size
-    ):
-        raise ShardError(
-            f"shard {str(paths[0])!r}: teacher_hidden covers {shard_set.teacher_hidden.shape[1]} "
-            f"tokens but input_ids has {shard_set.block_size}"
-        )
-    return shard_set
 
 
 def _describe_shapes(shapes: dict[str, tuple[int, ...]]) -> str:
@@ -508,7 +752,7 @@ def split_shard_paths(
     text = str(path)
     path = Path(path)
     if path.is_dir():
-        metadata = read_metadata(path)
+        metadata = describe_dataset(path)  # our metadata or the seed's
         name = split or default_split
         splits = metadata.get("splits") or {}
         if name not in splits:

@@ -542,15 +542,24 @@ def open_local_dataset(location: str | Path, *, splits: Iterable[str] = ()) -> P
     store, _ = store_for(join(folder, "metadata.yaml"))
     import yaml
 
-    metadata_file = store.open_local("metadata.yaml")
+    try:
+        metadata_file = store.open_local("metadata.yaml")
+    except StorageError:
+        if not is_shard:
+            raise
+        # A shard of the seed's tool may have no metadata: its columns describe it.
+        return store.open_local(text.rpartition("/")[2])
     metadata = yaml.safe_load(metadata_file.read_text()) or {}
     for split in splits:
         entry = metadata.get("splits", {}).get(split)
-        if entry is None:
+        if not isinstance(entry, dict):
             continue
-        # A split of several shards lists them; its `path` is their glob.
+        # A split of several shards lists them (its `path` is their glob). The seed's
+        # metadata names no paths: its shards are <split>.arrow beside it.
         for shard in entry.get("shards") or [entry]:
-            store.open_local(shard["path"])
+            path = shard.get("path") or f"{split}.arrow"
+            if "path" in shard or store.exists(path):
+                store.open_local(path)
     if is_shard:
         return store.open_local(text.rpartition("/")[2])
     return metadata_file.parent

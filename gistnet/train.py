@@ -10,6 +10,7 @@ processes under DDP (`gistnet.distributed`) and gives the same losses.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -27,9 +28,15 @@ from gistnet.checkpoint import save_checkpoint
 from gistnet.config import RunConfig, TrainingConfig
 from gistnet.devices import resolve_device
 from gistnet.distributed import Ranks, launch_training
-from gistnet.errors import Cancelled, ConfigError, ShardError
+from gistnet.errors import Cancelled, ConfigError
 from gistnet.model import GistNet, GistNetConfig
-from gistnet.shards import ShardSet, open_shard_set, read_metadata, split_shard_paths
+from gistnet.shards import (
+    ShardSet,
+    describe_dataset,
+    missing_teacher_error,
+    open_shard_set,
+    split_shard_paths,
+)
 
 CHECKPOINT_NAME = "gistnet.pt"
 
@@ -59,7 +66,8 @@ class TrainResult:
 
 
 def model_config_for(run: RunConfig, metadata: dict[str, Any]) -> GistNetConfig:
-    """The GistNet config for a dataset; a width or block size that disagrees is an error."""
+    """The run's `model:` section with the dataset's width and block size filled in; a
+    value the run sets that disagrees with the dataset is an error."""
     m = run.model
     data_d, data_t = int(metadata["teacher_hidden_size"]), int(metadata["block_size"])
     if m.hidden_size is not None and m.hidden_size != data_d:
@@ -72,15 +80,7 @@ def model_config_for(run: RunConfig, metadata: dict[str, Any]) -> GistNetConfig:
             f"model.block_size is {m.block_size} but the dataset was cut into blocks of {data_t} "
             f"tokens: set block_size to {data_t} or omit it"
         )
-    return GistNetConfig(
-        hidden_size=data_d,
-        block_size=data_t,
-        num_heads=m.num_heads,
-        mlp_ratio=m.mlp_ratio,
-        num_layers=m.num_layers,
-        rope_base=m.rope_base,
-        norm_eps=m.norm_eps,
-    )
+    return dataclasses.replace(m, hidden_size=data_d, block_size=data_t)
 
 
 def batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> np.ndarray:
@@ -120,6 +120,7 @@ class _Objective:
         device: torch.device,
         *,
         cached_states: bool,
+        dataset_path: Path,
     ):
         self.kind = cfg.objective
         self.device = device
@@ -127,12 +128,26 @@ class _Objective:
         self.teacher = None
         self.substitution = None
         if self.kind == "substitution" or not cached_states:
-            from gistnet.teacher import load_teacher
+            from gistnet.teacher import hidden_size_of, load_teacher
 
+            what = (
+                "the substitution objective"
+                if self.kind == "substitution"
+                else ("training on a dataset without cached states")
+            )
+            if metadata.get("teacher_model") is None:
+                raise missing_teacher_error(what, dataset_path)
             # float32 on the CPU for the gradient's sake (and because half precision is slow
             # there), whatever dtype the states were cached in
             dtype = "float32" if device.type == "cpu" else metadata["teacher_dtype"]
             self.teacher = load_teacher(metadata["teacher_model"], dtype=dtype, device=device)
+            width = int(metadata["teacher_hidden_size"])
+            if hidden_size_of(self.teacher) != width:
+                raise ConfigError(
+                    f"teacher {metadata['teacher_model']!r} reads inputs of width "
+                    f"{hidden_size_of(self.teacher)} but the dataset's states are {width} wide: "
+                    f"name the teacher the dataset was prepared with (--teacher)"
+                )
         if self.kind == "substitution":
             from gistnet.substitution import SubstitutionLoss
 
@@ -185,15 +200,14 @@ def evaluate_loss(
 
 def _validation_set(train_paths: list[Path], metadata: dict[str, Any]) -> ShardSet | None:
     """The dataset's validation split, unless that is what we train on or it is not there."""
-    if "validation" not in metadata.get("splits", {}):
+    entry = metadata.get("splits", {}).get("validation")
+    if entry is None:
         return None
-    try:
-        paths = split_shard_paths(train_paths[0].parent, "validation")
-    except ShardError:
+    folder = train_paths[0].parent
+    paths = [folder / shard["path"] for shard in entry.get("shards") or [entry]]
+    if not all(p.is_file() for p in paths):
         return None
     if {p.resolve() for p in paths} & {p.resolve() for p in train_paths}:
-        return None
-    if not all(p.is_file() for p in paths):
         return None
     return open_shard_set(paths)
 
@@ -224,6 +238,8 @@ def train_gistnet(
     resume_path: str | Path | None = None,
     checkpoint_every: int | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
+    tokenizer: str | None = None,
+    teacher_model: str | None = None,
     split: str | None = None,
 ) -> TrainResult:
     """Train GistNet on a split; save `<output_dir>/gistnet.pt`.
@@ -232,6 +248,11 @@ def train_gistnet(
     glob of a split's shard files, or one shard file. A split of many shards is read as
     one (`gistnet.shards.ShardSet`): batches draw across all of them. A token-only dataset
     (`teacher_states: none`) runs the teacher inside each step.
+
+    The shard may come from our preparation, from the seed's tool (with its metadata or
+    none): see `describe_dataset`. `tokenizer` and `teacher_model` supply or override the
+    dataset's; the substitution objective needs the teacher, mse training only records
+    both in the checkpoint (the gist engine needs them later).
 
     The resume checkpoint is left in place: the caller deletes it once it has recorded the
     result, so a crash between the two resumes instead of starting over. `on_checkpoint`
@@ -255,14 +276,14 @@ def train_gistnet(
             resume_path=resume_path,
             checkpoint_every=checkpoint_every,
             on_checkpoint=on_checkpoint,
+            tokenizer=tokenizer,
+            teacher_model=teacher_model,
             split=split,
         )
     dataset_path = Path(dataset_path)
     paths = split_shard_paths(dataset_path, split, default_split="train")
     data = open_shard_set(paths)
-    metadata = read_metadata(paths[0])
-    if data.num_examples == 0:
-        raise ShardError(f"{str(dataset_path)!r} holds no examples")
+    metadata = describe_dataset(paths[0], tokenizer=tokenizer, teacher_model=teacher_model)
     model_cfg = model_config_for(run_config, metadata)
     width = data.hidden_size if data.has_teacher_states else model_cfg.hidden_size
     if width != model_cfg.hidden_size or data.block_size != model_cfg.block_size:
@@ -277,8 +298,10 @@ def train_gistnet(
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = GistNet(model_cfg).to(device)
     trained = ranks.wrap(model, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    objective = _Objective(cfg, metadata, device, cached_states=data.has_teacher_states)
+    optimizer = model.optimizer(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    objective = _Objective(
+        cfg, metadata, device, cached_states=data.has_teacher_states, dataset_path=dataset_path
+    )
 
     history: list[dict[str, Any]] = []
     start_step, resumed_from = 0, None

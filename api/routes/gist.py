@@ -81,9 +81,12 @@ async def gist(
 
     tokens = unused = block_texts = None
     if body.text is not None:
-        blocks, tokens, unused, block_texts = await run_in_threadpool(
-            _text_to_blocks, engine, body.text, settings.gist_max_blocks
-        )
+        try:
+            blocks, tokens, unused, block_texts = await run_in_threadpool(
+                _text_to_blocks, engine, body.text, settings.gist_max_blocks
+            )
+        except GistNetError as err:  # e.g. a checkpoint that names no tokenizer
+            raise HTTPException(422, f"text: {err}") from None
     else:
         blocks = blocks_array(
             body.blocks, block_size=engine.block_size, vocab_size=engine.vocab_size

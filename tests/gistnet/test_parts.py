@@ -128,7 +128,7 @@ def test_max_tokens_cannot_be_combined_with_shards():
 
 def test_a_shard_set_gathers_rows_across_shards_from_views_of_the_files(cached_in_4):
     data = open_split(cached_in_4)
-    for pieces in (data.input_ids.pieces, data.teacher_hidden.pieces):
+    for pieces in (data.input_ids.parts, data.teacher_hidden.parts):
         assert all(not p.flags.owndata and not p.flags.writeable for p in pieces)
     everything = data.teacher_hidden[:]
     rows = np.array([data.num_examples - 1, 0, 5, 5, int(data.rows_per_file[0])])
