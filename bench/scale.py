@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -151,6 +152,7 @@ def main() -> None:
 
     from bench.report import machine, table, write_section
 
+    load_before = os.getloadavg()[0]
     disk_rows, speed_rows, rss_rows = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -221,7 +223,9 @@ def main() -> None:
         "## Datasets at scale (`bench/scale.py`)\n\n"
         f"Command: `python -m bench.scale --docs {args.docs} --steps {args.steps} "
         f"--rss-steps {args.rss_steps}`  \n"
-        f"Machine: {machine()}  \n"
+        f"Machine: {machine()}; 1-minute load average {load_before:.1f} before the run, "
+        f"{os.getloadavg()[0]:.1f} after (other jobs share the cores: step rates move by tens "
+        f"of percent from run to run, so read a speed ratio near 1 as 'as fast').  \n"
         "Same corpus (the sample's first "
         f"{args.docs} train stories), blocks of 32, horizon 64, CPU.\n\n"
         "**Disk and preparation**, `teacher_states: cache` (today's layout) against `none` "
