@@ -26,9 +26,10 @@ class GistEngine:
         self.block_size = self._encoder.block_size
         self.dim = self._encoder.dim
         self.vocab_size = self._encoder.vocab_size
+        self.longest_token = self._encoder.longest_token
 
-    def tokenize(self, text: str) -> list[int]:
-        return list(self._encoder.tokenize(text))
+    def tokenize(self, text: str, *, max_tokens: int | None = None) -> list[int]:
+        return list(self._encoder.tokenize(text, max_tokens=max_tokens))
 
     def encode(self, blocks: np.ndarray) -> np.ndarray:
         """(N, T) int64 token ids -> (N, D) float32 gists, at most max_batch blocks a forward."""
@@ -50,6 +51,9 @@ class EngineCache:
         self._engines: OrderedDict[int, GistEngine] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Lock] = {}
+        # The model that was the newest when the database last said so: /gist without a
+        # model_id keeps serving it while the database is away.
+        self.newest_model_id: int | None = None
 
     def get(self, model_id: int, checkpoint: Path) -> GistEngine:
         with self._lock:

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from sqlalchemy.orm import sessionmaker
 
 from api.batching import GistBatcher
 from api.engine import EngineCache
+from api.errors import ContainErrors, LimitBodySize, install_error_handlers
 from api.routes import include_routers
-from api.validation import RequestProblem
-from gistnet.config import describe_validation_errors
 from service.db.engine import make_engine
 from service.queue import celery_client
 from service.settings import Settings, get_settings
@@ -53,13 +50,18 @@ async def lifespan(app: FastAPI):
         engine.dispose()
 
 
-def _describe(errors) -> str:
-    # A request's locations start with where the value came from (body, query, path).
-    return "; ".join(
-        describe_validation_errors(
-            errors, name_of=lambda loc: ".".join(str(p) for p in loc if p != "body")
-        )
-    )
+def body_limit_of(settings: Settings):
+    """Each route's largest body: inline documents on POST /datasets, a text or blocks on
+    POST /gist, a small JSON document anywhere else."""
+
+    def limit_of(path: str) -> tuple[int, str]:
+        if path.rstrip("/") == "/datasets":
+            return settings.dataset_max_body_bytes, "GISTNET_DATASET_MAX_BODY_BYTES"
+        if path.rstrip("/") == "/gist":
+            return settings.gist_max_body_bytes, "GISTNET_GIST_MAX_BODY_BYTES"
+        return settings.max_body_bytes, "GISTNET_MAX_BODY_BYTES"
+
+    return limit_of
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -69,24 +71,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.state.settings = settings or get_settings()
+    app.state.settings = settings = settings or get_settings()
     include_routers(app)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid_request(_request: Request, exc: RequestValidationError):
-        return JSONResponse(
-            status_code=422,
-            content={
-                "detail": _describe(exc.errors()),
-                "errors": [
-                    {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
-                    for e in exc.errors()
-                ],
-            },
-        )
-
-    @app.exception_handler(RequestProblem)
-    async def _request_problem(_request: Request, exc: RequestProblem):
-        return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
-
+    install_error_handlers(app)
+    # The last added runs first: errors are contained around everything, bodies counted
+    # before any route reads them.
+    app.add_middleware(LimitBodySize, limit_of=body_limit_of(settings))
+    app.add_middleware(ContainErrors)
     return app

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterator
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -14,12 +15,74 @@ import numpy as np
 
 from gistnet.config import DatasetConfig, RunConfig
 from gistnet.errors import ConfigError, GistNetError
+from service.limits import LIMITS
 
 
 class RequestProblem(Exception):
     def __init__(self, message: str, status_code: int = 422):
         super().__init__(message)
         self.status_code = status_code
+
+
+# --------------------------------------------------------------------------- any request
+
+
+def unstorable_text(value: Any, where: str = "") -> str | None:
+    """The first string in a JSON value that no database can keep, described; else None.
+
+    PostgreSQL refuses a NUL character in text and JSON, and no database (nor the UTF-8
+    of the wire) can hold half of a surrogate pair, which JSON's \\ud800 escapes allow.
+    """
+    if isinstance(value, str):
+        if "\x00" in value:
+            return f"{where or 'body'}: contains a NUL character (\\u0000), which cannot be stored; remove it"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return (
+                f"{where or 'body'}: contains half of a surrogate pair, which is not text; "
+                f"send valid UTF-16 escapes or plain UTF-8"
+            )
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            problem = unstorable_text(key, path) or unstorable_text(item, path)
+            if problem:
+                return problem
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            problem = unstorable_text(item, f"{where}[{index}]")
+            if problem:
+                return problem
+    return None
+
+
+def _values_at(data: Any, parts: list[str], where: str) -> Iterator[tuple[str, Any]]:
+    if not parts:
+        yield where, data
+        return
+    head, rest = parts[0], parts[1:]
+    if not isinstance(data, dict):
+        return
+    keys = list(data) if head == "*" else [head] if head in data else []
+    for key in keys:
+        yield from _values_at(data[key], rest, f"{where}.{key}" if where else str(key))
+
+
+def check_limits(body: Any, *, route: str, limits: dict[str, int | float]) -> None:
+    """Each number of the request against its bound (service/limits.py), which the
+    operator can raise; a value above it names the field, the bound and the setting."""
+    data = body.model_dump()
+    for name, limit in LIMITS.items():
+        if limit.route != route:
+            continue
+        for where, value in _values_at(data, name.split("."), ""):
+            if value is not None and value > limits[name]:
+                raise RequestProblem(
+                    f"{where} is {value}; this server takes at most {limits[name]} "
+                    f"(the operator can raise it: GISTNET_LIMITS='{{\"{name}\": ...}}')"
+                )
 
 
 # --------------------------------------------------------------------------- datasets
@@ -105,8 +168,11 @@ def check_dataset_request(config: DatasetConfig, *, data_root: Path) -> None:
 # --------------------------------------------------------------------------- training
 
 
-def check_run_request(run: RunConfig, *, dataset_info: dict[str, Any], split: str) -> None:
-    """The run must fit the dataset: its split exists, width and block size match."""
+def check_run_request(
+    run: RunConfig, *, dataset_info: dict[str, Any], split: str, worker_memory: int
+) -> None:
+    """The run must fit the dataset (its split exists, width and block size match) and a
+    worker's memory."""
     from gistnet.train import model_config_for
 
     splits = dataset_info.get("splits", {})
@@ -115,9 +181,37 @@ def check_run_request(run: RunConfig, *, dataset_info: dict[str, Any], split: st
             f"split: the dataset has no split {split!r}; it has {', '.join(sorted(splits))}"
         )
     try:
-        model_config_for(run, dataset_info)
+        model_config = model_config_for(run, dataset_info)
     except ConfigError as err:
         raise RequestProblem(str(err)) from None
+    check_run_memory(run, model_config, dataset_info=dataset_info, worker_memory=worker_memory)
+
+
+def check_run_memory(
+    run: RunConfig, model_config, *, dataset_info: dict[str, Any], worker_memory: int
+) -> None:
+    """Refuse, with the estimate, a run whose model or batch would not fit a worker."""
+    from gistnet.memory import TeacherShape, format_bytes, training_memory
+
+    teacher = None
+    if run.training.objective == "substitution":
+        try:
+            teacher = TeacherShape.from_hf_config(_teacher_config(dataset_info["teacher_model"]))
+        except (RequestProblem, KeyError):  # a teacher gone since: the job will say so
+            teacher = None
+    estimate = training_memory(
+        model_config,
+        batch_size=run.training.batch_size,
+        objective=run.training.objective,
+        horizon=dataset_info.get("horizon"),
+        teacher=teacher,
+    )
+    if estimate.total > worker_memory:
+        raise RequestProblem(
+            f"this run needs {estimate.describe()}, more than the {format_bytes(worker_memory)} "
+            f"a worker has (GISTNET_WORKER_MEMORY_BYTES): lower training.batch_size "
+            f"(now {run.training.batch_size}) or model.num_layers (now {model_config.num_layers})"
+        )
 
 
 # --------------------------------------------------------------------------- gists
@@ -134,14 +228,39 @@ def check_gist_request(blocks: list | None, text: str | None, *, max_blocks: int
         )
 
 
-def text_blocks(ids: list[int], *, block_size: int, max_blocks: int) -> tuple[np.ndarray, int]:
-    """A text's token ids cut into full blocks: ((n, T) ids, tokens left over)."""
+def gist_text_budget(*, max_blocks: int, block_size: int, longest_token: int) -> tuple[int, int]:
+    """(characters, tokens) beyond which a text cannot fit in `max_blocks` blocks.
+
+    No token of the tokenizer spans more than `longest_token` characters, so a text longer
+    than (max_blocks + 1) blocks of such tokens is too long for certain, and is refused
+    before a single token is made; a shorter one is tokenized no further than one token
+    past the last block it may fill.
+    """
+    tokens = (max_blocks + 1) * block_size
+    return tokens * max(longest_token, 1), tokens
+
+
+def check_gist_text(text: str, *, max_characters: int, max_blocks: int) -> None:
+    if len(text) > max_characters:
+        raise RequestProblem(
+            f"text has {len(text)} characters, more than {max_blocks} blocks can hold "
+            f"(GISTNET_GIST_MAX_BLOCKS): send it in parts",
+            status_code=413,
+        )
+
+
+def text_blocks(
+    ids: list[int], *, block_size: int, max_blocks: int, truncated: bool = False
+) -> tuple[np.ndarray, int]:
+    """A text's token ids cut into full blocks: ((n, T) ids, tokens left over). `truncated`:
+    tokenizing stopped at the budget, so the text has at least that many tokens."""
     full = len(ids) // block_size
     if full == 0:
         raise RequestProblem(f"text: {len(ids)} tokens, fewer than one block of {block_size}")
     if full > max_blocks:
+        many = f"more than {max_blocks}" if truncated else str(full)
         raise RequestProblem(
-            f"the text makes {full} blocks; the most one request takes is {max_blocks} "
+            f"the text makes {many} blocks; the most one request takes is {max_blocks} "
             f"(GISTNET_GIST_MAX_BLOCKS): send it in parts",
             status_code=413,
         )

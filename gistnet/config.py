@@ -19,7 +19,8 @@ TeacherDType = Literal["float32", "float16", "bfloat16"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # An infinite or NaN number is never a meaningful setting (YAML's .inf, JSON's 1e999).
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class SplitConfig(_Strict):
@@ -84,7 +85,8 @@ class TrainingConfig(_Strict):
     lr: float = Field(default=1e-3, gt=0)
     max_steps: int = Field(default=1000, ge=1)
     device: str = "auto"
-    seed: int = 0
+    # numpy's generators take no negative seed.
+    seed: int = Field(default=0, ge=0)
     # Linear warm-up steps before the cosine decay.
     warmup: int = Field(default=0, ge=0)
     weight_decay: float = Field(default=0.0, ge=0)

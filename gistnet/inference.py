@@ -37,8 +37,21 @@ class GistEncoder:
         tokenizer = load_tokenizer(info["tokenizer"])
         return cls(model=model, teacher=teacher, tokenizer=tokenizer, info=info, device=device)
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def tokenize(self, text: str, *, max_tokens: int | None = None) -> list[int]:
+        """The text's token ids (no special tokens); at most `max_tokens` of them."""
+        if max_tokens is None:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(
+            text, add_special_tokens=False, truncation=True, max_length=max_tokens
+        )["input_ids"]
+
+    @property
+    def longest_token(self) -> int:
+        """Characters of the longest token in the vocabulary: no token of a text spans more
+        (for byte-level BPE a token's spelling has one character per byte it stands for)."""
+        if not hasattr(self, "_longest_token"):
+            self._longest_token = max(len(t) for t in self.tokenizer.get_vocab())
+        return self._longest_token
 
     @torch.inference_mode()
     def encode(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from celery import shared_task
 from celery.signals import worker_init, worker_process_init
 from sqlalchemy.orm import Session
 
+from service.artifacts import dataset_dir, job_dir, remove_resume_checkpoint, resume_checkpoint
 from service.db.engine import session_scope
 from service.db.records import (
     complete_loss_curve,
@@ -56,14 +57,6 @@ def _limit_threads(**_) -> None:
 
 def _settings_of(task) -> Settings:
     return getattr(task.app, "settings", None) or get_settings()
-
-
-def dataset_dir(dataset_id: int) -> str:
-    return f"datasets/{dataset_id}"
-
-
-def job_dir(job_id: int) -> str:
-    return f"jobs/{job_id}"
 
 
 # --------------------------------------------------------------------------- prepare
@@ -157,14 +150,16 @@ def _train(run: JobRun) -> Outcome:
             metric=point,
         )
 
-    # A redelivered job finds the resume checkpoint of the run that died and continues it.
+    # A redelivered job finds the resume checkpoint of the run that died and continues it;
+    # once the job has ended (succeeded, failed, cancelled) nothing will, and it goes.
+    run.at_end(lambda: remove_resume_checkpoint(settings.artifact_root, run.job_id))
     result = train_gistnet(
         dataset_path=shard,
         run_config=run_config,
         output_dir=output,
         on_progress=on_progress,
         should_cancel=run.should_cancel,
-        resume_path=output / "resume.pt",
+        resume_path=settings.artifact_path(resume_checkpoint(run.job_id)),
         checkpoint_every=settings.resume_every,
     )
     info = read_checkpoint_info(result.checkpoint_path)
@@ -190,7 +185,7 @@ def _train(run: JobRun) -> Outcome:
             history=result.history,
         )
 
-    return Outcome(record=record, cleanup=lambda: (output / "resume.pt").unlink(missing_ok=True))
+    return Outcome(record=record)
 
 
 def _finite(value: float | None) -> float | None:

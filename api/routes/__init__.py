@@ -7,6 +7,7 @@ more round of route matching on every request.
 from fastapi import APIRouter, FastAPI
 
 from api.deps import AuthDep
+from api.errors import error_responses
 from api.routes import datasets, evaluations, gist, health, jobs, models, train
 
 GUARDED: list[APIRouter] = [
@@ -22,4 +23,4 @@ GUARDED: list[APIRouter] = [
 def include_routers(app: FastAPI) -> None:
     app.include_router(health.router)
     for router in GUARDED:
-        app.include_router(router, dependencies=[AuthDep])
+        app.include_router(router, dependencies=[AuthDep], responses=error_responses(401))

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Query
 
-from api.deps import SessionDep
-from api.schemas import JobMetricsPublic, JobPublic, JobsPublic, MetricPoint
+from api.deps import SessionDep, SettingsDep
+from api.errors import error_responses
+from api.schemas import JobMetricsPublic, JobPublic, JobsPublic, MetricPoint, RowId
 from api.views import job_public
+from service.artifacts import remove_resume_checkpoint
 from service.db.jobs import get_job, list_jobs, request_cancel
 from service.db.records import job_metrics
+from service.limits import INT32_MAX
 from service.queue import JobKind, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -21,37 +24,47 @@ def _job_or_404(session, job_id: int):
     return job
 
 
-@router.get("", response_model=JobsPublic)
+@router.get("", response_model=JobsPublic, responses=error_responses(422, 503))
 def list_jobs_route(
     session: SessionDep,
     status: JobStatus | None = None,
     kind: JobKind | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=INT32_MAX),
 ) -> JobsPublic:
     rows, count = list_jobs(session, status=status, kind=kind, limit=limit, offset=offset)
     return JobsPublic(data=[job_public(j) for j in rows], count=count)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
-def get_job_route(job_id: int, session: SessionDep) -> JobPublic:
+@router.get("/{job_id}", response_model=JobPublic, responses=error_responses(404, 422, 503))
+def get_job_route(job_id: RowId, session: SessionDep) -> JobPublic:
     return job_public(_job_or_404(session, job_id))
 
 
-@router.get("/{job_id}/metrics", response_model=JobMetricsPublic)
-def get_job_metrics(job_id: int, session: SessionDep) -> JobMetricsPublic:
+@router.get(
+    "/{job_id}/metrics", response_model=JobMetricsPublic, responses=error_responses(404, 422, 503)
+)
+def get_job_metrics(job_id: RowId, session: SessionDep) -> JobMetricsPublic:
     """The loss curve a training job recorded, one point per step."""
     _job_or_404(session, job_id)
     points = [MetricPoint.model_validate(m) for m in job_metrics(session, job_id=job_id)]
     return JobMetricsPublic(job_id=job_id, data=points, count=len(points))
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
-def cancel_job(job_id: int, session: SessionDep) -> JobPublic:
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobPublic,
+    responses=error_responses(404, 409, 413, 422, 503),
+)
+def cancel_job(job_id: RowId, session: SessionDep, settings: SettingsDep) -> JobPublic:
     """A queued job is cancelled at once; a running one stops within a few steps."""
     job = _job_or_404(session, job_id)
     if JobStatus(job.status).terminal:
         raise HTTPException(409, f"job {job_id} already {job.status}; there is nothing to cancel")
     job = request_cancel(session, job_id=job_id)
     session.commit()
+    if job.status == JobStatus.CANCELLED and job.kind == JobKind.TRAIN:
+        # Queued again after a lost worker, it may have a resume checkpoint: never needed now.
+        remove_resume_checkpoint(settings.artifact_root, job_id)
     return job_public(job)
