@@ -51,19 +51,39 @@ LIMITS: dict[str, Limit] = {
         Limit("model.norm_eps", "POST /train", 1.0, FLOAT_MAX, "LayerNorm epsilon"),
         Limit("training.batch_size", "POST /train", 4096, INT32_MAX, "see the memory check"),
         Limit("training.lr", "POST /train", 10.0, FLOAT_MAX, "larger only diverges"),
-        Limit("training.max_steps", "POST /train", 1_000_000, INT32_MAX, "a step is a row"),
-        Limit("training.warmup", "POST /train", 1_000_000, INT32_MAX, "steps"),
-        Limit("training.weight_decay", "POST /train", 10.0, FLOAT_MAX, ""),
-        Limit("training.grad_clip", "POST /train", 1e6, FLOAT_MAX, ""),
-        Limit("training.nll_weight", "POST /train", 1000.0, FLOAT_MAX, ""),
-        Limit("training.eval_every", "POST /train", 1_000_000, INT32_MAX, "steps"),
-        Limit("training.eval_examples", "POST /train", 10_000_000, INT64_MAX, ""),
-        Limit("training.log_every", "POST /train", 1_000_000, INT32_MAX, "steps"),
-        Limit("training.seed", "POST /train", 2**32 - 1, INT64_MAX, ""),
+        Limit(
+            "training.max_steps", "POST /train", 1_000_000, INT32_MAX, "one loss-curve row per step"
+        ),
+        Limit("training.warmup", "POST /train", 1_000_000, INT32_MAX, "steps, like max_steps"),
+        Limit("training.weight_decay", "POST /train", 10.0, FLOAT_MAX, "no useful run needs more"),
+        Limit(
+            "training.grad_clip",
+            "POST /train",
+            1e6,
+            FLOAT_MAX,
+            "a norm; omit it (null) to turn clipping off",
+        ),
+        Limit("training.nll_weight", "POST /train", 1000.0, FLOAT_MAX, "no useful run needs more"),
+        Limit("training.eval_every", "POST /train", 1_000_000, INT32_MAX, "steps, like max_steps"),
+        Limit(
+            "training.eval_examples",
+            "POST /train",
+            10_000_000,
+            INT64_MAX,
+            "examples scored per evaluation",
+        ),
+        Limit("training.log_every", "POST /train", 1_000_000, INT32_MAX, "steps, like max_steps"),
+        Limit(
+            "training.seed",
+            "POST /train",
+            2**32 - 1,
+            INT64_MAX,
+            "numpy and torch take up to 64 bits",
+        ),
         # POST /evaluations
-        Limit("max_examples", "POST /evaluations", 10_000_000, INT64_MAX, ""),
+        Limit("max_examples", "POST /evaluations", 10_000_000, INT64_MAX, "examples scored"),
         Limit("bootstrap_samples", "POST /evaluations", 100_000, INT32_MAX, "each resamples all"),
-        Limit("seed", "POST /evaluations", 2**32 - 1, INT64_MAX, ""),
+        Limit("seed", "POST /evaluations", 2**32 - 1, INT64_MAX, "numpy takes up to 64 bits"),
     ]
 }
 

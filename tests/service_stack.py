@@ -139,6 +139,9 @@ FAST = {
     "resume_every": 5,
     "progress_interval_s": 0.2,
     "cancel_poll_s": 0.2,
+    # A queued job whose message is lost is sent again within seconds.
+    "queued_resend_s": 2.0,
+    "queued_resend_max_s": 8.0,
 }
 # For the worker and server subprocesses only: they and the test process share two cores,
 # so one torch thread each. (The in-process app is left alone: torch's thread count is
