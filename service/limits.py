@@ -88,7 +88,7 @@ LIMITS: dict[str, Limit] = {
 }
 
 
-def resolve_limits(overrides: dict[str, float]) -> dict[str, int | float]:
+def resolve_limits(overrides: dict[str, int | float]) -> dict[str, int | float]:
     """The defaults with the operator's overrides; a ValueError names an unknown or
     impossible one."""
     unknown = sorted(set(overrides) - set(LIMITS))

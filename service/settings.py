@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 2**10, ge=1024)
     # Overrides of the bounds on request numbers (service/limits.py), as JSON:
     # {"training.max_steps": 5000000}. Read the resolved bounds from `request_limits`.
-    limits: dict[str, float] = Field(default_factory=dict)
+    limits: dict[str, int | float] = Field(default_factory=dict)
     # Memory one run may use on a worker (a GPU's memory for a GPU worker); a training
     # request whose estimate is larger is refused. None: this host's physical memory.
     worker_memory_bytes: int | None = Field(default=None, ge=2**20)
@@ -106,7 +106,7 @@ class Settings(BaseSettings):
 
     @field_validator("limits")
     @classmethod
-    def _known_limits(cls, value: dict[str, float]) -> dict[str, float]:
+    def _known_limits(cls, value: dict[str, int | float]) -> dict[str, int | float]:
         resolve_limits(value)
         return value
 

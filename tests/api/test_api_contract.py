@@ -90,3 +90,27 @@ def test_every_operation_answers_as_its_schema_says(contract_schema, method, pat
         case.call_and_validate(checks=CHECKS)
 
     answers_as_declared()
+
+
+def test_every_error_a_route_answers_is_declared_with_the_one_error_shape():
+    from service.settings import Settings
+
+    spec = create_app(Settings()).openapi()
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    error = {"$ref": "#/components/schemas/ErrorPublic"}
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            declared = operation["responses"]
+            expected = set()
+            if path != "/health":
+                expected |= {"401", "503"}  # the API key; a database away, or a broker
+            if operation.get("parameters") or operation.get("requestBody"):
+                expected.add("422")
+            if method == "post":
+                expected.add("413")
+            if "{" in path or (method == "post" and path in ("/train", "/evaluations", "/gist")):
+                expected.add("404")
+            assert expected <= set(declared), (method, path, expected - set(declared))
+            for status in expected - {"503"} if path == "/ready" else expected:
+                body = declared[status]["content"]["application/json"]["schema"]
+                assert body == error, (method, path, status)
