@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -33,8 +34,17 @@ class _Pending:
 
 
 class GistBatcher:
-    def __init__(self, *, max_batch: int, max_wait_s: float, capacity: int):
+    def __init__(
+        self,
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        capacity: int,
+        on_forward: Callable[[int], None] | None = None,
+    ):
         self.max_batch, self.max_wait_s, self.capacity = max_batch, max_wait_s, capacity
+        # Told the block count of every forward (the metrics' batch-size histogram).
+        self.on_forward = on_forward
         self.waiting_blocks = 0
         # Forwards run and blocks they carried, for /health and the benchmark.
         self.forwards = 0
@@ -122,6 +132,8 @@ class GistBatcher:
                 continue
             self.forwards += 1
             self.blocks_done += len(blocks)
+            if self.on_forward is not None:
+                self.on_forward(len(blocks))
             offset = 0
             for item in items:
                 n = len(item.blocks)

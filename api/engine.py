@@ -31,6 +31,10 @@ class GistEngine:
     def tokenize(self, text: str, *, max_tokens: int | None = None) -> list[int]:
         return list(self._encoder.tokenize(text, max_tokens=max_tokens))
 
+    def decode_blocks(self, blocks: np.ndarray) -> list[str]:
+        """(N, T) ids -> the text of each block, as the tokenizer writes it back."""
+        return self._encoder.tokenizer.batch_decode(blocks.tolist())
+
     def encode(self, blocks: np.ndarray) -> np.ndarray:
         """(N, T) int64 token ids -> (N, D) float32 gists, at most max_batch blocks a forward."""
         out = []

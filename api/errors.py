@@ -178,21 +178,23 @@ class LimitBodySize:
     says so, else as soon as the bytes streamed in pass the limit. Nothing beyond the
     limit is ever held in memory."""
 
-    def __init__(self, app: ASGIApp, *, limit_of: Callable[[str], tuple[int, str]]):
+    def __init__(self, app: ASGIApp, *, limit_of: Callable[[str, str], tuple[int, str]]):
         self.app = app
-        # path -> (bytes, the setting that sets it)
+        # (path, content type) -> (bytes, the setting that sets it)
         self.limit_of = limit_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit, setting = self.limit_of(scope["path"])
+        headers = dict(scope["headers"])
+        content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
+        limit, setting = self.limit_of(scope["path"], content_type)
         message = (
             f"the request body is larger than {limit} bytes, the most "
             f"{scope['method']} {scope['path']} takes ({setting}): send less per request"
         )
-        declared = dict(scope["headers"]).get(b"content-length")
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await error_response(413, message)(scope, receive, send)
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated
@@ -26,17 +27,29 @@ from api.validation import RequestProblem
 from service.db.idempotency import find_key, forget_key, remember_key
 from service.db.models import IdempotencyKey, utcnow
 
+KEY_LENGTH = IdempotencyKey.__table__.c.key.type.length
+KEY_PATTERN = r"^[!-~]+$"  # visible ASCII: a header value that survives any proxy
+
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
         min_length=1,
-        max_length=IdempotencyKey.__table__.c.key.type.length,
-        pattern=r"^[!-~]+$",
+        max_length=KEY_LENGTH,
+        pattern=KEY_PATTERN,
         description="Any unique string (a UUID): a retry with the same key and body gets the "
         "first answer again instead of making a second job.",
     ),
 ]
+
+
+def check_key(key: str | None) -> str | None:
+    """The header's checks, for a route that reads its headers itself (multipart uploads)."""
+    if key is not None and not (len(key) <= KEY_LENGTH and re.fullmatch(KEY_PATTERN, key)):
+        raise RequestProblem(
+            f"Idempotency-Key: 1 to {KEY_LENGTH} visible ASCII characters (a UUID, say)"
+        )
+    return key
 
 
 @dataclass
@@ -51,6 +64,14 @@ class Idempotency:
         # The body as validated, so spelling out a default is the same request as leaving it.
         canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(canonical.encode()).hexdigest()
+        return cls(route=route, key=key, request_hash=digest, ttl_s=ttl_s)
+
+    @classmethod
+    def of_digest(
+        cls, *, route: str, key: str | None, parts: list[str], ttl_s: float
+    ) -> Idempotency:
+        """For a request that is not one JSON body: what makes it the same request."""
+        digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()
         return cls(route=route, key=key, request_hash=digest, ttl_s=ttl_s)
 
     def replay(self, session: Session) -> JSONResponse | None:

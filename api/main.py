@@ -14,6 +14,7 @@ from sqlalchemy.orm import sessionmaker
 from api.batching import GistBatcher
 from api.engine import EngineCache
 from api.errors import ContainErrors, LimitBodySize, install_error_handlers
+from api.metrics import ApiMetrics, RequestMetricsMiddleware
 from api.routes import include_routers
 from service.db.engine import make_engine
 from service.queue import celery_client
@@ -39,6 +40,7 @@ async def lifespan(app: FastAPI):
         max_batch=settings.gist_max_batch,
         max_wait_s=settings.gist_batch_wait_ms / 1000,
         capacity=settings.gist_queue_size,
+        on_forward=app.state.metrics.gist_batch_blocks.observe,
     )
     await app.state.batcher.start()
     try:
@@ -51,13 +53,19 @@ async def lifespan(app: FastAPI):
 
 
 def body_limit_of(settings: Settings):
-    """Each route's largest body: inline documents on POST /datasets, a text or blocks on
-    POST /gist, a small JSON document anywhere else."""
+    """Each route's largest body: inline documents on POST /datasets (files, streamed to
+    disk, have their own bound), a text or blocks on POST /gist, a small JSON document
+    anywhere else."""
+    from api.uploads import MAX_FIELD_BYTES
 
-    def limit_of(path: str) -> tuple[int, str]:
-        if path.rstrip("/") == "/datasets":
+    def limit_of(path: str, content_type: str) -> tuple[int, str]:
+        path = path.rstrip("/")
+        if path == "/datasets" and content_type.startswith("multipart/form-data"):
+            # The upload counts its files itself; here only what it never could exceed.
+            return settings.upload_max_bytes + MAX_FIELD_BYTES, "GISTNET_UPLOAD_MAX_BYTES"
+        if path == "/datasets":
             return settings.dataset_max_body_bytes, "GISTNET_DATASET_MAX_BODY_BYTES"
-        if path.rstrip("/") == "/gist":
+        if path == "/gist":
             return settings.gist_max_body_bytes, "GISTNET_GIST_MAX_BODY_BYTES"
         return settings.max_body_bytes, "GISTNET_MAX_BODY_BYTES"
 
@@ -72,10 +80,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings = settings or get_settings()
+    app.state.metrics = ApiMetrics()
+    app.state.metrics.watch(app)
     include_routers(app)
     install_error_handlers(app)
-    # The last added runs first: errors are contained around everything, bodies counted
-    # before any route reads them.
+    # The last added runs first: errors are contained around everything (the metrics
+    # included, which count a 500 as it passes), then every request is counted, and
+    # bodies are counted before any route reads them.
     app.add_middleware(LimitBodySize, limit_of=body_limit_of(settings))
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(ContainErrors)
     return app

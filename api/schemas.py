@@ -186,6 +186,9 @@ class DatasetPublic(_Out):
     # Folder of the shards and metadata.yaml, relative to the artifact root.
     path: str | None
     splits: dict[str, SplitPublic]
+    # Where each split's text came from: its `source` under the data root (uploads are
+    # under uploads/), or "N inline documents".
+    sources: dict[str, str] = {}
     created_at: datetime
     updated_at: datetime
 
@@ -263,6 +266,8 @@ class GistResponse(_Out):
     # Text requests only: tokens the text had, and the tail too short for a full block.
     tokens: int | None = None
     unused_tokens: int | None = None
+    # Text requests only: each block's tokens written back as text, in order.
+    block_texts: list[str] | None = None
 
 
 # --------------------------------------------------------------------------- evaluations

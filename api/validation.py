@@ -110,6 +110,13 @@ def source_files(source: str, *, data_root: Path, split: str) -> list[Path]:
             f"{where}: {source!r} matches no file under the server's data root "
             f"(GISTNET_DATA_ROOT); put the corpus there or send the text as `documents`"
         )
+    # Preparation reads only these; saying so now beats a failed job later.
+    unreadable = [p.name for p in files if p.suffix not in (".txt", ".jsonl")]
+    if unreadable:
+        raise RequestProblem(
+            f"{where}: {source!r} matches {', '.join(unreadable[:3])}, which preparation cannot "
+            f'read: sources are .txt (one document per file) or .jsonl (one {{"text": ...}} per line)'
+        )
     return files
 
 

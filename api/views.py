@@ -58,6 +58,12 @@ def dataset_public(dataset: Dataset) -> DatasetPublic:
     splits = {}
     for name, stats in (info.get("splits") or {}).items():
         splits[name] = SplitPublic(**{**stats, "path": f"{dataset.path}/{stats['path']}"})
+    sources = {}
+    for name, split in (config.get("splits") or {}).items():
+        if split.get("source"):
+            sources[name] = split["source"]
+        else:
+            sources[name] = f"{len(split.get('documents') or [])} inline documents"
     return DatasetPublic(
         id=dataset.id,
         name=dataset.name,
@@ -74,6 +80,7 @@ def dataset_public(dataset: Dataset) -> DatasetPublic:
         fingerprint=info.get("fingerprint"),
         path=dataset.path,
         splits=splits,
+        sources=sources,
         created_at=dataset.created_at,
         updated_at=dataset.updated_at,
     )

@@ -16,6 +16,10 @@ def job_dir(job_id: int) -> str:
     return f"jobs/{job_id}"
 
 
+def evaluation_dir(evaluation_id: int) -> str:
+    return f"evaluations/{evaluation_id}"
+
+
 def resume_checkpoint(job_id: int) -> str:
     """A training job's resume checkpoint: needed only while the job may run again."""
     return f"{job_dir(job_id)}/{RESUME_NAME}"

@@ -94,6 +94,15 @@ class Settings(BaseSettings):
     # Models whose teacher + GistNet stay loaded in the API process.
     gist_model_cache: int = Field(default=2, ge=1)
 
+    # POST /datasets with files: most bytes one upload may carry, all files together (413
+    # above it). Files are streamed to <data root>/uploads/, never held in memory.
+    upload_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    # GET /jobs/{id}/events: how often the stream looks at the job's row for news.
+    events_poll_s: float = Field(default=0.5, gt=0)
+    # A worker serves its Prometheus metrics on this port (its main process, for every pool
+    # process); None or 0 serves none. Two workers on one host need two ports.
+    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
     @field_validator("api_key", mode="before")
     @classmethod
     def _blank_key_is_none(cls, value):

@@ -52,3 +52,23 @@ def small_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("small_dataset")
     prepare_dataset(validate_dataset_config(small_dataset_config()), output_dir=out)
     return out
+
+
+# The key of the shared embedded service: the dashboard, the client and the metrics tests
+# all go through the API key, as a deployed server would ask them to.
+SERVICE_KEY = "dashboard-test-key"
+
+
+@pytest.fixture(scope="session")
+def running_service(tmp_path_factory):
+    """One `gistnet serve` (SQLite records and broker, its local worker serving metrics)
+    for the tests of the dashboard, the client and /metrics: starting one takes seconds."""
+    from tests.service_stack import embedded_service, free_port
+
+    with embedded_service(
+        tmp_path_factory.mktemp("embedded-service"),
+        api_key=SERVICE_KEY,
+        worker_metrics_port=free_port(),
+        events_poll_s=0.2,
+    ) as service:
+        yield service

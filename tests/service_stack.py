@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -230,6 +231,52 @@ class ServiceProcess:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class RunningService:
+    """`gistnet serve` running the embedded stack: its settings, URL and API key."""
+
+    stack: Stack
+    url: str
+    api_key: str | None
+    server: ServiceProcess
+
+    def http(self, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
+
+
+@contextmanager
+def embedded_service(root: Path, *, api_key: str | None = None, **overrides: Any):
+    """`gistnet serve` on SQLite records and the SQLite broker with its one local worker,
+    as a user starts it; stopped (with its worker) afterwards."""
+    if api_key is not None:
+        overrides["api_key"] = api_key
+    stack = make_stack(
+        root,
+        database_url=f"sqlite:///{root}/var/gistnet.sqlite",
+        broker_url=f"sqla+sqlite:///{root}/var/broker.sqlite",
+        **overrides,
+    )
+    port = free_port()
+    server = ServiceProcess(
+        ["serve", "--port", str(port)], env=stack.env, log_path=root / "serve.log"
+    ).start()
+    try:
+        server.wait_for_log(f"Uvicorn running on http://127.0.0.1:{port}")
+        server.wait_for_log(" ready.")  # the local worker
+        yield RunningService(
+            stack=stack, url=f"http://127.0.0.1:{port}", api_key=api_key, server=server
+        )
+    finally:
+        server.stop(timeout=60)
 
 
 def start_worker(stack: Stack, name: str = "worker", queues: str = "prep,train") -> ServiceProcess:

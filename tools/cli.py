@@ -1,9 +1,10 @@
-"""The `gistnet` command: serve, worker, db upgrade, demo.
+"""The `gistnet` command: serve, worker, db upgrade, demo, and the client verbs.
 
     gistnet serve [--host H] [--port P] [--no-worker] [--no-upgrade]
     gistnet worker [--queues prep,train] [--concurrency N]
     gistnet db upgrade [REVISION] | gistnet db current
     gistnet demo [--port P] [--max-steps N]
+    gistnet datasets | train | evaluate | jobs | models | gist ...   (tools/client_cli.py)
 
 It only parses arguments, reads the settings and starts things; the work is elsewhere.
 This is the one place that composes the API and the workers.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from service.queue import QueueName
 from service.settings import Settings, SettingsError, get_settings
+from tools.client_cli import CLIENT_COMMANDS, add_client_commands, run_client_command
 from tools.processes import start_local_worker, stop_process
 
 DEFAULT_QUEUES = ",".join(QueueName)
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--max-steps", type=int, default=None, help="cap the training steps of the run config"
     )
+    add_client_commands(commands)
     return parser
 
 
@@ -135,6 +138,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in CLIENT_COMMANDS:  # HTTP only: the server's settings play no part
+        return run_client_command(args)
     try:
         settings = get_settings()
     except SettingsError as err:

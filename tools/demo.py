@@ -2,8 +2,10 @@
 
 It starts `gistnet serve` (database migrated, one local worker for both queues, the API),
 then, as any client would: POST /datasets with the sample corpus, waits for the job,
-POST /train with configs/runs/gistnet_example.yaml, waits, POST /gist, prints what happened
-and stops everything it started.
+POST /train with configs/runs/gistnet_demo.yaml (the substitution objective, shortened),
+waits, POST /evaluations on the validation split, waits, POST /gist; prints the job states,
+the gap recovered by the gist and by the mean-of-embeddings baseline with their intervals,
+where the plot was written, and stops everything it started.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from service.settings import Settings
 from tools.processes import free_port, stop_process
 
 DATA_CONFIG = "configs/data/sample_text.yaml"
-RUN_CONFIG = "configs/runs/gistnet_example.yaml"
+RUN_CONFIG = "configs/runs/gistnet_demo.yaml"
+# A seeded subset of the validation split keeps the evaluation to well under a minute.
+EVAL_EXAMPLES = 512
 DEMO_TEXT_FOLDER = "gistnet-demo"  # under the data root: the corpus copied for the demo
 PRINT_EVERY_S = 10
 
@@ -75,6 +79,30 @@ def _describe(job: dict[str, Any]) -> str:
         detail = progress["detail"]
         text += f", split {detail.get('split')}: {detail.get('examples')} examples"
     return text
+
+
+def _interval(entry: dict[str, Any]) -> str:
+    text = f"{entry['value']:.3f}"
+    if entry.get("ci95"):
+        low, high = entry["ci95"]
+        text += f" [{low:.3f}, {high:.3f}] 95% CI"
+    return text
+
+
+def _gap_lines(report: dict[str, Any], settings: Settings, url: str) -> dict[str, str]:
+    """What a gist is worth: the share of the gap between no block (drop) and the whole
+    block (full) that the gist closes, beside the mean of the block's embeddings."""
+    conditions = report["conditions"]
+    drop = conditions["drop"]["delta_nll"]["value"]
+    lines = {
+        "ΔNLL without the block (drop)": f"{drop:+.3f} nats/token",
+        "gap recovered by the gist": _interval(conditions["gist"]["gap_recovered"]),
+        "gap recovered by the mean of embeddings": _interval(conditions["mean"]["gap_recovered"]),
+    }
+    plot = (report.get("files") or {}).get("plot")
+    if plot:
+        lines["per-position NLL plot"] = f"{settings.artifact_path(plot)} (also GET {url}/plot)"
+    return lines
 
 
 def _wait_for_api(client: httpx.Client, server: subprocess.Popen, timeout: float = 120) -> None:
@@ -169,6 +197,26 @@ def _demo_flow(
     states["final loss"] = f"{model['final_loss']:.4f}"
     if model["val_loss"] is not None:
         states["validation loss"] = f"{model['val_loss']:.4f}"
+
+    print(f"POST /evaluations (validation split, {EVAL_EXAMPLES} examples)")
+    accepted = client.post(
+        "/evaluations",
+        json={
+            "model_id": model["id"],
+            "dataset_id": dataset["id"],
+            "split": "validation",
+            "max_examples": EVAL_EXAMPLES,
+        },
+    )
+    if accepted.status_code != 202:
+        raise RuntimeError(f"POST /evaluations answered {accepted.status_code}: {accepted.text}")
+    accepted = accepted.json()
+    job = _wait_for_job(client, accepted["job_id"], "evaluate", timeout=1800)
+    states["evaluate job"] = job["status"]
+    if job["status"] != JobStatus.SUCCEEDED:
+        raise RuntimeError(f"evaluation {job['status']}: {job['error']}")
+    report = client.get(accepted["evaluation_url"]).raise_for_status().json()["report"]
+    states.update(_gap_lines(report, settings, accepted["evaluation_url"]))
 
     text = "Once upon a time " * 40
     validation = repo_root / "samples" / "sample_text" / "validation.jsonl"

@@ -11,13 +11,21 @@ from __future__ import annotations
 import copy
 import math
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_init, worker_process_init
 from sqlalchemy.orm import Session
 
-from service.artifacts import dataset_dir, job_dir, remove_resume_checkpoint, resume_checkpoint
+from service.artifacts import (
+    dataset_dir,
+    evaluation_dir,
+    job_dir,
+    remove_resume_checkpoint,
+    resume_checkpoint,
+)
 from service.db.engine import session_scope
 from service.db.records import (
     complete_loss_curve,
@@ -30,6 +38,7 @@ from service.db.records import (
 )
 from service.queue import TASK_OF_KIND, JobKind
 from service.settings import Settings, get_settings
+from workers import metrics
 from workers.runner import JobRun, Outcome, run_job
 
 
@@ -59,6 +68,20 @@ def _settings_of(task) -> Settings:
     return getattr(task.app, "settings", None) or get_settings()
 
 
+def _run_measured(task, job_id: int, kind: str, work: Callable[[JobRun], Outcome]) -> str:
+    """run_job, with the worker's metrics told when a claimed job starts and ends."""
+
+    def counted(run: JobRun) -> Outcome:  # called only once the job is claimed
+        metrics.job_started(kind)
+        return work(run)
+
+    started = time.monotonic()
+    outcome = run_job(settings=_settings_of(task), job_id=job_id, work=counted)
+    if outcome != "skipped":
+        metrics.job_finished(kind, outcome, time.monotonic() - started)
+    return outcome
+
+
 # --------------------------------------------------------------------------- prepare
 
 
@@ -72,8 +95,10 @@ def _prepare(run: JobRun) -> Outcome:
     config["teacher_device"] = settings.device  # the worker's device, not the requester's
     relative = dataset_dir(run.dataset_id)
     output = settings.artifact_path(relative)
+    meter = metrics.PrepMeter()
 
     def on_progress(p) -> None:
+        meter(p.split, p.tokens)
         run.report(
             progress={
                 "split": p.split,
@@ -105,7 +130,7 @@ def _prepare(run: JobRun) -> Outcome:
 
 @shared_task(name=TASK_OF_KIND[JobKind.PREPARE], bind=True)
 def prepare_dataset_task(self, job_id: int) -> str:
-    return run_job(settings=_settings_of(self), job_id=job_id, work=_prepare)
+    return _run_measured(self, job_id, JobKind.PREPARE, _prepare)
 
 
 # --------------------------------------------------------------------------- train
@@ -129,6 +154,9 @@ def _train(run: JobRun) -> Outcome:
     output.mkdir(parents=True, exist_ok=True)
 
     def on_progress(p) -> None:
+        metrics.train_step(
+            batch_size=run_config.training.batch_size, examples_per_sec=p.examples_per_sec
+        )
         point = {
             "step": p.step,
             "loss": p.loss,
@@ -194,7 +222,7 @@ def _finite(value: float | None) -> float | None:
 
 @shared_task(name=TASK_OF_KIND[JobKind.TRAIN], bind=True)
 def train_task(self, job_id: int) -> str:
-    return run_job(settings=_settings_of(self), job_id=job_id, work=_train)
+    return _run_measured(self, job_id, JobKind.TRAIN, _train)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -206,6 +234,7 @@ def _evaluate(run: JobRun) -> Outcome:
     settings = run.settings
     with session_scope(settings.database_url) as session:
         evaluation = evaluation_of_job(session, job_id=run.job_id)
+        evaluation_id = evaluation.id
         model = get_model(session, model_id=evaluation.model_id)
         dataset = get_dataset(session, dataset_id=evaluation.dataset_id)
         checkpoint = settings.artifact_path(model.checkpoint_path)
@@ -227,6 +256,14 @@ def _evaluate(run: JobRun) -> Outcome:
         **run.params,
     )
 
+    # The report as JSON and its per-position NLL plot, beside the other artifacts; the
+    # recorded report names them relative to the artifact root.
+    from gistnet.evaluate import write_report
+
+    relative = evaluation_dir(evaluation_id)
+    written = write_report(report, settings.artifact_path(relative), stem="report")
+    report["files"] = {kind: f"{relative}/{path.name}" for kind, path in written.items()}
+
     def record(session: Session) -> None:
         record_evaluation_report(session, job_id=run.job_id, report=report)
 
@@ -235,4 +272,4 @@ def _evaluate(run: JobRun) -> Outcome:
 
 @shared_task(name=TASK_OF_KIND[JobKind.EVALUATE], bind=True)
 def evaluate_task(self, job_id: int) -> str:
-    return run_job(settings=_settings_of(self), job_id=job_id, work=_evaluate)
+    return _run_measured(self, job_id, JobKind.EVALUATE, _evaluate)

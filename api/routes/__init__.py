@@ -1,4 +1,5 @@
-"""All routers, in one place. Every one but health's sits behind the API key.
+"""All routers, in one place. Every one but health's (and the dashboard's static files,
+which hold no data) sits behind the API key.
 
 The app includes them directly (no intermediate router): each level of nesting is one
 more round of route matching on every request.
@@ -8,7 +9,7 @@ from fastapi import APIRouter, FastAPI
 
 from api.deps import AuthDep
 from api.errors import error_responses
-from api.routes import datasets, evaluations, gist, health, jobs, models, train
+from api.routes import datasets, evaluations, gist, health, jobs, metrics, models, train, ui
 
 GUARDED: list[APIRouter] = [
     gist.router,
@@ -17,6 +18,7 @@ GUARDED: list[APIRouter] = [
     train.router,
     models.router,
     evaluations.router,
+    metrics.router,
 ]
 
 
@@ -24,3 +26,4 @@ def include_routers(app: FastAPI) -> None:
     app.include_router(health.router)
     for router in GUARDED:
         app.include_router(router, dependencies=[AuthDep], responses=error_responses(401))
+    ui.mount_dashboard(app)

@@ -1,42 +1,81 @@
-"""POST /datasets, GET /datasets, GET /datasets/{id}."""
+"""POST /datasets (a JSON config, or files as multipart/form-data), GET /datasets,
+GET /datasets/{id}."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Query, Response
+import json
+import shutil
 
-from api.deps import CeleryDep, SessionDep, SettingsDep
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from sqlalchemy.orm import Session
+
+from api.deps import CeleryDep, SessionDep, SettingsDep, require_api_key
 from api.errors import error_responses
-from api.idempotency import Idempotency, IdempotencyKeyHeader
+from api.idempotency import Idempotency, IdempotencyKeyHeader, check_key
 from api.jobs_queue import enqueue
 from api.schemas import DatasetAccepted, DatasetCreate, DatasetPublic, DatasetsPublic, RowId
+from api.uploads import dataset_config_of, is_multipart, parse_model, receive_upload
 from api.validation import check_dataset_request, check_limits
 from api.views import dataset_public
 from service.db.records import create_dataset, get_dataset, list_datasets
 from service.limits import INT32_MAX
-
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+from service.settings import Settings
 
 ROUTE = "POST /datasets"
 
 
-@router.post(
-    "",
-    status_code=202,
-    response_model=DatasetAccepted,
-    responses=error_responses(400, 413, 422, 503),
-)
-def create_dataset_route(
-    body: DatasetCreate,
-    session: SessionDep,
-    settings: SettingsDep,
-    celery: CeleryDep,
-    response: Response,
-    idempotency_key: IdempotencyKeyHeader = None,
-):
-    """Validate the config, record the dataset and queue its preparation on `prep`."""
-    idempotency = Idempotency.of(
-        route=ROUTE, key=idempotency_key, body=body, ttl_s=settings.idempotency_ttl_s
-    )
+class _DatasetsRoute(APIRoute):
+    """POST /datasets with a multipart body goes to `create_dataset_from_files`, which
+    streams the files to disk; FastAPI would read such a body whole into memory before
+    any handler saw it. Every other request takes the ordinary route."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+        if "POST" not in self.methods:
+            return handler
+
+        async def route_handler(request: Request) -> Response:
+            if is_multipart(request):
+                return await create_dataset_from_files(request)
+            return await handler(request)
+
+        return route_handler
+
+
+router = APIRouter(prefix="/datasets", tags=["datasets"], route_class=_DatasetsRoute)
+
+_MULTIPART_BODY = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["config"],
+                    "properties": {
+                        "config": {
+                            "type": "string",
+                            "description": "the dataset config as JSON or YAML, splits optional",
+                        }
+                    },
+                    "additionalProperties": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": ".txt or .jsonl files; the field's name is the split",
+                    },
+                }
+            }
+        }
+    }
+}
+
+
+def _queue_dataset(
+    body: DatasetCreate, session: Session, settings: Settings, celery, idempotency: Idempotency
+) -> DatasetAccepted | JSONResponse:
+    """Check, record and queue; or the first answer, if this is a retry (Idempotency-Key)."""
     if (earlier := idempotency.replay(session)) is not None:
         return earlier
     check_limits(body, route=ROUTE, limits=settings.request_limits)
@@ -50,12 +89,78 @@ def create_dataset_route(
         status_url=f"/jobs/{job.id}",
         dataset_url=f"/datasets/{dataset.id}",
     )
-    location = f"/datasets/{dataset.id}"
+    location = accepted.dataset_url
     if earlier := idempotency.commit(session, status_code=202, body=accepted, location=location):
         return earlier
     enqueue(session, celery, job, on_refused=idempotency.forget)
-    response.headers["Location"] = location
     return accepted
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=DatasetAccepted,
+    responses=error_responses(400, 413, 422, 503),
+    openapi_extra=_MULTIPART_BODY,
+)
+def create_dataset_route(
+    body: DatasetCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
+):
+    """Validate the config, record the dataset and queue its preparation on `prep`.
+
+    As multipart/form-data: a `config` field and .txt / .jsonl files, each under the name
+    of its split; they are stored under the data root and read as that split's `source`."""
+    idempotency = Idempotency.of(
+        route=ROUTE, key=idempotency_key, body=body, ttl_s=settings.idempotency_ttl_s
+    )
+    accepted = _queue_dataset(body, session, settings, celery, idempotency)
+    if isinstance(accepted, DatasetAccepted):
+        response.headers["Location"] = accepted.dataset_url
+    return accepted
+
+
+async def create_dataset_from_files(request: Request) -> Response:
+    """The multipart form of POST /datasets (api/uploads.py). It bypasses the route's
+    dependencies, so it checks the API key (and the Idempotency-Key) itself, before reading
+    a byte."""
+    state = request.app.state
+    settings: Settings = state.settings
+    await require_api_key(request, settings)
+    key = check_key(request.headers.get("idempotency-key"))
+    upload = await receive_upload(
+        request, data_root=settings.data_root, max_bytes=settings.upload_max_bytes
+    )
+    try:
+        config = dataset_config_of(upload, data_root=settings.data_root)
+        body = parse_model(DatasetCreate, config)
+        # The same request is the same config and the same files: the upload's folder is
+        # new each time, so it is left out.
+        idempotency = Idempotency.of_digest(
+            route=ROUTE,
+            key=key,
+            parts=[json.dumps(upload.fields, sort_keys=True), upload.digest.hexdigest()],
+            ttl_s=settings.idempotency_ttl_s,
+        )
+
+        def queue() -> DatasetAccepted | JSONResponse:
+            with state.sessionmaker() as session:
+                return _queue_dataset(body, session, settings, state.celery, idempotency)
+
+        accepted = await run_in_threadpool(queue)
+    except BaseException:
+        shutil.rmtree(upload.folder, ignore_errors=True)
+        raise
+    if isinstance(accepted, JSONResponse):  # a retry: its files are already there
+        shutil.rmtree(upload.folder, ignore_errors=True)
+        return accepted
+    return JSONResponse(
+        accepted.model_dump(), status_code=202, headers={"Location": accepted.dataset_url}
+    )
 
 
 @router.get("", response_model=DatasetsPublic, responses=error_responses(422, 503))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi.responses import FileResponse
 
 from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.errors import error_responses
@@ -127,3 +128,29 @@ def get_evaluation_route(evaluation_id: RowId, session: SessionDep) -> Evaluatio
     if evaluation is None:
         raise HTTPException(404, f"evaluation {evaluation_id} does not exist")
     return evaluation_public(evaluation)
+
+
+@router.get(
+    "/{evaluation_id}/plot",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "the per-position NLL plot"},
+        **error_responses(404, 422, 503),
+    },
+)
+def get_evaluation_plot(
+    evaluation_id: RowId, session: SessionDep, settings: SettingsDep
+) -> FileResponse:
+    """The per-position NLL of every condition as a PNG, once the evaluation is ready."""
+    evaluation = get_evaluation(session, evaluation_id=evaluation_id)
+    if evaluation is None:
+        raise HTTPException(404, f"evaluation {evaluation_id} does not exist")
+    plot = ((evaluation.report or {}).get("files") or {}).get("plot")
+    if plot is None:
+        raise HTTPException(
+            404, f"evaluation {evaluation_id} is {evaluation.status}: it has no plot yet"
+        )
+    path = settings.artifact_path(plot)
+    if not path.is_file():
+        raise HTTPException(404, f"the plot of evaluation {evaluation_id} is missing from storage")
+    return FileResponse(path, media_type="image/png")

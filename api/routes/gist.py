@@ -68,6 +68,22 @@ def _encoded(gists: np.ndarray, encoding: str) -> list:
     return gists.tolist()
 
 
+def _text_to_blocks(engine, text: str, max_blocks: int):
+    """Tokenize (no further than the block limit allows), cut into full blocks, and write
+    each block back as text (for people)."""
+    _, max_tokens = gist_text_budget(
+        max_blocks=max_blocks, block_size=engine.block_size, longest_token=engine.longest_token
+    )
+    ids = engine.tokenize(text, max_tokens=max_tokens)
+    blocks, unused = text_blocks(
+        ids,
+        block_size=engine.block_size,
+        max_blocks=max_blocks,
+        truncated=len(ids) >= max_tokens,
+    )
+    return blocks, len(ids), unused, engine.decode_blocks(blocks)
+
+
 @router.post(
     "",
     response_model=GistResponse,
@@ -101,29 +117,27 @@ async def gist(
             except GistNetError as err:
                 raise HTTPException(503, f"model {model_id} cannot be loaded: {err}") from None
 
-    tokens = unused = None
+    tokens = unused = block_texts = None
     if body.text is not None:
         # A text too long for the block limit is refused before it is tokenized, and one
-        # that may fit is tokenized no further than the limit.
-        max_characters, max_tokens = gist_text_budget(
+        # that may fit is tokenized no further than one token past the limit.
+        max_characters, _ = gist_text_budget(
             max_blocks=max_blocks, block_size=engine.block_size, longest_token=engine.longest_token
         )
         check_gist_text(body.text, max_characters=max_characters, max_blocks=max_blocks)
-        ids = await run_in_threadpool(engine.tokenize, body.text, max_tokens=max_tokens)
-        blocks, unused = text_blocks(
-            ids,
-            block_size=engine.block_size,
-            max_blocks=max_blocks,
-            truncated=len(ids) >= max_tokens,
+        blocks, tokens, unused, block_texts = await run_in_threadpool(
+            _text_to_blocks, engine, body.text, max_blocks
         )
-        tokens = len(ids)
     else:
         blocks = blocks_array(
             body.blocks, block_size=engine.block_size, vocab_size=engine.vocab_size
         )
+    metrics = request.app.state.metrics
+    metrics.gist_request_blocks.observe(len(blocks))
     try:
         gists = await batcher.encode(engine, blocks)
     except QueueFull as err:
+        metrics.gist_queue_full.inc()
         raise HTTPException(
             429, f"the gist queue is full: {err}", headers={"Retry-After": "1"}
         ) from None
@@ -138,5 +152,6 @@ async def gist(
         "gists": _encoded(gists, body.encoding),
         "tokens": tokens,
         "unused_tokens": unused,
+        "block_texts": block_texts,
     }
     return Response(json.dumps(content), media_type="application/json")

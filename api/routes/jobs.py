@@ -1,11 +1,16 @@
-"""GET /jobs, GET /jobs/{id}, GET /jobs/{id}/metrics, POST /jobs/{id}/cancel."""
+"""GET /jobs, GET /jobs/{id}, GET /jobs/{id}/metrics, GET /jobs/{id}/events,
+POST /jobs/{id}/cancel."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Query
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
 
 from api.deps import SessionDep, SettingsDep
 from api.errors import error_responses
+from api.events import job_event_stream
 from api.schemas import JobMetricsPublic, JobPublic, JobsPublic, MetricPoint, RowId
 from api.views import job_public
 from service.artifacts import remove_resume_checkpoint
@@ -49,6 +54,42 @@ def get_job_metrics(job_id: RowId, session: SessionDep) -> JobMetricsPublic:
     _job_or_404(session, job_id)
     points = [MetricPoint.model_validate(m) for m in job_metrics(session, job_id=job_id)]
     return JobMetricsPublic(job_id=job_id, data=points, count=len(points))
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "an event stream"},
+        **error_responses(404, 422, 503),
+    },
+)
+def job_events(
+    job_id: RowId,
+    request: Request,
+    settings: SettingsDep,
+    after_step: int | None = Query(
+        None, ge=0, le=INT32_MAX, description="send only points after this step"
+    ),
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """Server-Sent Events: `state` (the job) when it changes, `metrics` (new loss-curve
+    points), and `end` once the job is finished; see api/events.py."""
+    # A session of its own, closed before the stream starts: a SessionDep would stay open
+    # (on SQLite: hold the database's lock) for as long as the stream runs.
+    with request.app.state.sessionmaker() as session:
+        _job_or_404(session, job_id)
+    if after_step is None and last_event_id and last_event_id.strip().isdigit():
+        after_step = int(last_event_id)
+    stream = job_event_stream(
+        request.app.state.sessionmaker,
+        job_id=job_id,
+        after_step=after_step,
+        poll_s=settings.events_poll_s,
+    )
+    # no-cache and no proxy buffering: each event must reach the viewer when it is sent.
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 
 @router.post(

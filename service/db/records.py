@@ -126,10 +126,14 @@ def model_of_job(session: Session, *, job_id: int) -> Model | None:
     return session.scalar(select(Model).where(Model.job_id == job_id))
 
 
-def job_metrics(session: Session, *, job_id: int) -> Sequence[JobMetric]:
-    return session.scalars(
-        select(JobMetric).where(JobMetric.job_id == job_id).order_by(JobMetric.step)
-    ).all()
+def job_metrics(
+    session: Session, *, job_id: int, after_step: int | None = None
+) -> Sequence[JobMetric]:
+    """A job's loss-curve points by step; with `after_step`, only the newer ones."""
+    query = select(JobMetric).where(JobMetric.job_id == job_id)
+    if after_step is not None:
+        query = query.where(JobMetric.step > after_step)
+    return session.scalars(query.order_by(JobMetric.step)).all()
 
 
 # --------------------------------------------------------------------------- evaluations

@@ -4,6 +4,7 @@ after the API was killed mid-request."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -68,9 +69,35 @@ def test_the_same_key_with_another_body_is_422_and_makes_nothing(client, teacher
     assert _counts(client) == before
 
 
-def test_train_and_evaluations_take_a_key_too(client, ready_dataset, trained_model):
+@pytest.fixture
+def model_of_our_own(api_stack, ready_dataset, trained_model) -> int:
+    """Another model row on the trained checkpoint: evaluations made here must not become
+    the shared model's latest one, which other tests look at."""
+    from gistnet.checkpoint import read_checkpoint_info
+    from service.db.models import Job
+    from service.db.records import record_model
+    from service.queue import JobKind, JobStatus, QueueName
+
+    with session_scope(api_stack.settings.database_url) as session:
+        job = Job(kind=JobKind.TRAIN, queue=QueueName.TRAIN, status=JobStatus.SUCCEEDED)
+        session.add(job)
+        session.flush()
+        return record_model(
+            session,
+            job_id=job.id,
+            dataset_id=ready_dataset["id"],
+            split="train",
+            checkpoint_path=str(trained_model["checkpoint"]),
+            info=read_checkpoint_info(trained_model["checkpoint"]),
+            steps=3,
+            final_loss=None,
+            val_loss=None,
+        ).id
+
+
+def test_train_and_evaluations_take_a_key_too(client, ready_dataset, model_of_our_own):
     train = {"dataset_id": ready_dataset["id"], "training": {"max_steps": 5}}
-    evaluation = {"model_id": trained_model["id"], "dataset_id": ready_dataset["id"]}
+    evaluation = {"model_id": model_of_our_own, "dataset_id": ready_dataset["id"]}
     for path, body in (("/train", train), ("/evaluations", evaluation)):
         key = _key()
         first = client.post(path, json=body, headers=key)
@@ -187,3 +214,26 @@ def test_a_retry_after_the_api_was_killed_mid_request_gets_the_first_answer(
     with session_scope(api_stack.settings.database_url) as session:
         dataset_id = session.scalar(select(Dataset.id).where(Dataset.name == name))
     assert retried.json()["dataset_id"] == dataset_id
+
+
+def test_the_same_upload_twice_with_a_key_makes_one_dataset_and_keeps_one_copy(
+    client, api_stack, teacher
+):
+    uploads = api_stack.settings.data_root.resolve() / "uploads"
+    config = {"config": json.dumps({**_dataset(teacher), "splits": {}})}
+
+    def upload(story: bytes, key: dict):
+        return client.post(
+            "/datasets", data=config, files=[("train", ("a.txt", story, "text/plain"))], headers=key
+        )
+
+    key = _key()
+    before = set(uploads.iterdir()) if uploads.is_dir() else set()
+    first = upload(b"Once upon a time. " * 40, key)
+    assert first.status_code == 202, first.text
+    again = upload(b"Once upon a time. " * 40, key)
+    assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+    assert len(set(uploads.iterdir()) - before) == 1  # the second copy was not kept
+    other = upload(b"Another story entirely. " * 40, key)
+    assert other.status_code == 422 and "different POST /datasets body" in other.json()["detail"]
+    assert upload(b"x" * 80, {"Idempotency-Key": "not a key"}).status_code == 422

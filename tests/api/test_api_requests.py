@@ -289,6 +289,7 @@ def test_gist_queue_full_answers_429_instead_of_waiting(api_stack, trained_model
         assert refused.status_code == 429
         assert refused.headers["retry-after"] == "1"
         assert "queue is full" in refused.json()["detail"]
+        assert "gistnet_gist_queue_full_total 1.0" in client.get("/metrics").text
         waiting.join()
         assert first["r"].status_code == 200 and len(first["r"].json()["gists"]) == 4
         assert time.monotonic() - started < 10

@@ -121,7 +121,7 @@ def test_concurrent_gist_requests_are_batched_and_each_gets_its_own_vectors(
 
 
 def test_evaluation_job_reports_delta_nll_and_the_model_shows_it(
-    stack_client, stack_dataset, stack_model
+    stack_client, stack, stack_dataset, stack_model
 ):
     _, model = stack_model
     accepted = stack_client.post(
@@ -143,6 +143,13 @@ def test_evaluation_job_reports_delta_nll_and_the_model_shows_it(
     assert {"full", "gist", "drop", "mean", "swapped"} <= set(report["conditions"])
     shown = stack_client.get(f"/models/{model['id']}").json()["latest_evaluation"]
     assert shown["id"] == evaluation["id"] and shown["report"] == report
+
+    # The report and its plot are artifacts too, and the plot is served as a PNG.
+    assert stack.settings.artifact_path(report["files"]["json"]).is_file()
+    plot = stack_client.get(f"{accepted.json()['evaluation_url']}/plot")
+    assert plot.status_code == 200 and plot.headers["content-type"] == "image/png"
+    assert plot.content.startswith(b"\x89PNG")
+    assert stack_client.get("/evaluations/999999/plot").status_code == 404
 
 
 def test_job_whose_teacher_folder_is_missing_ends_failed_with_the_message(

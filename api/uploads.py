@@ -1,0 +1,239 @@
+"""POST /datasets with files: a multipart body streamed to the data root.
+
+    curl -F config='{"dataset_name": "notes", "tokenizer": "...", "teacher_model": "..."}' \
+         -F train=@a.txt -F train=@b.jsonl -F validation=@held_out.jsonl  .../datasets
+
+The `config` field is the dataset config as JSON (or YAML); every other field is a file
+for the split it names. The files go, as they arrive, to
+`<data root>/uploads/<random>/<split>/`, counted against GISTNET_UPLOAD_MAX_BYTES (413
+past it); each split then reads them through `source`, so an upload gets exactly the
+checks and the preparation a `source` gets. A refused upload leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import yaml
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from api.validation import RequestProblem
+
+UPLOAD_FOLDER = "uploads"
+SOURCE_SUFFIXES = (".txt", ".jsonl")
+# Non-file fields (the config) are read into memory: a config is small.
+MAX_FIELD_BYTES = 1024 * 1024
+MAX_FILES = 1000
+SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def is_multipart(request: Request) -> bool:
+    return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+
+
+@dataclass
+class Upload:
+    """What arrived: non-file fields as text, files by split (paths under `folder`)."""
+
+    folder: Path
+    fields: dict[str, str] = field(default_factory=dict)
+    files: dict[str, list[Path]] = field(default_factory=dict)
+    bytes: int = 0
+    # Every file's split, name and bytes as they arrived: what makes two uploads the same
+    # (an Idempotency-Key retry), whatever folder they were written to.
+    digest: Any = field(default_factory=hashlib.sha256)
+
+
+def _safe_name(filename: str, index: int) -> str:
+    # The client's name, reduced to characters that are safe in a path and in a glob.
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(filename.replace("\\", "/")).name) or "file"
+    return f"{index:04d}-{name}"
+
+
+class _Receiver:
+    """python-multipart callbacks that write each file part straight to its file."""
+
+    def __init__(self, upload: Upload, max_bytes: int):
+        self.upload, self.max_bytes = upload, max_bytes
+        self.header_field = b""
+        self.header_value = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.name: str | None = None
+        self.file: BinaryIO | None = None
+        self.value = bytearray()
+        self.count = 0
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+        }
+
+    def on_part_begin(self) -> None:
+        self.headers, self.name, self.file, self.value = {}, None, None, bytearray()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.headers[self.header_field.lower()] = self.header_value
+        self.header_field = self.header_value = b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self.headers.get(b"content-disposition", b""))
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        if not name:
+            raise RequestProblem("a part of the upload has no field name")
+        self.name = name
+        if b"filename" not in options:
+            return
+        filename = options[b"filename"].decode("utf-8", "replace")
+        if not SPLIT_NAME.match(name):
+            raise RequestProblem(
+                f"file field {name!r}: a file's field names its split (letters, digits, _ or -)"
+            )
+        if not filename.endswith(SOURCE_SUFFIXES):
+            raise RequestProblem(
+                f"{name}: cannot read {filename!r}: upload .txt (one document per file) or "
+                f'.jsonl (one {{"text": ...}} per line) files'
+            )
+        self.count += 1
+        if self.count > MAX_FILES:
+            raise RequestProblem(f"more than {MAX_FILES} files in one upload", status_code=413)
+        folder = self.upload.folder / name
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / _safe_name(filename, self.count)
+        self.file = path.open("wb")
+        self.upload.files.setdefault(name, []).append(path)
+        self.upload.digest.update(f"\n{name}\n{filename}\n".encode())
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        if self.file is None:
+            self.value += chunk
+            if len(self.value) > MAX_FIELD_BYTES:
+                raise RequestProblem(
+                    f"field {self.name!r} is longer than {MAX_FIELD_BYTES} bytes", status_code=413
+                )
+            return
+        self.upload.bytes += len(chunk)
+        if self.upload.bytes > self.max_bytes:
+            raise RequestProblem(too_large(self.max_bytes), status_code=413)
+        self.file.write(chunk)
+        self.upload.digest.update(chunk)
+
+    def on_part_end(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        elif self.name is not None:
+            self.upload.fields[self.name] = self.value.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def too_large(max_bytes: int) -> str:
+    return (
+        f"the upload is larger than this server takes ({max_bytes} bytes, "
+        f"GISTNET_UPLOAD_MAX_BYTES): send fewer or smaller files, or put the corpus under the "
+        f"data root and name it as `source`"
+    )
+
+
+async def receive_upload(request: Request, *, data_root: Path, max_bytes: int) -> Upload:
+    """Stream the multipart body into a fresh folder under the data root. On any problem
+    the folder is removed and the problem raised."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes + MAX_FIELD_BYTES:
+        raise RequestProblem(too_large(max_bytes), status_code=413)  # before reading a byte
+    _, options = parse_options_header(request.headers.get("content-type", ""))
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise RequestProblem("multipart/form-data without a boundary: let the client set it")
+    upload = Upload(folder=data_root.resolve() / UPLOAD_FOLDER / uuid.uuid4().hex)
+    upload.folder.mkdir(parents=True)
+    receiver = _Receiver(upload, max_bytes)
+    parser = MultipartParser(boundary, receiver.callbacks())
+    try:
+        try:
+            async for chunk in request.stream():
+                parser.write(chunk)
+            parser.finalize()
+        except MultipartParseError as err:
+            raise RequestProblem(f"the multipart/form-data body is malformed: {err}") from None
+    except BaseException:
+        receiver.close()
+        shutil.rmtree(upload.folder, ignore_errors=True)
+        raise
+    return upload
+
+
+def dataset_config_of(upload: Upload, *, data_root: Path) -> dict[str, Any]:
+    """The dataset request the upload stands for: its config, each uploaded split read
+    through `source` from its folder."""
+    text = upload.fields.get("config")
+    if text is None:
+        raise RequestProblem(
+            "missing field 'config': the dataset config as JSON (dataset_name, tokenizer, "
+            "teacher_model, ...); the files' field names give the splits"
+        )
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            config = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise RequestProblem(f"config: neither JSON nor YAML ({err})") from None
+    if not isinstance(config, dict):
+        raise RequestProblem("config: must be an object of dataset settings")
+    unknown = set(upload.fields) - {"config"}
+    if unknown:
+        raise RequestProblem(
+            f"unknown field(s) {sorted(unknown)}: send `config` and files (a file's field "
+            f"names its split)"
+        )
+    if not upload.files:
+        raise RequestProblem("no files: attach .txt or .jsonl files, one field per split")
+    splits = dict(config.get("splits") or {})
+    relative = upload.folder.relative_to(data_root.resolve())
+    for split, paths in upload.files.items():
+        given = dict(splits.get(split) or {})
+        if given.get("source") is not None or given.get("documents") is not None:
+            raise RequestProblem(
+                f"splits.{split}: files were uploaded for it, so give it no source or documents"
+            )
+        if not any(p.stat().st_size for p in paths):
+            raise RequestProblem(f"{split}: every uploaded file is empty")
+        splits[split] = {**given, "source": f"{relative.as_posix()}/{split}/*"}
+    return {**config, "splits": splits}
+
+
+def parse_model(model_class, data: dict[str, Any]):
+    """A pydantic model from a dict, its errors answered as a JSON body's would be (422)."""
+    try:
+        return model_class.model_validate(data)
+    except ValidationError as err:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in err.errors()]
+        ) from None

@@ -1,0 +1,412 @@
+"""A Python client for the GistNet service: HTTP only, nothing of the server imported.
+
+    from gistnet.client import Client
+
+    gn = Client("http://127.0.0.1:8000")              # or GISTNET_URL, GISTNET_API_KEY
+    ds = gn.create_dataset("configs/data/sample_text.yaml")   # local sources are uploaded
+    gn.wait(ds, progress=True)
+    model_id = gn.wait(gn.train(ds["dataset_id"], "configs/runs/gistnet_example.yaml"),
+                       progress=True)["result"]["model_id"]
+    gists = gn.gist("Once upon a time ...")          # (N, D) float32, one row per block
+
+Every error the server answers is raised as `APIError`, carrying its status code and the
+server's message; a job that ends failed or cancelled raises `JobFailed` from `wait`.
+The `gistnet` command's client verbs (tools/client_cli.py) are built on this class.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import glob
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import yaml
+
+from gistnet.errors import GistNetError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL = ("succeeded", "failed", "cancelled")
+# The server sends a keep-alive at least every 15 s: a read waiting longer has lost it.
+STREAM_READ_TIMEOUT_S = 60.0
+
+
+class APIError(GistNetError):
+    """The server refused a request: `status_code` and the server's message (`detail`)."""
+
+    def __init__(self, status_code: int, detail: str, *, method: str = "", path: str = ""):
+        super().__init__(f"{method} {path} -> {status_code}: {detail}".strip())
+        self.status_code, self.detail, self.method, self.path = status_code, detail, method, path
+
+
+class ServerUnreachable(GistNetError):
+    """No HTTP answer at all: wrong URL, server down, network."""
+
+
+class JobFailed(GistNetError):
+    """`wait` saw the job end failed or cancelled; `job` is its last state."""
+
+    def __init__(self, job: dict[str, Any]):
+        error = (job.get("error") or {}).get("message") or "no message"
+        super().__init__(f"{job['kind']} job {job['id']} {job['status']}: {error}")
+        self.job = job
+
+
+def _job_id(job: int | Mapping[str, Any]) -> int:
+    """A job id from an id, an accepted answer ({job_id, ...}) or a job ({id, ...})."""
+    if isinstance(job, Mapping):
+        return int(job["job_id"] if "job_id" in job else job["id"])
+    return int(job)
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip() or response.reason_phrase
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    return detail if isinstance(detail, str) else json.dumps(detail)
+
+
+def parse_events(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
+    """Server-Sent Events from a stream's lines: (event name, parsed JSON data)."""
+    event, data = "message", []
+    for line in lines:
+        if not line:  # a blank line ends an event
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = "message", []
+        elif line.startswith(":"):  # a comment: the server's keep-alive
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "event":
+                event = value
+            elif name == "data":
+                data.append(value)
+
+
+def load_dataset_config(path: str | Path) -> tuple[dict[str, Any], dict[str, list[Path]]]:
+    """A dataset config file as a request: (config, files to upload by split).
+
+    Relative paths in the file are read from its folder, as the library reads them: a
+    tokenizer or teacher folder that exists here is sent as an absolute path (the server
+    must see the same file system: the embedded stack, a shared volume); a split whose
+    `source` matches files here has them uploaded. A `source` that matches nothing here is
+    sent as it is, for the server to find under its data root. `output_path` is dropped:
+    the service chooses where shards go.
+    """
+    path = Path(path)
+    config = yaml.safe_load(path.read_text())
+    if not isinstance(config, dict):
+        raise GistNetError(f"{path}: a dataset config must be a mapping of settings")
+    base = path.parent
+    for key in ("tokenizer", "teacher_model"):
+        value = config.get(key)
+        if isinstance(value, str) and (base / value).is_dir():
+            config[key] = str((base / value).resolve())
+    files: dict[str, list[Path]] = {}
+    for name, split in (config.get("splits") or {}).items():
+        split.pop("output_path", None)
+        source = split.get("source")
+        if source and not os.path.isabs(source):
+            matches = sorted(Path(p) for p in glob.glob(str(base / source), recursive=True))
+            matches = [p for p in matches if p.is_file()]
+            if matches:
+                files[name] = matches
+                del split["source"]
+    return config, files
+
+
+def load_run_config(path: str | Path) -> dict[str, Any]:
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(config, dict):
+        raise GistNetError(f"{path}: a run config must be a mapping with model / training")
+    return config
+
+
+class Client:
+    """The service's REST API from Python (synchronous, on httpx)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.url = (url or os.environ.get("GISTNET_URL") or DEFAULT_URL).rstrip("/")
+        key = api_key if api_key is not None else os.environ.get("GISTNET_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One call to the API: its JSON answer, or APIError with the server's message."""
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as err:
+            raise ServerUnreachable(f"cannot reach {self.url}: {err}") from None
+        if response.status_code >= 400:
+            raise APIError(response.status_code, _detail(response), method=method, path=path)
+        return response.json() if response.content else None
+
+    # ------------------------------------------------------------------ datasets
+
+    def create_dataset(
+        self,
+        config: Mapping[str, Any] | str | Path,
+        *,
+        files: Mapping[str, Sequence[str | Path]] | None = None,
+    ) -> dict[str, Any]:
+        """Queue a dataset's preparation: {dataset_id, job_id, ...}.
+
+        `config` is the dataset config as a dict, or a YAML file (see
+        `load_dataset_config`: its local `source` files are uploaded). `files` maps a
+        split to .txt / .jsonl files to upload for it."""
+        if isinstance(config, str | Path):
+            config, found = load_dataset_config(config)
+            files = {**found, **(files or {})}
+        config = dict(config)
+        if not files:
+            return self.request("POST", "/datasets", json=config)
+        with contextlib.ExitStack() as stack:
+            parts = [
+                (split, (Path(p).name, stack.enter_context(open(p, "rb")), _content_type(p)))
+                for split, paths in files.items()
+                for p in paths
+            ]
+            return self.request(
+                "POST", "/datasets", data={"config": json.dumps(config)}, files=parts
+            )
+
+    def datasets(self, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        return self.request("GET", "/datasets", params={"limit": limit, "offset": offset})["data"]
+
+    def dataset(self, dataset_id: int) -> dict[str, Any]:
+        return self.request("GET", f"/datasets/{dataset_id}")
+
+    # ------------------------------------------------------------------ training, models
+
+    def train(
+        self,
+        dataset_id: int,
+        config: Mapping[str, Any] | str | Path | None = None,
+        *,
+        split: str = "train",
+        **training: Any,
+    ) -> dict[str, Any]:
+        """Queue a training run: {job_id, status_url}. `config` is a run config (dict or
+        YAML file with `model` and `training`); keyword arguments override `training`
+        keys, e.g. `max_steps=200`."""
+        if isinstance(config, str | Path):
+            config = load_run_config(config)
+        config = dict(config or {})
+        body = {
+            "dataset_id": dataset_id,
+            "split": split,
+            "model": dict(config.get("model") or {}),
+            "training": {**(config.get("training") or {}), **training},
+        }
+        return self.request("POST", "/train", json=body)
+
+    def models(self, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        return self.request("GET", "/models", params={"limit": limit, "offset": offset})["data"]
+
+    def model(self, model_id: int) -> dict[str, Any]:
+        return self.request("GET", f"/models/{model_id}")
+
+    # ------------------------------------------------------------------ evaluations
+
+    def evaluate(
+        self,
+        model_id: int,
+        dataset_id: int | None = None,
+        *,
+        split: str = "validation",
+        max_examples: int | None = None,
+        bootstrap_samples: int = 1000,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """Queue a ΔNLL@H evaluation (on the model's own dataset unless told another):
+        {evaluation_id, job_id, ...}."""
+        if dataset_id is None:
+            dataset_id = self.model(model_id)["dataset_id"]
+        body = {
+            "model_id": model_id,
+            "dataset_id": dataset_id,
+            "split": split,
+            "max_examples": max_examples,
+            "bootstrap_samples": bootstrap_samples,
+            "seed": seed,
+        }
+        return self.request("POST", "/evaluations", json=body)
+
+    def evaluation(self, evaluation_id: int) -> dict[str, Any]:
+        return self.request("GET", f"/evaluations/{evaluation_id}")
+
+    # ------------------------------------------------------------------ jobs
+
+    def jobs(
+        self, *, status: str | None = None, kind: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        params = {k: v for k, v in {"status": status, "kind": kind, "limit": limit}.items() if v}
+        return self.request("GET", "/jobs", params=params)["data"]
+
+    def job(self, job: int | Mapping[str, Any]) -> dict[str, Any]:
+        return self.request("GET", f"/jobs/{_job_id(job)}")
+
+    def job_metrics(self, job: int | Mapping[str, Any]) -> list[dict[str, Any]]:
+        return self.request("GET", f"/jobs/{_job_id(job)}/metrics")["data"]
+
+    def cancel(self, job: int | Mapping[str, Any]) -> dict[str, Any]:
+        return self.request("POST", f"/jobs/{_job_id(job)}/cancel")
+
+    def events(
+        self, job: int | Mapping[str, Any], *, after_step: int | None = None
+    ) -> Iterator[tuple[str, Any]]:
+        """The job's event stream: ("state", job), ("metrics", {"data": points}) ... and
+        finally ("end", job)."""
+        params = {"after_step": after_step} if after_step is not None else {}
+        timeout = httpx.Timeout(self._http.timeout.connect, read=STREAM_READ_TIMEOUT_S)
+        path = f"/jobs/{_job_id(job)}/events"
+        try:
+            with self._http.stream("GET", path, params=params, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise APIError(response.status_code, _detail(response), method="GET", path=path)
+                yield from parse_events(response.iter_lines())
+        except httpx.TransportError as err:
+            raise ServerUnreachable(f"event stream of {path} broke: {err}") from None
+
+    def wait(
+        self,
+        job: int | Mapping[str, Any],
+        *,
+        progress: bool = False,
+        timeout: float | None = None,
+        raise_on_failure: bool = True,
+    ) -> dict[str, Any]:
+        """Block until the job ends and return its last state. Follows the event stream
+        (a tqdm bar with `progress=True`), polling instead if the stream breaks. A job that
+        ends failed or cancelled raises JobFailed unless `raise_on_failure=False`."""
+        job_id = _job_id(job)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = _Bar(enabled=progress)
+        state: dict[str, Any] | None = None
+        try:
+            try:
+                for event, data in self.events(job_id):
+                    if event in ("state", "end"):
+                        state = data
+                        bar.show(state)
+                    if event == "end" or (deadline and time.monotonic() > deadline):
+                        break
+            except ServerUnreachable:
+                state = None  # the stream broke: go on by polling
+            while state is None or state["status"] not in TERMINAL:
+                if deadline and time.monotonic() > deadline:
+                    break
+                if state is not None:
+                    time.sleep(1.0)
+                state = self.job(job_id)
+                bar.show(state)
+        finally:
+            bar.close()
+        if state["status"] not in TERMINAL:
+            raise TimeoutError(f"job {job_id} still {state['status']} after {timeout}s")
+        if raise_on_failure and state["status"] != "succeeded":
+            raise JobFailed(state)
+        return state
+
+    # ------------------------------------------------------------------ gists
+
+    def gist(
+        self,
+        blocks_or_text: str | Sequence[Sequence[int]] | np.ndarray,
+        *,
+        model_id: int | None = None,
+        encoding: str = "base64",
+    ) -> np.ndarray:
+        """Gists as an (N, D) float32 array: of a text (cut into full blocks by the
+        model's tokenizer; a short tail is left out) or of (N, T) token ids. The newest
+        model unless `model_id`. base64 carries the exact float32 bytes and is smaller."""
+        body: dict[str, Any] = {"encoding": encoding}
+        if model_id is not None:
+            body["model_id"] = model_id
+        if isinstance(blocks_or_text, str):
+            body["text"] = blocks_or_text
+        else:
+            body["blocks"] = np.asarray(blocks_or_text, dtype=np.int64).tolist()
+        answer = self.request("POST", "/gist", json=body)
+        return decode_gists(answer)
+
+    def health(self) -> dict[str, Any]:
+        return self.request("GET", "/health")
+
+
+def decode_gists(answer: Mapping[str, Any]) -> np.ndarray:
+    """A POST /gist answer's vectors as an (N, D) float32 array, whatever the encoding."""
+    gists, dim = answer["gists"], int(answer["dim"])
+    if answer.get("encoding") == "base64":
+        raw = b"".join(base64.b64decode(g) for g in gists)
+        return np.frombuffer(raw, dtype="<f4").reshape(len(gists), dim).astype(np.float32)
+    return np.asarray(gists, dtype=np.float32).reshape(len(gists), dim)
+
+
+def _content_type(path: str | Path) -> str:
+    return "application/jsonl" if str(path).endswith(".jsonl") else "text/plain"
+
+
+class _Bar:
+    """A tqdm bar fed with job states: steps against max_steps, the loss as a postfix."""
+
+    def __init__(self, *, enabled: bool):
+        self.enabled, self.bar = enabled, None
+
+    def show(self, job: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        progress = job.get("progress") or {}
+        if self.bar is None:
+            self.bar = tqdm(desc=f"{job['kind']} job {job['id']}", unit="step", dynamic_ncols=True)
+        total, step = progress.get("max_steps"), progress.get("step")
+        if total and self.bar.total != total:
+            self.bar.total = total
+        if step is not None and step > self.bar.n:
+            self.bar.update(step - self.bar.n)
+        postfix = {"status": job["status"]}
+        if progress.get("loss") is not None:
+            postfix["loss"] = f"{progress['loss']:.4g}"
+        detail = progress.get("detail") or {}
+        for key in ("split", "documents", "tokens"):
+            if key in detail:
+                postfix[key] = detail[key]
+        self.bar.set_postfix(postfix, refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,114 @@
+"""POST /datasets with files (multipart/form-data): stored under the data root and read as
+the splits' `source`, refused with a message (and nothing left behind) when wrong."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from service.settings import load_settings
+
+
+def _config(teacher: str, **extra) -> str:
+    return json.dumps(
+        {"dataset_name": "uploaded", "tokenizer": teacher, "teacher_model": teacher, **extra}
+    )
+
+
+def _uploads(api_stack) -> set:
+    folder = api_stack.settings.data_root.resolve() / "uploads"
+    return set(folder.iterdir()) if folder.is_dir() else set()
+
+
+def test_uploaded_files_become_the_splits_sources(client, api_stack, teacher):
+    before = _uploads(api_stack)
+    answer = client.post(
+        "/datasets",
+        data={"config": _config(teacher)},
+        files=[
+            ("train", ("a story.txt", b"Once upon a time. " * 40, "text/plain")),
+            ("train", ("more.jsonl", b'{"text": "The end."}\n', "application/jsonl")),
+            ("validation", ("held/out.txt", b"Another story. " * 40, "text/plain")),
+        ],
+    )
+    assert answer.status_code == 202, answer.text
+    assert answer.headers["location"] == f"/datasets/{answer.json()['dataset_id']}"
+    (folder,) = _uploads(api_stack) - before
+    assert sorted(p.name for p in (folder / "train").iterdir()) == [
+        "0001-a_story.txt",
+        "0002-more.jsonl",
+    ]
+    assert (folder / "validation" / "0003-out.txt").read_bytes() == b"Another story. " * 40
+    dataset = client.get(answer.json()["dataset_url"]).json()
+    relative = folder.relative_to(api_stack.settings.data_root.resolve()).as_posix()
+    assert dataset["sources"] == {
+        "train": f"{relative}/train/*",
+        "validation": f"{relative}/validation/*",
+    }
+
+
+@pytest.mark.parametrize(
+    ("config", "files", "status", "message"),
+    [
+        (None, [("train", ("a.txt", b"x" * 10))], 422, "missing field 'config'"),
+        ("valid", [("train", ("a.csv", b"x"))], 422, "cannot read 'a.csv'"),
+        ("valid", [("tr ain", ("a.txt", b"x"))], 422, "names its split"),
+        ("valid", [("train", ("a.txt", b""))], 422, "every uploaded file is empty"),
+        (
+            '{"dataset_name": "x"}',
+            [("train", ("a.txt", b"x"))],
+            422,
+            "missing required key 'tokenizer'",
+        ),
+        ("[1, 2]", [("train", ("a.txt", b"x"))], 422, "must be an object"),
+        ("valid", [("train", ("big.txt", b"x" * 5000))], 413, "GISTNET_UPLOAD_MAX_BYTES"),
+    ],
+)
+def test_a_wrong_upload_is_refused_and_leaves_nothing(
+    api_stack, teacher, config, files, status, message
+):
+    settings = load_settings(
+        **{**api_stack.settings.model_dump(exclude={"api_key"}), "upload_max_bytes": 4096}
+    )
+    before = _uploads(api_stack)
+    data = {} if config is None else {"config": _config(teacher) if config == "valid" else config}
+    with TestClient(create_app(settings)) as client:
+        answer = client.post("/datasets", data=data, files=files)
+    assert answer.status_code == status, answer.text
+    assert message in answer.json()["detail"]
+    assert _uploads(api_stack) == before
+
+
+def test_a_split_given_files_and_a_source_is_refused(client, teacher):
+    config = _config(teacher, splits={"train": {"source": "corpus/*.txt"}})
+    answer = client.post("/datasets", data={"config": config}, files=[("train", ("a.txt", b"x"))])
+    assert answer.status_code == 422
+    assert "splits.train" in answer.json()["detail"]
+
+
+def test_an_upload_wants_the_api_key_before_a_byte_is_stored(api_stack, teacher):
+    settings = load_settings(
+        **{**api_stack.settings.model_dump(exclude={"api_key"}), "api_key": "s3cret"}
+    )
+    before = _uploads(api_stack)
+    with TestClient(create_app(settings)) as client:
+        upload = {"data": {"config": _config(teacher)}, "files": [("train", ("a.txt", b"x" * 99))]}
+        assert client.post("/datasets", **upload).status_code == 401
+        wrong = client.post("/datasets", headers={"Authorization": "Bearer nope"}, **upload)
+        assert wrong.status_code == 401
+        right = client.post("/datasets", headers={"Authorization": "Bearer s3cret"}, **upload)
+        assert right.status_code == 202, right.text
+    assert len(_uploads(api_stack) - before) == 1
+
+
+def test_a_source_preparation_cannot_read_is_refused_up_front(client, api_stack, teacher):
+    corpus = api_stack.settings.data_root / "tables"
+    corpus.mkdir(parents=True, exist_ok=True)
+    (corpus / "stories.csv").write_text("text\nhello\n")
+    body = json.loads(_config(teacher, splits={"train": {"source": "tables/*"}}))
+    answer = client.post("/datasets", json=body)
+    assert answer.status_code == 422
+    assert "stories.csv" in answer.json()["detail"] and ".jsonl" in answer.json()["detail"]

@@ -1,0 +1,361 @@
+"""The `gistnet` command's client verbs, on `gistnet.client.Client` (HTTP only):
+
+    gistnet datasets [list] | datasets create CONFIG.yaml [--file SPLIT=PATH] [--wait]
+    gistnet datasets show ID
+    gistnet train DATASET_ID --config RUN.yaml [--max-steps N] [--wait]
+    gistnet evaluate MODEL_ID [--dataset ID] [--max-examples N] [--wait]
+    gistnet jobs [ID] [--follow] [--cancel]
+    gistnet models [ID]
+    gistnet gist --text TEXT | --file PATH | --blocks JSON [--model ID] [--output X.npy]
+
+Each takes --url (GISTNET_URL, default http://127.0.0.1:8000), --api-key (GISTNET_API_KEY)
+and --json (print the server's JSON instead of lines for people). The `gistnet` command
+adds them with `add_client_commands` and runs them with `run_client_command`;
+`python -m tools.client_cli ...` runs them alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gistnet.client import APIError, Client, JobFailed, ServerUnreachable
+from gistnet.errors import GistNetError
+
+CLIENT_COMMANDS = ("datasets", "train", "evaluate", "jobs", "models", "gist")
+
+
+def _connection(*, nested: bool = False) -> argparse.ArgumentParser:
+    """--url, --api-key, --json. `nested` ones (under `datasets`) leave a value unset
+    unless given, so they never overwrite what was given before the verb."""
+    unset = {"default": argparse.SUPPRESS} if nested else {}
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url", help="the API (GISTNET_URL; http://127.0.0.1:8000)", **({"default": None} | unset)
+    )
+    common.add_argument(
+        "--api-key", help="bearer key (GISTNET_API_KEY)", **({"default": None} | unset)
+    )
+    common.add_argument(
+        "--json",
+        action="store_true",
+        help="print the server's JSON",
+        **({"default": False} | unset),
+    )
+    return common
+
+
+def add_client_commands(subparsers) -> None:
+    """Add the client verbs to a `gistnet` parser's subparsers."""
+    common = _connection()
+
+    datasets = subparsers.add_parser(
+        "datasets", parents=[common], help="list, show or create datasets"
+    )
+    nested = _connection(nested=True)
+    verbs = datasets.add_subparsers(dest="datasets_command")
+    listing = verbs.add_parser("list", parents=[nested], help="all datasets (the default)")
+    listing.set_defaults(client_handler=_datasets_list)
+    show = verbs.add_parser("show", parents=[nested], help="one dataset")
+    show.add_argument("dataset_id", type=int)
+    show.set_defaults(client_handler=_datasets_show)
+    create = verbs.add_parser(
+        "create",
+        parents=[nested],
+        help="prepare a dataset from a config file; its local source files are uploaded",
+    )
+    create.add_argument("config", type=Path, help="a dataset config (configs/data/*.yaml)")
+    create.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="SPLIT=PATH",
+        help="upload PATH (.txt / .jsonl) for SPLIT; repeat for more files",
+    )
+    create.add_argument("--wait", action="store_true", help="follow preparation until it ends")
+    create.set_defaults(client_handler=_datasets_create)
+    datasets.set_defaults(client_handler=_datasets_list)  # `gistnet datasets` alone lists
+
+    train = subparsers.add_parser("train", parents=[common], help="train GistNet on a dataset")
+    train.add_argument("dataset_id", type=int)
+    train.add_argument("--config", type=Path, help="a run config (configs/runs/*.yaml)")
+    train.add_argument("--split", default="train")
+    train.add_argument("--max-steps", type=int, default=None, help="override training.max_steps")
+    train.add_argument("--wait", action="store_true", help="follow training until it ends")
+    train.set_defaults(client_handler=_train)
+
+    evaluate = subparsers.add_parser(
+        "evaluate", parents=[common], help="ΔNLL@H evaluation of a model"
+    )
+    evaluate.add_argument("model_id", type=int)
+    evaluate.add_argument("--dataset", type=int, default=None, help="default: the model's own")
+    evaluate.add_argument("--split", default="validation")
+    evaluate.add_argument("--max-examples", type=int, default=None)
+    evaluate.add_argument("--bootstrap-samples", type=int, default=1000)
+    evaluate.add_argument("--wait", action="store_true", help="follow it and print the report")
+    evaluate.set_defaults(client_handler=_evaluate)
+
+    jobs = subparsers.add_parser("jobs", parents=[common], help="list jobs, or show one")
+    jobs.add_argument("job_id", type=int, nargs="?")
+    jobs.add_argument(
+        "--follow", action="store_true", help="live progress from the event stream until it ends"
+    )
+    jobs.add_argument("--cancel", action="store_true", help="ask the job to stop")
+    jobs.add_argument("--status", default=None)
+    jobs.add_argument("--kind", default=None)
+    jobs.set_defaults(client_handler=_jobs)
+
+    models = subparsers.add_parser("models", parents=[common], help="list models, or show one")
+    models.add_argument("model_id", type=int, nargs="?")
+    models.set_defaults(client_handler=_models)
+
+    gist = subparsers.add_parser("gist", parents=[common], help="gist vectors of text or blocks")
+    source = gist.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", help="text, cut into full blocks by the model's tokenizer")
+    source.add_argument("--file", type=Path, help="a text file")
+    source.add_argument("--blocks", help="token ids as JSON: [[id, ...], ...]")
+    gist.add_argument("--model", type=int, default=None, help="default: the newest model")
+    gist.add_argument("--output", type=Path, default=None, help="save the (N, D) array (.npy)")
+    gist.set_defaults(client_handler=_gist)
+
+
+def run_client_command(args: argparse.Namespace) -> int:
+    """Run a parsed client verb; errors print the server's message and return 1."""
+    try:
+        with Client(args.url, api_key=args.api_key) as client:
+            return args.client_handler(client, args) or 0
+    except (APIError, JobFailed, ServerUnreachable) as err:
+        print(f"gistnet: {err}", file=sys.stderr)
+        return 1
+    except (GistNetError, OSError, ValueError) as err:
+        print(f"gistnet: {err}", file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------------- output
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> None:
+    cells = [header] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _describe_job(job: dict[str, Any]) -> str:
+    progress = job.get("progress") or {}
+    parts = [f"{job['kind']} job {job['id']}: {job['status']}", f"attempt {job['attempt']}"]
+    if progress.get("max_steps"):
+        parts.append(f"step {progress.get('step') or 0}/{progress['max_steps']}")
+    if progress.get("loss") is not None:
+        parts.append(f"loss {progress['loss']:.4f}")
+    if job.get("worker"):
+        parts.append(f"on {job['worker']}")
+    if job.get("error"):
+        parts.append(f"error: {job['error']['message']}")
+    result = {k: v for k, v in (job.get("result") or {}).items() if v is not None}
+    if result and job["status"] == "succeeded":
+        parts.append(", ".join(f"{k} {v}" for k, v in result.items()))
+    return "; ".join(parts)
+
+
+def _follow(client: Client, job_id: int, args) -> int:
+    job = client.wait(job_id, progress=not args.json, raise_on_failure=False)
+    _print_json(job) if args.json else print(_describe_job(job))
+    return 0 if job["status"] == "succeeded" else 1
+
+
+# ---------------------------------------------------------------------- handlers
+
+
+def _datasets_list(client: Client, args) -> int:
+    data = client.datasets()
+    if args.json:
+        _print_json(data)
+        return 0
+    rows = []
+    for d in data:
+        splits = d.get("splits") or {}
+        rows.append(
+            [
+                d["id"],
+                d["name"],
+                d["status"],
+                ",".join(splits),
+                sum(s.get("examples") or 0 for s in splits.values()) or None,
+                d.get("job_id"),
+            ]
+        )
+    _table(rows, ["ID", "NAME", "STATUS", "SPLITS", "EXAMPLES", "JOB"])
+    return 0
+
+
+def _datasets_show(client: Client, args) -> int:
+    _print_json(client.dataset(args.dataset_id))
+    return 0
+
+
+def _datasets_create(client: Client, args) -> int:
+    files: dict[str, list[Path]] = {}
+    for item in args.file:
+        split, sep, path = item.partition("=")
+        if not sep or not split or not path:
+            raise ValueError(f"--file {item!r}: write it as SPLIT=PATH, e.g. train=notes.txt")
+        files.setdefault(split, []).append(Path(path))
+    accepted = client.create_dataset(args.config, files=files or None)
+    if args.json and not args.wait:
+        _print_json(accepted)
+        return 0
+    print(f"dataset {accepted['dataset_id']} queued: job {accepted['job_id']}", file=sys.stderr)
+    if not args.wait:
+        print(accepted["dataset_id"])
+        return 0
+    return _follow(client, accepted["job_id"], args)
+
+
+def _train(client: Client, args) -> int:
+    overrides = {"max_steps": args.max_steps} if args.max_steps is not None else {}
+    accepted = client.train(args.dataset_id, args.config, split=args.split, **overrides)
+    if not args.wait:
+        _print_json(accepted) if args.json else print(accepted["job_id"])
+        return 0
+    print(f"training queued: job {accepted['job_id']}", file=sys.stderr)
+    return _follow(client, accepted["job_id"], args)
+
+
+def _evaluate(client: Client, args) -> int:
+    accepted = client.evaluate(
+        args.model_id,
+        args.dataset,
+        split=args.split,
+        max_examples=args.max_examples,
+        bootstrap_samples=args.bootstrap_samples,
+    )
+    if not args.wait:
+        _print_json(accepted) if args.json else print(accepted["evaluation_id"])
+        return 0
+    print(
+        f"evaluation {accepted['evaluation_id']} queued: job {accepted['job_id']}", file=sys.stderr
+    )
+    job = client.wait(accepted["job_id"], progress=not args.json, raise_on_failure=False)
+    evaluation = client.evaluation(accepted["evaluation_id"])
+    if args.json:
+        _print_json(evaluation)
+    elif evaluation.get("report"):
+        _print_report(evaluation["report"])
+    else:
+        print(_describe_job(job))
+    return 0 if job["status"] == "succeeded" else 1
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    rows = []
+    for name, entry in report["conditions"].items():
+        gr = entry["gap_recovered"]
+        low, high = gr.get("ci95") or (None, None)
+        interval = f"[{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+        value = gr["value"]
+        rows.append(
+            [
+                name,
+                f"{entry['nll']['value']:.4f}",
+                f"{entry['delta_nll']['value']:.4f}",
+                "" if value is None else f"{value:.3f}",
+                interval,
+            ]
+        )
+    print(f"{report['n_examples']} examples, {report['horizon_tokens']} horizon tokens")
+    _table(rows, ["CONDITION", "NLL", "ΔNLL", "GAP RECOVERED", "95% CI"])
+
+
+def _jobs(client: Client, args) -> int:
+    if args.job_id is None:
+        data = client.jobs(status=args.status, kind=args.kind)
+        if args.json:
+            _print_json(data)
+            return 0
+        rows = []
+        for job in data:
+            progress = job.get("progress") or {}
+            step = progress.get("step")
+            total = progress.get("max_steps")
+            rows.append(
+                [
+                    job["id"],
+                    job["kind"],
+                    job["status"],
+                    f"{step or 0}/{total}" if total else "",
+                    job["attempt"],
+                    job.get("worker"),
+                    (job.get("error") or {}).get("message"),
+                ]
+            )
+        _table(rows, ["ID", "KIND", "STATUS", "PROGRESS", "ATTEMPT", "WORKER", "ERROR"])
+        return 0
+    if args.cancel:
+        job = client.cancel(args.job_id)
+        _print_json(job) if args.json else print(_describe_job(job))
+        return 0
+    if args.follow:
+        return _follow(client, args.job_id, args)
+    job = client.job(args.job_id)
+    _print_json(job) if args.json else print(_describe_job(job))
+    return 0
+
+
+def _models(client: Client, args) -> int:
+    if args.model_id is not None:
+        _print_json(client.model(args.model_id))
+        return 0
+    data = client.models()
+    if args.json:
+        _print_json(data)
+        return 0
+    rows = [
+        [m["id"], m["dataset_id"], m["steps"], m.get("final_loss"), m.get("val_loss"), m["job_id"]]
+        for m in data
+    ]
+    _table(rows, ["ID", "DATASET", "STEPS", "FINAL LOSS", "VAL LOSS", "JOB"])
+    return 0
+
+
+def _gist(client: Client, args) -> int:
+    if args.blocks is not None:
+        source: Any = json.loads(args.blocks)
+    elif args.file is not None:
+        source = args.file.read_text(encoding="utf-8")
+    else:
+        source = args.text
+    gists = client.gist(source, model_id=args.model)
+    if args.output is not None:
+        np.save(args.output, gists)
+    if args.json:
+        _print_json(gists.tolist())
+        return 0
+    norms = np.linalg.norm(gists, axis=1)
+    print(f"{gists.shape[0]} gists of dimension {gists.shape[1]}")
+    for i, (row, norm) in enumerate(zip(gists, norms, strict=True)):
+        head = ", ".join(f"{v:.4f}" for v in row[:4])
+        print(f"  [{i}] norm {norm:.4f}  [{head}, ...]")
+    if args.output is not None:
+        print(f"saved to {args.output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gistnet", description="The GistNet service's client.")
+    add_client_commands(parser.add_subparsers(dest="command", required=True))
+    return run_client_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
