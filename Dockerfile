@@ -28,11 +28,12 @@ COPY configs ./configs
 COPY samples ./samples
 
 RUN useradd --create-home --uid 1000 gistnet \
-    && mkdir -p /srv/artifacts /srv/data /app/var \
-    && chown gistnet /srv/artifacts /srv/data /app/var
+    && mkdir -p /srv/artifacts /srv/data /srv/cache /app/var \
+    && chown gistnet /srv/artifacts /srv/data /srv/cache /app/var
 USER gistnet
 ENV GISTNET_ARTIFACT_ROOT=/srv/artifacts \
-    GISTNET_DATA_ROOT=/srv/data
+    GISTNET_DATA_ROOT=/srv/data \
+    GISTNET_CACHE_DIR=/srv/cache
 
 EXPOSE 8000
 CMD ["gistnet", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from gistnet.config import DatasetConfig, RunConfig
-from gistnet.errors import ConfigError, GistNetError
+from gistnet.errors import ConfigError, GistNetError, StorageError
+from gistnet.storage import ArtifactStore
 from service.limits import LIMITS
 
 
@@ -88,36 +89,59 @@ def check_limits(body: Any, *, route: str, limits: dict[str, int | float]) -> No
 # --------------------------------------------------------------------------- datasets
 
 
-def source_files(source: str, *, data_root: Path, split: str) -> list[Path]:
+def source_files(source: str, *, data_store: ArtifactStore, split: str) -> list[str]:
     """The files a split's `source` names, all inside the data root, or a RequestProblem.
 
-    Absolute paths, `~` and `..` are refused outright, and so is any match that resolves
-    outside the root through a symbolic link.
+    Absolute paths, URLs, `~` and `..` are refused outright, and on a local root so is any
+    match that resolves outside it through a symbolic link. On an object store the glob
+    runs over the objects under the root's prefix.
     """
     where = f"splits.{split}.source"
-    if os.path.isabs(source) or source.startswith("~") or PurePath(source).drive:
+    # A URL under the data root's prefix names the same objects as its relative form.
+    inside = data_store.key_of(source)
+    if "://" in source and inside is None:
+        raise RequestProblem(
+            f"{where}: {source!r} is outside the server's data root (GISTNET_DATA_ROOT); "
+            f"name a file under it, relative to it or as a URL that starts with it"
+        )
+    source = inside if inside is not None else source
+    if (
+        os.path.isabs(source)
+        or source.startswith("~")
+        or PurePath(source).drive
+        or "://" in source
+    ):
         raise RequestProblem(f"{where}: {source!r} must be relative to the server's data root")
     if ".." in PurePath(source).parts:
         raise RequestProblem(f"{where}: {source!r} leaves the data root ('..' is not allowed)")
-    root = data_root.resolve()
-    matches = sorted(Path(p) for p in glob.glob(str(root / source), recursive=True))
-    files = [p for p in matches if p.is_file()]
-    for path in files:
-        if not path.resolve().is_relative_to(root):
-            raise RequestProblem(f"{where}: {source!r} reaches {path.name} outside the data root")
-    if not files:
+    if data_store.is_local:
+        root = data_store.local_root
+        matches = sorted(Path(p) for p in glob.glob(str(root / source), recursive=True))
+        files = [p for p in matches if p.is_file()]
+        for path in files:
+            if not path.resolve().is_relative_to(root):
+                raise RequestProblem(
+                    f"{where}: {source!r} reaches {path.name} outside the data root"
+                )
+        found = [str(p.relative_to(root)) for p in files]
+    else:
+        try:
+            found = data_store.glob(source)
+        except StorageError as err:
+            raise RequestProblem(f"{where}: {err}", status_code=503) from None
+    if not found:
         raise RequestProblem(
             f"{where}: {source!r} matches no file under the server's data root "
             f"(GISTNET_DATA_ROOT); put the corpus there or send the text as `documents`"
         )
     # Preparation reads only these; saying so now beats a failed job later.
-    unreadable = [p.name for p in files if p.suffix not in (".txt", ".jsonl")]
+    unreadable = [PurePath(p).name for p in found if PurePath(p).suffix not in (".txt", ".jsonl")]
     if unreadable:
         raise RequestProblem(
             f"{where}: {source!r} matches {', '.join(unreadable[:3])}, which preparation cannot "
             f'read: sources are .txt (one document per file) or .jsonl (one {{"text": ...}} per line)'
         )
-    return files
+    return found
 
 
 def _teacher_config(name: str):
@@ -137,7 +161,7 @@ def _teacher_config(name: str):
         raise RequestProblem(str(err)) from None
 
 
-def check_dataset_request(config: DatasetConfig, *, data_root: Path) -> None:
+def check_dataset_request(config: DatasetConfig, *, data_store: ArtifactStore) -> None:
     """Everything about a dataset request that can be known before running it."""
     from gistnet.teacher import load_tokenizer
 
@@ -147,7 +171,7 @@ def check_dataset_request(config: DatasetConfig, *, data_root: Path) -> None:
                 f"splits.{name}.output_path: the service chooses where shards go; remove it"
             )
         if split.source is not None:
-            source_files(split.source, data_root=data_root, split=name)
+            source_files(split.source, data_store=data_store, split=name)
         elif not any(doc.strip() for doc in split.documents):
             raise RequestProblem(f"splits.{name}.documents: every document is empty")
 
@@ -197,7 +221,8 @@ def check_run_request(
 def check_run_memory(
     run: RunConfig, model_config, *, dataset_info: dict[str, Any], worker_memory: int
 ) -> None:
-    """Refuse, with the estimate, a run whose model or batch would not fit a worker."""
+    """Refuse, with the estimate, a run whose model or batch would not fit a worker (one
+    training process: a GPU, with `training.processes` over several)."""
     from gistnet.memory import TeacherShape, format_bytes, training_memory
 
     teacher = None
@@ -206,9 +231,11 @@ def check_run_memory(
             teacher = TeacherShape.from_hf_config(_teacher_config(dataset_info["teacher_model"]))
         except (RequestProblem, KeyError):  # a teacher gone since: the job will say so
             teacher = None
+    # Each training process holds the whole model and its part of every batch.
+    per_process = -(-run.training.batch_size // run.training.processes)
     estimate = training_memory(
         model_config,
-        batch_size=run.training.batch_size,
+        batch_size=per_process,
         objective=run.training.objective,
         horizon=dataset_info.get("horizon"),
         teacher=teacher,

@@ -103,10 +103,18 @@ class TrainingConfig(_Strict):
     eval_examples: int | None = Field(default=2048, ge=1)
     # Print a log line every this many steps.
     log_every: int = Field(default=20, ge=1)
+    # Training processes (DDP, one GPU each, or gloo on the CPU). Each takes its part of
+    # every batch of batch_size, so the results do not depend on this number.
+    processes: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:
         parse_device(self.device)
+        if self.processes > self.batch_size:
+            raise ValueError(
+                f"processes ({self.processes}) must not exceed batch_size ({self.batch_size}): "
+                f"every process takes part of each batch"
+            )
         return self
 
 

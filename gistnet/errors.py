@@ -24,3 +24,8 @@ class DeviceError(GistNetError):
 
 class Cancelled(GistNetError):
     """The caller's cancel check asked the work to stop."""
+
+
+class StorageError(GistNetError):
+    """An artifact location cannot be read or written: a missing bucket or file, refused
+    credentials, an unreachable object store."""

@@ -4,7 +4,8 @@
 task one that records progress in the database and a cancel check that reads it. With a
 `resume_path` it writes resume checkpoints and continues from one after a crash, and the
 resumed run gives the same losses as an uninterrupted one (batches depend only on the
-seed and the step).
+seed and the step). With `training.processes` > 1 the same loop runs in that many
+processes under DDP (`gistnet.distributed`) and gives the same losses.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from gistnet.checkpoint import save_checkpoint
 from gistnet.config import RunConfig, TrainingConfig
 from gistnet.devices import resolve_device
+from gistnet.distributed import Ranks, launch_training
 from gistnet.errors import Cancelled, ConfigError
 from gistnet.model import GistNet, GistNetConfig
 from gistnet.shards import Shard, open_shard, read_metadata, split_path
@@ -182,32 +184,49 @@ def train_gistnet(
     should_cancel: Callable[[], bool] | None = None,
     resume_path: str | Path | None = None,
     checkpoint_every: int | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> TrainResult:
     """Train GistNet on the shard at `dataset_path`; save `<output_dir>/gistnet.pt`.
 
     The resume checkpoint is left in place: the caller deletes it once it has recorded the
-    result, so a crash between the two resumes instead of starting over.
+    result, so a crash between the two resumes instead of starting over. `on_checkpoint`
+    gets its path each time one is written (the service publishes it to the artifact store).
     """
     started = time.perf_counter()
-    dataset_path = Path(dataset_path)
-    shard = open_shard(dataset_path)
-    metadata = read_metadata(dataset_path)
     if max_steps is not None:
         run_config = run_config.model_copy(
             update={"training": run_config.training.model_copy(update={"max_steps": max_steps})}
         )
     cfg = run_config.training
+    ranks = Ranks.from_env()
+    if cfg.processes > 1 and not ranks.active:
+        return launch_training(
+            processes=cfg.processes,
+            dataset_path=dataset_path,
+            run_config=run_config,
+            output_dir=output_dir,
+            on_progress=on_progress,
+            should_cancel=should_cancel,
+            resume_path=resume_path,
+            checkpoint_every=checkpoint_every,
+            on_checkpoint=on_checkpoint,
+        )
+    dataset_path = Path(dataset_path)
+    shard = open_shard(dataset_path)
+    metadata = read_metadata(dataset_path)
     model_cfg = model_config_for(run_config, metadata)
     if shard.hidden_size != model_cfg.hidden_size or shard.block_size != model_cfg.block_size:
         raise ConfigError(
             f"shard {str(dataset_path)!r} holds ({shard.block_size}, {shard.hidden_size}) states "
             f"but its metadata says ({model_cfg.block_size}, {model_cfg.hidden_size})"
         )
-    device = resolve_device(cfg.device)
-    validation = _validation_shard(dataset_path, metadata)
+    device = ranks.setup(resolve_device(cfg.device))
+    # Only rank 0 scores the validation split.
+    validation = _validation_shard(dataset_path, metadata) if ranks.is_main else None
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = GistNet(model_cfg).to(device)
+    trained = ranks.wrap(model, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     objective = _Objective(cfg, metadata, device)
 
@@ -225,22 +244,23 @@ def train_gistnet(
     loss_value, val_loss, speed = float("nan"), None, 0.0
     model.train()
     for step in range(start_step, cfg.max_steps):
-        if should_cancel is not None and should_cancel():
+        if ranks.agree(should_cancel is not None and should_cancel()):
             raise Cancelled(f"training cancelled at step {step} of {cfg.max_steps}")
         tick = time.perf_counter()
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         idx = batch_indices(step, cfg.batch_size, shard.num_examples, cfg.seed)
-        gists = model(_states(shard, idx, device))  # (B, T, D) -> (B, D)
+        idx, weight = ranks.part(idx)  # all of it in one process
+        gists = trained(_states(shard, idx, device))  # (B, T, D) -> (B, D)
         loss, stats = objective(gists, shard, idx)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * weight if ranks.active else loss).backward()
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
 
-        loss_value = loss.item()
+        loss_value, stats = ranks.batch_mean(loss.item(), stats, len(idx), cfg.batch_size)
         if not math.isfinite(loss_value):
             raise ConfigError(
                 f"the loss became {loss_value} at step {step + 1}: lower training.lr "
@@ -277,12 +297,15 @@ def train_gistnet(
                 )
             )
         if (
-            resume_path is not None
+            ranks.is_main
+            and resume_path is not None
             and checkpoint_every
             and done % checkpoint_every == 0
             and done < cfg.max_steps
         ):
             _save_resume(resume_path, model=model, optimizer=optimizer, step=done, history=history)
+            if on_checkpoint is not None:
+                on_checkpoint(resume_path)
 
     final_val = next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None)
     running = sum(recent) / len(recent) if recent else float("nan")
@@ -293,8 +316,21 @@ def train_gistnet(
         "val_loss": final_val,
         "objective": cfg.objective,
     }
-    checkpoint = save_checkpoint(
-        Path(output_dir) / CHECKPOINT_NAME,
+    checkpoint = Path(output_dir) / CHECKPOINT_NAME
+    if not ranks.is_main:  # rank 0 writes the checkpoint; the others wait for it and leave
+        ranks.finish()
+        return TrainResult(
+            checkpoint,
+            cfg.max_steps,
+            metrics["final_loss"],
+            running,
+            final_val,
+            time.perf_counter() - started,
+            history,
+            resumed_from,
+        )
+    save_checkpoint(
+        checkpoint,
         model=model,
         training_config=cfg.model_dump(),
         metrics=metrics,
@@ -308,6 +344,7 @@ def train_gistnet(
         teacher={"model": metadata["teacher_model"], "dtype": metadata["teacher_dtype"]},
         tokenizer=metadata["tokenizer"],
     )
+    ranks.finish()
     return TrainResult(
         checkpoint_path=checkpoint,
         steps=cfg.max_steps,

@@ -3,7 +3,7 @@ workers that write them and the API and sweep that tidy them up."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from gistnet.storage import ArtifactStore
 
 RESUME_NAME = "resume.pt"
 
@@ -25,11 +25,8 @@ def resume_checkpoint(job_id: int) -> str:
     return f"{job_dir(job_id)}/{RESUME_NAME}"
 
 
-def remove_resume_checkpoint(artifact_root: Path, job_id: int) -> bool:
-    """Delete the resume checkpoint of a job that will not run again. Returns whether
-    there was one."""
-    path = artifact_root.resolve() / resume_checkpoint(job_id)
-    existed = path.exists()
-    path.unlink(missing_ok=True)
-    path.with_name(path.name + ".tmp").unlink(missing_ok=True)  # a save cut short
-    return existed
+def remove_resume_checkpoint(store: ArtifactStore, job_id: int) -> None:
+    """Delete the resume checkpoint of a job that will not run again, wherever the store
+    keeps it (a folder or a bucket), and a save of it that was cut short."""
+    store.delete(resume_checkpoint(job_id))
+    store.delete(resume_checkpoint(job_id) + ".tmp")

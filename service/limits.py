@@ -80,6 +80,7 @@ LIMITS: dict[str, Limit] = {
             INT64_MAX,
             "numpy and torch take up to 64 bits",
         ),
+        Limit("training.processes", "POST /train", 64, INT32_MAX, "one GPU or CPU process each"),
         # POST /evaluations
         Limit("max_examples", "POST /evaluations", 10_000_000, INT64_MAX, "examples scored"),
         Limit("bootstrap_samples", "POST /evaluations", 100_000, INT32_MAX, "each resamples all"),

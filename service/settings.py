@@ -8,12 +8,21 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 from gistnet.config import describe_validation_errors, parse_device
+from gistnet.storage import DEFAULT_CACHE_MAX_BYTES, ArtifactStore, is_url
 from service.limits import resolve_limits
 
 ENV_PREFIX = "GISTNET_"
@@ -21,6 +30,27 @@ ENV_PREFIX = "GISTNET_"
 
 class SettingsError(ValueError):
     """A GISTNET_* variable holds a value the platform cannot start with."""
+
+
+def _location(value: Any) -> str | Path:
+    """A folder stays a Path; an fsspec URL (s3://bucket/prefix) stays a string, since a
+    Path would fold its `//`."""
+    if isinstance(value, str) and is_url(value):
+        scheme, _, rest = value.partition("://")
+        if not rest.split("/", 1)[0]:
+            raise ValueError(f"{value!r} names no bucket: write {scheme}://BUCKET/PREFIX")
+        try:
+            from fsspec import get_filesystem_class
+
+            get_filesystem_class(scheme)
+        except (ImportError, ValueError) as err:
+            raise ValueError(f"{value!r}: {err}") from None
+        return value.rstrip("/")
+    return Path(value)
+
+
+# A local folder or an object-store URL.
+Location = Annotated[str | Path, BeforeValidator(_location)]
 
 
 class Settings(BaseSettings):
@@ -32,10 +62,18 @@ class Settings(BaseSettings):
     broker_url: str = "sqla+sqlite:///var/broker.sqlite"
     # Redis only: a prefix for every broker key, so that several platforms share a database.
     broker_key_prefix: str = ""
-    # Shards, checkpoints and resume checkpoints; shared by the API and every worker.
-    artifact_root: Path = Path("artifacts")
-    # The only folder a dataset's `source` may read from: requests cannot name other files.
-    data_root: Path = Path("data")
+    # Shards, checkpoints, resume checkpoints and evaluation reports: a folder every process
+    # shares, or an object-store URL (s3://bucket/prefix) for machines that share no disk.
+    artifact_root: Location = Path("artifacts")
+    # The only folder (or object-store prefix) a dataset's `source` may read from.
+    data_root: Location = Path("data")
+    # fsspec options for object-store roots, as JSON: {"endpoint_url": "http://minio:9000"}
+    # for MinIO; credentials come from the usual AWS_* variables or "key"/"secret" here.
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    # Local copies of object-store artifacts that are memory-mapped (shards, checkpoints).
+    cache_dir: Path = Path("var/cache")
+    # The cache's bound; the least recently used copies are removed beyond it.
+    cache_max_bytes: int = Field(default=DEFAULT_CACHE_MAX_BYTES, ge=0)
     # When set, every endpoint but /health wants `Authorization: Bearer <key>`.
     api_key: SecretStr | None = None
     # Where workers train and the API computes gists: auto | cpu | cuda | cuda:N.
@@ -152,8 +190,29 @@ class Settings(BaseSettings):
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
     def artifact_path(self, relative: str | Path) -> Path:
-        """Artifact paths are stored relative to the root, so the volume can move."""
+        """Artifact paths are stored relative to the root, so the volume can move. Local
+        roots only: code that must also work on an object store uses `artifact_store()`."""
+        if isinstance(self.artifact_root, str):
+            raise SettingsError(
+                f"GISTNET_ARTIFACT_ROOT is {self.artifact_root}, not a folder: read "
+                f"{relative} through artifact_store()"
+            )
         return self.artifact_root.resolve() / relative
+
+    def artifact_store(self) -> ArtifactStore:
+        return self._store(self.artifact_root, "GISTNET_ARTIFACT_ROOT")
+
+    def data_store(self) -> ArtifactStore:
+        return self._store(self.data_root, "GISTNET_DATA_ROOT")
+
+    def _store(self, root: str | Path, setting: str) -> ArtifactStore:
+        return ArtifactStore(
+            root,
+            storage_options=self.storage_options,
+            cache_dir=self.cache_dir,
+            cache_max_bytes=self.cache_max_bytes,
+            setting=setting,
+        )
 
 
 def env_name(field: str) -> str:

@@ -72,3 +72,22 @@ def running_service(tmp_path_factory):
         events_poll_s=0.2,
     ) as service:
         yield service
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's S3 server on 127.0.0.1, with its fake credentials in this process's
+    environment (worker subprocesses inherit them)."""
+    from tests.s3_server import CREDENTIALS, s3_server
+
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    try:
+        with s3_server() as server:
+            yield server
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -10,6 +10,7 @@ and with GISTNET_REQUIRE_SERVICES=1 (as .ci/run sets) fails instead.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -169,10 +170,14 @@ def make_stack(root: Path, *, database_url: str, broker_url: str, **overrides: A
         **overrides,
     }
     settings = load_settings(**values)
-    settings.artifact_root.mkdir(parents=True, exist_ok=True)
-    settings.data_root.mkdir(parents=True, exist_ok=True)
+    for folder in (settings.artifact_root, settings.data_root):
+        if isinstance(folder, Path):  # an object-store root is a bucket the test made
+            folder.mkdir(parents=True, exist_ok=True)
     upgrade_database(database_url)
-    env = {env_name(k): str(v) for k, v in {**values, **SUBPROCESS_ONLY}.items()}
+    env = {
+        env_name(k): json.dumps(v) if isinstance(v, dict | list) else str(v)
+        for k, v in {**values, **SUBPROCESS_ONLY}.items()
+    }
     return Stack(settings=settings, env=env, root=root)
 
 

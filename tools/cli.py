@@ -70,9 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prepare_folders(settings: Settings) -> None:
-    settings.artifact_root.mkdir(parents=True, exist_ok=True)
-    settings.data_root.mkdir(parents=True, exist_ok=True)
+def _prepare_folders(settings: Settings, *, strict: bool) -> None:
+    """Local roots are created; object stores are checked at start-up. A worker (`strict`)
+    refuses to start on a missing bucket or refused credentials, so no job fails on them
+    later; the API starts anyway and names the problem in GET /ready."""
+    from gistnet.errors import StorageError
+
+    for root, store, write in (
+        (settings.artifact_root, settings.artifact_store(), True),
+        (settings.data_root, settings.data_store(), False),
+    ):
+        if isinstance(root, Path):
+            root.mkdir(parents=True, exist_ok=True)
+            continue
+        try:
+            store.check(write=write and strict)
+        except StorageError as err:
+            if strict:
+                raise SystemExit(f"gistnet: {err}") from None
+            print(f"gistnet: warning: {err} (GET /ready reports it)", file=sys.stderr)
 
 
 def _db(settings: Settings, args: argparse.Namespace) -> int:
@@ -89,7 +105,7 @@ def _db(settings: Settings, args: argparse.Namespace) -> int:
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from workers.celery_app import create_celery_app
 
-    _prepare_folders(settings)
+    _prepare_folders(settings, strict=True)
     app = create_celery_app(settings)
     queues = ",".join(q.strip() for q in args.queues.split(",") if q.strip())
     unknown = sorted(set(queues.split(",")) - set(QueueName))
@@ -119,7 +135,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     from api.main import create_app
 
-    _prepare_folders(settings)
+    _prepare_folders(settings, strict=False)
     if not args.no_upgrade:
         from service.db.migrate import upgrade_database
 

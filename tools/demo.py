@@ -11,7 +11,6 @@ where the plot was written, and stops everything it started.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -43,13 +42,12 @@ def dataset_request(repo_root: Path, settings: Settings) -> dict[str, Any]:
         local = (base / config[key]).resolve()
         if local.is_dir():
             config[key] = os.path.relpath(local, repo_root)
-    target = settings.data_root.resolve() / DEMO_TEXT_FOLDER
-    target.mkdir(parents=True, exist_ok=True)
+    data = settings.data_store()
     for split in config["splits"].values():
         split.pop("output_path", None)
         if split.get("source"):
             source = (base / split["source"]).resolve()
-            shutil.copyfile(source, target / source.name)
+            data.publish(source, f"{DEMO_TEXT_FOLDER}/{source.name}")
             split["source"] = f"{DEMO_TEXT_FOLDER}/{source.name}"
     config["teacher_device"] = "auto"
     return config
@@ -101,7 +99,7 @@ def _gap_lines(report: dict[str, Any], settings: Settings, url: str) -> dict[str
     }
     plot = (report.get("files") or {}).get("plot")
     if plot:
-        lines["per-position NLL plot"] = f"{settings.artifact_path(plot)} (also GET {url}/plot)"
+        lines["per-position NLL plot"] = f"{settings.artifact_store().location(plot)} (also GET {url}/plot)"
     return lines
 
 

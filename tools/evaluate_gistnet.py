@@ -2,6 +2,8 @@
 
     python -m tools.evaluate_gistnet --checkpoint artifacts/gistnet/gistnet.pt \
         --dataset data/sample_text --split validation --out artifacts/eval
+
+Each of --checkpoint, --dataset and --out may be an object-store URL (s3://...).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import sys
 
 from gistnet.errors import GistNetError
 from gistnet.evaluate import evaluate_gistnet, format_table, write_report
+from gistnet.storage import is_url, join, open_local, open_local_dataset, writing_to
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         report = evaluate_gistnet(
-            checkpoint_path=args.checkpoint,
-            dataset_path=args.dataset,
+            checkpoint_path=open_local(args.checkpoint),
+            dataset_path=open_local_dataset(args.dataset, splits=[args.split or "validation"]),
             split=args.split,
             device=args.device,
             batch_size=args.batch_size,
@@ -61,7 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if bar is not None:
             bar.close()
-    paths = write_report(report, args.out)
+    try:
+        with writing_to(args.out) as output:
+            paths = write_report(report, output)
+    except GistNetError as err:  # the bucket refused the report: say so, keep the table
+        print(format_table(report))
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if is_url(args.out):
+        paths = {kind: join(args.out, path.name) for kind, path in paths.items()}
     print(format_table(report))
     print(f"report -> {paths['json']}\nplot   -> {paths['plot']}")
     return 0

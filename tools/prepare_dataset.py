@@ -12,6 +12,7 @@ from pathlib import Path
 from gistnet.config import load_dataset_config
 from gistnet.data import prepare_dataset
 from gistnet.errors import GistNetError
+from gistnet.storage import writing_to
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="dataset config (YAML)")
     parser.add_argument(
         "--output-dir",
-        help="write every split to <dir>/<split>.arrow instead of the config's output_path",
+        help="write every split to <dir>/<split>.arrow instead of the config's output_path; "
+        "a folder or an object-store URL (s3://bucket/prefix)",
     )
     parser.add_argument("--device", help="override teacher_device (cpu, cuda, cuda:N, auto)")
     args = parser.parse_args(argv)
@@ -27,12 +29,21 @@ def main(argv: list[str] | None = None) -> int:
         config = load_dataset_config(args.config)
         if args.device:
             config = config.model_validate({**config.model_dump(), "teacher_device": args.device})
-        metadata = prepare_dataset(
-            config,
-            config_dir=Path(args.config).parent,
-            output_dir=args.output_dir,
-            show_progress=sys.stderr.isatty(),
-        )
+        if args.output_dir is None:
+            metadata = prepare_dataset(
+                config, config_dir=Path(args.config).parent, show_progress=sys.stderr.isatty()
+            )
+        else:
+            # On an object store: shards are written locally, then published, metadata last.
+            with writing_to(args.output_dir) as output:
+                metadata = prepare_dataset(
+                    config,
+                    config_dir=Path(args.config).parent,
+                    output_dir=output,
+                    show_progress=sys.stderr.isatty(),
+                )
+            for stats in metadata["splits"].values():
+                stats["path"] = f"{str(args.output_dir).rstrip('/')}/{Path(stats['path']).name}"
     except GistNetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -2,6 +2,10 @@
 
     python -m tools.train_gistnet --dataset data/sample_text/train.arrow \
         --config configs/runs/gistnet_example.yaml
+
+--dataset and --output-dir may be object-store URLs (s3://bucket/prefix/train.arrow): the
+shard is read through the local cache (GISTNET_CACHE_DIR) and the checkpoint published.
+`training.processes: N` in the run config trains over N processes (DDP).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import sys
 
 from gistnet.config import load_run_config
 from gistnet.errors import GistNetError
+from gistnet.storage import is_url, join, open_local_dataset, writing_to
 from gistnet.train import TrainProgress, train_gistnet
 
 
@@ -36,13 +41,17 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run = load_run_config(args.config)
-        result = train_gistnet(
-            dataset_path=args.dataset,
-            run_config=run,
-            output_dir=args.output_dir,
-            max_steps=args.max_steps,
-            on_progress=log,
-        )
+        dataset = open_local_dataset(args.dataset, splits=["validation"])
+        with writing_to(args.output_dir) as output:
+            result = train_gistnet(
+                dataset_path=dataset,
+                run_config=run,
+                output_dir=output,
+                max_steps=args.max_steps,
+                on_progress=log,
+            )
+        if is_url(args.output_dir):
+            result.checkpoint_path = join(args.output_dir, result.checkpoint_path.name)
     except GistNetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

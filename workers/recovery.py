@@ -67,7 +67,7 @@ def sweep(*, settings: Settings, app: Celery) -> Recovery:
         log.warning("job %s lost its worker during attempt %s: not run again", job.id, job.attempt)
         # It will not resume: its resume checkpoint is only taking space.
         if job.kind == JobKind.TRAIN:
-            remove_resume_checkpoint(settings.artifact_root, job.id)
+            remove_resume_checkpoint(settings.artifact_store(), job.id)
     outcome.resent = unclaimed
     return outcome
 

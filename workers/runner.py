@@ -20,9 +20,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.db.engine import session_scope
-from service.db.jobs import LostJob, beat, claim_job, finish_job, record_progress
+from service.db.jobs import LostJob, beat, claim_job, finish_job, record_progress, requeue_job
 from service.db.models import Job, utcnow
-from service.queue import JobStatus
+from service.queue import JobStatus, send_job
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -172,12 +172,14 @@ class JobRun:
                 self._metrics = metrics + self._metrics
 
 
-def run_job(*, settings: Settings, job_id: int, work: Callable[[JobRun], Outcome]) -> str:
+def run_job(*, settings: Settings, job_id: int, work: Callable[[JobRun], Outcome], app=None) -> str:
     """Claim the job, do the work, and settle it. Returns what happened, for the task log.
 
     A job whose work raises ends `failed` with the message (`cancelled` for Cancelled);
     it never stays `running`. Only the death of the process itself leaves it running,
-    and then the heartbeat stops and recovery queues it again.
+    and then the heartbeat stops and recovery queues it again. An error marked
+    `retryable` (a training process died) queues it again at once through `app`, while
+    attempts remain, as recovery would after a lost worker.
     """
     from gistnet.errors import Cancelled, GistNetError
 
@@ -213,6 +215,13 @@ def run_job(*, settings: Settings, job_id: int, work: Callable[[JobRun], Outcome
                 "job %s attempt %s stopped: another run owns the job now", job_id, run.attempt
             )
             return "lost"
+        if (
+            getattr(exc, "retryable", False)
+            and app is not None
+            and run.attempt < settings.max_attempts
+            and _requeue(settings, app, run, exc)
+        ):
+            return JobStatus.QUEUED
         if isinstance(exc, Cancelled):
             status, message = JobStatus.CANCELLED, str(exc) or "cancelled"
         else:
@@ -244,3 +253,24 @@ def run_job(*, settings: Settings, job_id: int, work: Callable[[JobRun], Outcome
         return status
     finally:
         run.stop_heartbeat()
+
+
+def _requeue(settings: Settings, app, run: JobRun, exc: Exception) -> bool:
+    error = f"attempt {run.attempt} failed: {exc}; queued again"
+    log.warning("job %s attempt %s: %s", run.job_id, run.attempt, error)
+    try:
+        run.flush()
+        with session_scope(settings.database_url) as session:
+            moved = requeue_job(
+                session,
+                job_id=run.job_id,
+                attempt=run.attempt,
+                error=error,
+                error_type=type(exc).__name__,
+            )
+    except Exception:
+        log.exception("could not queue job %s again", run.job_id)
+        return False
+    if moved:  # after the commit: the message must find the job queued
+        send_job(app, job_id=run.job_id, kind=run.kind)
+    return moved

@@ -8,11 +8,14 @@ is first used inside the pool process that runs the task, which is where it must
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from celery import shared_task
@@ -76,7 +79,7 @@ def _run_measured(task, job_id: int, kind: str, work: Callable[[JobRun], Outcome
         return work(run)
 
     started = time.monotonic()
-    outcome = run_job(settings=_settings_of(task), job_id=job_id, work=counted)
+    outcome = run_job(settings=_settings_of(task), job_id=job_id, work=counted, app=task.app)
     if outcome != "skipped":
         metrics.job_finished(kind, outcome, time.monotonic() - started)
     return outcome
@@ -85,16 +88,35 @@ def _run_measured(task, job_id: int, kind: str, work: Callable[[JobRun], Outcome
 # --------------------------------------------------------------------------- prepare
 
 
+@contextlib.contextmanager
+def _source_folder(settings: Settings, config: dict[str, Any]) -> Iterator[Path]:
+    """The folder a dataset's relative `source` globs are read from: the data root itself
+    when it is a folder; on an object store, a scratch folder holding the matched objects
+    (exactly those, so the library's glob finds the same files the API's check did)."""
+    store = settings.data_store()
+    if store.is_local:
+        yield store.local_root
+        return
+    with tempfile.TemporaryDirectory(prefix="gistnet-sources-") as scratch:
+        for split in config.get("splits", {}).values():
+            if split.get("source"):
+                # A URL under the data root becomes its relative form, as the API checked it.
+                split["source"] = store.key_of(split["source"]) or split["source"]
+                for key in store.glob(split["source"]):
+                    store.download(key, Path(scratch) / key)
+        yield Path(scratch)
+
+
 def _prepare(run: JobRun) -> Outcome:
     from gistnet.config import validate_dataset_config
     from gistnet.data import prepare_dataset
 
     settings = run.settings
+    store = settings.artifact_store()
     with session_scope(settings.database_url) as session:
-        config = dict(get_dataset(session, dataset_id=run.dataset_id).config)
+        config = copy.deepcopy(get_dataset(session, dataset_id=run.dataset_id).config)
     config["teacher_device"] = settings.device  # the worker's device, not the requester's
     relative = dataset_dir(run.dataset_id)
-    output = settings.artifact_path(relative)
     meter = metrics.PrepMeter()
 
     def on_progress(p) -> None:
@@ -108,24 +130,38 @@ def _prepare(run: JobRun) -> Outcome:
             }
         )
 
-    metadata = prepare_dataset(
-        validate_dataset_config(config),
-        config_dir=settings.data_root.resolve(),
-        output_dir=output,
-        on_progress=on_progress,
-        should_cancel=run.should_cancel,
-    )
-    # Shard paths relative to the dataset folder, as metadata.yaml has them.
-    splits = {
-        name: {**stats, "path": os.path.relpath(stats["path"], output)}
-        for name, stats in metadata["splits"].items()
-    }
+    with store.writing(relative) as output, _source_folder(settings, config) as sources:
+        metadata = prepare_dataset(
+            validate_dataset_config(config),
+            config_dir=sources,
+            output_dir=output,
+            on_progress=on_progress,
+            should_cancel=run.should_cancel,
+        )
+        # Shards first, metadata.yaml last: a dataset folder with its metadata is complete.
+        store.publish_folder(output, relative)
+        # Shard paths relative to the dataset folder, as metadata.yaml has them.
+        splits = {
+            name: {**stats, "path": os.path.relpath(stats["path"], output)}
+            for name, stats in metadata["splits"].items()
+        }
     info = {**metadata, "splits": splits}
 
     def record(session: Session) -> None:
         mark_dataset_prepared(session, dataset_id=run.dataset_id, path=relative, info=info)
 
     return Outcome(record=record)
+
+
+def open_dataset_split(store, dataset, split: str) -> Path:
+    """The split's shard as a local file, with metadata.yaml and the validation shard
+    beside it (training scores validation): the files themselves on a local root, cached
+    copies on an object store."""
+    splits = dataset.info["splits"]
+    store.open_local(f"{dataset.path}/metadata.yaml")
+    if "validation" in splits and split != "validation":
+        store.open_local(f"{dataset.path}/{splits['validation']['path']}")
+    return store.open_local(f"{dataset.path}/{splits[split]['path']}")
 
 
 @shared_task(name=TASK_OF_KIND[JobKind.PREPARE], bind=True)
@@ -139,19 +175,18 @@ def prepare_dataset_task(self, job_id: int) -> str:
 def _train(run: JobRun) -> Outcome:
     from gistnet.checkpoint import read_checkpoint_info
     from gistnet.config import validate_run_config
-    from gistnet.train import train_gistnet
+    from gistnet.train import CHECKPOINT_NAME, train_gistnet
 
     settings = run.settings
+    store = settings.artifact_store()
     split = run.params["split"]
     raw: dict[str, Any] = copy.deepcopy(run.params["run_config"])
     raw.setdefault("training", {})["device"] = settings.device
     run_config = validate_run_config(raw)
     with session_scope(settings.database_url) as session:
-        dataset = get_dataset(session, dataset_id=run.dataset_id)
-        shard = settings.artifact_path(dataset.path) / dataset.info["splits"][split]["path"]
+        shard = open_dataset_split(store, get_dataset(session, dataset_id=run.dataset_id), split)
     relative = job_dir(run.job_id)
-    output = settings.artifact_path(relative)
-    output.mkdir(parents=True, exist_ok=True)
+    resume_key = resume_checkpoint(run.job_id)
 
     def on_progress(p) -> None:
         metrics.train_step(
@@ -178,20 +213,26 @@ def _train(run: JobRun) -> Outcome:
             metric=point,
         )
 
-    # A redelivered job finds the resume checkpoint of the run that died and continues it;
-    # once the job has ended (succeeded, failed, cancelled) nothing will, and it goes.
-    run.at_end(lambda: remove_resume_checkpoint(settings.artifact_root, run.job_id))
-    result = train_gistnet(
-        dataset_path=shard,
-        run_config=run_config,
-        output_dir=output,
-        on_progress=on_progress,
-        should_cancel=run.should_cancel,
-        resume_path=settings.artifact_path(resume_checkpoint(run.job_id)),
-        checkpoint_every=settings.resume_every,
-    )
-    info = read_checkpoint_info(result.checkpoint_path)
-    checkpoint = os.path.relpath(result.checkpoint_path, settings.artifact_root.resolve())
+    # Once the job has ended (succeeded, failed, cancelled) nothing will resume it.
+    run.at_end(lambda: remove_resume_checkpoint(store, run.job_id))
+    with store.writing(relative) as output:
+        # A redelivered job finds the resume checkpoint of the run that died (on this
+        # machine or another: it is published to the store) and continues it.
+        resume = output / "resume.pt"
+        store.download(resume_key, resume)
+        result = train_gistnet(
+            dataset_path=shard,
+            run_config=run_config,
+            output_dir=output,
+            on_progress=on_progress,
+            should_cancel=run.should_cancel,
+            resume_path=resume,
+            checkpoint_every=settings.resume_every,
+            on_checkpoint=lambda path: store.publish(path, resume_key),
+        )
+        checkpoint = f"{relative}/{CHECKPOINT_NAME}"
+        store.publish(result.checkpoint_path, checkpoint)
+        info = read_checkpoint_info(result.checkpoint_path)
 
     def record(session: Session) -> None:
         record_model(
@@ -229,17 +270,18 @@ def train_task(self, job_id: int) -> str:
 
 
 def _evaluate(run: JobRun) -> Outcome:
-    from gistnet.evaluate import evaluate_gistnet
+    from gistnet.evaluate import evaluate_gistnet, write_report
 
     settings = run.settings
+    store = settings.artifact_store()
     with session_scope(settings.database_url) as session:
         evaluation = evaluation_of_job(session, job_id=run.job_id)
-        evaluation_id = evaluation.id
         model = get_model(session, model_id=evaluation.model_id)
         dataset = get_dataset(session, dataset_id=evaluation.dataset_id)
-        checkpoint = settings.artifact_path(model.checkpoint_path)
-        dataset_path = settings.artifact_path(dataset.path)
+        checkpoint = store.open_local(model.checkpoint_path)
         split = evaluation.split
+        dataset_path = open_dataset_split(store, dataset, split).parent
+        relative = evaluation_dir(evaluation.id)
 
     def on_progress(done: int, total: int) -> None:
         run.report(
@@ -255,13 +297,11 @@ def _evaluate(run: JobRun) -> Outcome:
         should_cancel=run.should_cancel,
         **run.params,
     )
-
     # The report as JSON and its per-position NLL plot, beside the other artifacts; the
     # recorded report names them relative to the artifact root.
-    from gistnet.evaluate import write_report
-
-    relative = evaluation_dir(evaluation_id)
-    written = write_report(report, settings.artifact_path(relative), stem="report")
+    with store.writing(relative) as output:
+        written = write_report(report, output, stem="report")
+        store.publish_folder(output, relative)
     report["files"] = {kind: f"{relative}/{path.name}" for kind, path in written.items()}
 
     def record(session: Session) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -79,7 +80,7 @@ def _queue_dataset(
     if (earlier := idempotency.replay(session)) is not None:
         return earlier
     check_limits(body, route=ROUTE, limits=settings.request_limits)
-    check_dataset_request(body, data_root=settings.data_root)
+    check_dataset_request(body, data_store=settings.data_store())
     dataset, job = create_dataset(
         session, name=body.dataset_name, config=body.model_dump(exclude_none=True)
     )
@@ -131,21 +132,37 @@ async def create_dataset_from_files(request: Request) -> Response:
     state = request.app.state
     settings: Settings = state.settings
     await require_api_key(request, settings)
-    key = check_key(request.headers.get("idempotency-key"))
+    idempotency_key = check_key(request.headers.get("idempotency-key"))
+    # An object-store data root: the files arrive in a local folder and are published
+    # under the same keys before the request's `source` is checked.
+    remote = not isinstance(settings.data_root, Path)
+    local_root = settings.cache_dir / "upload-staging" if remote else settings.data_root
     upload = await receive_upload(
-        request, data_root=settings.data_root, max_bytes=settings.upload_max_bytes
+        request, data_root=local_root, max_bytes=settings.upload_max_bytes
     )
     try:
-        config = dataset_config_of(upload, data_root=settings.data_root)
-        body = parse_model(DatasetCreate, config)
+        body = parse_model(DatasetCreate, dataset_config_of(upload, data_root=local_root))
         # The same request is the same config and the same files: the upload's folder is
         # new each time, so it is left out.
         idempotency = Idempotency.of_digest(
             route=ROUTE,
-            key=key,
+            key=idempotency_key,
             parts=[json.dumps(upload.fields, sort_keys=True), upload.digest.hexdigest()],
             ttl_s=settings.idempotency_ttl_s,
         )
+
+        def replay() -> JSONResponse | None:
+            with state.sessionmaker() as session:
+                return idempotency.replay(session)
+
+        # A retry is answered before its files are published: they are there already.
+        if (earlier := await run_in_threadpool(replay)) is not None:
+            shutil.rmtree(upload.folder, ignore_errors=True)
+            return earlier
+        if remote:
+            key = upload.folder.relative_to(local_root.resolve()).as_posix()
+            await run_in_threadpool(settings.data_store().publish_folder, upload.folder, key)
+            shutil.rmtree(upload.folder, ignore_errors=True)
 
         def queue() -> DatasetAccepted | JSONResponse:
             with state.sessionmaker() as session:

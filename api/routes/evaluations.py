@@ -18,6 +18,7 @@ from api.schemas import (
 )
 from api.validation import RequestProblem, check_limits
 from api.views import evaluation_public
+from gistnet.errors import StorageError
 from service.db.records import (
     create_evaluation,
     get_dataset,
@@ -150,7 +151,10 @@ def get_evaluation_plot(
         raise HTTPException(
             404, f"evaluation {evaluation_id} is {evaluation.status}: it has no plot yet"
         )
-    path = settings.artifact_path(plot)
-    if not path.is_file():
-        raise HTTPException(404, f"the plot of evaluation {evaluation_id} is missing from storage")
+    try:  # from the artifact root, or through the local cache on an object store
+        path = settings.artifact_store().open_local(plot)
+    except StorageError:
+        raise HTTPException(
+            404, f"the plot of evaluation {evaluation_id} is missing from storage"
+        ) from None
     return FileResponse(path, media_type="image/png")

@@ -62,6 +62,15 @@ def _newest_engine(request: Request, engines) -> tuple[int, str] | GistEngine:
     return model_id, checkpoint
 
 
+def _load_engine(engines, settings, model_id: int, checkpoint: str):
+    """The model's engine; its checkpoint read from the artifact root (through the local
+    cache on an object store) only when the engine is not loaded yet."""
+    engine = engines.loaded_engine(model_id)
+    if engine is not None:
+        return engine
+    return engines.get(model_id, settings.artifact_store().open_local(checkpoint))
+
+
 def _encoded(gists: np.ndarray, encoding: str) -> list:
     if encoding == "base64":  # little-endian float32 bytes, one string per gist
         return [base64.b64encode(row.astype("<f4", copy=False).tobytes()).decode() for row in gists]
@@ -112,7 +121,7 @@ async def gist(
             model_id, checkpoint = found
             try:
                 engine = await run_in_threadpool(
-                    engines.get, model_id, settings.artifact_path(checkpoint)
+                    _load_engine, engines, settings, model_id, checkpoint
                 )
             except GistNetError as err:
                 raise HTTPException(503, f"model {model_id} cannot be loaded: {err}") from None

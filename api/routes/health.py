@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -41,11 +39,8 @@ def _check_broker(celery) -> str:
 
 
 def _check_artifacts(settings) -> str:
-    root = settings.artifact_root.resolve()
-    if not root.is_dir():
-        raise OSError(f"artifact root {str(root)!r} does not exist")
-    if not os.access(root, os.R_OK | os.X_OK):
-        raise OSError(f"artifact root {str(root)!r} is not readable")
+    # A missing folder or bucket, refused credentials, an unreachable endpoint: each named.
+    settings.artifact_store().check()
     return "ok"
 
 

@@ -107,5 +107,5 @@ def cancel_job(job_id: RowId, session: SessionDep, settings: SettingsDep) -> Job
     session.commit()
     if job.status == JobStatus.CANCELLED and job.kind == JobKind.TRAIN:
         # Queued again after a lost worker, it may have a resume checkpoint: never needed now.
-        remove_resume_checkpoint(settings.artifact_root, job_id)
+        remove_resume_checkpoint(settings.artifact_store(), job_id)
     return job_public(job)

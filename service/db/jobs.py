@@ -202,6 +202,31 @@ def finish_job(
     _settle_product(session, job_id=job_id, status=status, error=error)
 
 
+def requeue_job(
+    session: Session, *, job_id: int, attempt: int, error: str, error_type: str
+) -> bool:
+    """Put a running job back in the queue after a run that failed in a way a new run
+    mends (a training process died): the next run resumes from its checkpoint. Returns
+    whether it moved; the caller sends the message after committing."""
+    moved = session.execute(
+        update(Job)
+        .where(_owned(job_id, attempt))
+        .where(Job.cancel_requested.is_(False))
+        .values(
+            status=JobStatus.QUEUED,
+            heartbeat_at=None,
+            error=error,
+            error_type=error_type,
+            # The caller sends it right after the commit.
+            sends=Job.sends + 1,
+            sent_at=utcnow(),
+            resend_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return moved.rowcount == 1
+
+
 def _settle_product(session: Session, *, job_id: int, status: JobStatus, error: str | None) -> None:
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:

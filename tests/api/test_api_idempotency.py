@@ -87,7 +87,7 @@ def model_of_our_own(api_stack, ready_dataset, trained_model) -> int:
             job_id=job.id,
             dataset_id=ready_dataset["id"],
             split="train",
-            checkpoint_path=str(trained_model["checkpoint"]),
+            checkpoint_path=f"jobs/{trained_model['job_id']}/gistnet.pt",
             info=read_checkpoint_info(trained_model["checkpoint"]),
             steps=3,
             final_loss=None,

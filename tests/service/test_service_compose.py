@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from importlib import import_module
@@ -19,10 +20,28 @@ COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 OURS = {name: s for name, s in SERVICES.items() if "build" in s}
 SETTINGS_VARIABLES = {env_name(field) for field in Settings.model_fields}
+# Read by botocore (for s3fs), as by any S3 client: the object store's credentials.
+CREDENTIAL_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+WORKERS = ("worker-prep", "worker-train")
+
+
+def interpolated(value: str) -> str:
+    """A compose value with `${NAME:-default}` replaced by its default, as compose does
+    when the variable is unset."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
 
 
 def test_the_stack_has_every_service():
-    assert {"redis", "postgres", "migrate", "api", "worker-prep", "worker-train"} <= set(SERVICES)
+    assert {
+        "redis",
+        "postgres",
+        "minio",
+        "createbuckets",
+        "migrate",
+        "api",
+        "worker-prep",
+        "worker-train",
+    } <= set(SERVICES)
     assert set(OURS) == {"migrate", "api", "worker-prep", "worker-train"}
 
 
@@ -40,7 +59,7 @@ def test_each_command_is_a_real_entry_point(name):
 def test_each_variable_set_is_one_the_settings_read(name):
     environment = OURS[name].get("environment", {})
     assert environment, f"{name} sets no environment"
-    unknown = set(environment) - SETTINGS_VARIABLES
+    unknown = set(environment) - SETTINGS_VARIABLES - CREDENTIAL_VARIABLES
     assert not unknown, f"{name} sets variables no setting reads: {sorted(unknown)}"
 
 
@@ -60,15 +79,43 @@ def test_the_database_url_matches_the_postgres_service():
     assert re.match(r"redis://redis:6379/\d+$", broker)
 
 
-def test_api_and_workers_share_the_artifact_and_data_volumes():
-    for name in ("api", "worker-prep", "worker-train"):
-        env = OURS[name]["environment"]
-        volumes = {
-            target: source for source, target in (v.split(":") for v in OURS[name]["volumes"])
-        }
-        assert volumes[env["GISTNET_ARTIFACT_ROOT"]] == "artifacts", name
-        assert volumes[env["GISTNET_DATA_ROOT"]] == "data", name
-    assert {"artifacts", "data"} <= set(COMPOSE["volumes"])
+def test_api_and_workers_keep_artifacts_in_the_bucket_createbuckets_makes(monkeypatch):
+    minio = SERVICES["minio"]
+    user = interpolated(minio["environment"]["MINIO_ROOT_USER"])
+    password = interpolated(minio["environment"]["MINIO_ROOT_PASSWORD"])
+    make_bucket = " ".join(SERVICES["createbuckets"]["entrypoint"])
+    (bucket,) = re.findall(r"mc mb --ignore-existing local/([a-z0-9.-]+)", make_bucket)
+    assert "http://minio:9000" in make_bucket
+    assert SERVICES["createbuckets"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert "healthcheck" in minio and "9000:9000" in minio["ports"]
+    for name in ("api", *WORKERS):
+        env = {k: interpolated(v) for k, v in OURS[name]["environment"].items()}
+        # Read as the container reads them: from its environment.
+        for key in [k for k in os.environ if k.startswith("GISTNET_")]:
+            monkeypatch.delenv(key)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        settings = Settings()
+        for root in (settings.artifact_root, settings.data_root):
+            assert str(root).startswith(f"s3://{bucket}/"), (name, root)
+        assert settings.storage_options["endpoint_url"] == "http://minio:9000", name
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (user, password), name
+        store = settings.artifact_store()
+        assert not store.is_local and store.cache.root == settings.cache_dir.resolve() / "artifacts"
+        assert SERVICES[name]["depends_on"]["createbuckets"]["condition"] == (
+            "service_completed_successfully"
+        ), name
+        # No folder is shared between containers any more: only each host's cache volume.
+        assert [v.split(":")[1] for v in OURS[name]["volumes"]] == [env["GISTNET_CACHE_DIR"]]
+
+
+def test_workers_scale_out_with_no_fixed_name_or_port():
+    for name in WORKERS:
+        service = SERVICES[name]
+        assert "container_name" not in service and "hostname" not in service, name
+        assert "ports" not in service, name
+        # Each replica names itself (gistnet-<pid>@<container id>) when it starts.
+        assert "--hostname" not in service["command"], name
 
 
 def test_migration_runs_first_and_the_training_worker_gets_a_gpu():

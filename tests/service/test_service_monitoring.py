@@ -18,8 +18,16 @@ DASHBOARD = json.loads((REPO / "monitoring/grafana/dashboards/gistnet.json").rea
 
 
 def _targets(job: str) -> list[str]:
+    """host:port of a job's static targets, and of the names it resolves by DNS (every
+    replica of a scaled service)."""
     (config,) = [c for c in PROMETHEUS["scrape_configs"] if c["job_name"] == job]
-    return [t for group in config["static_configs"] for t in group["targets"]]
+    static = [t for group in config.get("static_configs", []) for t in group["targets"]]
+    looked_up = [
+        f"{name}:{group['port']}"
+        for group in config.get("dns_sd_configs", [])
+        for name in group["names"]
+    ]
+    return static + looked_up
 
 
 def test_prometheus_scrapes_the_api_with_the_key_file_compose_writes():

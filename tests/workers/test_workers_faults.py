@@ -93,7 +93,7 @@ def _work_that(raises: Exception | None):
     """A run that tidies up as the training task does, then ends as told."""
 
     def work(run):
-        run.at_end(lambda: remove_resume_checkpoint(run.settings.artifact_root, run.job_id))
+        run.at_end(lambda: remove_resume_checkpoint(run.settings.artifact_store(), run.job_id))
         if raises is not None:
             raise raises
         return Outcome(record=lambda session: None)

@@ -1,0 +1,569 @@
+"""Artifacts on a local disk or in an object store, and a local cache for reading them.
+
+A location is a local folder or an fsspec URL (`s3://bucket/prefix` with s3fs; `gs://` and
+`az://` work the same once gcsfs / adlfs are installed). `ArtifactStore` names artifacts by
+keys relative to its root (`datasets/3/train.arrow`) and offers the three moves the
+platform needs:
+
+- `publish(local_path, key)`: a writer works on a local file and publishes it whole. On an
+  object store the file goes to a temporary key beside the target and is then copied into
+  place, so an object under a final key is always complete: a writer killed mid-upload
+  leaves only a `.uploading-*` object, which no reader asks for. On a local root the file
+  is copied under a temporary name and renamed, or left alone when it is already there.
+- `open_local(key) -> Path`: readers that memory-map (training, evaluation, the gist
+  engines) need a local file. A local root gives its own file; an object store's object is
+  downloaded into the `LocalCache` (checked against the object's ETag, size and time on
+  every open, bounded in size, least recently used evicted, safe with many processes).
+- `writing(key)`: a local folder to write into before publishing: the final folder on a
+  local root (no copy at all), a scratch folder on an object store.
+
+The cache mirrors the store's layout (`<cache>/objects/s3/bucket/datasets/3/train.arrow`),
+so files of one dataset lie in one local folder and `metadata.yaml` is found beside its
+shards as on a local disk. Nothing here knows of the service: it passes its settings in;
+the CLIs take theirs from GISTNET_CACHE_DIR, GISTNET_CACHE_MAX_BYTES and
+GISTNET_STORAGE_OPTIONS (`store_for`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from gistnet.errors import StorageError
+
+DEFAULT_CACHE_MAX_BYTES = 20 << 30
+UPLOADING = ".uploading-"  # infix of the temporary keys a publish writes before the copy
+
+
+def is_url(location: str | Path) -> bool:
+    """An fsspec URL (`s3://...`), as opposed to a local path (`file://` counts as local)."""
+    text = str(location)
+    scheme, sep, _ = text.partition("://")
+    return bool(sep) and scheme not in ("", "file", "local") and scheme.isidentifier()
+
+
+def local_path(location: str | Path) -> Path:
+    text = str(location)
+    return Path(text.partition("://")[2] if text.startswith("file://") else text)
+
+
+def join(location: str | Path, *parts: str) -> str:
+    """A key or URL with parts appended by `/` (URLs keep their scheme's double slash)."""
+    base = str(location).rstrip("/")
+    tail = "/".join(str(p).strip("/") for p in parts if str(p).strip("/"))
+    return f"{base}/{tail}" if tail else base
+
+
+def _check_key(key: str) -> str:
+    key = str(key).strip("/")
+    if not key or ".." in PurePosixPath(key).parts:
+        raise StorageError(f"artifact key {key!r} must be a relative path without '..'")
+    return key
+
+
+# --------------------------------------------------------------------------- locking
+
+
+@contextlib.contextmanager
+def _flock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
+    """An exclusive lock on `path` held for the block; yields False when non-blocking and
+    taken by someone else. Lock files are never removed: a process waiting on a removed
+    file would lock a different inode than the next comer."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomic(path: Path, value: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def object_identity(info: dict[str, Any]) -> str:
+    """What changes when an object is replaced: its ETag (or checksum), size and time."""
+    tag = next(
+        (info[k] for k in ("ETag", "etag", "md5Hash", "content_md5", "checksum") if info.get(k)),
+        "",
+    )
+    when = next(
+        (info[k] for k in ("LastModified", "last_modified", "updated", "mtime") if info.get(k)),
+        "",
+    )
+    return f"{str(tag).strip(chr(34))}|{int(info.get('size') or 0)}|{when}"
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+@dataclass
+class CacheEntry:
+    url: str
+    path: Path
+    size: int
+    last_used: float
+
+
+class LocalCache:
+    """Downloaded objects under `root`, at most `max_bytes` in all.
+
+    Layout: `objects/<protocol>/<bucket>/<key>` holds the data, `meta/<same>.json` its
+    URL, identity and size (its mtime is the last use), `locks/<hash>.lock` serialises the
+    processes that fill one entry. A fill downloads to a temporary file and renames it, so
+    a reader never opens half a file; a process that has a file memory-mapped keeps its
+    pages when the entry is evicted or replaced (the inode lives until it lets go).
+    """
+
+    def __init__(self, root: str | Path, *, max_bytes: int = DEFAULT_CACHE_MAX_BYTES):
+        self.root = Path(root).expanduser().resolve()
+        self.max_bytes = int(max_bytes)
+
+    def _paths(self, url: str) -> tuple[Path, Path, Path]:
+        protocol, _, rest = url.partition("://")
+        relative = PurePosixPath(protocol, *[p for p in rest.split("/") if p not in ("", ".")])
+        digest = hashlib.sha256(url.encode()).hexdigest()[:32]
+        return (
+            self.root / "objects" / relative,
+            self.root / "meta" / f"{relative}.json",
+            self.root / "locks" / f"{digest}.lock",
+        )
+
+    def fetch(self, fs, remote_path: str, *, url: str) -> Path:
+        """The object as a local file, downloaded unless the cached copy is the same object."""
+        try:
+            fs.invalidate_cache(remote_path)
+            info = fs.info(remote_path)
+        except FileNotFoundError:
+            raise StorageError(
+                f"{url} does not exist (it was never published, or was removed)"
+            ) from None
+        except Exception as err:
+            raise StorageError(f"cannot read {url}: {type(err).__name__}: {err}") from None
+        if info.get("type") not in (None, "file"):
+            raise StorageError(f"{url} is a folder, not a file")
+        identity = object_identity(info)
+        data, meta, lock = self._paths(url)
+        with _flock(lock):
+            known = _read_json(meta)
+            if (
+                known is not None
+                and known.get("identity") == identity
+                and data.is_file()
+                and data.stat().st_size == int(info.get("size") or 0)
+            ):
+                os.utime(meta)  # the entry's last use, for LRU eviction
+                return data
+            data.parent.mkdir(parents=True, exist_ok=True)
+            part = data.with_name(f".{data.name}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            try:
+                fs.get_file(remote_path, str(part))
+                size = part.stat().st_size
+                if size != int(info.get("size") or 0):
+                    raise StorageError(
+                        f"{url}: downloaded {size} bytes but the object has {info.get('size')}; "
+                        f"it changed while being read, try again"
+                    )
+                os.replace(part, data)
+            except StorageError:
+                raise
+            except Exception as err:
+                raise StorageError(f"cannot download {url}: {type(err).__name__}: {err}") from None
+            finally:
+                part.unlink(missing_ok=True)
+            _write_json_atomic(meta, {"url": url, "identity": identity, "size": size})
+        self.evict(keep=meta)
+        return data
+
+    def entries(self) -> list[CacheEntry]:
+        """Every complete entry, least recently used first."""
+        out = []
+        for meta in (self.root / "meta").rglob("*.json"):
+            record = _read_json(meta)
+            if record is None:
+                continue
+            data, _, _ = self._paths(record["url"])
+            try:
+                used = meta.stat().st_mtime
+                size = data.stat().st_size
+            except FileNotFoundError:
+                continue
+            out.append(CacheEntry(url=record["url"], path=data, size=size, last_used=used))
+        return sorted(out, key=lambda e: e.last_used)
+
+    def total_bytes(self) -> int:
+        return sum(e.size for e in self.entries())
+
+    def evict(self, *, keep: Path | None = None) -> list[str]:
+        """Remove least recently used entries until the cache fits; returns their URLs.
+
+        An entry being filled right now (its lock is held) is skipped, and so is `keep`
+        (the entry just fetched, even when it alone is larger than the bound)."""
+        entries = self.entries()
+        total = sum(e.size for e in entries)
+        evicted: list[str] = []
+        for entry in entries:
+            if total <= self.max_bytes:
+                break
+            data, meta, lock = self._paths(entry.url)
+            if keep is not None and meta == keep:
+                continue
+            with _flock(lock, blocking=False) as got:
+                if not got:
+                    continue
+                meta.unlink(missing_ok=True)
+                data.unlink(missing_ok=True)
+            total -= entry.size
+            evicted.append(entry.url)
+        return evicted
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def _bucket_of(path: str) -> str:
+    return path.split("/", 1)[0]
+
+
+def _describe_access_error(err: Exception, *, root: str, what: str) -> str:
+    bucket = root.partition("://")[2].split("/", 1)[0]
+    if isinstance(err, FileNotFoundError):
+        return (
+            f"bucket {bucket!r} of {root} does not exist: create it, or point "
+            f"{what} at an existing one"
+        )
+    if isinstance(err, PermissionError):
+        return (
+            f"the object store refused the credentials for {root} ({err}): check "
+            f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the key and secret in "
+            f"GISTNET_STORAGE_OPTIONS"
+        )
+    return f"cannot reach {root}: {type(err).__name__}: {err}"
+
+
+@dataclass
+class ArtifactStore:
+    """Artifacts under `root` (a folder or an fsspec URL); see the module's docstring."""
+
+    root: str | Path
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    cache_dir: str | Path = Path.home() / ".cache" / "gistnet"
+    cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
+    # How the settings name the root, for error messages (GISTNET_ARTIFACT_ROOT, --output-dir).
+    setting: str = "the artifact root"
+    # Part size of multipart uploads: larger parts mean fewer requests for big shards.
+    part_bytes: int = 50 << 20
+
+    def __post_init__(self) -> None:
+        self.is_local = not is_url(self.root)
+        if self.is_local:
+            self.local_root = local_path(self.root).expanduser().resolve()
+            self.root = str(self.local_root)
+        else:
+            self.root = str(self.root).rstrip("/")
+            self._fs = None
+            self._root_path: str | None = None
+        self.cache = LocalCache(Path(self.cache_dir) / "artifacts", max_bytes=self.cache_max_bytes)
+
+    # ------------------------------------------------------------------ names
+
+    @property
+    def fs(self):
+        """The fsspec filesystem (object stores only), made on first use."""
+        if self._fs is None:
+            from fsspec.core import url_to_fs
+
+            try:
+                self._fs, self._root_path = url_to_fs(self.root, **self.storage_options)
+            except (ImportError, ValueError) as err:
+                raise StorageError(f"{self.setting} {self.root}: {err}") from None
+        return self._fs
+
+    @property
+    def root_path(self) -> str:
+        """The root as the filesystem names it (`bucket/prefix`)."""
+        self.fs  # noqa: B018 - made together with the filesystem
+        return self._root_path
+
+    def _remote(self, key: str) -> str:
+        return join(self.root_path, _check_key(key))
+
+    def key_of(self, location: str) -> str | None:
+        """The key of a URL under this (object-store) root, or None when it lies elsewhere."""
+        if self.is_local or not is_url(location):
+            return None
+        prefix = self.root.rstrip("/") + "/"
+        return location[len(prefix) :] if location.startswith(prefix) else None
+
+    def location(self, key: str) -> str:
+        """Where a key lives: a local path or a URL, for messages and records."""
+        return str(self.local_root / _check_key(key)) if self.is_local else join(self.root, key)
+
+    # ------------------------------------------------------------------ reading
+
+    def exists(self, key: str) -> bool:
+        if self.is_local:
+            return (self.local_root / _check_key(key)).exists()
+        path = self._remote(key)
+        self.fs.invalidate_cache(path)
+        return bool(self.fs.exists(path))
+
+    def open_local(self, key: str) -> Path:
+        """A local file holding the artifact: the file itself on a local root, else a
+        cached download checked against the object."""
+        if self.is_local:
+            path = self.local_root / _check_key(key)
+            if not path.is_file():
+                raise StorageError(f"{path} does not exist")
+            return path
+        return self.cache.fetch(self.fs, self._remote(key), url=self.location(key))
+
+    def download(self, key: str, destination: str | Path) -> bool:
+        """Copy an artifact to a local file (not through the cache); False when absent."""
+        destination = Path(destination)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if self.is_local:
+            source = self.local_root / _check_key(key)
+            if not source.is_file():
+                return False
+            if source.resolve() != destination.resolve():
+                shutil.copyfile(source, destination)
+            return True
+        path = self._remote(key)
+        tmp = destination.with_name(f".{destination.name}.part-{uuid.uuid4().hex[:8]}")
+        try:
+            self.fs.invalidate_cache(path)
+            self.fs.get_file(path, str(tmp))
+            os.replace(tmp, destination)  # only a whole download takes the name
+        except FileNotFoundError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
+
+    def read_text(self, key: str) -> str:
+        if self.is_local:
+            return (self.local_root / _check_key(key)).read_text()
+        return self.fs.cat_file(self._remote(key)).decode()
+
+    def glob(self, pattern: str) -> list[str]:
+        """Keys of the files matching a relative glob (`corpus/*.jsonl`, `**/*.txt`)."""
+        pattern = _check_key(pattern)
+        if self.is_local:
+            return sorted(
+                str(p.relative_to(self.local_root))
+                for p in self.local_root.glob(pattern)
+                if p.is_file()
+            )
+        base = self.root_path.rstrip("/") + "/"
+        self.fs.invalidate_cache()
+        found = self.fs.glob(base + pattern, detail=True)
+        return sorted(
+            name[len(base) :]
+            for name, info in found.items()
+            if info.get("type") == "file" and name.startswith(base) and UPLOADING not in name
+        )
+
+    # ------------------------------------------------------------------ writing
+
+    @contextlib.contextmanager
+    def writing(self, key: str) -> Iterator[Path]:
+        """A local folder for the files of `key`: the final folder on a local root, a
+        scratch folder (removed afterwards) on an object store. Publish what you write."""
+        if self.is_local:
+            folder = self.local_root / _check_key(key)
+            folder.mkdir(parents=True, exist_ok=True)
+            yield folder
+            return
+        scratch = Path(self.cache_dir) / "scratch"
+        scratch.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="write-", dir=scratch))
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def publish(self, local_file: str | Path, key: str) -> str:
+        """Put a finished local file under `key` so that no reader ever sees part of it."""
+        local_file = Path(local_file)
+        if not local_file.is_file():
+            raise StorageError(f"cannot publish {local_file}: no such file")
+        if self.is_local:
+            target = self.local_root / _check_key(key)
+            if target.exists() and local_file.resolve() == target.resolve():
+                return str(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}{UPLOADING}{uuid.uuid4().hex[:8]}")
+            try:
+                shutil.copyfile(local_file, tmp)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return str(target)
+        target = self._remote(key)
+        parent, _, name = target.rpartition("/")
+        temporary = f"{parent}/.{name}{UPLOADING}{uuid.uuid4().hex[:12]}"
+        try:
+            self.fs.put_file(str(local_file), temporary, chunksize=self.part_bytes)
+            # The copy is the publication: the object under `target` appears whole.
+            self.fs.copy(temporary, target)
+        except Exception as err:
+            raise StorageError(
+                f"cannot publish {local_file.name} to {self.location(key)}: "
+                f"{_describe_access_error(err, root=self.root, what=self.setting)}"
+            ) from None
+        finally:
+            with contextlib.suppress(Exception):
+                self.fs.rm_file(temporary)
+            self.fs.invalidate_cache(parent)
+        return self.location(key)
+
+    def publish_folder(
+        self, folder: str | Path, key: str, *, last: Iterable[str] = ("metadata.yaml",)
+    ) -> list[str]:
+        """Publish every file under `folder` to `key/...`; the names in `last` go last, so
+        a reader that finds them finds everything they refer to."""
+        folder = Path(folder)
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        late = set(last)
+        ordered = [p for p in files if p.name not in late] + [p for p in files if p.name in late]
+        return [self.publish(p, join(key, str(p.relative_to(folder)))) for p in ordered]
+
+    def delete(self, key: str) -> None:
+        if self.is_local:
+            (self.local_root / _check_key(key)).unlink(missing_ok=True)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self._remote(key))
+
+    # ------------------------------------------------------------------ start-up check
+
+    def check(self, *, write: bool = False) -> None:
+        """Raise StorageError saying what is wrong (a missing folder or bucket, refused
+        credentials, an unreachable endpoint); with `write`, also try to write."""
+        if self.is_local:
+            if not self.local_root.is_dir():
+                raise StorageError(f"{self.setting} {self.local_root} does not exist")
+            if not os.access(self.local_root, os.R_OK | os.X_OK | (os.W_OK if write else 0)):
+                raise StorageError(f"{self.setting} {self.local_root} is not accessible")
+            return
+        fs = self.fs
+        bucket = _bucket_of(self.root_path)
+        try:
+            fs.invalidate_cache()
+            fs.ls(bucket, detail=False)
+            if write:
+                probe = self._remote(f".gistnet-probe-{uuid.uuid4().hex[:12]}")
+                fs.pipe_file(probe, b"ok")
+                fs.rm_file(probe)
+        except Exception as err:
+            raise StorageError(
+                _describe_access_error(err, root=self.root, what=self.setting)
+            ) from None
+
+
+# --------------------------------------------------------------------------- the CLIs
+
+
+def settings_from_env() -> dict[str, Any]:
+    """Cache and storage options from GISTNET_CACHE_DIR, GISTNET_CACHE_MAX_BYTES and
+    GISTNET_STORAGE_OPTIONS (JSON), the variables the service's settings read too."""
+    options = os.environ.get("GISTNET_STORAGE_OPTIONS", "").strip()
+    try:
+        storage_options = json.loads(options) if options else {}
+    except json.JSONDecodeError as err:
+        raise StorageError(f"GISTNET_STORAGE_OPTIONS is not JSON: {err}") from None
+    return {
+        "storage_options": storage_options,
+        "cache_dir": Path(
+            os.environ.get("GISTNET_CACHE_DIR") or Path.home() / ".cache" / "gistnet"
+        ),
+        "cache_max_bytes": int(
+            os.environ.get("GISTNET_CACHE_MAX_BYTES") or DEFAULT_CACHE_MAX_BYTES
+        ),
+    }
+
+
+def store_for(location: str | Path, **overrides: Any) -> tuple[ArtifactStore, str]:
+    """(a store rooted at the location's folder, the location's name in it)."""
+    text = str(location).rstrip("/")
+    parent, _, name = text.rpartition("/")
+    if is_url(text) and "/" not in text.partition("://")[2]:
+        raise StorageError(f"{text} names a bucket; name a file or folder inside it")
+    root = parent if parent else "."
+    return ArtifactStore(root, **{**settings_from_env(), **overrides}), name
+
+
+def open_local(location: str | Path) -> Path:
+    """A local path as it is; a URL through the cache (settings from the environment)."""
+    if not is_url(location):
+        return local_path(location)
+    store, name = store_for(location)
+    return store.open_local(name)
+
+
+def open_local_dataset(location: str | Path, *, splits: Iterable[str] = ()) -> Path:
+    """A shard URL (or a dataset folder URL) made local together with its metadata.yaml
+    and the shards of `splits` (e.g. validation), so readers find them side by side.
+    Returns the local shard (or folder) path; a local path comes back as it is."""
+    if not is_url(location):
+        return local_path(location)
+    text = str(location).rstrip("/")
+    is_shard = text.endswith(".arrow")
+    folder = text.rpartition("/")[0] if is_shard else text
+    store, _ = store_for(join(folder, "metadata.yaml"))
+    import yaml
+
+    metadata_file = store.open_local("metadata.yaml")
+    metadata = yaml.safe_load(metadata_file.read_text()) or {}
+    for split in splits:
+        entry = metadata.get("splits", {}).get(split)
+        if entry is not None:
+            store.open_local(entry["path"])
+    if is_shard:
+        return store.open_local(text.rpartition("/")[2])
+    return metadata_file.parent
+
+
+@contextlib.contextmanager
+def writing_to(location: str | Path, *, last: Iterable[str] = ("metadata.yaml",)) -> Iterator[Path]:
+    """A local folder whose files are published to `location` when the block succeeds
+    (a local location is the folder itself)."""
+    if not is_url(location):
+        folder = local_path(location)
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
+        return
+    text = str(location).rstrip("/")
+    store = ArtifactStore(text, **settings_from_env(), setting=text)
+    with tempfile.TemporaryDirectory(prefix="gistnet-out-") as scratch:
+        yield Path(scratch)
+        store.publish_folder(scratch, "", last=last)

@@ -1,0 +1,156 @@
+"""Training over two processes with DDP (gloo on the CPU), launched by torch.distributed.run:
+the same losses as one process, cancel reaching every rank, and a killed rank failing the
+run so that running it again resumes from the last checkpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gistnet.checkpoint import load_checkpoint
+from gistnet.config import validate_run_config
+from gistnet.distributed import TrainingProcessFailed
+from gistnet.errors import Cancelled
+from gistnet.train import train_gistnet
+
+pytestmark = [pytest.mark.slow]
+
+STEPS = 10
+
+
+def run_config(processes: int, **training):
+    base = {
+        "batch_size": 16,
+        "lr": 3e-3,
+        "max_steps": STEPS,
+        "warmup": 2,
+        "device": "cpu",
+        "eval_every": 5,
+        "eval_examples": 64,
+        "processes": processes,
+    }
+    return validate_run_config({"model": {"num_heads": 4}, "training": {**base, **training}})
+
+
+def rank_pids(rank: int) -> list[int]:
+    """Training processes of the given rank started (indirectly) by this test process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"gistnet.distributed" in cmdline and f"RANK={rank}".encode() in environ:
+            if _descends_from(int(entry.name), os.getpid()):
+                found.append(int(entry.name))
+    return found
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return False
+
+
+def test_two_processes_give_the_losses_and_weights_of_one(small_dataset, tmp_path):
+    one = train_gistnet(
+        dataset_path=small_dataset / "train.arrow",
+        run_config=run_config(1),
+        output_dir=tmp_path / "one",
+    )
+    seen = []
+    two = train_gistnet(
+        dataset_path=small_dataset / "train.arrow",
+        run_config=run_config(2),
+        output_dir=tmp_path / "two",
+        on_progress=seen.append,
+    )
+    losses_one = [h["loss"] for h in one.history]
+    losses_two = [h["loss"] for h in two.history]
+    np.testing.assert_allclose(losses_two, losses_one, rtol=1e-4, atol=1e-6)
+    assert two.val_loss == pytest.approx(one.val_loss, rel=1e-4)
+    # Rank 0 alone reports, once per step, and writes the one checkpoint.
+    assert [p.step for p in seen] == list(range(1, STEPS + 1))
+    a, _ = load_checkpoint(one.checkpoint_path)
+    b, info = load_checkpoint(two.checkpoint_path)
+    assert info["training_config"]["processes"] == 2
+    for name, tensor in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[name], tensor, rtol=1e-3, atol=1e-5)
+    assert rank_pids(0) == rank_pids(1) == []  # every rank has exited
+
+
+def test_cancel_reaches_every_rank(small_dataset, tmp_path):
+    steps = []
+
+    def should_cancel() -> bool:
+        return len(steps) >= 3
+
+    with pytest.raises(Cancelled, match="cancelled at step"):
+        train_gistnet(
+            dataset_path=small_dataset / "train.arrow",
+            run_config=run_config(2, max_steps=100_000),
+            output_dir=tmp_path,
+            on_progress=steps.append,
+            should_cancel=should_cancel,
+        )
+    assert len(steps) < 100
+    assert rank_pids(0) == rank_pids(1) == []
+
+
+def test_killed_rank_fails_the_run_and_the_next_run_resumes_to_the_same_losses(
+    small_dataset, tmp_path
+):
+    resume = tmp_path / "resume.pt"
+    published = []
+
+    def kill_rank_one(progress) -> None:
+        # After the checkpoint of step 5 exists: SIGKILL the second process.
+        if progress.step == 6:
+            for pid in rank_pids(1):
+                os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(TrainingProcessFailed, match="a training process died"):
+        train_gistnet(
+            dataset_path=small_dataset / "train.arrow",
+            run_config=run_config(2, max_steps=40),
+            output_dir=tmp_path / "out",
+            on_progress=kill_rank_one,
+            resume_path=resume,
+            checkpoint_every=5,
+            on_checkpoint=published.append,
+        )
+    assert resume.is_file() and published and published[0] == resume
+
+    resumed = train_gistnet(
+        dataset_path=small_dataset / "train.arrow",
+        run_config=run_config(2, max_steps=40),
+        output_dir=tmp_path / "out",
+        resume_path=resume,
+        checkpoint_every=5,
+    )
+    assert resumed.resumed_from_step is not None and resumed.resumed_from_step >= 5
+    uninterrupted = train_gistnet(
+        dataset_path=small_dataset / "train.arrow",
+        run_config=run_config(1, max_steps=40),
+        output_dir=tmp_path / "uninterrupted",
+    )
+    np.testing.assert_allclose(
+        [h["loss"] for h in resumed.history],
+        [h["loss"] for h in uninterrupted.history],
+        rtol=1e-4,
+        atol=1e-6,
+    )
