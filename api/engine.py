@@ -26,13 +26,20 @@ class GistEngine:
         self.block_size = self._encoder.block_size
         self.dim = self._encoder.dim
         self.vocab_size = self._encoder.vocab_size
-        self.longest_token = self._encoder.longest_token
+
+    @property
+    def longest_token(self) -> int:
+        """Characters of the tokenizer's longest token; a ConfigError without a tokenizer."""
+        return self._encoder.longest_token
 
     def tokenize(self, text: str, *, max_tokens: int | None = None) -> list[int]:
         return list(self._encoder.tokenize(text, max_tokens=max_tokens))
 
-    def decode_blocks(self, blocks: np.ndarray) -> list[str]:
-        """(N, T) ids -> the text of each block, as the tokenizer writes it back."""
+    def decode_blocks(self, blocks: np.ndarray) -> list[str] | None:
+        """(N, T) ids -> the text of each block, as the tokenizer writes it back (None for a
+        checkpoint that names no tokenizer)."""
+        if self._encoder.tokenizer is None:
+            return None
         return self._encoder.tokenizer.batch_decode(blocks.tolist())
 
     def encode(self, blocks: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from api.validation import unstorable_text
-from gistnet.config import DatasetConfig, ModelSection, SplitConfig, TrainingConfig
+from gistnet.config import DatasetConfig, GistNetConfig, SplitConfig, TrainingConfig
 from service.db.models import Dataset, Model
 from service.limits import INT32_MAX
 from service.queue import JobKind, JobStatus, ProductStatus, QueueName
@@ -204,7 +204,7 @@ class DatasetsPublic(_Out):
 class TrainCreate(_In):
     dataset_id: RowId
     split: SplitName = "train"
-    model: ModelSection = ModelSection()
+    model: GistNetConfig = GistNetConfig()
     training: TrainingConfig = TrainingConfig()
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from gistnet.errors import ShardError
+from gistnet.errors import ConfigError, ShardError
 from gistnet.model import GistNet, GistNetConfig
 
 FORMAT = "gistnet-checkpoint/1"
@@ -27,9 +27,13 @@ def save_checkpoint(
     metrics: dict[str, Any],
     dataset: dict[str, Any],
     teacher: dict[str, Any],
-    tokenizer: str,
+    tokenizer: str | None,
 ) -> Path:
-    """Write atomically: a crash mid-save never leaves a truncated file under `path`."""
+    """Write atomically: a crash mid-save never leaves a truncated file under `path`.
+
+    The teacher's model and the tokenizer may be None when the dataset did not name them
+    (an mse run on a shard without metadata); the gist engine then asks for them.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -76,7 +80,13 @@ def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu"):
     """-> (GistNet in eval mode on `device`, info dict as read_checkpoint_info gives)."""
     payload = _read(path)
-    model = GistNet(GistNetConfig(**payload["model_config"]))
+    try:
+        config = GistNetConfig(**payload["model_config"])
+    except (TypeError, ConfigError) as err:
+        raise ShardError(
+            f"{str(path)!r} holds a model config this version cannot read: {err}"
+        ) from None
+    model = GistNet(config)
     model.load_state_dict(payload["state_dict"])
     model.to(device).eval()
     return model, _info(payload)

@@ -7,6 +7,7 @@ key or a bad value gets the same message whether it came from the CLI or the ser
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,6 +90,7 @@ class TrainingConfig(_Strict):
     seed: int = Field(default=0, ge=0)
     # Linear warm-up steps before the cosine decay.
     warmup: int = Field(default=0, ge=0)
+    # AdamW decay of the weight matrices only (not norms, biases or the pooling query).
     weight_decay: float = Field(default=0.0, ge=0)
     # Clip the gradient's global norm to this; None turns clipping off.
     grad_clip: float | None = Field(default=1.0, gt=0)
@@ -118,20 +120,62 @@ class TrainingConfig(_Strict):
         return self
 
 
-class ModelSection(_Strict):
-    # None: taken from the dataset's teacher_hidden_size.
-    hidden_size: int | None = Field(default=None, ge=1)
-    # None: taken from the dataset's block_size.
-    block_size: int | None = Field(default=None, ge=1)
-    num_heads: int = Field(default=4, ge=1)
-    mlp_ratio: float = Field(default=4.0, gt=0)
-    num_layers: int = Field(default=1, ge=1)
-    rope_base: float = Field(default=10000.0, gt=0)
-    norm_eps: float = Field(default=1e-5, gt=0)
+@dataclass
+class GistNetConfig:
+    """GistNet's shape: the run config's `model:` section and the model's own config.
+
+    A run config may leave hidden_size and block_size out: `gistnet.train.model_config_for`
+    takes them from the dataset. The model itself needs both. Checkpoints store this as a
+    plain dict (`to_dict`) and rebuild it with `GistNetConfig(**d)`.
+    """
+
+    # A misspelt key in a YAML or JSON `model:` section is an error, not silently ignored.
+    # An infinite or NaN number is never a meaningful setting (YAML's .inf, JSON's 1e999).
+    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    hidden_size: int | None = None  # the teacher's width, where gists live (None: the dataset's)
+    block_size: int | None = None  # tokens per block; fixes the rotary table (None: the dataset's)
+    num_heads: int = 4  # attention heads in every layer and in the pooling head
+    mlp_ratio: float = 4.0  # MLP width as a multiple of hidden_size
+    num_layers: int = 1  # transformer blocks before pooling; one already beats the mean
+    rope_base: float = 10000.0  # rotary frequency base, as in most decoder LMs
+    norm_eps: float = 1e-5  # LayerNorm epsilon
+
+    def __post_init__(self) -> None:
+        # One check serves the model's constructor and the YAML/JSON validation (pydantic
+        # runs __post_init__ too and reports the ConfigError, a ValueError, under `model`).
+        for name in ("hidden_size", "block_size", "num_heads", "num_layers"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be at least 1; got {value}")
+        for name in ("mlp_ratio", "rope_base", "norm_eps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive; got {getattr(self, name)}")
+        if self.hidden_size is None:
+            return
+        if self.hidden_size % self.num_heads != 0:
+            raise ConfigError(
+                f"hidden_size ({self.hidden_size}) is not divisible by num_heads "
+                f"({self.num_heads}); pick num_heads that divides {self.hidden_size}"
+            )
+        if (self.hidden_size // self.num_heads) % 2 != 0:
+            raise ConfigError(
+                f"head size hidden_size/num_heads = {self.hidden_size // self.num_heads} must be "
+                f"even for rotary embeddings"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        if self.hidden_size is None:
+            raise ConfigError("hidden_size is not set: take it from the dataset first")
+        return self.hidden_size // self.num_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class RunConfig(_Strict):
-    model: ModelSection = Field(default_factory=ModelSection)
+    model: GistNetConfig = Field(default_factory=GistNetConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
 
 
@@ -156,7 +200,8 @@ def describe_validation_errors(
     lines = []
     for e in errors:
         where = name_of(tuple(e.get("loc", ())))
-        if e.get("type") == "extra_forbidden":
+        # A dataclass section (`model:`) reports an unknown key as an unexpected argument.
+        if e.get("type") in ("extra_forbidden", "unexpected_keyword_argument"):
             lines.append(f"unknown key {where!r}: remove it or check its spelling")
         elif e.get("type") == "missing":
             lines.append(f"missing required key {where!r}")

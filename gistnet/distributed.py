@@ -203,6 +203,8 @@ def launch_training(
     resume_path: str | Path | None = None,
     checkpoint_every: int | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
+    tokenizer: str | None = None,
+    teacher_model: str | None = None,
     poll_s: float = 0.1,
 ):
     """Run `train_gistnet` over `processes` ranks and return rank 0's TrainResult."""
@@ -224,6 +226,8 @@ def launch_training(
         "output_dir": str(Path(output_dir).resolve()),
         "resume_path": None if resume_path is None else str(Path(resume_path).resolve()),
         "checkpoint_every": checkpoint_every,
+        "tokenizer": tokenizer,
+        "teacher_model": teacher_model,
         "launcher_pid": os.getpid(),
     }
     (run_dir / "spec.json").write_text(json.dumps(spec))
@@ -310,6 +314,8 @@ def rank_main(run_dir: str | Path) -> int:
             resume_path=spec["resume_path"],
             checkpoint_every=spec["checkpoint_every"],
             on_checkpoint=on_checkpoint if ranks.is_main else None,
+            tokenizer=spec.get("tokenizer"),
+            teacher_model=spec.get("teacher_model"),
         )
     except GistNetError as err:
         (run_dir / f"error-{ranks.rank}.json").write_text(

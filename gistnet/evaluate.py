@@ -17,8 +17,6 @@ horizon tokens and over the rest, and 95% bootstrap intervals (examples resample
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -307,18 +305,8 @@ def _quality_bars(conditions: Mapping, comparisons: Mapping) -> dict[str, bool |
 # --- from a checkpoint and a shard -----------------------------------------------------
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _plain(value: Any) -> Any:
-    """Checkpoint info (a dataclass or dict) as JSON-able data."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
+    """Checkpoint info as JSON-able data (tensors and paths become strings)."""
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -330,22 +318,14 @@ def _plain(value: Any) -> Any:
 
 def resolve_shard_path(dataset_path: str | Path, split: str | None = None) -> Path:
     """A shard file as given, or the shard of `split` (default validation) in a dataset folder."""
-    from gistnet.shards import read_metadata, split_path
+    from gistnet.shards import describe_dataset, split_path
 
     path = Path(dataset_path)
     if path.is_file():
         return path
     if not path.is_dir():
         raise ShardError(f"dataset {str(path)!r} is neither a shard file nor a dataset folder")
-    return split_path(read_metadata(path), path, split or "validation")
-
-
-def _document_ids(shard: Any) -> np.ndarray | None:
-    """(N,) document index per example: the shard's doc_id column, else derived, else None."""
-    doc_ids = getattr(shard, "doc_id", None)
-    if doc_ids is None and hasattr(shard, "document_ids"):
-        doc_ids = shard.document_ids()
-    return None if doc_ids is None else np.asarray(doc_ids)
+    return split_path(describe_dataset(path), path, split or "validation")
 
 
 @torch.inference_mode()
@@ -380,19 +360,23 @@ def evaluate_gistnet(
     seed: int = 0,
     on_progress: ProgressFn | None = None,
     should_cancel: CancelFn | None = None,
+    tokenizer: str | None = None,
+    teacher_model: str | None = None,
 ) -> dict[str, Any]:
     """Score a checkpoint's gists on a prepared shard; returns the JSON-able report.
 
     `dataset_path` is a shard (.arrow) or a prepared dataset directory (then `split`,
-    default validation, picks the shard). The teacher and tokenizer are those the dataset
-    was prepared with. `max_examples` evaluates a seeded random subset.
-    `on_progress(done, total)` counts scored examples; `should_cancel()` is polled between
-    batches and stops the work with `Cancelled`.
+    default validation, picks the shard); shards of the seed's tool, with or without its
+    metadata, are read too. The teacher is `teacher_model` if given, else the dataset's,
+    else the one the checkpoint was trained with; likewise the tokenizer, which only picks
+    the drop token (the teacher's config has it too). `max_examples` evaluates a seeded
+    random subset. `on_progress(done, total)` counts scored examples; `should_cancel()` is
+    polled between batches and stops the work with `Cancelled`.
     """
     from gistnet.checkpoint import load_checkpoint
     from gistnet.devices import resolve_device
-    from gistnet.shards import open_shard, read_metadata
-    from gistnet.teacher import load_teacher, load_tokenizer
+    from gistnet.shards import describe_dataset, file_sha256, missing_teacher_error, open_shard
+    from gistnet.teacher import hidden_size_of, load_teacher, load_tokenizer
 
     started = time.perf_counter()
     checkpoint_path = Path(checkpoint_path)
@@ -401,33 +385,41 @@ def evaluate_gistnet(
     shard_path = resolve_shard_path(dataset_path, split)
     torch_device = resolve_device(device)
 
-    metadata = read_metadata(shard_path)
+    metadata = describe_dataset(shard_path, tokenizer=tokenizer, teacher_model=teacher_model)
     shard = open_shard(shard_path)
     block_size = int(metadata["block_size"])
     model, info = load_checkpoint(checkpoint_path, device=torch_device)
     model.eval()
     info_plain = _plain(info)
-    trained_block = info_plain.get("block_size") if isinstance(info_plain, dict) else None
-    if trained_block is not None and int(trained_block) != block_size:
+    if int(info_plain["block_size"]) != block_size:
         raise ConfigError(
-            f"checkpoint was trained on blocks of {trained_block} tokens but the dataset's "
-            f"blocks have {block_size}: evaluate on a dataset prepared with its block_size"
+            f"checkpoint was trained on blocks of {info_plain['block_size']} tokens but the "
+            f"dataset's blocks have {block_size}: evaluate on a dataset prepared with its block_size"
         )
 
+    trained_teacher = info_plain.get("teacher") or {}
+    teacher_name = metadata.get("teacher_model") or trained_teacher.get("model")
+    if teacher_name is None:
+        raise missing_teacher_error("evaluation", shard_path)
+    tokenizer_name = metadata.get("tokenizer") or info_plain.get("tokenizer")
     teacher = load_teacher(
-        metadata["teacher_model"],
-        dtype=metadata.get("teacher_dtype", "float32"),
-        device=torch_device,
+        teacher_name, dtype=metadata.get("teacher_dtype", "float32"), device=torch_device
     )
-    tokenizer = load_tokenizer(metadata["tokenizer"])
-    teacher_width = int(teacher.get_input_embeddings().weight.shape[1])
+    loaded_tokenizer = load_tokenizer(tokenizer_name) if tokenizer_name is not None else None
+    teacher_width = hidden_size_of(teacher)
     if model.config.hidden_size != teacher_width:
         raise ConfigError(
             f"checkpoint's gists have width {model.config.hidden_size} but the dataset's teacher "
-            f"{metadata['teacher_model']!r} reads inputs of width {teacher_width}: evaluate on a "
-            f"dataset prepared with the teacher the checkpoint was trained for"
+            f"{teacher_name!r} reads inputs of width {teacher_width}: evaluate on a dataset "
+            f"prepared with the teacher the checkpoint was trained for"
         )
-    trained_teacher = (info_plain.get("teacher") or {}) if isinstance(info_plain, dict) else {}
+
+    try:
+        drop_token = drop_token_id(loaded_tokenizer, teacher)
+    except ConfigError as err:
+        if loaded_tokenizer is not None:
+            raise
+        raise ConfigError(f"{err}; or name the tokenizer with --tokenizer") from None
 
     total = len(shard.context_input_ids)
     if total == 0:
@@ -437,13 +429,12 @@ def evaluate_gistnet(
         rows = np.sort(np.random.default_rng(seed).choice(total, max_examples, replace=False))
     context = np.asarray(shard.context_input_ids[rows])
 
-    doc_ids = _document_ids(shard)
-    if doc_ids is not None:
-        partner = swap_partners(doc_ids[rows], seed=seed)
-        swap_rule = "gist of a random example from another document"
-    else:  # an older shard without document ids: the best available stand-in
-        partner = swap_partners(rows, seed=seed)
-        swap_rule = "gist of a random other example (the shard has no doc_id column)"
+    partner = swap_partners(shard.document_ids()[rows], seed=seed)
+    swap_rule = (
+        "gist of a random example from another document"
+        if shard.horizon >= 2 * block_size
+        else "gist of a random other example (a one-block horizon cannot tell documents apart)"
+    )
 
     gists = _compute_gists(
         model,
@@ -459,7 +450,7 @@ def evaluate_gistnet(
         block_size=block_size,
         gist_vectors=gists,
         swap_partner=partner,
-        tokenizer=tokenizer,
+        drop_token=drop_token,
         batch_size=batch_size,
         on_progress=on_progress,
         should_cancel=should_cancel,
@@ -469,27 +460,24 @@ def evaluate_gistnet(
         {
             "checkpoint": {
                 "path": str(checkpoint_path),
-                "sha256": _file_sha256(checkpoint_path),
+                "sha256": file_sha256(checkpoint_path),
                 "info": info_plain,
             },
             "dataset": {
                 "path": str(dataset_path),
                 "shard": str(shard_path),
                 "split": split,
-                "fingerprint": metadata.get("fingerprint"),
+                "fingerprint": metadata["fingerprint"],
+                "metadata_form": metadata["metadata_form"],
                 "examples_in_shard": int(total),
             },
-            "teacher": metadata["teacher_model"],
-            # False when the checkpoint names another teacher than the dataset's (same width).
-            "teacher_matches_checkpoint": trained_teacher.get("model")
-            in (
-                None,
-                metadata["teacher_model"],
-            ),
-            "tokenizer": metadata["tokenizer"],
+            "teacher": teacher_name,
+            # False when the checkpoint names another teacher than the one used (same width).
+            "teacher_matches_checkpoint": trained_teacher.get("model") in (None, teacher_name),
+            "tokenizer": tokenizer_name,
             "block_size": block_size,
-            "horizon": int(metadata.get("horizon", block_size + report["horizon_tokens"])),
-            "drop_token_id": drop_token_id(tokenizer, teacher),
+            "horizon": int(metadata["horizon"]),
+            "drop_token_id": drop_token,
             "swapped_rule": swap_rule,
             "device": str(torch_device),
             "elapsed_s": round(time.perf_counter() - started, 3),

@@ -11,7 +11,8 @@ import torch
 
 from gistnet.checkpoint import load_checkpoint
 from gistnet.devices import resolve_device
-from gistnet.teacher import block_hidden_states, load_teacher, load_tokenizer
+from gistnet.errors import ConfigError
+from gistnet.teacher import block_hidden_states, hidden_size_of, load_teacher, load_tokenizer
 
 
 class GistEncoder:
@@ -27,31 +28,70 @@ class GistEncoder:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, *, device: str | torch.device = "cpu"
+        cls,
+        path: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        teacher_model: str | None = None,
+        tokenizer: str | None = None,
     ) -> GistEncoder:
+        """The engine for a checkpoint; `teacher_model` / `tokenizer` stand in for what a
+        checkpoint trained on a dataset without metadata does not name (or override it)."""
         device = device if isinstance(device, torch.device) else resolve_device(device)
         model, info = load_checkpoint(path, device=device)
-        teacher = load_teacher(
-            info["teacher"]["model"], dtype=info["teacher"]["dtype"], device=device
+        teacher_name = teacher_model or info["teacher"].get("model")
+        if teacher_name is None:
+            raise ConfigError(
+                f"checkpoint {str(path)!r} does not name its teacher (it was trained on a "
+                f"dataset whose metadata did not): train it again with --teacher and "
+                f"--tokenizer (train_gistnet(teacher_model=..., tokenizer=...)), or pass "
+                f"teacher_model= and tokenizer= to GistEncoder.from_checkpoint"
+            )
+        teacher = load_teacher(teacher_name, dtype=info["teacher"]["dtype"], device=device)
+        if hidden_size_of(teacher) != model.config.hidden_size:
+            raise ConfigError(
+                f"teacher {teacher_name!r} has width {hidden_size_of(teacher)} but the "
+                f"checkpoint's gists are {model.config.hidden_size} wide: name the teacher "
+                f"it was trained for"
+            )
+        tokenizer_name = tokenizer or info["tokenizer"]
+        # Token ids need no tokenizer; text does, and `tokenize` says how to give one.
+        loaded = load_tokenizer(tokenizer_name) if tokenizer_name is not None else None
+        info = {**info, "teacher": {**info["teacher"], "model": teacher_name}}
+        return cls(
+            model=model,
+            teacher=teacher,
+            tokenizer=loaded,
+            info={**info, "tokenizer": tokenizer_name},
+            device=device,
         )
-        tokenizer = load_tokenizer(info["tokenizer"])
-        return cls(model=model, teacher=teacher, tokenizer=tokenizer, info=info, device=device)
 
     def tokenize(self, text: str, *, max_tokens: int | None = None) -> list[int]:
         """The text's token ids (no special tokens); at most `max_tokens` of them."""
+        tokenizer = self._tokenizer_or_error()
         if max_tokens is None:
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.tokenizer(
-            text, add_special_tokens=False, truncation=True, max_length=max_tokens
-        )["input_ids"]
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+        return tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_tokens)[
+            "input_ids"
+        ]
 
     @property
     def longest_token(self) -> int:
         """Characters of the longest token in the vocabulary: no token of a text spans more
         (for byte-level BPE a token's spelling has one character per byte it stands for)."""
         if not hasattr(self, "_longest_token"):
-            self._longest_token = max(len(t) for t in self.tokenizer.get_vocab())
+            vocab = self._tokenizer_or_error().get_vocab()
+            self._longest_token = max(len(t) for t in vocab)
         return self._longest_token
+
+    def _tokenizer_or_error(self):
+        if self.tokenizer is None:
+            raise ConfigError(
+                "this checkpoint does not name its tokenizer, so text cannot be cut into "
+                "tokens: send token ids, train again with --tokenizer, or pass tokenizer= to "
+                "GistEncoder.from_checkpoint"
+            )
+        return self.tokenizer
 
     @torch.inference_mode()
     def encode(self, input_ids: torch.Tensor) -> torch.Tensor:

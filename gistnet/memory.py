@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gistnet.model import GistNetConfig
+from gistnet.config import GistNetConfig
 
 FLOAT = 4  # bytes: float32 everywhere the trainer computes gradients
 

@@ -8,43 +8,13 @@ one vector in the teacher's hidden space.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gistnet.config import GistNetConfig
 from gistnet.errors import ConfigError
-
-
-@dataclass
-class GistNetConfig:
-    hidden_size: int = 128  # the teacher's hidden size: gists live in its space
-    block_size: int = 32  # tokens per block; fixes the rotary table length
-    num_heads: int = 4  # attention heads in every layer and in the pooling head
-    mlp_ratio: float = 4.0  # MLP width as a multiple of hidden_size
-    num_layers: int = 1  # transformer blocks before pooling
-    rope_base: float = 10000.0  # rotary frequency base
-    norm_eps: float = 1e-5  # LayerNorm epsilon
-
-    def __post_init__(self) -> None:
-        if self.hidden_size % self.num_heads != 0:
-            raise ConfigError(
-                f"hidden_size ({self.hidden_size}) is not divisible by num_heads "
-                f"({self.num_heads}); pick num_heads that divides {self.hidden_size}"
-            )
-        if (self.hidden_size // self.num_heads) % 2 != 0:
-            raise ConfigError(
-                f"head size hidden_size/num_heads = {self.hidden_size // self.num_heads} must be "
-                f"even for rotary embeddings"
-            )
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def rotary_tables(length: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,6 +93,11 @@ class AttentionPool(nn.Module):
 class GistNet(nn.Module):
     def __init__(self, config: GistNetConfig):
         super().__init__()
+        if config.hidden_size is None or config.block_size is None:
+            raise ConfigError(
+                "GistNet needs hidden_size and block_size; a run config may omit them because "
+                "gistnet.train.model_config_for fills them in from the dataset"
+            )
         self.config = config
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
@@ -135,6 +110,19 @@ class GistNet(nn.Module):
             if name.endswith(("attn.proj.weight", "mlp.down.weight")):
                 # residual branches start small so a deep stack begins close to identity
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.num_layers))
+
+    def optimizer(self, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+        """AdamW that decays the matrices only (as nanoGPT's configure_optimizers does):
+        shrinking a norm's gain, a bias or the pooling query towards zero is no
+        regularisation, it only moves their scale."""
+        matrices = {id(m.weight) for m in self.modules() if isinstance(m, nn.Linear)}
+        decayed = [p for p in self.parameters() if id(p) in matrices]
+        others = [p for p in self.parameters() if id(p) not in matrices]
+        groups = [
+            {"params": decayed, "weight_decay": weight_decay},
+            {"params": others, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=lr)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

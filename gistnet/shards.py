@@ -1,13 +1,17 @@
-"""The Arrow shard format: schema, record-batch building, and zero-copy reading.
+"""The Arrow shard format: schema, record-batch building, zero-copy reading, and the
+description of a dataset whatever tool wrote it.
 
-Every column is a fixed-size list, so a reader that memory-maps the file sees each
-column as one contiguous buffer and can view teacher_hidden as an (N, T, D) array
-without copying. Shards written by other tools with variable-length lists are read too
-(with one copy, since their values are not laid out as a regular array).
+Every column we write is a fixed-size list, so a reader that memory-maps the file sees
+each column as one contiguous buffer and can view teacher_hidden as an (N, T, D) array
+without copying. The seed's `tools/prepare_dataset.py` wrote variable-length lists: their
+values are just as contiguous, so they are read the same way once the offsets show that
+every row has the same length.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,17 +20,11 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
-from gistnet.errors import ShardError
+from gistnet.errors import ConfigError, ShardError
 
 METADATA_FILE = "metadata.yaml"
-COLUMNS = (
-    "input_ids",
-    "attention_mask",
-    "context_input_ids",
-    "context_attention_mask",
-    "teacher_hidden",
-    "gist_target",
-)
+# Dtypes our loaders take a teacher in; the seed also wrote "auto" or nothing.
+TEACHER_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def shard_schema(block_size: int, horizon: int, hidden_size: int) -> pa.Schema:
@@ -71,28 +69,161 @@ def make_record_batch(
     return pa.RecordBatch.from_arrays(columns, schema=shard_schema(t, h, d))
 
 
-def _column_array(table: pa.Table, name: str, dtype: np.dtype) -> np.ndarray:
-    """Column -> numpy array of shape (N, *inner), zero-copy for fixed-size lists."""
-    column = table.column(name)
-    chunks = column.chunks if column.num_chunks else []
-    shape: list[int] = []
-    typ = column.type
-    while pa.types.is_fixed_size_list(typ):
-        shape.append(typ.list_size)
+def _list_depth(typ: pa.DataType) -> int:
+    depth = 0
+    while pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        depth += 1
         typ = typ.value_type
-    if shape and len(chunks) == 1 and chunks[0].offset == 0 and chunks[0].null_count == 0:
-        flat = chunks[0]
-        for _ in shape:
-            flat = flat.values
-        values = flat.to_numpy(zero_copy_only=True)
-        return values.reshape(len(table), *shape).astype(dtype, copy=False)
-    if shape:  # several chunks of fixed-size lists: one concatenating copy
-        return _column_array(pa.table({name: column.combine_chunks()}), name, dtype)
-    # Variable-length lists (other tools' output): nested Python lists, then one array.
+    return depth
+
+
+def _common_length(lengths: np.ndarray) -> int:
+    """The length most rows have: the one a stray row is measured against."""
+    if len(lengths) == 0:
+        return 0
+    if np.all(lengths == lengths[0]):
+        return int(lengths[0])
+    values, counts = np.unique(lengths, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
+def _chunk_array(
+    chunk: pa.Array,
+    *,
+    name: str,
+    expected: tuple[int | None, ...],
+    first_row: int,
+    where: str,
+) -> np.ndarray:
+    """One chunk of a (nested) list column -> (rows, *sizes) numpy view of its values.
+
+    Fixed-size lists carry their size in the type. For variable-length lists the offsets
+    give each row's length; once they are all equal (to `expected` where given, else to
+    one another) the flattened values are the same regular array, viewed without a copy.
+    """
+    rows = len(chunk)
+    if chunk.null_count:
+        row = first_row + int(np.flatnonzero(chunk.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ShardError(f"{where}: row {row} of column {name!r} is null")
+    shape: list[int] = []
+    values = chunk
+    for level, want in enumerate(expected):
+        if pa.types.is_fixed_size_list(values.type):
+            size = values.type.list_size
+            if want is not None and size != want:
+                raise ShardError(
+                    f"{where}: column {name!r} holds lists of {size} where {want} are expected"
+                )
+        else:
+            lengths = np.diff(values.offsets.to_numpy())
+            size = want if want is not None else _common_length(lengths)
+            wrong = np.flatnonzero(lengths != size)
+            if wrong.size:
+                at = int(wrong[0])
+                outer = int(np.prod(shape)) if shape else 1
+                row, item = first_row + at // outer, at % outer
+                inside = f" in its item {item}" if level else ""
+                raise ShardError(
+                    f"{where}: row {row} of column {name!r} has {int(lengths[at])} values"
+                    f"{inside} where {size} are expected: every row must have the same length"
+                )
+            if values.null_count:  # a null inner list has length 0 and was caught above
+                raise ShardError(f"{where}: column {name!r} has a null entry")
+        shape.append(size)
+        values = values.flatten()  # honours the slice: the values of these rows only
     try:
-        return np.asarray(column.to_pylist(), dtype=dtype)
-    except ValueError as err:
-        raise ShardError(f"column {name!r} has rows of different lengths: {err}") from None
+        flat = values.to_numpy(zero_copy_only=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise ShardError(
+            f"{where}: column {name!r} holds {values.type} values with nulls or of a type "
+            f"that is not a plain number"
+        ) from None
+    return flat.reshape(rows, *shape)
+
+
+class ChunkedRows:
+    """An (N, ...) array left as the views of the file's record batches, gathered on
+    indexing: a shard written batch by batch is never copied whole into memory.
+
+    Supports what training and evaluation do with teacher_hidden: `shape`, `len`, and
+    indexing rows by an integer, a slice or an index array (-> a new ndarray).
+    """
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])  # (chunks + 1,)
+        self.shape = (int(self.starts[-1]), *parts[0].shape[1:])
+        self.dtype = parts[0].dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, int | np.integer):
+            rows = np.asarray([key], dtype=np.int64)
+        elif isinstance(key, slice):
+            rows = np.arange(*key.indices(len(self)))
+        else:
+            rows = np.asarray(key)
+            if rows.dtype == bool:
+                rows = np.flatnonzero(rows)
+            if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+                raise TypeError("index the rows with an int, a slice or a 1-d index array")
+            rows = rows.astype(np.int64, copy=False)
+        rows = np.where(rows < 0, rows + len(self), rows)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"row index out of range for {len(self)} rows")
+        chunk = np.searchsorted(self.starts, rows, side="right") - 1
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        for c in np.unique(chunk):
+            sel = chunk == c
+            out[sel] = self.parts[c][rows[sel] - self.starts[c]]
+        return out[0] if isinstance(key, int | np.integer) else out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.concatenate(self.parts).astype(dtype or self.dtype, copy=False)
+
+
+def _column_array(
+    table: pa.Table,
+    name: str,
+    dtype: type[np.generic],
+    *,
+    expected: tuple[int | None, ...],
+    where: str,
+    chunked: bool = False,
+) -> np.ndarray | ChunkedRows:
+    """Column -> numpy array of shape (N, *sizes), a view into the mapped file where the
+    dtype matches (the seed's int64 token ids are converted: one small copy).
+
+    Several record batches are concatenated (one copy), or with `chunked` kept as a
+    ChunkedRows of views: that is for teacher_hidden, the column as large as the file.
+    """
+    column = table.column(name)
+    depth = _list_depth(column.type)
+    if depth != len(expected):
+        nesting = "a list of lists" if len(expected) == 2 else "a list"
+        raise ShardError(
+            f"{where}: column {name!r} has type {column.type}; each row must be {nesting} "
+            f"of numbers"
+        )
+    parts, first_row = [], 0
+    for chunk in column.chunks:
+        if len(chunk) == 0:
+            continue
+        part = _chunk_array(chunk, name=name, expected=expected, first_row=first_row, where=where)
+        if not np.issubdtype(part.dtype, np.number):
+            raise ShardError(f"{where}: column {name!r} holds {part.dtype} values, not numbers")
+        # Every later chunk must agree with the first on the inner sizes.
+        expected = part.shape[1:]
+        parts.append(part.astype(dtype, copy=False))
+        first_row += len(chunk)
+    if not parts:
+        return np.zeros((0, *(e or 0 for e in expected)), dtype=dtype)
+    if len(parts) == 1:
+        return parts[0]
+    return ChunkedRows(parts) if chunked else np.concatenate(parts)
 
 
 @dataclass
@@ -102,7 +233,7 @@ class Shard:
     path: Path
     input_ids: np.ndarray  # (N, T) int32
     context_input_ids: np.ndarray  # (N, H) int32
-    teacher_hidden: np.ndarray  # (N, T, D) float32
+    teacher_hidden: np.ndarray | ChunkedRows  # (N, T, D) float32
     gist_target: np.ndarray  # (N, D) float32
     table: pa.Table  # keeps the memory map alive
 
@@ -139,18 +270,25 @@ class Shard:
         return np.concatenate([[0], np.cumsum(~follows)]).astype(np.int64)
 
 
+def _missing_shard_error(path: Path) -> ShardError:
+    tmp = path.with_name(path.name + ".tmp")
+    hint = (
+        " (an unfinished .tmp file is there: its preparation did not complete)"
+        if tmp.exists()
+        else ""
+    )
+    return ShardError(
+        f"shard {str(path)!r} does not exist{hint}; run the dataset preparation first"
+    )
+
+
 def open_shard(path: str | Path) -> Shard:
+    """Memory-map a shard and view its columns as arrays; fixed-size (ours) and
+    variable-length (the seed's) list columns alike. A row whose length differs from the
+    others raises ShardError naming the row and the column."""
     path = Path(path)
     if not path.is_file():
-        tmp = path.with_name(path.name + ".tmp")
-        hint = (
-            " (an unfinished .tmp file is there: its preparation did not complete)"
-            if tmp.exists()
-            else ""
-        )
-        raise ShardError(
-            f"shard {str(path)!r} does not exist{hint}; run the dataset preparation first"
-        )
+        raise _missing_shard_error(path)
     try:
         table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
     except pa.ArrowInvalid as err:
@@ -162,23 +300,31 @@ def open_shard(path: str | Path) -> Shard:
     ]
     if missing:
         raise ShardError(f"shard {str(path)!r} lacks column(s) {', '.join(missing)}")
+    where = f"shard {str(path)!r}"
+    if table.num_rows and all(len(c.flatten()) == 0 for c in table.column("teacher_hidden").chunks):
+        # The seed wrote empty rows when its config had no teacher_model.
+        raise ShardError(
+            f"{where}: teacher_hidden is empty: the shard was prepared without a teacher; "
+            f"prepare it again with teacher_model set"
+        )
+    # The block's length fixes the states' token axis; the states' width fixes the target's.
+    input_ids = _column_array(table, "input_ids", np.int32, expected=(None,), where=where)
+    block_size = input_ids.shape[1]
+    teacher_hidden = _column_array(
+        table, "teacher_hidden", np.float32, expected=(block_size, None), where=where, chunked=True
+    )
     shard = Shard(
         path=path,
-        input_ids=_column_array(table, "input_ids", np.int32),
-        context_input_ids=_column_array(table, "context_input_ids", np.int32),
-        teacher_hidden=_column_array(table, "teacher_hidden", np.float32),
-        gist_target=_column_array(table, "gist_target", np.float32),
+        input_ids=input_ids,
+        context_input_ids=_column_array(
+            table, "context_input_ids", np.int32, expected=(None,), where=where
+        ),
+        teacher_hidden=teacher_hidden,
+        gist_target=_column_array(
+            table, "gist_target", np.float32, expected=(teacher_hidden.shape[2],), where=where
+        ),
         table=table,
     )
-    if shard.teacher_hidden.ndim != 3 or shard.input_ids.ndim != 2:
-        raise ShardError(
-            f"shard {str(path)!r}: teacher_hidden must be (N, T, D), got {shard.teacher_hidden.shape}"
-        )
-    if shard.teacher_hidden.shape[1] != shard.block_size:
-        raise ShardError(
-            f"shard {str(path)!r}: teacher_hidden covers {shard.teacher_hidden.shape[1]} tokens "
-            f"but input_ids has {shard.block_size}"
-        )
     return shard
 
 
@@ -189,13 +335,24 @@ def metadata_path(path: str | Path) -> Path:
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata.yaml beside a shard or in a dataset folder, as written (any form).
+
+    Most callers want `describe_dataset`, which also reads the seed's form and shards
+    without metadata, and gives every dataset the same keys.
+    """
     meta = metadata_path(path)
     if not meta.is_file():
         raise ShardError(
             f"no {METADATA_FILE} beside {str(path)!r}: the dataset preparation writes it next to "
             f"the shards; prepare the dataset again or copy it along"
         )
-    return yaml.safe_load(meta.read_text())
+    try:
+        data = yaml.safe_load(meta.read_text())
+    except yaml.YAMLError as err:
+        raise ShardError(f"{str(meta)!r} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ShardError(f"{str(meta)!r} must hold a mapping of keys to values")
+    return data
 
 
 def split_path(metadata: dict[str, Any], dataset_dir: str | Path, split: str) -> Path:
@@ -203,3 +360,170 @@ def split_path(metadata: dict[str, Any], dataset_dir: str | Path, split: str) ->
     if split not in splits:
         raise ShardError(f"dataset has no split {split!r}; it has {', '.join(splits) or 'none'}")
     return Path(dataset_dir) / splits[split]["path"]
+
+
+# --------------------------------------------------------------------------- describing
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> bytes:
+    # Keyed by size and mtime too, so a rewritten file is hashed again.
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.digest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, streamed; cached per (path, size, mtime) in-process."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _file_digest(str(path), stat.st_size, stat.st_mtime_ns).hex()
+
+
+def shards_fingerprint(paths: list[Path]) -> str:
+    """A dataset fingerprint from its shards' bytes, for datasets whose metadata has none.
+
+    The full content is hashed (at disk speed, about a second per GB when cached):
+    sampling a few bytes would miss a re-preparation with another teacher of the same
+    width, which changes the states but not the file's size or layout.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(bytes.fromhex(file_sha256(path)))
+    return digest.hexdigest()[:16]
+
+
+def _model_ref(name: str | None) -> str | None:
+    """A local folder becomes an absolute path so a checkpoint names it from anywhere."""
+    if name is None:
+        return None
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
+
+
+def _positive_int(raw: dict[str, Any], key: str, where: Path) -> int:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ShardError(f"{str(where)!r}: {key} must be a positive whole number; got {value!r}")
+    return value
+
+
+def _seed_splits(raw: dict[str, Any], shard: Path | None) -> dict[str, dict[str, Any]]:
+    """The seed's per-split statistics with the shard path it left out.
+
+    The seed wrote shards wherever each split's output_path said, usually
+    data/<dataset_name>/<split>.arrow beside the metadata: that name is assumed. A shard
+    given by path that is none of those is the dataset's only split, or a split of its own.
+    """
+    splits = {
+        str(name): {**(stats or {}), "path": f"{name}.arrow"}
+        for name, stats in (raw.get("splits") or {}).items()
+    }
+    if shard is not None and shard.name not in {s["path"] for s in splits.values()}:
+        if len(splits) == 1:
+            next(iter(splits.values()))["path"] = shard.name
+        else:
+            splits[shard.stem] = {"path": shard.name}
+    return splits
+
+
+def _describe_seed(raw: dict[str, Any], root: Path, shard: Path | None) -> dict[str, Any]:
+    meta_file = root / METADATA_FILE
+    splits = _seed_splits(raw, shard)
+    if not splits:
+        raise ShardError(f"{str(meta_file)!r} names no split; give the shard file itself")
+    widths = {
+        s["teacher_hidden_size"]
+        for s in splits.values()
+        if isinstance(s.get("teacher_hidden_size"), int) and s["teacher_hidden_size"] > 0
+    }
+    if len(widths) != 1:  # no teacher recorded, or splits that disagree: the shard says
+        first = shard or split_path({"splits": splits}, root, next(iter(splits)))
+        widths = {open_shard(first).hidden_size}
+    dtype = raw.get("teacher_dtype")
+    return {
+        "dataset_name": str(raw.get("dataset_name") or root.name),
+        "tokenizer": raw.get("tokenizer"),
+        "teacher_model": raw.get("teacher_model"),
+        # The seed's "auto" chose a dtype on the machine at hand: float32 is always safe.
+        "teacher_dtype": dtype if dtype in TEACHER_DTYPES else "float32",
+        "block_size": _positive_int(raw, "block_size", meta_file),
+        "horizon": _positive_int(raw, "horizon", meta_file),
+        "teacher_hidden_size": widths.pop(),
+        "splits": splits,
+    }
+
+
+def _describe_shard(shard_path: Path) -> dict[str, Any]:
+    shard = open_shard(shard_path)
+    return {
+        "dataset_name": shard_path.parent.name or shard_path.stem,
+        "tokenizer": None,
+        "teacher_model": None,
+        "teacher_dtype": "float32",  # the states are float32 whatever the teacher ran in
+        "block_size": shard.block_size,
+        "horizon": shard.horizon,
+        "teacher_hidden_size": shard.hidden_size,
+        "splits": {shard_path.stem: {"path": shard_path.name, "examples": shard.num_examples}},
+    }
+
+
+def missing_teacher_error(what: str, dataset: str | Path) -> ConfigError:
+    """The error for a teacher that is needed but that the dataset does not name."""
+    return ConfigError(
+        f"{what} runs the teacher, but the dataset at {str(dataset)!r} does not name one (no "
+        f"teacher_model in a metadata.yaml beside it): give the teacher its states came from "
+        f"with --teacher (teacher_model= in the library), or add teacher_model to metadata.yaml"
+    )
+
+
+def describe_dataset(
+    path: str | Path, *, tokenizer: str | None = None, teacher_model: str | None = None
+) -> dict[str, Any]:
+    """What a dataset is, from a shard file or a dataset folder, in the form our
+    preparation writes to metadata.yaml, whichever tool wrote it.
+
+    - Our metadata: returned as written.
+    - The seed's (`dataset_name, tokenizer, block_size, horizon, teacher_model,
+      teacher_dtype` and per split `documents, blocks, examples, teacher_hidden_size`):
+      teacher_hidden_size is lifted from the splits (or read from the shard), each split's
+      shard is `<split>.arrow` beside the metadata, and the fingerprint is computed from
+      the shards' bytes.
+    - No metadata beside a shard: block_size, horizon and teacher_hidden_size come from
+      the shard's columns, the fingerprint from its bytes; tokenizer and teacher are
+      unknown (None) unless given.
+
+    `tokenizer` and `teacher_model` supply or override what the metadata names. Split paths
+    are relative to the dataset folder (`path`, or the shard's folder). `metadata_form`
+    says which case applied: "gistnet", "seed" or "none".
+    """
+    path = Path(path)
+    if path.is_dir():
+        root, shard = path, None
+    elif path.is_file():
+        root, shard = path.parent, path
+    else:
+        raise _missing_shard_error(path)
+    if (root / METADATA_FILE).is_file():
+        raw = read_metadata(root)
+        if "fingerprint" in raw and "teacher_hidden_size" in raw:
+            info = {**raw, "metadata_form": "gistnet"}
+        else:
+            info = {**_describe_seed(raw, root, shard), "metadata_form": "seed"}
+    elif shard is not None:
+        info = {**_describe_shard(shard), "metadata_form": "none"}
+    else:
+        raise ShardError(
+            f"dataset folder {str(root)!r} has no {METADATA_FILE}: give the shard file itself "
+            f"(its block size, horizon and width are read from its columns)"
+        )
+    if "fingerprint" not in info:
+        shards = [root / s["path"] for s in info["splits"].values()]
+        info["fingerprint"] = shards_fingerprint([p for p in shards if p.is_file()])
+    if tokenizer is not None:
+        info["tokenizer"] = _model_ref(tokenizer)
+    if teacher_model is not None:
+        info["teacher_model"] = _model_ref(teacher_model)
+    return info

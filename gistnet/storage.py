@@ -542,12 +542,21 @@ def open_local_dataset(location: str | Path, *, splits: Iterable[str] = ()) -> P
     store, _ = store_for(join(folder, "metadata.yaml"))
     import yaml
 
-    metadata_file = store.open_local("metadata.yaml")
+    try:
+        metadata_file = store.open_local("metadata.yaml")
+    except StorageError:
+        if not is_shard:
+            raise
+        # A shard of the seed's tool may have no metadata: its columns describe it.
+        return store.open_local(text.rpartition("/")[2])
     metadata = yaml.safe_load(metadata_file.read_text()) or {}
     for split in splits:
         entry = metadata.get("splits", {}).get(split)
-        if entry is not None:
-            store.open_local(entry["path"])
+        if isinstance(entry, dict):
+            # The seed's metadata names no paths: its shards are <split>.arrow beside it.
+            path = entry.get("path") or f"{split}.arrow"
+            if "path" in entry or store.exists(path):
+                store.open_local(path)
     if is_shard:
         return store.open_local(text.rpartition("/")[2])
     return metadata_file.parent

@@ -10,6 +10,7 @@ processes under DDP (`gistnet.distributed`) and gives the same losses.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -29,7 +30,13 @@ from gistnet.devices import resolve_device
 from gistnet.distributed import Ranks, launch_training
 from gistnet.errors import Cancelled, ConfigError
 from gistnet.model import GistNet, GistNetConfig
-from gistnet.shards import Shard, open_shard, read_metadata, split_path
+from gistnet.shards import (
+    Shard,
+    describe_dataset,
+    missing_teacher_error,
+    open_shard,
+    split_path,
+)
 
 CHECKPOINT_NAME = "gistnet.pt"
 
@@ -59,7 +66,8 @@ class TrainResult:
 
 
 def model_config_for(run: RunConfig, metadata: dict[str, Any]) -> GistNetConfig:
-    """The GistNet config for a dataset; a width or block size that disagrees is an error."""
+    """The run's `model:` section with the dataset's width and block size filled in; a
+    value the run sets that disagrees with the dataset is an error."""
     m = run.model
     data_d, data_t = int(metadata["teacher_hidden_size"]), int(metadata["block_size"])
     if m.hidden_size is not None and m.hidden_size != data_d:
@@ -72,15 +80,7 @@ def model_config_for(run: RunConfig, metadata: dict[str, Any]) -> GistNetConfig:
             f"model.block_size is {m.block_size} but the dataset was cut into blocks of {data_t} "
             f"tokens: set block_size to {data_t} or omit it"
         )
-    return GistNetConfig(
-        hidden_size=data_d,
-        block_size=data_t,
-        num_heads=m.num_heads,
-        mlp_ratio=m.mlp_ratio,
-        num_layers=m.num_layers,
-        rope_base=m.rope_base,
-        norm_eps=m.norm_eps,
-    )
+    return dataclasses.replace(m, hidden_size=data_d, block_size=data_t)
 
 
 def batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> np.ndarray:
@@ -106,17 +106,32 @@ def lr_at(step: int, cfg: TrainingConfig) -> float:
 class _Objective:
     """Loss of a batch of gists: mse against gist_target, or substitution through the teacher."""
 
-    def __init__(self, cfg: TrainingConfig, metadata: dict[str, Any], device: torch.device):
+    def __init__(
+        self,
+        cfg: TrainingConfig,
+        metadata: dict[str, Any],
+        device: torch.device,
+        dataset_path: Path,
+    ):
         self.kind = cfg.objective
         self.device = device
         self.substitution = None
         if self.kind == "substitution":
             from gistnet.substitution import SubstitutionLoss
-            from gistnet.teacher import load_teacher
+            from gistnet.teacher import hidden_size_of, load_teacher
 
+            if metadata.get("teacher_model") is None:
+                raise missing_teacher_error("the substitution objective", dataset_path)
             # float32 for the gradient's sake, whatever dtype the states were cached in
             dtype = "float32" if device.type == "cpu" else metadata["teacher_dtype"]
             teacher = load_teacher(metadata["teacher_model"], dtype=dtype, device=device)
+            width = int(metadata["teacher_hidden_size"])
+            if hidden_size_of(teacher) != width:
+                raise ConfigError(
+                    f"teacher {metadata['teacher_model']!r} reads inputs of width "
+                    f"{hidden_size_of(teacher)} but the dataset's states are {width} wide: "
+                    f"name the teacher the dataset was prepared with (--teacher)"
+                )
             self.substitution = SubstitutionLoss(
                 teacher, block_size=int(metadata["block_size"]), nll_weight=cfg.nll_weight
             )
@@ -185,8 +200,15 @@ def train_gistnet(
     resume_path: str | Path | None = None,
     checkpoint_every: int | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
+    tokenizer: str | None = None,
+    teacher_model: str | None = None,
 ) -> TrainResult:
     """Train GistNet on the shard at `dataset_path`; save `<output_dir>/gistnet.pt`.
+
+    The shard may come from our preparation, from the seed's tool (with its metadata or
+    none): see `describe_dataset`. `tokenizer` and `teacher_model` supply or override the
+    dataset's; the substitution objective needs the teacher, mse training only records
+    both in the checkpoint (the gist engine needs them later).
 
     The resume checkpoint is left in place: the caller deletes it once it has recorded the
     result, so a crash between the two resumes instead of starting over. `on_checkpoint`
@@ -210,10 +232,12 @@ def train_gistnet(
             resume_path=resume_path,
             checkpoint_every=checkpoint_every,
             on_checkpoint=on_checkpoint,
+            tokenizer=tokenizer,
+            teacher_model=teacher_model,
         )
     dataset_path = Path(dataset_path)
     shard = open_shard(dataset_path)
-    metadata = read_metadata(dataset_path)
+    metadata = describe_dataset(dataset_path, tokenizer=tokenizer, teacher_model=teacher_model)
     model_cfg = model_config_for(run_config, metadata)
     if shard.hidden_size != model_cfg.hidden_size or shard.block_size != model_cfg.block_size:
         raise ConfigError(
@@ -227,8 +251,8 @@ def train_gistnet(
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = GistNet(model_cfg).to(device)
     trained = ranks.wrap(model, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    objective = _Objective(cfg, metadata, device)
+    optimizer = model.optimizer(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    objective = _Objective(cfg, metadata, device, dataset_path)
 
     history: list[dict[str, Any]] = []
     start_step, resumed_from = 0, None

@@ -54,6 +54,23 @@ def small_dataset(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def seed_dataset(small_dataset, tmp_path_factory) -> Path:
+    """small_dataset as the seed's tool wrote datasets: variable-length list columns and
+    the seed's metadata.yaml (train + validation)."""
+    from tests.seed_layout import write_seed_dataset
+
+    return write_seed_dataset(small_dataset, tmp_path_factory.mktemp("seed_dataset"))
+
+
+@pytest.fixture(scope="session")
+def seed_shard_alone(seed_dataset, tmp_path_factory) -> Path:
+    """The seed's train shard in a folder with no metadata.yaml."""
+    from tests.seed_layout import copy_without_metadata
+
+    return copy_without_metadata(seed_dataset, tmp_path_factory.mktemp("seed_alone"))
+
+
 # The key of the shared embedded service: the dashboard, the client and the metrics tests
 # all go through the API key, as a deployed server would ask them to.
 SERVICE_KEY = "dashboard-test-key"

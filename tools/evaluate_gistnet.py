@@ -33,6 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap-samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument(
+        "--teacher",
+        help="teacher model (hub id or folder) the shard's states came from "
+        "(default: the dataset's, else the checkpoint's)",
+    )
+    parser.add_argument(
+        "--tokenizer", help="tokenizer (default: the dataset's, else the checkpoint's)"
+    )
     args = parser.parse_args(argv)
 
     bar = None
@@ -57,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap_samples=args.bootstrap_samples,
             seed=args.seed,
             on_progress=progress,
+            tokenizer=args.tokenizer,
+            teacher_model=args.teacher,
         )
     except GistNetError as err:
         print(f"error: {err}", file=sys.stderr)

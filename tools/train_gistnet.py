@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gistnet.checkpoint import read_checkpoint_info
 from gistnet.config import load_run_config
 from gistnet.errors import GistNetError
 from gistnet.storage import is_url, join, open_local_dataset, writing_to
@@ -21,10 +22,23 @@ from gistnet.train import TrainProgress, train_gistnet
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, help="Arrow shard of the training split")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="Arrow shard of the training split (ours or the seed tool's, metadata.yaml optional)",
+    )
     parser.add_argument("--config", required=True, help="run config (YAML)")
     parser.add_argument("--output-dir", default="artifacts/gistnet", help="where gistnet.pt goes")
     parser.add_argument("--max-steps", type=int, help="override training.max_steps")
+    parser.add_argument(
+        "--teacher",
+        help="teacher model (hub id or folder) the shard's states came from, for shards whose "
+        "metadata does not name it; the substitution objective runs it",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        help="tokenizer (hub id or folder) of the shard's token ids, recorded in the checkpoint",
+    )
     args = parser.parse_args(argv)
 
     def log(p: TrainProgress) -> None:
@@ -49,12 +63,30 @@ def main(argv: list[str] | None = None) -> int:
                 output_dir=output,
                 max_steps=args.max_steps,
                 on_progress=log,
+                tokenizer=args.tokenizer,
+                teacher_model=args.teacher,
             )
+            info = read_checkpoint_info(result.checkpoint_path)
         if is_url(args.output_dir):
             result.checkpoint_path = join(args.output_dir, result.checkpoint_path.name)
     except GistNetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    unnamed = [
+        flag
+        for flag, value in (
+            ("--teacher", info["teacher"]["model"]),
+            ("--tokenizer", info["tokenizer"]),
+        )
+        if value is None
+    ]
+    if unnamed:
+        print(
+            f"note: the dataset does not name its {' or '.join(f[2:] for f in unnamed)}, so the "
+            f"checkpoint does not either; serving gists needs them: train again with "
+            f"{' and '.join(unnamed)}",
+            file=sys.stderr,
+        )
     val = f", val_loss {result.val_loss:.5f}" if result.val_loss is not None else ""
     print(
         f"trained {result.steps} steps in {result.seconds:.1f} s: final loss {result.final_loss:.5f}"

@@ -128,15 +128,20 @@ async def gist(
 
     tokens = unused = block_texts = None
     if body.text is not None:
-        # A text too long for the block limit is refused before it is tokenized, and one
-        # that may fit is tokenized no further than one token past the limit.
-        max_characters, _ = gist_text_budget(
-            max_blocks=max_blocks, block_size=engine.block_size, longest_token=engine.longest_token
-        )
-        check_gist_text(body.text, max_characters=max_characters, max_blocks=max_blocks)
-        blocks, tokens, unused, block_texts = await run_in_threadpool(
-            _text_to_blocks, engine, body.text, max_blocks
-        )
+        try:
+            # A text too long for the block limit is refused before it is tokenized, and
+            # one that may fit is tokenized no further than one token past the limit.
+            max_characters, _ = gist_text_budget(
+                max_blocks=max_blocks,
+                block_size=engine.block_size,
+                longest_token=engine.longest_token,
+            )
+            check_gist_text(body.text, max_characters=max_characters, max_blocks=max_blocks)
+            blocks, tokens, unused, block_texts = await run_in_threadpool(
+                _text_to_blocks, engine, body.text, max_blocks
+            )
+        except GistNetError as err:  # e.g. a checkpoint that names no tokenizer
+            raise HTTPException(422, f"text: {err}") from None
     else:
         blocks = blocks_array(
             body.blocks, block_size=engine.block_size, vocab_size=engine.vocab_size

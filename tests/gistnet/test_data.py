@@ -44,8 +44,25 @@ def test_shard_opens_memory_mapped_without_copying(small_dataset):
     n = shard.num_examples
     assert shard.teacher_hidden.shape == (n, 32, shard.hidden_size)
     assert shard.input_ids.shape == (n, 32) and shard.context_input_ids.shape == (n, 64)
-    # a view into the mapped file, not an owned copy
-    assert not shard.teacher_hidden.flags.owndata and not shard.teacher_hidden.flags.writeable
+    # views into the mapped file (one per record batch the preparation wrote), not copies
+    parts = getattr(shard.teacher_hidden, "parts", [shard.teacher_hidden])
+    assert len(parts) > 1  # the fixture's shard was written in several batches
+    assert all(not p.flags.owndata and not p.flags.writeable for p in parts)
+    gathered = shard.teacher_hidden[[0, n // 2, n - 1]]
+    np.testing.assert_array_equal(gathered[2], parts[-1][-1])
+
+
+def test_chunked_rows_index_like_the_concatenated_array():
+    from gistnet.shards import ChunkedRows
+
+    parts = [np.arange(n * 6, dtype=np.float32).reshape(n, 2, 3) + 100 * n for n in (3, 1, 4)]
+    rows, whole = ChunkedRows(parts), np.concatenate(parts)
+    assert rows.shape == whole.shape == (8, 2, 3) and len(rows) == 8
+    for key in (0, 3, -1, slice(2, 7), slice(None, None, -2), [7, 0, 3, 3], whole[:, 0, 0] > 300):
+        np.testing.assert_array_equal(rows[key], whole[key])
+    np.testing.assert_array_equal(np.asarray(rows), whole)
+    with pytest.raises(IndexError):
+        rows[[8]]
 
 
 def test_teacher_states_equal_a_plain_full_window_forward(small_dataset):
@@ -65,7 +82,8 @@ def test_teacher_states_equal_a_plain_full_window_forward(small_dataset):
 
 def test_gist_target_is_the_mean_of_the_block_states(small_dataset):
     shard = open_shard(small_dataset / "train.arrow")
-    np.testing.assert_allclose(shard.gist_target, shard.teacher_hidden.mean(axis=1), atol=1e-6)
+    states = np.asarray(shard.teacher_hidden)  # gathers the record batches into one array
+    np.testing.assert_allclose(shard.gist_target, states.mean(axis=1), atol=1e-6)
 
 
 def test_windows_are_cut_from_one_document_and_never_cross(tmp_path):

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from gistnet.checkpoint import load_checkpoint
+from gistnet.checkpoint import load_checkpoint, read_checkpoint_info
 from gistnet.config import validate_run_config
 from gistnet.errors import Cancelled, ConfigError, DeviceError, ShardError
 from gistnet.inference import GistEncoder
+from gistnet.model import GistNet, GistNetConfig
 from gistnet.shards import open_shard, read_metadata
-from gistnet.train import batch_indices, train_gistnet
+from gistnet.train import batch_indices, model_config_for, train_gistnet
 
 
 def run_config(**training):
@@ -80,15 +81,65 @@ def test_checkpoint_round_trips_and_reproduces_the_gists(small_dataset, tmp_path
     assert encoder.dim == shard.hidden_size and encoder.block_size == 32
 
 
-def test_checkpoint_loading_never_unpickles_code(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
+class _WritesAFile:
+    """Unpickling this object creates `marker`: the side effect of running a payload."""
 
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_checkpoint_loading_never_unpickles_code(tmp_path, writer):
+    marker = tmp_path / "payload_ran"
+    payload = {"format": "gistnet-checkpoint/1", "x": _WritesAFile(marker)}
     path = tmp_path / "evil.pt"
-    path.write_bytes(pickle.dumps({"format": "gistnet-checkpoint/1", "x": Evil()}))
+    if writer == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
     with pytest.raises(ShardError, match="not a GistNet checkpoint"):
         load_checkpoint(path)
+    with pytest.raises(ShardError, match="not a GistNet checkpoint"):
+        read_checkpoint_info(path)
+    assert not marker.exists()  # refused before anything in the file was run
+
+
+def test_weight_decay_shrinks_the_matrices_only(small_dataset):
+    model = GistNet(GistNetConfig(hidden_size=64, block_size=8, num_heads=4))
+    optimizer = model.optimizer(lr=0.1, weight_decay=0.5)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # no gradient signal: only the decay moves a weight
+    optimizer.step()
+    for name, p in model.named_parameters():
+        decayed = name.endswith("weight") and p.dim() == 2  # the nn.Linear matrices
+        expected = before[name] * (1 - 0.1 * 0.5) if decayed else before[name]
+        torch.testing.assert_close(p.detach(), expected, msg=name)
+    assert {n for n, p in model.named_parameters() if p.dim() != 2} >= {
+        "pool.query",
+        "norm.weight",
+        "norm.bias",
+        "blocks.0.attn.qkv.bias",
+    }
+
+
+def test_run_config_model_section_is_the_model_config(small_dataset, tmp_path):
+    run = validate_run_config({"model": {"num_heads": 2, "num_layers": 2}})
+    assert isinstance(run.model, GistNetConfig)
+    assert run.model.hidden_size is None  # filled in from the dataset
+    config = model_config_for(run, read_metadata(small_dataset))
+    assert (config.hidden_size, config.block_size, config.num_layers) == (128, 32, 2)
+    with pytest.raises(ConfigError, match="unknown key 'model.num_head'"):
+        validate_run_config({"model": {"num_head": 2}})
+    with pytest.raises(ConfigError, match=r"model: hidden_size \(100\) is not divisible"):
+        validate_run_config({"model": {"hidden_size": 100, "num_heads": 8}})
+    with pytest.raises(ConfigError, match="num_layers must be at least 1"):
+        validate_run_config({"model": {"num_layers": 0}})
+    with pytest.raises(ConfigError, match="model_config_for fills them in"):
+        GistNet(run.model)
 
 
 def test_resumed_training_gives_the_same_losses_as_an_uninterrupted_run(small_dataset, tmp_path):

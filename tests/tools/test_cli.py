@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -9,6 +10,8 @@ import yaml
 
 from gistnet.checkpoint import read_checkpoint_info
 from tests.conftest import ROOT, SAMPLE_CORPUS, SAMPLE_TEACHER
+from tools.evaluate_gistnet import main as evaluate_main
+from tools.train_gistnet import main as train_main
 
 
 def run(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -75,3 +78,75 @@ def test_bad_config_exits_with_a_message_not_a_traceback(tmp_path):
     assert result.returncode == 2
     assert "horizon (40) must be a multiple of block_size (32)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_train_and_evaluate_a_dataset_of_the_seeds_tool(seed_dataset, tmp_path, capsys):
+    # The seed's layout (variable-length lists) and its metadata form, as users bring them.
+    train = run(
+        "tools.train_gistnet",
+        "--dataset", str(seed_dataset / "train.arrow"),
+        "--config", str(ROOT / "configs" / "runs" / "gistnet_example.yaml"),
+        "--max-steps", "4",
+        "--output-dir", str(tmp_path / "model"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    assert "step      4/4" in train.stdout and "val_loss" in train.stdout
+
+    code = evaluate_main(
+        [
+            "--checkpoint", str(tmp_path / "model" / "gistnet.pt"),
+            "--dataset", str(seed_dataset),
+            "--max-examples", "8",
+            "--bootstrap-samples", "10",
+            "--device", "cpu",
+            "--out", str(tmp_path / "eval"),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    assert "swapped" in capsys.readouterr().out
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["n_examples"] == 8 and report["dataset"]["metadata_form"] == "seed"
+
+
+def test_a_seed_shard_without_metadata_trains_and_evaluates_with_flags(
+    seed_shard_alone, tmp_path, capsys
+):
+    def config(objective: str) -> str:
+        path = tmp_path / f"{objective}.yaml"
+        training = {"objective": objective, "batch_size": 8, "device": "cpu"}
+        path.write_text(yaml.safe_dump({"training": training}))
+        return str(path)
+
+    dataset = ["--dataset", str(seed_shard_alone), "--max-steps", "2"]
+    flags = ["--teacher", str(SAMPLE_TEACHER), "--tokenizer", str(SAMPLE_TEACHER)]
+
+    # As a user runs it: the missing teacher is a message naming the flag, not a traceback.
+    refused = run("tools.train_gistnet", *dataset, "--config", config("substitution"), cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "--teacher" in refused.stderr and "Traceback" not in refused.stderr
+
+    out = ["--output-dir", str(tmp_path / "sub")]
+    assert train_main([*dataset, "--config", config("substitution"), *flags, *out]) == 0
+    printed = capsys.readouterr()
+    assert " kl " in printed.out and "note:" not in printed.err
+    info = read_checkpoint_info(tmp_path / "sub" / "gistnet.pt")
+    assert info["teacher"]["model"] == info["tokenizer"] == str(SAMPLE_TEACHER.resolve())
+
+    evaluation = [
+        "--checkpoint", str(tmp_path / "sub" / "gistnet.pt"),
+        "--dataset", str(seed_shard_alone),
+        "--max-examples", "8",
+        "--bootstrap-samples", "10",
+        "--device", "cpu",
+        "--out", str(tmp_path / "eval"),
+    ]  # fmt: skip
+    assert evaluate_main([*evaluation, *flags]) == 0
+    assert "GR(gist) - GR(mean)" in capsys.readouterr().out
+
+    # mse runs without them, and says what serving will need.
+    out = ["--output-dir", str(tmp_path / "mse")]
+    assert train_main([*dataset, "--config", config("mse"), *out]) == 0
+    assert "train again with --teacher and --tokenizer" in capsys.readouterr().err
+    info = read_checkpoint_info(tmp_path / "mse" / "gistnet.pt")
+    assert info["teacher"]["model"] is None and info["tokenizer"] is None

@@ -84,3 +84,27 @@ def test_prepare_train_on_two_processes_and_evaluate_with_s3_urls(
     report = json.loads(fs.cat(f"{bucket}/eval/evaluation.json"))
     assert {"full", "gist", "drop"} <= set(report["conditions"])
     assert fs.exists(f"{bucket}/eval/evaluation_nll_per_position.png")
+
+
+def test_datasets_of_the_seeds_tool_are_fetched_by_url_with_or_without_metadata(
+    s3, seed_dataset, seed_shard_alone, tmp_path, monkeypatch
+):
+    from gistnet.shards import describe_dataset
+    from gistnet.storage import open_local_dataset
+
+    bucket = s3.new_bucket()
+    for key, value in {**s3.env, "GISTNET_CACHE_DIR": str(tmp_path / "cache")}.items():
+        monkeypatch.setenv(key, value)
+    fs = s3.filesystem()
+    for name in ("metadata.yaml", "train.arrow", "validation.arrow"):
+        fs.put_file(str(seed_dataset / name), f"{bucket}/seed/{name}")
+    fs.put_file(str(seed_shard_alone), f"{bucket}/alone/train.arrow")
+
+    # The seed's metadata names no shard paths: validation.arrow beside it comes along.
+    shard = open_local_dataset(f"s3://{bucket}/seed/train.arrow", splits=["validation"])
+    assert (shard.parent / "validation.arrow").is_file()
+    assert describe_dataset(shard)["metadata_form"] == "seed"
+
+    alone = open_local_dataset(f"s3://{bucket}/alone/train.arrow", splits=["validation"])
+    info = describe_dataset(alone)
+    assert info["metadata_form"] == "none" and info["teacher_hidden_size"] == 128
