@@ -153,6 +153,22 @@ class DatasetCreate(DatasetConfig):
         return data
 
 
+class DatasetImport(_In):
+    """A dataset another tool already wrote (the seed's `prepare_dataset`, or this
+    platform's elsewhere): its shards are copied under the artifact root and described."""
+
+    dataset_name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=_length(Dataset.name)
+    )
+    # A dataset folder (with metadata.yaml, ours or the seed's) or one shard file (.arrow),
+    # relative to the server's data root.
+    path: str = Field(min_length=1, max_length=1000)
+    # Needed when the dataset's metadata does not name them (a shard with no metadata);
+    # when given, they replace what the metadata names.
+    tokenizer: str | None = Field(default=None, min_length=1, max_length=_length(Model.tokenizer))
+    teacher_model: str | None = Field(default=None, min_length=1, max_length=_length(Model.teacher))
+
+
 class DatasetAccepted(JobAccepted):
     dataset_id: int
     dataset_url: str

@@ -105,12 +105,7 @@ def source_files(source: str, *, data_store: ArtifactStore, split: str) -> list[
             f"name a file under it, relative to it or as a URL that starts with it"
         )
     source = inside if inside is not None else source
-    if (
-        os.path.isabs(source)
-        or source.startswith("~")
-        or PurePath(source).drive
-        or "://" in source
-    ):
+    if os.path.isabs(source) or source.startswith("~") or PurePath(source).drive or "://" in source:
         raise RequestProblem(f"{where}: {source!r} must be relative to the server's data root")
     if ".." in PurePath(source).parts:
         raise RequestProblem(f"{where}: {source!r} leaves the data root ('..' is not allowed)")
@@ -161,10 +156,99 @@ def _teacher_config(name: str):
         raise RequestProblem(str(err)) from None
 
 
-def check_dataset_request(config: DatasetConfig, *, data_store: ArtifactStore) -> None:
-    """Everything about a dataset request that can be known before running it."""
+def check_teacher_pair(tokenizer_name: str, teacher_name: str, *, horizon: int | None) -> None:
+    """The tokenizer and teacher load (without weights) and belong together, and a horizon
+    fits the teacher's context."""
     from gistnet.teacher import load_tokenizer
 
+    try:
+        tokenizer = load_tokenizer(tokenizer_name)
+    except GistNetError as err:
+        raise RequestProblem(f"tokenizer: {err}") from None
+    teacher = _teacher_config(teacher_name)
+    positions = getattr(teacher, "n_positions", None) or getattr(
+        teacher, "max_position_embeddings", None
+    )
+    if positions is not None and horizon is not None and horizon > positions:
+        raise RequestProblem(
+            f"horizon ({horizon}) is longer than the teacher's context ({positions} "
+            f"positions); lower horizon"
+        )
+    vocab = getattr(teacher, "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise RequestProblem(
+            f"tokenizer {tokenizer_name!r} has {len(tokenizer)} tokens but teacher "
+            f"{teacher_name!r} embeds only {vocab}: they do not belong together"
+        )
+
+
+def import_source(path: str, *, data_store: ArtifactStore) -> dict[str, Any]:
+    """Where a dataset to import lies under the data root: {"key", "is_shard", "metadata"}
+    (the metadata.yaml beside it as a mapping, or None), or a RequestProblem."""
+    import yaml
+
+    inside = data_store.key_of(path)
+    if "://" in path and inside is None:
+        raise RequestProblem(
+            f"path: {path!r} is outside the server's data root (GISTNET_DATA_ROOT)"
+        )
+    key = (inside if inside is not None else path).strip("/")
+    if os.path.isabs(path) or path.startswith("~") or PurePath(key).drive or not key:
+        raise RequestProblem(f"path: {path!r} must be relative to the server's data root")
+    if ".." in PurePath(key).parts:
+        raise RequestProblem(f"path: {path!r} leaves the data root ('..' is not allowed)")
+    is_shard = key.endswith(".arrow")
+    folder = str(PurePath(key).parent) if is_shard else key
+    metadata_key = "metadata.yaml" if folder == "." else f"{folder}/metadata.yaml"
+    try:
+        if data_store.is_local:
+            target = data_store.local_root / key
+            if not target.resolve().is_relative_to(data_store.local_root.resolve()):
+                raise RequestProblem(f"path: {path!r} reaches outside the data root")
+            found = target.is_file() if is_shard else target.is_dir()
+        else:
+            found = data_store.exists(key if is_shard else metadata_key)
+        if not found:
+            raise RequestProblem(
+                f"path: no {'shard file' if is_shard else 'dataset folder'} {key!r} under the "
+                f"server's data root (GISTNET_DATA_ROOT); name a folder with metadata.yaml or "
+                f"a .arrow shard"
+            )
+        metadata = None
+        if data_store.exists(metadata_key):
+            metadata = yaml.safe_load(data_store.read_text(metadata_key)) or {}
+    except StorageError as err:
+        raise RequestProblem(f"path: {err}", status_code=503) from None
+    except yaml.YAMLError as err:
+        raise RequestProblem(f"path: {metadata_key} is not valid YAML: {err}") from None
+    if metadata is None and not is_shard:
+        raise RequestProblem(
+            f"path: {key!r} has no metadata.yaml; name the shard file itself (its block size, "
+            f"horizon and width are read from its columns)"
+        )
+    return {"key": key, "is_shard": is_shard, "metadata": metadata}
+
+
+def check_import_request(body, *, data_store: ArtifactStore) -> dict[str, Any]:
+    """A dataset to import: it is under the data root, and its tokenizer and teacher are
+    known (from the request or its metadata) and load. Returns what the job needs."""
+    source = import_source(body.path, data_store=data_store)
+    metadata = source["metadata"] if isinstance(source["metadata"], dict) else {}
+    tokenizer = body.tokenizer or metadata.get("tokenizer")
+    teacher = body.teacher_model or metadata.get("teacher_model")
+    for key, value in (("tokenizer", tokenizer), ("teacher_model", teacher)):
+        if not value:
+            raise RequestProblem(
+                f"{key}: the dataset at {body.path!r} does not name its {key}; give `{key}` "
+                f"(a Hugging Face id or a local folder): training and /gist need it"
+            )
+    horizon = metadata.get("horizon")
+    check_teacher_pair(tokenizer, teacher, horizon=int(horizon) if horizon else None)
+    return {"path": source["key"], "tokenizer": tokenizer, "teacher_model": teacher}
+
+
+def check_dataset_request(config: DatasetConfig, *, data_store: ArtifactStore) -> None:
+    """Everything about a dataset request that can be known before running it."""
     for name, split in config.splits.items():
         if split.output_path is not None:
             raise RequestProblem(
@@ -175,25 +259,7 @@ def check_dataset_request(config: DatasetConfig, *, data_store: ArtifactStore) -
         elif not any(doc.strip() for doc in split.documents):
             raise RequestProblem(f"splits.{name}.documents: every document is empty")
 
-    try:
-        tokenizer = load_tokenizer(config.tokenizer)
-    except GistNetError as err:
-        raise RequestProblem(f"tokenizer: {err}") from None
-    teacher = _teacher_config(config.teacher_model)
-    positions = getattr(teacher, "n_positions", None) or getattr(
-        teacher, "max_position_embeddings", None
-    )
-    if positions is not None and config.horizon > positions:
-        raise RequestProblem(
-            f"horizon ({config.horizon}) is longer than the teacher's context ({positions} "
-            f"positions); lower horizon"
-        )
-    vocab = getattr(teacher, "vocab_size", None)
-    if vocab is not None and len(tokenizer) > vocab:
-        raise RequestProblem(
-            f"tokenizer {config.tokenizer!r} has {len(tokenizer)} tokens but teacher "
-            f"{config.teacher_model!r} embeds only {vocab}: they do not belong together"
-        )
+    check_teacher_pair(config.tokenizer, config.teacher_model, horizon=config.horizon)
 
 
 # --------------------------------------------------------------------------- training

@@ -115,6 +115,8 @@ def _prepare(run: JobRun) -> Outcome:
     store = settings.artifact_store()
     with session_scope(settings.database_url) as session:
         config = copy.deepcopy(get_dataset(session, dataset_id=run.dataset_id).config)
+    if "import" in config:
+        return _import(run, config)
     config["teacher_device"] = settings.device  # the worker's device, not the requester's
     relative = dataset_dir(run.dataset_id)
     meter = metrics.PrepMeter()
@@ -151,6 +153,84 @@ def _prepare(run: JobRun) -> Outcome:
         mark_dataset_prepared(session, dataset_id=run.dataset_id, path=relative, info=info)
 
     return Outcome(record=record)
+
+
+def _import(run: JobRun, config: dict[str, Any]) -> Outcome:
+    """A dataset another tool wrote (POST /datasets/import): its shards copied under the
+    artifact root as `<split>.arrow`, checked by reading them, and metadata.yaml written in
+    this platform's form (fingerprint, width, tokenizer, teacher) last."""
+    import shutil
+
+    import yaml
+
+    from gistnet.errors import Cancelled
+    from gistnet.shards import describe_dataset, open_shard
+
+    settings = run.settings
+    data, store = settings.data_store(), settings.artifact_store()
+    key = config["import"]["path"]
+    relative = dataset_dir(run.dataset_id)
+    with tempfile.TemporaryDirectory(prefix="gistnet-import-") as staging:
+        source = _fetch_import_source(data, key, Path(staging) / "source")
+        run.report(progress={"stage": "describing", "path": key})
+        info = describe_dataset(
+            source, tokenizer=config["tokenizer"], teacher_model=config["teacher_model"]
+        )
+        folder = source if source.is_dir() else source.parent
+        with store.writing(relative) as output:
+            splits = {}
+            for name, stats in info["splits"].items():
+                if run.should_cancel():
+                    raise Cancelled(f"import of {key!r} cancelled")
+                shard = folder / stats["path"]
+                # Opening checks the columns and every row's length before anything is kept.
+                examples = open_shard(shard).num_examples
+                shutil.copyfile(shard, output / f"{name}.arrow")
+                splits[name] = {
+                    **stats,
+                    "path": f"{name}.arrow",
+                    "examples": examples,
+                    "bytes": shard.stat().st_size,
+                }
+                run.report(progress={"stage": "copied", "split": name, "examples": examples})
+            info = {
+                **{k: v for k, v in info.items() if k != "metadata_form"},
+                "dataset_name": config["dataset_name"],
+                "splits": splits,
+                "imported_from": {"path": key, "metadata_form": info.get("metadata_form")},
+            }
+            (output / "metadata.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+            # Shards first, metadata.yaml last: a dataset folder with its metadata is complete.
+            store.publish_folder(output, relative)
+
+    def record(session: Session) -> None:
+        mark_dataset_prepared(session, dataset_id=run.dataset_id, path=relative, info=info)
+
+    return Outcome(record=record)
+
+
+def _fetch_import_source(data, key: str, staging: Path) -> Path:
+    """The dataset to import as local files: its folder (or shard) on a local data root,
+    else the shard, metadata.yaml and the shards the metadata names, downloaded."""
+    if data.is_local:
+        return data.local_root / key
+    is_shard = key.endswith(".arrow")
+    folder = key.rpartition("/")[0] if is_shard else key
+    prefix = f"{folder}/" if folder else ""
+    staging.mkdir(parents=True)
+    names = [key.rpartition("/")[2]] if is_shard else []
+    if data.exists(f"{prefix}metadata.yaml"):
+        import yaml
+
+        names.append("metadata.yaml")
+        metadata = yaml.safe_load(data.read_text(f"{prefix}metadata.yaml")) or {}
+        for split, entry in (metadata.get("splits") or {}).items():
+            path = entry.get("path") if isinstance(entry, dict) else None
+            names.append(path or f"{split}.arrow")
+    for name in dict.fromkeys(names):
+        if data.exists(f"{prefix}{name}"):
+            data.download(f"{prefix}{name}", staging / name)
+    return staging / key.rpartition("/")[2] if is_shard else staging
 
 
 def open_dataset_split(store, dataset, split: str) -> Path:

@@ -9,11 +9,23 @@ from fastapi import APIRouter, FastAPI
 
 from api.deps import AuthDep
 from api.errors import error_responses
-from api.routes import datasets, evaluations, gist, health, jobs, metrics, models, train, ui
+from api.routes import (
+    datasets,
+    evaluations,
+    gist,
+    health,
+    imports,
+    jobs,
+    metrics,
+    models,
+    train,
+    ui,
+)
 
 GUARDED: list[APIRouter] = [
     gist.router,
     jobs.router,
+    imports.router,
     datasets.router,
     train.router,
     models.router,
