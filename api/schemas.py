@@ -79,12 +79,43 @@ class JobError(_Out):
     type: str | None = None
 
 
+class JobPartPublic(_Out):
+    """One part of a dataset prepared in parts: a job of its own."""
+
+    job_id: int
+    # 0-based, in the order of the dataset's parts (split by split).
+    index: int
+    split: str | None
+    shard: str | None
+    status: JobStatus
+    attempt: int
+    worker: str | None
+    # documents/tokens/examples so far; once done also bytes, sha256 and `reused` (a
+    # redelivered part whose shard was already complete and verified).
+    detail: dict[str, Any] | None
+    error: JobError | None
+    heartbeat_at: datetime | None
+    finished_at: datetime | None
+
+
+class PartsPublic(_Out):
+    total: int
+    # Counts per status, e.g. {"succeeded": 3, "running": 1}.
+    by_status: dict[str, int]
+    examples: int
+    data: list[JobPartPublic]
+
+
 class JobPublic(_Out):
     id: int
     kind: JobKind
     status: JobStatus
     queue: QueueName
     dataset_id: int | None
+    # A part of a dataset's job: its parent, and its place among the parts.
+    parent_id: int | None = None
+    part_index: int | None = None
+    part_count: int | None = None
     progress: JobProgress
     attempt: int
     worker: str | None
@@ -101,6 +132,8 @@ class JobPublic(_Out):
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+    # A dataset's job prepared in parts (GET /jobs/{id} only): each part's progress.
+    parts: PartsPublic | None = None
 
 
 class JobsPublic(_Out):
@@ -174,9 +207,20 @@ class DatasetAccepted(JobAccepted):
     dataset_url: str
 
 
-class SplitPublic(_Out):
+class ShardPublic(_Out):
     # Relative to the artifact root.
     path: str
+    documents: int | None = None
+    examples: int | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+
+
+class SplitPublic(_Out):
+    # Relative to the artifact root; a glob when the split has several shards.
+    path: str
+    # A split written as several shard files: each of them.
+    shards: list[ShardPublic] | None = None
     documents: int | None = None
     tokens: int | None = None
     blocks: int | None = None
@@ -194,6 +238,8 @@ class DatasetPublic(_Out):
     job_status: JobStatus | None
     tokenizer: str
     teacher_model: str
+    # cache: the shards hold every block's teacher states; none: token ids only.
+    teacher_states: str
     block_size: int
     horizon: int
     teacher_hidden_size: int | None
@@ -207,6 +253,8 @@ class DatasetPublic(_Out):
     sources: dict[str, str] = {}
     created_at: datetime
     updated_at: datetime
+    # Prepared in parts (GET /datasets/{id} only): each part's progress.
+    parts: PartsPublic | None = None
 
 
 class DatasetsPublic(_Out):

@@ -29,9 +29,9 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.validation import RequestProblem
+from gistnet.sources import SOURCE_SUFFIXES
 
 UPLOAD_FOLDER = "uploads"
-SOURCE_SUFFIXES = (".txt", ".jsonl")
 # Non-file fields (the config) are read into memory: a config is small.
 MAX_FIELD_BYTES = 1024 * 1024
 MAX_FILES = 1000
@@ -113,8 +113,9 @@ class _Receiver:
             )
         if not filename.endswith(SOURCE_SUFFIXES):
             raise RequestProblem(
-                f"{name}: cannot read {filename!r}: upload .txt (one document per file) or "
-                f'.jsonl (one {{"text": ...}} per line) files'
+                f"{name}: cannot read {filename!r}: upload .txt (one document per file), "
+                f".jsonl, .jsonl.gz or .jsonl.zst (one JSON object per line) or .parquet "
+                f"(one document per row) files"
             )
         self.count += 1
         if self.count > MAX_FILES:
@@ -214,7 +215,9 @@ def dataset_config_of(upload: Upload, *, data_root: Path) -> dict[str, Any]:
             f"names its split)"
         )
     if not upload.files:
-        raise RequestProblem("no files: attach .txt or .jsonl files, one field per split")
+        raise RequestProblem(
+            "no files: attach .txt, .jsonl(.gz|.zst) or .parquet files, one field per split"
+        )
     splits = dict(config.get("splits") or {})
     relative = upload.folder.relative_to(data_root.resolve())
     for split, paths in upload.files.items():

@@ -15,6 +15,7 @@ import numpy as np
 
 from gistnet.config import DatasetConfig, RunConfig
 from gistnet.errors import ConfigError, GistNetError, StorageError
+from gistnet.sources import source_kind
 from gistnet.storage import ArtifactStore
 from service.limits import LIMITS
 
@@ -130,13 +131,25 @@ def source_files(source: str, *, data_store: ArtifactStore, split: str) -> list[
             f"(GISTNET_DATA_ROOT); put the corpus there or send the text as `documents`"
         )
     # Preparation reads only these; saying so now beats a failed job later.
-    unreadable = [PurePath(p).name for p in found if PurePath(p).suffix not in (".txt", ".jsonl")]
-    if unreadable:
-        raise RequestProblem(
-            f"{where}: {source!r} matches {', '.join(unreadable[:3])}, which preparation cannot "
-            f'read: sources are .txt (one document per file) or .jsonl (one {{"text": ...}} per line)'
-        )
+    for key in found:
+        try:
+            source_kind(key)
+        except ConfigError as err:
+            raise RequestProblem(f"{where}: {err}") from None
     return found
+
+
+def _check_text_column(key: str, *, data_store: ArtifactStore, split: str, text_column: str):
+    """A Parquet source holds the text column (read from its footer). On an object store
+    the check waits for the job: reading the footer there means fetching the file."""
+    from gistnet.sources import count_documents
+
+    if source_kind(key) != ".parquet" or not data_store.is_local:
+        return
+    try:
+        count_documents(data_store.local_root / key, text_column=text_column)
+    except ConfigError as err:
+        raise RequestProblem(f"splits.{split}.text_column: {err}") from None
 
 
 def _teacher_config(name: str):
@@ -255,7 +268,10 @@ def check_dataset_request(config: DatasetConfig, *, data_store: ArtifactStore) -
                 f"splits.{name}.output_path: the service chooses where shards go; remove it"
             )
         if split.source is not None:
-            source_files(split.source, data_store=data_store, split=name)
+            for key in source_files(split.source, data_store=data_store, split=name):
+                _check_text_column(
+                    key, data_store=data_store, split=name, text_column=split.text_column
+                )
         elif not any(doc.strip() for doc in split.documents):
             raise RequestProblem(f"splits.{name}.documents: every document is empty")
 

@@ -21,7 +21,8 @@ from api.schemas import DatasetAccepted, DatasetCreate, DatasetPublic, DatasetsP
 from api.uploads import dataset_config_of, is_multipart, parse_model, receive_upload
 from api.validation import check_dataset_request, check_limits
 from api.views import dataset_public
-from service.db.records import create_dataset, get_dataset, list_datasets
+from service.db.jobs import job_parts
+from service.db.records import create_dataset, dataset_job, get_dataset, list_datasets
 from service.limits import INT32_MAX
 from service.settings import Settings
 
@@ -192,7 +193,10 @@ def list_datasets_route(
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, responses=error_responses(404, 422, 503))
 def get_dataset_route(dataset_id: RowId, session: SessionDep) -> DatasetPublic:
+    """Status, metadata, shard locations; while prepared in parts, each part's progress."""
     dataset = get_dataset(session, dataset_id=dataset_id)
     if dataset is None:
         raise HTTPException(404, f"dataset {dataset_id} does not exist")
-    return dataset_public(dataset)
+    job = dataset_job(session, dataset_id=dataset.id)
+    parts = job_parts(session, job_id=job.id) if job is not None else None
+    return dataset_public(dataset, parts=parts)

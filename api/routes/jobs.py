@@ -14,7 +14,7 @@ from api.events import job_event_stream
 from api.schemas import JobMetricsPublic, JobPublic, JobsPublic, MetricPoint, RowId
 from api.views import job_public
 from service.artifacts import remove_resume_checkpoint
-from service.db.jobs import get_job, list_jobs, request_cancel
+from service.db.jobs import get_job, job_parts, list_jobs, request_cancel
 from service.db.records import job_metrics
 from service.limits import INT32_MAX
 from service.queue import JobKind, JobStatus
@@ -43,7 +43,9 @@ def list_jobs_route(
 
 @router.get("/{job_id}", response_model=JobPublic, responses=error_responses(404, 422, 503))
 def get_job_route(job_id: RowId, session: SessionDep) -> JobPublic:
-    return job_public(_job_or_404(session, job_id))
+    """A job; a dataset's job prepared in parts also shows each part's progress."""
+    job = _job_or_404(session, job_id)
+    return job_public(job, parts=job_parts(session, job_id=job.id))
 
 
 @router.get(

@@ -111,6 +111,13 @@ class Job(Base):
     )
     # What the task needs besides the ids: the run config and split of a training job.
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # A dataset prepared in parts: each part is a job of its own (kind prepare_part), a
+    # child of the dataset's job. The parent's part_count is how many it has.
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), index=True, default=None
+    )
+    part_index: Mapped[int | None] = mapped_column(default=None)
+    part_count: Mapped[int | None] = mapped_column(default=None)
     # Progress, written at most every progress_interval_s while the job runs.
     step: Mapped[int | None] = mapped_column(default=None)
     max_steps: Mapped[int | None] = mapped_column(default=None)
