@@ -12,6 +12,7 @@ checks and the preparation a `source` gets. A refused upload leaves no file behi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -24,6 +25,7 @@ import yaml
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.validation import RequestProblem
@@ -48,6 +50,9 @@ class Upload:
     fields: dict[str, str] = field(default_factory=dict)
     files: dict[str, list[Path]] = field(default_factory=dict)
     bytes: int = 0
+    # Every file's split, name and bytes as they arrived: what makes two uploads the same
+    # (an Idempotency-Key retry), whatever folder they were written to.
+    digest: Any = field(default_factory=hashlib.sha256)
 
 
 def _safe_name(filename: str, index: int) -> str:
@@ -120,6 +125,7 @@ class _Receiver:
         path = folder / _safe_name(filename, self.count)
         self.file = path.open("wb")
         self.upload.files.setdefault(name, []).append(path)
+        self.upload.digest.update(f"\n{name}\n{filename}\n".encode())
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
@@ -134,6 +140,7 @@ class _Receiver:
         if self.upload.bytes > self.max_bytes:
             raise RequestProblem(too_large(self.max_bytes), status_code=413)
         self.file.write(chunk)
+        self.upload.digest.update(chunk)
 
     def on_part_end(self) -> None:
         if self.file is not None:
@@ -170,9 +177,12 @@ async def receive_upload(request: Request, *, data_root: Path, max_bytes: int) -
     receiver = _Receiver(upload, max_bytes)
     parser = MultipartParser(boundary, receiver.callbacks())
     try:
-        async for chunk in request.stream():
-            parser.write(chunk)
-        parser.finalize()
+        try:
+            async for chunk in request.stream():
+                parser.write(chunk)
+            parser.finalize()
+        except MultipartParseError as err:
+            raise RequestProblem(f"the multipart/form-data body is malformed: {err}") from None
     except BaseException:
         receiver.close()
         shutil.rmtree(upload.folder, ignore_errors=True)

@@ -77,6 +77,8 @@ def job_public(job: Job, *, parts: Sequence[Job] | None = None) -> JobPublic:
         device=job.device,
         cancel_requested=job.cancel_requested,
         error=JobError(message=job.error, type=job.error_type) if job.error else None,
+        sends=job.sends,
+        sent_at=job.sent_at,
         result=job_result(job),
         created_at=job.created_at,
         started_at=job.started_at,

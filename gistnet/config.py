@@ -21,7 +21,8 @@ TeacherStates = Literal["cache", "none"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # An infinite or NaN number is never a meaningful setting (YAML's .inf, JSON's 1e999).
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class SplitConfig(_Strict):
@@ -101,7 +102,8 @@ class TrainingConfig(_Strict):
     lr: float = Field(default=1e-3, gt=0)
     max_steps: int = Field(default=1000, ge=1)
     device: str = "auto"
-    seed: int = 0
+    # numpy's generators take no negative seed.
+    seed: int = Field(default=0, ge=0)
     # Linear warm-up steps before the cosine decay.
     warmup: int = Field(default=0, ge=0)
     # AdamW decay of the weight matrices only (not norms, biases or the pooling query).
@@ -144,7 +146,8 @@ class GistNetConfig:
     """
 
     # A misspelt key in a YAML or JSON `model:` section is an error, not silently ignored.
-    __pydantic_config__ = ConfigDict(extra="forbid")
+    # An infinite or NaN number is never a meaningful setting (YAML's .inf, JSON's 1e999).
+    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     hidden_size: int | None = None  # the teacher's width, where gists live (None: the dataset's)
     block_size: int | None = None  # tokens per block; fixes the rotary table (None: the dataset's)

@@ -46,9 +46,6 @@ class Outcome:
     marks the job `succeeded`, so a succeeded job always has its result."""
 
     record: Callable[[Session], None] | None = None
-    # Runs once the success is committed: e.g. removing the resume checkpoint, which must
-    # outlive any crash before that commit.
-    cleanup: Callable[[], None] | None = None
     # The job goes on without this run: a dataset's job whose parts now run as jobs of
     # their own stays `running`, detached (see service.db.jobs.detach_job).
     detach: bool = False
@@ -75,6 +72,20 @@ class JobRun:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._beater: threading.Thread | None = None
+        self._at_end: list[Callable[[], None]] = []
+
+    def at_end(self, tidy: Callable[[], None]) -> None:
+        """Run `tidy` once the job has ended for good (succeeded, failed or cancelled, and
+        committed so): e.g. removing the resume checkpoint, which must outlive any crash
+        before then. Not when the job was lost to another run, which may still need it."""
+        self._at_end.append(tidy)
+
+    def ended(self) -> None:
+        for tidy in self._at_end:
+            try:
+                tidy()
+            except Exception:  # tidying up must not turn a finished job into a failed one
+                log.exception("clean-up after job %s failed", self.job_id)
 
     # ------------------------------------------------------------------ heartbeat
 
@@ -222,8 +233,7 @@ def run_claimed(run: JobRun, *, work: Callable[[JobRun], Outcome], app=None) -> 
             if outcome.record is not None:
                 outcome.record(session)
             finish_job(session, job_id=job_id, attempt=run.attempt, status=JobStatus.SUCCEEDED)
-        if outcome.cleanup is not None:
-            outcome.cleanup()
+        run.ended()
         return JobStatus.SUCCEEDED
     except LostJob:
         log.warning("job %s attempt %s: another run owns the job now", job_id, run.attempt)
@@ -267,6 +277,8 @@ def run_claimed(run: JobRun, *, work: Callable[[JobRun], Outcome], app=None) -> 
                 )
         except LostJob:
             return "lost"
+        # A failed or cancelled job does not run again.
+        run.ended()
         return status
     finally:
         run.stop_heartbeat()

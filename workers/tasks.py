@@ -24,6 +24,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gistnet.errors import Cancelled, GistNetError
+from service.artifacts import (
+    dataset_dir,
+    evaluation_dir,
+    job_dir,
+    remove_resume_checkpoint,
+    resume_checkpoint,
+)
 from service.db.engine import session_scope
 from service.db.jobs import create_parts, get_job, part_label, record_progress, take_over_parent
 from service.db.models import Job
@@ -82,18 +89,6 @@ def _run_measured(task, job_id: int, kind: str, work: Callable[[JobRun], Outcome
     return outcome
 
 
-def dataset_dir(dataset_id: int) -> str:
-    return f"datasets/{dataset_id}"
-
-
-def job_dir(job_id: int) -> str:
-    return f"jobs/{job_id}"
-
-
-def evaluation_dir(evaluation_id: int) -> str:
-    return f"evaluations/{evaluation_id}"
-
-
 # --------------------------------------------------------------------------- prepare
 
 
@@ -138,6 +133,8 @@ def _prepare(run: JobRun, *, app) -> Outcome:
     settings = run.settings
     store = settings.artifact_store()
     config = _dataset_config(run)
+    if "import" in config:
+        return _import(run, config)
     relative = dataset_dir(run.dataset_id)
     if any(split.get("shards", 1) > 1 for split in config["splits"].values()):
         return _prepare_in_parts(run, config=config, relative=relative, app=app)
@@ -174,6 +171,57 @@ def _dataset_ready(run: JobRun, *, info: dict[str, Any], relative: str) -> Outco
         mark_dataset_prepared(session, dataset_id=run.dataset_id, path=relative, info=info)
 
     return Outcome(record=record)
+
+
+def _import(run: JobRun, config: dict[str, Any]) -> Outcome:
+    """A dataset another tool wrote (POST /datasets/import): its shards copied under the
+    artifact root as `<split>.arrow`, checked by reading them, and metadata.yaml written in
+    this platform's form (fingerprint, width, tokenizer, teacher) last."""
+    import shutil
+
+    import yaml
+
+    from gistnet.shards import describe_dataset, open_shard
+
+    settings = run.settings
+    data, store = settings.data_store(), settings.artifact_store()
+    key = config["import"]["path"]
+    relative = dataset_dir(run.dataset_id)
+    with tempfile.TemporaryDirectory(prefix="gistnet-import-") as staging:
+        source = _fetch_import_source(data, key, Path(staging) / "source")
+        run.report(progress={"stage": "describing", "path": key})
+        info = describe_dataset(
+            source, tokenizer=config["tokenizer"], teacher_model=config["teacher_model"]
+        )
+        folder = source if source.is_dir() else source.parent
+        with store.writing(relative) as output:
+            splits = {}
+            for name, stats in info["splits"].items():
+                if run.should_cancel():
+                    raise Cancelled(f"import of {key!r} cancelled")
+                shard = folder / stats["path"]
+                # Opening checks the columns and every row's length before anything is kept.
+                examples = open_shard(shard).num_examples
+                shutil.copyfile(shard, output / f"{name}.arrow")
+                splits[name] = {
+                    **stats,
+                    "path": f"{name}.arrow",
+                    "examples": examples,
+                    "bytes": shard.stat().st_size,
+                }
+                run.report(progress={"stage": "copied", "split": name, "examples": examples})
+            info = {
+                **{k: v for k, v in info.items() if k != "metadata_form"},
+                "dataset_name": config["dataset_name"],
+                "splits": splits,
+                "imported_from": {"path": key, "metadata_form": info.get("metadata_form")},
+            }
+            (output / "metadata.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+            # Shards first, metadata.yaml last: a dataset folder with its metadata is complete.
+            store.publish_folder(output, relative)
+
+    def record(session: Session) -> None:
+        mark_dataset_prepared(session, dataset_id=run.dataset_id, path=relative, info=info)
 
 
 def _part_params(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -341,6 +389,30 @@ def _prepare_part(run: JobRun) -> Outcome:
     return Outcome(record=record)
 
 
+def _fetch_import_source(data, key: str, staging: Path) -> Path:
+    """The dataset to import as local files: its folder (or shard) on a local data root,
+    else the shard, metadata.yaml and the shards the metadata names, downloaded."""
+    if data.is_local:
+        return data.local_root / key
+    is_shard = key.endswith(".arrow")
+    folder = key.rpartition("/")[0] if is_shard else key
+    prefix = f"{folder}/" if folder else ""
+    staging.mkdir(parents=True)
+    names = [key.rpartition("/")[2]] if is_shard else []
+    if data.exists(f"{prefix}metadata.yaml"):
+        import yaml
+
+        names.append("metadata.yaml")
+        metadata = yaml.safe_load(data.read_text(f"{prefix}metadata.yaml")) or {}
+        for split, entry in (metadata.get("splits") or {}).items():
+            path = entry.get("path") if isinstance(entry, dict) else None
+            names.append(path or f"{split}.arrow")
+    for name in dict.fromkeys(names):
+        if data.exists(f"{prefix}{name}"):
+            data.download(f"{prefix}{name}", staging / name)
+    return staging / key.rpartition("/")[2] if is_shard else staging
+
+
 def _finish_parent_if_done(task, parent_id: int) -> str | None:
     """After a part (or the dataset's job itself) ended: if every part has finished and the
     dataset's job waits detached, take it over here and finish it. Many may try; one gets it."""
@@ -402,7 +474,7 @@ def _train(run: JobRun) -> Outcome:
     with session_scope(settings.database_url) as session:
         folder = open_dataset_split(store, get_dataset(session, dataset_id=run.dataset_id), split)
     relative = job_dir(run.job_id)
-    resume_key = f"{relative}/resume.pt"
+    resume_key = resume_checkpoint(run.job_id)
 
     def on_progress(p) -> None:
         metrics.train_step(
@@ -429,6 +501,8 @@ def _train(run: JobRun) -> Outcome:
             metric=point,
         )
 
+    # Once the job has ended (succeeded, failed, cancelled) nothing will resume it.
+    run.at_end(lambda: remove_resume_checkpoint(store, run.job_id))
     with store.writing(relative) as output:
         # A redelivered job finds the resume checkpoint of the run that died (on this
         # machine or another: it is published to the store) and continues it.
@@ -469,7 +543,7 @@ def _train(run: JobRun) -> Outcome:
             history=result.history,
         )
 
-    return Outcome(record=record, cleanup=lambda: store.delete(resume_key))
+    return Outcome(record=record)
 
 
 def _finite(value: float | None) -> float | None:

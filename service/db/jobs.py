@@ -16,8 +16,8 @@ cancelling the parent cancels its parts.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
@@ -48,6 +48,11 @@ def create_job(
         status=JobStatus.QUEUED,
         dataset_id=dataset_id,
         params=params or {},
+        # The caller sends the message right after the commit. If it never gets there (the
+        # process dies in between), the job looks like one whose message was lost, and the
+        # sweep sends it (`resend_queued_jobs`).
+        sends=1,
+        sent_at=utcnow(),
         parent_id=parent_id,
         part_index=part_index,
         part_count=part_count,
@@ -384,7 +389,16 @@ def requeue_job(
         update(Job)
         .where(_owned(job_id, attempt))
         .where(Job.cancel_requested.is_(False))
-        .values(status=JobStatus.QUEUED, heartbeat_at=None, error=error, error_type=error_type)
+        .values(
+            status=JobStatus.QUEUED,
+            heartbeat_at=None,
+            error=error,
+            error_type=error_type,
+            # The caller sends it right after the commit.
+            sends=Job.sends + 1,
+            sent_at=utcnow(),
+            resend_at=None,
+        )
         .execution_options(synchronize_session=False)
     )
     return moved.rowcount == 1
@@ -455,6 +469,8 @@ def request_cancel(session: Session, *, job_id: int) -> Job | None:
 class Recovery:
     requeued: list[Job]
     failed: list[Job]
+    # Queued jobs sent again because their message may be lost (`resend_queued_jobs`).
+    resent: list[Job] = field(default_factory=list)
 
 
 def recover_stale_jobs(
@@ -503,6 +519,10 @@ def recover_stale_jobs(
             .values(
                 status=JobStatus.QUEUED,
                 heartbeat_at=None,
+                # The caller sends it right after the commit.
+                sends=Job.sends + 1,
+                sent_at=utcnow(),
+                resend_at=None,
                 error=f"attempt {job.attempt} lost: {silent}; queued again",
                 error_type="WorkerLost",
             )
@@ -512,6 +532,50 @@ def recover_stale_jobs(
             outcome.requeued.append(session.get(Job, job.id, populate_existing=True))
     outcome.requeued.extend(_wake_forgotten_parents(session, stale_before=stale_before))
     return outcome
+
+
+def resend_queued_jobs(
+    session: Session, *, first_wait_s: float, max_wait_s: float, limit: int = 100
+) -> list[Job]:
+    """Queued jobs that nobody claimed within their wait: their message may be lost.
+
+    A message can vanish without a trace: a broker that restarts without saving, or a
+    process that dies between committing a job and sending it. The claim is conditional, so
+    a second message for a job whose first one still waits is harmless; each resend doubles
+    the wait before the next (up to `max_wait_s`), so a job that merely waits its turn
+    behind a long run collects a handful of duplicates, not one per sweep.
+
+    Returns the jobs to send (the caller sends them after committing). Conditional on the
+    number of sends read, so two sweepers never both send the same round.
+    """
+    now = utcnow()
+    due = session.scalars(
+        select(Job)
+        .where(
+            Job.status == JobStatus.QUEUED,
+            or_(
+                Job.resend_at <= now,
+                and_(
+                    Job.resend_at.is_(None),
+                    Job.sent_at <= now - timedelta(seconds=first_wait_s),
+                ),
+            ),
+        )
+        .order_by(Job.id)
+        .limit(limit)
+    ).all()
+    resent = []
+    for job in due:
+        wait = min(first_wait_s * 2 ** min(job.sends, 30), max_wait_s)
+        moved = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.QUEUED, Job.sends == job.sends)
+            .values(sends=Job.sends + 1, sent_at=now, resend_at=now + timedelta(seconds=wait))
+            .execution_options(synchronize_session=False)
+        )
+        if moved.rowcount == 1:
+            resent.append(session.get(Job, job.id, populate_existing=True))
+    return resent
 
 
 def _wake_forgotten_parents(session: Session, *, stale_before: datetime) -> list[Job]:
