@@ -223,6 +223,8 @@ def _import(run: JobRun, config: dict[str, Any]) -> Outcome:
     def record(session: Session) -> None:
         mark_dataset_prepared(session, dataset_id=run.dataset_id, path=relative, info=info)
 
+    return Outcome(record=record)
+
 
 def _part_params(plan: dict[str, Any]) -> list[dict[str, Any]]:
     from gistnet.data import plan_parts
