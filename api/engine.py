@@ -28,8 +28,13 @@ class GistEngine:
         self.gists_per_block = self._encoder.gists_per_block
         self.vocab_size = self._encoder.vocab_size
 
-    def tokenize(self, text: str) -> list[int]:
-        return list(self._encoder.tokenize(text))
+    @property
+    def longest_token(self) -> int:
+        """Characters of the tokenizer's longest token; a ConfigError without a tokenizer."""
+        return self._encoder.longest_token
+
+    def tokenize(self, text: str, *, max_tokens: int | None = None) -> list[int]:
+        return list(self._encoder.tokenize(text, max_tokens=max_tokens))
 
     def decode_blocks(self, blocks: np.ndarray) -> list[str] | None:
         """(N, T) ids -> the text of each block, as the tokenizer writes it back (None for a
@@ -59,6 +64,9 @@ class EngineCache:
         self._engines: OrderedDict[int, GistEngine] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Lock] = {}
+        # The model that was the newest when the database last said so: /gist without a
+        # model_id keeps serving it while the database is away.
+        self.newest_model_id: int | None = None
 
     def get(self, model_id: int, checkpoint: Path) -> GistEngine:
         with self._lock:

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from sqlalchemy.orm import sessionmaker
 
 from api.batching import GistBatcher
 from api.engine import EngineCache
+from api.errors import ContainErrors, LimitBodySize, install_error_handlers
 from api.metrics import ApiMetrics, RequestMetricsMiddleware
 from api.routes import include_routers
-from api.validation import RequestProblem
-from gistnet.config import describe_validation_errors
 from service.db.engine import make_engine
 from service.queue import celery_client
 from service.settings import Settings, get_settings
@@ -55,13 +52,24 @@ async def lifespan(app: FastAPI):
         engine.dispose()
 
 
-def _describe(errors) -> str:
-    # A request's locations start with where the value came from (body, query, path).
-    return "; ".join(
-        describe_validation_errors(
-            errors, name_of=lambda loc: ".".join(str(p) for p in loc if p != "body")
-        )
-    )
+def body_limit_of(settings: Settings):
+    """Each route's largest body: inline documents on POST /datasets (files, streamed to
+    disk, have their own bound), a text or blocks on POST /gist, a small JSON document
+    anywhere else."""
+    from api.uploads import MAX_FIELD_BYTES
+
+    def limit_of(path: str, content_type: str) -> tuple[int, str]:
+        path = path.rstrip("/")
+        if path == "/datasets" and content_type.startswith("multipart/form-data"):
+            # The upload counts its files itself; here only what it never could exceed.
+            return settings.upload_max_bytes + MAX_FIELD_BYTES, "GISTNET_UPLOAD_MAX_BYTES"
+        if path == "/datasets":
+            return settings.dataset_max_body_bytes, "GISTNET_DATASET_MAX_BODY_BYTES"
+        if path == "/gist":
+            return settings.gist_max_body_bytes, "GISTNET_GIST_MAX_BODY_BYTES"
+        return settings.max_body_bytes, "GISTNET_MAX_BODY_BYTES"
+
+    return limit_of
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -71,27 +79,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.state.settings = settings or get_settings()
+    app.state.settings = settings = settings or get_settings()
     app.state.metrics = ApiMetrics()
     app.state.metrics.watch(app)
-    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
     include_routers(app)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid_request(_request: Request, exc: RequestValidationError):
-        return JSONResponse(
-            status_code=422,
-            content={
-                "detail": _describe(exc.errors()),
-                "errors": [
-                    {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
-                    for e in exc.errors()
-                ],
-            },
-        )
-
-    @app.exception_handler(RequestProblem)
-    async def _request_problem(_request: Request, exc: RequestProblem):
-        return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
-
+    install_error_handlers(app)
+    # The last added runs first: errors are contained around everything (the metrics
+    # included, which count a 500 as it passes), then every request is counted, and
+    # bodies are counted before any route reads them.
+    app.add_middleware(LimitBodySize, limit_of=body_limit_of(settings))
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(ContainErrors)
     return app

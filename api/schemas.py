@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from gistnet.config import DatasetConfig, GistNetConfig, TrainingConfig
+from api.validation import unstorable_text
+from gistnet.config import DatasetConfig, GistNetConfig, SplitConfig, TrainingConfig
+from service.db.models import Dataset, Model
+from service.limits import INT32_MAX
 from service.queue import JobKind, JobStatus, ProductStatus, QueueName
+
+# Ids are Integer columns: anything outside this range names no row, and some databases
+# refuse to even compare with it.
+RowId = Annotated[int, Field(ge=1, le=INT32_MAX)]
+
+
+def _length(column) -> int:
+    """The length of a String column, so a request is refused before the database does."""
+    return column.property.columns[0].type.length
+
+
+# A split's name is stored with the models and evaluations made from it.
+SplitName = Annotated[str, StringConstraints(min_length=1, max_length=_length(Model.split))]
 
 
 class _Out(BaseModel):
@@ -16,7 +32,34 @@ class _Out(BaseModel):
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(protected_namespaces=(), extra="forbid")
+    model_config = ConfigDict(protected_namespaces=(), extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        problem = unstorable_text(data)
+        if problem:
+            raise ValueError(problem)
+        return data
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ErrorItem(_Out):
+    # Where the problem is: ["body", "training", "lr"], ["path", "job_id"], ...
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorPublic(_Out):
+    """Every error the API answers, whatever its status."""
+
+    # One sentence per problem, naming the field: what a person reads.
+    detail: str
+    # For request validation (422): each problem on its own, for a program to read.
+    errors: list[ErrorItem] = []
 
 
 # --------------------------------------------------------------------------- jobs
@@ -36,24 +79,61 @@ class JobError(_Out):
     type: str | None = None
 
 
+class JobPartPublic(_Out):
+    """One part of a dataset prepared in parts: a job of its own."""
+
+    job_id: int
+    # 0-based, in the order of the dataset's parts (split by split).
+    index: int
+    split: str | None
+    shard: str | None
+    status: JobStatus
+    attempt: int
+    worker: str | None
+    # documents/tokens/examples so far; once done also bytes, sha256 and `reused` (a
+    # redelivered part whose shard was already complete and verified).
+    detail: dict[str, Any] | None
+    error: JobError | None
+    heartbeat_at: datetime | None
+    finished_at: datetime | None
+
+
+class PartsPublic(_Out):
+    total: int
+    # Counts per status, e.g. {"succeeded": 3, "running": 1}.
+    by_status: dict[str, int]
+    examples: int
+    data: list[JobPartPublic]
+
+
 class JobPublic(_Out):
     id: int
     kind: JobKind
     status: JobStatus
     queue: QueueName
     dataset_id: int | None
+    # A part of a dataset's job: its parent, and its place among the parts.
+    parent_id: int | None = None
+    part_index: int | None = None
+    part_count: int | None = None
     progress: JobProgress
     attempt: int
     worker: str | None
     device: str | None
     cancel_requested: bool
     error: JobError | None
+    # Messages sent for the job (more than one: a lost message was replaced, see
+    # GISTNET_QUEUED_RESEND_S), and when the last one went.
+    sends: int
+    sent_at: datetime | None
     # What the job made: {"dataset_id": ...}, {"model_id": ...} or {"evaluation_id": ...}.
     result: dict[str, int | None]
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+    # A dataset's job prepared in parts (GET /jobs/{id} only): each part's progress.
+    parts: PartsPublic | None = None
 
 
 class JobsPublic(_Out):
@@ -89,15 +169,58 @@ class DatasetCreate(DatasetConfig):
     """The dataset config of the library, as JSON. Each split gives inline `documents` or a
     `source` file/glob relative to the server's data root; the service picks output paths."""
 
+    # As long as the columns that keep them.
+    dataset_name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=_length(Dataset.name)
+    )
+    tokenizer: str = Field(min_length=1, max_length=_length(Model.tokenizer))
+    teacher_model: str = Field(min_length=1, max_length=_length(Model.teacher))
+    splits: dict[SplitName, SplitConfig]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        problem = unstorable_text(data)
+        if problem:
+            raise ValueError(problem)
+        return data
+
+
+class DatasetImport(_In):
+    """A dataset another tool already wrote (the seed's `prepare_dataset`, or this
+    platform's elsewhere): its shards are copied under the artifact root and described."""
+
+    dataset_name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=_length(Dataset.name)
+    )
+    # A dataset folder (with metadata.yaml, ours or the seed's) or one shard file (.arrow),
+    # relative to the server's data root.
+    path: str = Field(min_length=1, max_length=1000)
+    # Needed when the dataset's metadata does not name them (a shard with no metadata);
+    # when given, they replace what the metadata names.
+    tokenizer: str | None = Field(default=None, min_length=1, max_length=_length(Model.tokenizer))
+    teacher_model: str | None = Field(default=None, min_length=1, max_length=_length(Model.teacher))
+
 
 class DatasetAccepted(JobAccepted):
     dataset_id: int
     dataset_url: str
 
 
-class SplitPublic(_Out):
+class ShardPublic(_Out):
     # Relative to the artifact root.
     path: str
+    documents: int | None = None
+    examples: int | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+
+
+class SplitPublic(_Out):
+    # Relative to the artifact root; a glob when the split has several shards.
+    path: str
+    # A split written as several shard files: each of them.
+    shards: list[ShardPublic] | None = None
     documents: int | None = None
     tokens: int | None = None
     blocks: int | None = None
@@ -115,6 +238,8 @@ class DatasetPublic(_Out):
     job_status: JobStatus | None
     tokenizer: str
     teacher_model: str
+    # cache: the shards hold every block's teacher states; none: token ids only.
+    teacher_states: str
     block_size: int
     horizon: int
     teacher_hidden_size: int | None
@@ -128,6 +253,8 @@ class DatasetPublic(_Out):
     sources: dict[str, str] = {}
     created_at: datetime
     updated_at: datetime
+    # Prepared in parts (GET /datasets/{id} only): each part's progress.
+    parts: PartsPublic | None = None
 
 
 class DatasetsPublic(_Out):
@@ -139,8 +266,8 @@ class DatasetsPublic(_Out):
 
 
 class TrainCreate(_In):
-    dataset_id: int
-    split: str = "train"
+    dataset_id: RowId
+    split: SplitName = "train"
     model: GistNetConfig = GistNetConfig()
     training: TrainingConfig = TrainingConfig()
 
@@ -185,7 +312,7 @@ class ModelsPublic(_Out):
 
 class GistRequest(_In):
     # None: the newest model.
-    model_id: int | None = None
+    model_id: RowId | None = None
     # Token ids, each block exactly the model's block_size long...
     blocks: list[list[int]] | None = None
     # ...or text, tokenized with the model's tokenizer and cut into full blocks.
@@ -216,13 +343,13 @@ class GistResponse(_Out):
 
 
 class EvaluationCreate(_In):
-    model_id: int
-    dataset_id: int
-    split: str = "validation"
+    model_id: RowId
+    dataset_id: RowId
+    split: SplitName = "validation"
     # A seeded random subset of the split; None scores every example.
     max_examples: int | None = Field(default=None, ge=1)
     bootstrap_samples: int = Field(default=1000, ge=10)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     # Adds the `oracle` condition on a seeded subset of this many examples: free vectors
     # fitted to each example, the ceiling of what the gist's vectors could carry. Costs
     # about one training step per example batch and Adam step; None leaves it out.

@@ -12,6 +12,7 @@ checks and the preparation a `source` gets. A refused upload leaves no file behi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -24,12 +25,13 @@ import yaml
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.validation import RequestProblem
+from gistnet.sources import SOURCE_SUFFIXES
 
 UPLOAD_FOLDER = "uploads"
-SOURCE_SUFFIXES = (".txt", ".jsonl")
 # Non-file fields (the config) are read into memory: a config is small.
 MAX_FIELD_BYTES = 1024 * 1024
 MAX_FILES = 1000
@@ -48,6 +50,9 @@ class Upload:
     fields: dict[str, str] = field(default_factory=dict)
     files: dict[str, list[Path]] = field(default_factory=dict)
     bytes: int = 0
+    # Every file's split, name and bytes as they arrived: what makes two uploads the same
+    # (an Idempotency-Key retry), whatever folder they were written to.
+    digest: Any = field(default_factory=hashlib.sha256)
 
 
 def _safe_name(filename: str, index: int) -> str:
@@ -108,8 +113,9 @@ class _Receiver:
             )
         if not filename.endswith(SOURCE_SUFFIXES):
             raise RequestProblem(
-                f"{name}: cannot read {filename!r}: upload .txt (one document per file) or "
-                f'.jsonl (one {{"text": ...}} per line) files'
+                f"{name}: cannot read {filename!r}: upload .txt (one document per file), "
+                f".jsonl, .jsonl.gz or .jsonl.zst (one JSON object per line) or .parquet "
+                f"(one document per row) files"
             )
         self.count += 1
         if self.count > MAX_FILES:
@@ -119,6 +125,7 @@ class _Receiver:
         path = folder / _safe_name(filename, self.count)
         self.file = path.open("wb")
         self.upload.files.setdefault(name, []).append(path)
+        self.upload.digest.update(f"\n{name}\n{filename}\n".encode())
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
@@ -133,6 +140,7 @@ class _Receiver:
         if self.upload.bytes > self.max_bytes:
             raise RequestProblem(too_large(self.max_bytes), status_code=413)
         self.file.write(chunk)
+        self.upload.digest.update(chunk)
 
     def on_part_end(self) -> None:
         if self.file is not None:
@@ -169,9 +177,12 @@ async def receive_upload(request: Request, *, data_root: Path, max_bytes: int) -
     receiver = _Receiver(upload, max_bytes)
     parser = MultipartParser(boundary, receiver.callbacks())
     try:
-        async for chunk in request.stream():
-            parser.write(chunk)
-        parser.finalize()
+        try:
+            async for chunk in request.stream():
+                parser.write(chunk)
+            parser.finalize()
+        except MultipartParseError as err:
+            raise RequestProblem(f"the multipart/form-data body is malformed: {err}") from None
     except BaseException:
         receiver.close()
         shutil.rmtree(upload.folder, ignore_errors=True)
@@ -204,7 +215,9 @@ def dataset_config_of(upload: Upload, *, data_root: Path) -> dict[str, Any]:
             f"names its split)"
         )
     if not upload.files:
-        raise RequestProblem("no files: attach .txt or .jsonl files, one field per split")
+        raise RequestProblem(
+            "no files: attach .txt, .jsonl(.gz|.zst) or .parquet files, one field per split"
+        )
     splits = dict(config.get("splits") or {})
     relative = upload.folder.relative_to(data_root.resolve())
     for split, paths in upload.files.items():

@@ -6,6 +6,8 @@ with the page (`selectinload`), so a page costs a fixed number of queries, not o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy.orm import Session
 
 from api.schemas import (
@@ -13,22 +15,56 @@ from api.schemas import (
     EvaluationPublic,
     EvaluationSummary,
     JobError,
+    JobPartPublic,
     JobProgress,
     JobPublic,
     ModelPublic,
+    PartsPublic,
     SplitPublic,
 )
 from service.db.models import Dataset, Evaluation, Job, Model
 from service.db.records import job_result, latest_evaluation
 
 
-def job_public(job: Job) -> JobPublic:
+def parts_public(parts: Sequence[Job]) -> PartsPublic:
+    by_status: dict[str, int] = {}
+    for part in parts:
+        by_status[part.status] = by_status.get(part.status, 0) + 1
+    return PartsPublic(
+        total=len(parts),
+        by_status=by_status,
+        examples=sum(int((p.progress or {}).get("examples") or 0) for p in parts),
+        data=[
+            JobPartPublic(
+                job_id=p.id,
+                index=p.part_index,
+                split=(p.params or {}).get("split"),
+                shard=(p.params or {}).get("shard"),
+                status=p.status,
+                attempt=p.attempt,
+                worker=p.worker,
+                detail=p.progress,
+                error=JobError(message=p.error, type=p.error_type) if p.error else None,
+                heartbeat_at=p.heartbeat_at,
+                finished_at=p.finished_at,
+            )
+            for p in parts
+        ],
+    )
+
+
+def job_public(job: Job, *, parts: Sequence[Job] | None = None) -> JobPublic:
+    """`parts`: a parent's parts, shown on the single-job view (lists leave them out)."""
     return JobPublic(
         id=job.id,
         kind=job.kind,
         status=job.status,
         queue=job.queue,
         dataset_id=job.dataset_id,
+        parent_id=job.parent_id,
+        part_index=job.part_index,
+        part_count=job.part_count,
+        parts=parts_public(parts) if parts else None,
         progress=JobProgress(
             step=job.step,
             max_steps=job.max_steps,
@@ -41,6 +77,8 @@ def job_public(job: Job) -> JobPublic:
         device=job.device,
         cancel_requested=job.cancel_requested,
         error=JobError(message=job.error, type=job.error_type) if job.error else None,
+        sends=job.sends,
+        sent_at=job.sent_at,
         result=job_result(job),
         created_at=job.created_at,
         started_at=job.started_at,
@@ -49,13 +87,19 @@ def job_public(job: Job) -> JobPublic:
     )
 
 
-def dataset_public(dataset: Dataset) -> DatasetPublic:
+def dataset_public(dataset: Dataset, *, parts: Sequence[Job] | None = None) -> DatasetPublic:
+    """`parts`: the parts of its job, shown on the single-dataset view."""
     info = dataset.info or {}
     config = dataset.config
     job = dataset.prepare_jobs[0] if dataset.prepare_jobs else None
     splits = {}
     for name, stats in (info.get("splits") or {}).items():
-        splits[name] = SplitPublic(**{**stats, "path": f"{dataset.path}/{stats['path']}"})
+        shards = stats.get("shards")
+        if shards:
+            shards = [{**s, "path": f"{dataset.path}/{s['path']}"} for s in shards]
+        splits[name] = SplitPublic(
+            **{**stats, "path": f"{dataset.path}/{stats['path']}", "shards": shards}
+        )
     sources = {}
     for name, split in (config.get("splits") or {}).items():
         if split.get("source"):
@@ -71,6 +115,7 @@ def dataset_public(dataset: Dataset) -> DatasetPublic:
         job_status=job.status if job else None,
         tokenizer=config.get("tokenizer", ""),
         teacher_model=config.get("teacher_model", ""),
+        teacher_states=config.get("teacher_states", info.get("teacher_states", "cache")),
         block_size=config.get("block_size", info.get("block_size", 32)),
         horizon=config.get("horizon", info.get("horizon", 64)),
         teacher_hidden_size=info.get("teacher_hidden_size"),
@@ -81,6 +126,7 @@ def dataset_public(dataset: Dataset) -> DatasetPublic:
         sources=sources,
         created_at=dataset.created_at,
         updated_at=dataset.updated_at,
+        parts=parts_public(parts) if parts else None,
     )
 
 

@@ -17,10 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from gistnet.errors import ConfigError
 
 TeacherDType = Literal["float32", "float16", "bfloat16"]
+TeacherStates = Literal["cache", "none"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # An infinite or NaN number is never a meaningful setting (YAML's .inf, JSON's 1e999).
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class SplitConfig(_Strict):
@@ -37,11 +39,22 @@ class SplitConfig(_Strict):
     # Caps for quick runs: stop after this many files / tokens.
     max_files: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
+    # The JSON key (.jsonl, .jsonl.gz, .jsonl.zst) or Parquet column holding each document.
+    text_column: str = Field(default="text", min_length=1)
+    # Shard files the split is written as, each from a contiguous range of documents
+    # (`train-00000-of-00008.arrow`, ...). The service prepares each shard as a task of its
+    # own, so N workers prepare one split together. The rows do not depend on this number.
+    shards: int = Field(default=1, ge=1, le=100_000)
 
     @model_validator(mode="after")
     def _one_text_source(self) -> SplitConfig:
         if (self.source is None) == (self.documents is None):
             raise ValueError("give exactly one of `source` (a file or glob) or `documents`")
+        if self.shards > 1 and self.max_tokens is not None:
+            raise ValueError(
+                f"max_tokens caps one pass over the split in order, so it cannot be combined "
+                f"with shards ({self.shards}): use max_files, or shards: 1"
+            )
         return self
 
 
@@ -58,6 +71,10 @@ class DatasetConfig(_Strict):
     teacher_batch_size: int = Field(default=64, ge=1)
     teacher_dtype: TeacherDType = "float32"
     teacher_device: str = "auto"
+    # cache: run the teacher at preparation and store every block's states (float32,
+    # block_size x width per example). none: store token ids only (a few hundred bytes
+    # per example whatever the width) and let training run the teacher inside each step.
+    teacher_states: TeacherStates = "cache"
     splits: dict[str, SplitConfig]
 
     @model_validator(mode="after")
@@ -85,7 +102,8 @@ class TrainingConfig(_Strict):
     lr: float = Field(default=1e-3, gt=0)
     max_steps: int = Field(default=1000, ge=1)
     device: str = "auto"
-    seed: int = 0
+    # numpy's generators take no negative seed.
+    seed: int = Field(default=0, ge=0)
     # Linear warm-up steps before the cosine decay.
     warmup: int = Field(default=0, ge=0)
     # AdamW decay of the weight matrices only (not norms, biases or the pooling query).
@@ -133,7 +151,8 @@ class GistNetConfig:
     """
 
     # A misspelt key in a YAML or JSON `model:` section is an error, not silently ignored.
-    __pydantic_config__ = ConfigDict(extra="forbid")
+    # An infinite or NaN number is never a meaningful setting (YAML's .inf, JSON's 1e999).
+    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     hidden_size: int | None = None  # the teacher's width, where gists live (None: the dataset's)
     block_size: int | None = None  # tokens per block; fixes the rotary table (None: the dataset's)

@@ -1,14 +1,26 @@
-"""Dataset preparation: text -> token blocks -> teacher states -> Arrow shards.
+"""Dataset preparation: text -> token blocks -> (teacher states) -> Arrow shards.
 
-The work streams: documents are tokenized a chunk at a time, blocks are run through the
-teacher in batches of `teacher_batch_size`, and each batch is written as a record batch,
-so peak memory depends on the batch, not on the corpus. A split is written under a
-temporary name and renamed only when complete.
+The work streams: documents are read (`gistnet.sources`) and tokenized a chunk at a
+time, blocks are run through the teacher in batches of `teacher_batch_size`, and each
+batch is written as a record batch, so peak memory depends on the batch, not on the
+corpus. A shard is written under a temporary name and renamed only when complete.
+
+With `teacher_states: none` no teacher runs: the shards hold the token columns alone
+(`gistnet.shards.token_schema`, a few hundred bytes an example whatever the teacher's
+width) and training runs the teacher inside its steps.
+
+A split with `shards: N` is written as N files, each from a contiguous range of the
+split's documents, in three steps that different machines may run:
+
+    plan_dataset      the fingerprint, the documents of every source file, each part's range
+    prepare_part      one part's shard, and its manifest (rows, bytes, sha256) under .parts/
+    finalize_dataset  checks every part against its manifest, then writes metadata.yaml
+
+`prepare_dataset` runs the three in one process; the service runs each part as a task.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -25,11 +37,25 @@ import yaml
 
 from gistnet.config import DatasetConfig, SplitConfig
 from gistnet.devices import resolve_device
-from gistnet.errors import Cancelled, ConfigError
-from gistnet.shards import METADATA_FILE, make_record_batch, shard_schema
+from gistnet.errors import Cancelled, ConfigError, ShardError
+from gistnet.shards import (
+    METADATA_FILE,
+    make_record_batch,
+    make_token_batch,
+    shard_file_name,
+    shard_glob,
+    shard_schema,
+    token_schema,
+)
+from gistnet.sources import count_documents, document_range, planned_name, source_files
 from gistnet.teacher import block_hidden_states, hidden_size_of, load_teacher, load_tokenizer
 
 _TOKENIZE_CHUNK = 256  # documents tokenized per call: fast batch encoding, bounded memory
+# Rows per record batch of a token-only shard: there is no teacher batch to follow, and a
+# few MB a batch keeps the file's per-batch overhead negligible.
+_TOKEN_BATCH_ROWS = 8192
+# Beside a split's shards: one manifest per part, the record finalize_dataset checks.
+PARTS_DIR = ".parts"
 
 
 @dataclass
@@ -38,51 +64,17 @@ class PrepProgress:
     documents: int
     tokens: int
     examples: int
+    # The part's index in its split, when the split is prepared in parts.
+    part: int | None = None
 
 
 # --------------------------------------------------------------------------- reading text
 
 
-def _source_files(split_name: str, split: SplitConfig, base_dir: Path) -> list[Path]:
-    pattern = split.source if os.path.isabs(split.source) else str(base_dir / split.source)
-    files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-    if not files:
-        raise ConfigError(
-            f"split {split_name!r}: source {split.source!r} matches no file "
-            f"(looked for {pattern!r}; relative sources are read from the config file's folder)"
-        )
-    bad = [f.name for f in files if f.suffix not in (".txt", ".jsonl")]
-    if bad:
-        raise ConfigError(
-            f"split {split_name!r}: cannot read {', '.join(bad[:3])}: sources must be .txt "
-            f'(one document per file) or .jsonl (one {{"text": ...}} per line)'
-        )
-    return files[: split.max_files] if split.max_files else files
-
-
-def _read_documents(files: list[Path]) -> Iterator[str]:
-    for path in files:
-        if path.suffix == ".txt":
-            yield path.read_text(encoding="utf-8")
-            continue
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    text = json.loads(line)["text"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise ConfigError(
-                        f"{path}:{lineno}: each line of a .jsonl source must be an object with "
-                        f'a "text" string'
-                    ) from None
-                yield text
-
-
 def _documents(split_name: str, split: SplitConfig, base_dir: Path) -> Iterator[str]:
     if split.documents is not None:
         return iter(split.documents)
-    return _read_documents(_source_files(split_name, split, base_dir))
+    return document_range(split_name, split, base_dir)
 
 
 def _chunks(texts: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -133,6 +125,12 @@ def _hash_file(h, path: Path) -> None:
             h.update(chunk)
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    _hash_file(h, path)
+    return h.hexdigest()
+
+
 def _model_identity(name: str) -> str:
     """Content hash of a local model folder's small files plus weight sizes; the id otherwise."""
     path = Path(name)
@@ -151,26 +149,35 @@ def _model_identity(name: str) -> str:
 
 
 def dataset_fingerprint(config: DatasetConfig, base_dir: Path) -> str:
-    """Changes whenever the stored data would: config values, input text, teacher, tokenizer."""
+    """Changes whenever the stored data would: config values, input text, teacher, tokenizer.
+
+    How a split is cut into shard files (`shards`) is left out: the rows are the same.
+    Settings added later enter only when they differ from their default, so a dataset
+    prepared before they existed keeps its fingerprint.
+    """
     h = hashlib.sha256()
     data_fields = config.model_dump(include={"block_size", "horizon", "teacher_dtype"})
+    if config.teacher_states != "cache":
+        data_fields["teacher_states"] = config.teacher_states
     h.update(json.dumps(data_fields, sort_keys=True).encode())
     h.update(_model_identity(config.teacher_model).encode())
     h.update(_model_identity(config.tokenizer).encode())
     for name in sorted(config.splits):
         split = config.splits[name]
         h.update(json.dumps([name, split.max_files, split.max_tokens]).encode())
+        if split.text_column != "text":
+            h.update(json.dumps(["text_column", split.text_column]).encode())
         if split.documents is not None:
             for doc in split.documents:
                 h.update(hashlib.sha256(doc.encode()).digest())
         else:
-            for f in _source_files(name, split, base_dir):
+            for f in source_files(name, split, base_dir):
                 h.update(f.name.encode())
                 _hash_file(h, f)
     return h.hexdigest()[:16]
 
 
-# --------------------------------------------------------------------------- writing
+# --------------------------------------------------------------------------- what is loaded
 
 
 def resolve_model_ref(name: str, base_dir: Path) -> str:
@@ -182,6 +189,60 @@ def resolve_model_ref(name: str, base_dir: Path) -> str:
     return name
 
 
+def resolve_dataset_config(
+    config: DatasetConfig, config_dir: str | Path | None
+) -> tuple[DatasetConfig, Path]:
+    """The config with its tokenizer and teacher folders made absolute, and the folder its
+    relative paths are read from."""
+    base_dir = Path(config_dir or ".").resolve()
+    config = config.model_copy(
+        update={
+            "teacher_model": resolve_model_ref(config.teacher_model, base_dir),
+            "tokenizer": resolve_model_ref(config.tokenizer, base_dir),
+        }
+    )
+    return config, base_dir
+
+
+@dataclass
+class PrepResources:
+    """What preparing loads: the tokenizer, the teacher (None for a token-only dataset) and
+    its width and vocabulary. Loading a big teacher takes long, so a worker that prepares
+    many parts loads them once (`load_prep_resources`) and passes them to each part."""
+
+    tokenizer: Any
+    teacher: Any | None
+    hidden_size: int
+    vocab_size: int
+
+
+def load_prep_resources(config: DatasetConfig) -> PrepResources:
+    """Tokenizer and teacher for `config` (model references already absolute). A token-only
+    dataset reads only the teacher's config: its width and vocabulary, never its weights."""
+    tokenizer = load_tokenizer(config.tokenizer)
+    teacher = None
+    if config.teacher_states == "cache":
+        device = resolve_device(config.teacher_device)
+        teacher = load_teacher(config.teacher_model, dtype=config.teacher_dtype, device=device)
+        hidden_size = hidden_size_of(teacher)
+        vocab_size = int(teacher.get_input_embeddings().weight.shape[0])
+    else:
+        from gistnet.teacher import config_hidden_size, load_teacher_config
+
+        teacher_config = load_teacher_config(config.teacher_model)
+        hidden_size = config_hidden_size(teacher_config)
+        vocab_size = int(teacher_config.vocab_size)
+    if len(tokenizer) > vocab_size:
+        raise ConfigError(
+            f"tokenizer {config.tokenizer!r} has {len(tokenizer)} tokens but teacher "
+            f"{config.teacher_model!r} embeds only {vocab_size}: they do not belong together"
+        )
+    return PrepResources(tokenizer, teacher, hidden_size, vocab_size)
+
+
+# --------------------------------------------------------------------------- writing
+
+
 def _output_path(name: str, split: SplitConfig, base_dir: Path, output_dir: Path | None) -> Path:
     if output_dir is not None:
         return output_dir / f"{name}.arrow"
@@ -191,22 +252,41 @@ def _output_path(name: str, split: SplitConfig, base_dir: Path, output_dir: Path
     return (out if out.is_absolute() else base_dir / out).resolve()
 
 
-def _write_split(
+def shard_paths(
+    name: str, split: SplitConfig, base_dir: Path, output_dir: Path | None
+) -> list[Path]:
+    """Where a split's shards go: `<split>.arrow` for one, else `<split>-00000-of-0000N.arrow`
+    ... in the output folder (or beside the config's output_path, named by its stem)."""
+    single = _output_path(name, split, base_dir, output_dir)
+    if split.shards == 1:
+        return [single]
+    stem = name if output_dir is not None else single.stem
+    return [single.parent / shard_file_name(stem, i, split.shards) for i in range(split.shards)]
+
+
+def _schema_of(config: DatasetConfig, hidden_size: int) -> pa.Schema:
+    if config.teacher_states == "none":
+        return token_schema(config.block_size, config.horizon)
+    return shard_schema(config.block_size, config.horizon, hidden_size)
+
+
+def _write_shard(
     *,
-    name: str,
+    what: str,
     windows: Iterator[np.ndarray],
     out_path: Path,
-    teacher,
     config: DatasetConfig,
-    hidden_size: int,
+    resources: PrepResources,
     counters: dict[str, int],
     on_batch: Callable[[], None],
     should_cancel: Callable[[], bool] | None,
 ) -> None:
-    t, bs = config.block_size, config.teacher_batch_size
+    """Write the examples of `windows` ((E, horizon) arrays) as one shard, atomically."""
+    t, teacher = config.block_size, resources.teacher
+    rows = config.teacher_batch_size if teacher is not None else _TOKEN_BATCH_ROWS
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
-    schema = shard_schema(t, config.horizon, hidden_size)
+    schema = _schema_of(config, resources.hidden_size)
     pending: list[np.ndarray] = []
     pending_rows = 0
 
@@ -214,17 +294,19 @@ def _write_split(
         nonlocal pending, pending_rows
         context = np.concatenate(pending)
         pending, pending_rows = [], 0
-        for start in range(0, len(context), bs):
-            ctx = context[start : start + bs]
+        for start in range(0, len(context), rows):
+            ctx = context[start : start + rows]
             if should_cancel is not None and should_cancel():
-                raise Cancelled(f"dataset preparation cancelled during split {name!r}")
-            blocks = torch.from_numpy(np.ascontiguousarray(ctx[:, :t])).long()
-            states = block_hidden_states(teacher, blocks).cpu().numpy()
-            writer.write_batch(
-                make_record_batch(
+                raise Cancelled(f"dataset preparation cancelled during {what}")
+            if teacher is None:
+                batch = make_token_batch(input_ids=ctx[:, :t], context_input_ids=ctx)
+            else:
+                blocks = torch.from_numpy(np.ascontiguousarray(ctx[:, :t])).long()
+                states = block_hidden_states(teacher, blocks).cpu().numpy()
+                batch = make_record_batch(
                     input_ids=ctx[:, :t], context_input_ids=ctx, teacher_hidden=states
                 )
-            )
+            writer.write_batch(batch)
             counters["examples"] += len(ctx)
             on_batch()
 
@@ -234,18 +316,38 @@ def _write_split(
                 if len(win):
                     pending.append(win)
                     pending_rows += len(win)
-                if pending_rows >= bs:
+                if pending_rows >= rows:
                     flush(writer)
             if pending_rows:
                 flush(writer)
-        if counters["examples"] == 0:
-            raise ConfigError(
-                f"split {name!r} produced no examples: no document has {config.horizon} tokens "
-                f"(the horizon); give longer documents or a smaller horizon"
-            )
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _no_examples(name: str, config: DatasetConfig) -> ConfigError:
+    return ConfigError(
+        f"split {name!r} produced no examples: no document has {config.horizon} tokens "
+        f"(the horizon); give longer documents or a smaller horizon"
+    )
+
+
+def _examples_of(
+    texts: Iterator[str],
+    *,
+    split: SplitConfig,
+    config: DatasetConfig,
+    tokenizer,
+    counters: dict[str, int],
+    bar,
+) -> Iterator[np.ndarray]:
+    for ids in _token_documents(texts, tokenizer, split.max_tokens):
+        counters["documents"] += 1
+        counters["tokens"] += len(ids)
+        counters["blocks"] += len(ids) // config.block_size
+        if bar is not None:
+            bar.update(len(ids))
+        yield document_examples(ids, config.block_size, config.horizon)
 
 
 def _prepare_split(
@@ -255,9 +357,7 @@ def _prepare_split(
     config: DatasetConfig,
     base_dir: Path,
     out_path: Path,
-    tokenizer,
-    teacher,
-    hidden_size: int,
+    resources: PrepResources,
     bar,
     on_progress: Callable[[PrepProgress], None] | None,
     should_cancel: Callable[[], bool] | None,
@@ -267,39 +367,64 @@ def _prepare_split(
     if bar is not None:
         bar.set_description(name)
 
-    def windows() -> Iterator[np.ndarray]:
-        texts = _documents(name, split, base_dir)
-        for ids in _token_documents(texts, tokenizer, split.max_tokens):
-            counters["documents"] += 1
-            counters["tokens"] += len(ids)
-            counters["blocks"] += len(ids) // config.block_size
-            if bar is not None:
-                bar.update(len(ids))
-            yield document_examples(ids, config.block_size, config.horizon)
-
     def report() -> None:
         if on_progress is not None:
             on_progress(
                 PrepProgress(name, counters["documents"], counters["tokens"], counters["examples"])
             )
 
-    _write_split(
-        name=name,
-        windows=windows(),
-        out_path=out_path,
-        teacher=teacher,
+    windows = _examples_of(
+        _documents(name, split, base_dir),
+        split=split,
         config=config,
-        hidden_size=hidden_size,
+        tokenizer=resources.tokenizer,
+        counters=counters,
+        bar=bar,
+    )
+    _write_shard(
+        what=f"split {name!r}",
+        windows=windows,
+        out_path=out_path,
+        config=config,
+        resources=resources,
         counters=counters,
         on_batch=report,
         should_cancel=should_cancel,
     )
+    if counters["examples"] == 0:
+        out_path.unlink(missing_ok=True)
+        raise _no_examples(name, config)
     report()
     return {
         "path": str(out_path),
         **counters,
         "bytes": out_path.stat().st_size,
         "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _metadata(
+    config: DatasetConfig,
+    *,
+    fingerprint: str,
+    hidden_size: int,
+    vocab_size: int,
+    splits: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "dataset_name": config.dataset_name,
+        "tokenizer": config.tokenizer,
+        "teacher_model": config.teacher_model,
+        "teacher_dtype": config.teacher_dtype,
+        # cache: every example carries the block's states; none: tokens only.
+        "teacher_states": config.teacher_states,
+        "block_size": config.block_size,
+        "horizon": config.horizon,
+        "teacher_hidden_size": hidden_size,
+        "vocab_size": vocab_size,
+        "fingerprint": fingerprint,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "splits": splits,
     }
 
 
@@ -312,84 +437,386 @@ def prepare_dataset(
     should_cancel: Callable[[], bool] | None = None,
     show_progress: bool = False,
 ) -> dict[str, Any]:
-    """Tokenize, cut into blocks, run the teacher and write one Arrow shard per split.
+    """Tokenize, cut into blocks, run the teacher (unless `teacher_states: none`) and write
+    each split as one Arrow shard, or as `shards` of them.
 
     Relative `source` and `output_path` values are read from `config_dir` (the config
-    file's folder). With `output_dir`, every split goes to `<output_dir>/<split>.arrow`.
-    Returns the metadata, also written as metadata.yaml beside the shards.
+    file's folder). With `output_dir`, every split goes to `<output_dir>/<split>.arrow`
+    (`<split>-00000-of-0000N.arrow`, ... with several shards). Returns the metadata, also
+    written as metadata.yaml beside the shards, with absolute shard paths.
     """
-    base_dir = Path(config_dir or ".").resolve()
-    config = config.model_copy(
-        update={
-            "teacher_model": resolve_model_ref(config.teacher_model, base_dir),
-            "tokenizer": resolve_model_ref(config.tokenizer, base_dir),
-        }
-    )
+    config, base_dir = resolve_dataset_config(config, config_dir)
     out_dir = Path(output_dir).resolve() if output_dir is not None else None
-    outputs = {n: _output_path(n, s, base_dir, out_dir) for n, s in config.splits.items()}
-    fingerprint = dataset_fingerprint(config, base_dir)  # also checks every source exists
-
-    tokenizer = load_tokenizer(config.tokenizer)
-    device = resolve_device(config.teacher_device)
-    teacher = load_teacher(config.teacher_model, dtype=config.teacher_dtype, device=device)
-    hidden_size = hidden_size_of(teacher)
-    vocab_size = int(teacher.get_input_embeddings().weight.shape[0])
-    if len(tokenizer) > vocab_size:
-        raise ConfigError(
-            f"tokenizer {config.tokenizer!r} has {len(tokenizer)} tokens but teacher "
-            f"{config.teacher_model!r} embeds only {vocab_size}: they do not belong together"
-        )
-
     bar = None
     if show_progress:
         from tqdm import tqdm
 
         bar = tqdm(unit="tok", unit_scale=True, dynamic_ncols=True)
-
-    split_stats = {
-        name: _prepare_split(
-            name=name,
-            split=split,
-            config=config,
-            base_dir=base_dir,
-            out_path=outputs[name],
-            tokenizer=tokenizer,
-            teacher=teacher,
-            hidden_size=hidden_size,
-            bar=bar,
-            on_progress=on_progress,
-            should_cancel=should_cancel,
-        )
-        for name, split in config.splits.items()
-    }
-    if bar is not None:
-        bar.close()
-
-    metadata = {
-        "dataset_name": config.dataset_name,
-        "tokenizer": config.tokenizer,
-        "teacher_model": config.teacher_model,
-        "teacher_dtype": config.teacher_dtype,
-        "block_size": config.block_size,
-        "horizon": config.horizon,
-        "teacher_hidden_size": hidden_size,
-        "vocab_size": vocab_size,
-        "fingerprint": fingerprint,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "splits": split_stats,
-    }
+    try:
+        if any(split.shards > 1 for split in config.splits.values()):
+            return _prepare_in_parts(
+                config,
+                base_dir=base_dir,
+                out_dir=out_dir,
+                bar=bar,
+                on_progress=on_progress,
+                should_cancel=should_cancel,
+            )
+        outputs = {n: [_output_path(n, s, base_dir, out_dir)] for n, s in config.splits.items()}
+        fingerprint = dataset_fingerprint(config, base_dir)  # also checks every source exists
+        resources = load_prep_resources(config)
+        split_stats = {
+            name: _prepare_split(
+                name=name,
+                split=split,
+                config=config,
+                base_dir=base_dir,
+                out_path=outputs[name][0],
+                resources=resources,
+                bar=bar,
+                on_progress=on_progress,
+                should_cancel=should_cancel,
+            )
+            for name, split in config.splits.items()
+        }
+    finally:
+        if bar is not None:
+            bar.close()
+    metadata = _metadata(
+        config,
+        fingerprint=fingerprint,
+        hidden_size=resources.hidden_size,
+        vocab_size=resources.vocab_size,
+        splits=split_stats,
+    )
     _write_metadata(metadata, outputs)
     return metadata
 
 
-def _write_metadata(metadata: dict[str, Any], outputs: dict[str, Path]) -> None:
-    """metadata.yaml in every folder that holds a shard; shard paths relative to it."""
-    for folder in sorted({p.parent for p in outputs.values()}):
-        local = dict(metadata)
-        local["splits"] = {
-            name: {**stats, "path": os.path.relpath(outputs[name], folder)}
-            for name, stats in metadata["splits"].items()
+def _prepare_in_parts(
+    config: DatasetConfig,
+    *,
+    base_dir: Path,
+    out_dir: Path | None,
+    bar,
+    on_progress: Callable[[PrepProgress], None] | None,
+    should_cancel: Callable[[], bool] | None,
+) -> dict[str, Any]:
+    """All parts of every split in this process, one after the other, then the finalizer:
+    the same shards and metadata the service's tasks write from many workers."""
+    plan = plan_dataset(config, config_dir=base_dir)
+    resources = load_prep_resources(config)
+    for part in plan_parts(plan):
+        if bar is not None:
+            bar.set_description(f"{part['split']} {part['index'] + 1}/{part['count']}")
+        prepare_part(
+            config,
+            plan=plan,
+            split=part["split"],
+            index=part["index"],
+            config_dir=base_dir,
+            output_dir=out_dir,
+            resources=resources,
+            on_progress=on_progress,
+            should_cancel=should_cancel,
+            _bar=bar,
+        )
+    return finalize_dataset(config, plan=plan, config_dir=base_dir, output_dir=out_dir)
+
+
+# --------------------------------------------------------------------------- parts
+
+
+def plan_dataset(config: DatasetConfig, *, config_dir: str | Path | None = None) -> dict[str, Any]:
+    """What each part of each split reads, as JSON-able data handed to every part.
+
+    Part p of a split of N shards takes documents [p*D//N, (p+1)*D//N) of the split's D
+    documents, so a document is never split and the examples do not depend on N. Reads
+    every source file once to count its documents (Parquet: its footer only); a split of
+    one shard needs no count. Also computes the fingerprint, which checks every source.
+    """
+    config, base_dir = resolve_dataset_config(config, config_dir)
+    fingerprint = dataset_fingerprint(config, base_dir)
+    splits: dict[str, Any] = {}
+    for name, split in config.splits.items():
+        counts = None
+        if split.documents is not None:
+            total = len(split.documents)
+        elif split.shards == 1:
+            total = None  # one part reads the whole split
+        else:
+            counts = [
+                [planned_name(f, base_dir), count_documents(f, text_column=split.text_column)]
+                for f in source_files(name, split, base_dir)
+            ]
+            total = sum(count for _, count in counts)
+        n = split.shards
+        parts = [
+            {
+                "split": name,
+                "index": i,
+                "count": n,
+                "start": 0 if total is None else i * total // n,
+                "stop": None if total is None else (i + 1) * total // n,
+            }
+            for i in range(n)
+        ]
+        splits[name] = {"documents": total, "files": counts, "parts": parts}
+    return {"fingerprint": fingerprint, "splits": splits}
+
+
+def plan_parts(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every part of a plan, split by split, in order."""
+    return [part for split in plan["splits"].values() for part in split["parts"]]
+
+
+def _manifest_path(shard: Path) -> Path:
+    return shard.parent / PARTS_DIR / f"{shard.name}.json"
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _part_name(part: dict[str, Any], shard: Path) -> str:
+    return f"split {part['split']!r} part {part['index'] + 1} of {part['count']} ({shard.name})"
+
+
+def verify_part(manifest: dict[str, Any], shard: Path, schema: pa.Schema) -> None:
+    """A part's shard is the file its part wrote: same size and sha256 as the manifest
+    says, an Arrow file of the expected schema, holding the rows the part counted.
+    Raises ShardError naming the part and what is wrong."""
+    where = _part_name(manifest, shard)
+    if not shard.is_file():
+        raise ShardError(f"{where} is missing: its manifest is there but the file is not")
+    size = shard.stat().st_size
+    if size != manifest.get("bytes"):
+        raise ShardError(
+            f"{where} holds {size} bytes but its part wrote {manifest.get('bytes')}: the file was "
+            f"damaged or replaced after it was written; prepare the dataset again"
+        )
+    if file_sha256(shard) != manifest.get("sha256"):
+        raise ShardError(
+            f"{where} does not match the checksum its part recorded: the file was damaged or "
+            f"changed after it was written; prepare the dataset again"
+        )
+    try:
+        reader = pa.ipc.open_file(pa.memory_map(str(shard), "r"))
+        rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ShardError(f"{where} is not a readable Arrow file: {err}") from None
+    if not reader.schema.equals(schema):
+        raise ShardError(f"{where} has columns {reader.schema.names} of other types than expected")
+    if rows != manifest.get("examples"):
+        raise ShardError(f"{where} holds {rows} rows but its part wrote {manifest.get('examples')}")
+
+
+def prepare_part(
+    config: DatasetConfig,
+    *,
+    plan: dict[str, Any],
+    split: str,
+    index: int,
+    config_dir: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    resources: PrepResources | None = None,
+    on_progress: Callable[[PrepProgress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    _bar=None,
+) -> dict[str, Any]:
+    """Write part `index` of `split` (its range of documents from `plan`) as one shard, and
+    its manifest. Returns the manifest.
+
+    Idempotent: a part whose shard and manifest are there from an earlier run with the
+    same fingerprint, and verify (`verify_part`), is not written again; the manifest then
+    says `"reused": true`. `resources` (a worker's loaded teacher) avoids loading again.
+    """
+    config, base_dir = resolve_dataset_config(config, config_dir)
+    out_dir = Path(output_dir).resolve() if output_dir is not None else None
+    spec = config.splits[split]
+    part = plan["splits"][split]["parts"][index]
+    out_path = shard_paths(split, spec, base_dir, out_dir)[index]
+    manifest_path = _manifest_path(out_path)
+
+    done = _read_manifest(manifest_path)
+    if done is not None and done.get("fingerprint") == plan["fingerprint"]:
+        try:
+            verify_part(done, out_path, _schema_of(config, int(done["hidden_size"])))
+            return {**done, "reused": True}
+        except (ShardError, KeyError, TypeError, ValueError):
+            pass  # not what its part wrote: write it again
+    # A manifest must never vouch for a file other than the one it was written for.
+    manifest_path.unlink(missing_ok=True)
+
+    resources = resources or load_prep_resources(config)
+    started = time.perf_counter()
+    counters = {"documents": 0, "tokens": 0, "blocks": 0, "examples": 0}
+
+    def report() -> None:
+        if on_progress is not None:
+            on_progress(
+                PrepProgress(
+                    split,
+                    counters["documents"],
+                    counters["tokens"],
+                    counters["examples"],
+                    part=index,
+                )
+            )
+
+    texts = document_range(
+        split,
+        spec,
+        base_dir,
+        start=part["start"],
+        stop=part["stop"],
+        counts=[tuple(entry) for entry in plan["splits"][split]["files"] or []] or None,
+    )
+    _write_shard(
+        what=_part_name(part, out_path),
+        windows=_examples_of(
+            texts,
+            split=spec,
+            config=config,
+            tokenizer=resources.tokenizer,
+            counters=counters,
+            bar=_bar,
+        ),
+        out_path=out_path,
+        config=config,
+        resources=resources,
+        counters=counters,
+        on_batch=report,
+        should_cancel=should_cancel,
+    )
+    report()
+    manifest = {
+        **part,
+        "path": out_path.name,
+        **counters,
+        "bytes": out_path.stat().st_size,
+        "sha256": file_sha256(out_path),
+        "seconds": round(time.perf_counter() - started, 3),
+        "fingerprint": plan["fingerprint"],
+        "teacher_states": config.teacher_states,
+        "hidden_size": resources.hidden_size,
+        "vocab_size": resources.vocab_size,
+    }
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = manifest_path.with_name(manifest_path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, manifest_path)
+    return manifest
+
+
+def finalize_dataset(
+    config: DatasetConfig,
+    *,
+    plan: dict[str, Any],
+    config_dir: str | Path | None = None,
+    output_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Check every part against its manifest (`verify_part`: size, sha256, schema, rows)
+    and write metadata.yaml, atomically. Raises ShardError naming the first part that is
+    missing or damaged. Safe to run again: it checks and writes the same again.
+
+    Returns the metadata as `prepare_dataset` does, with absolute shard paths.
+    """
+    config, base_dir = resolve_dataset_config(config, config_dir)
+    out_dir = Path(output_dir).resolve() if output_dir is not None else None
+    outputs: dict[str, list[Path]] = {}
+    split_stats: dict[str, dict[str, Any]] = {}
+    facts: set[tuple[int, int]] = set()
+    for name, spec in config.splits.items():
+        paths = outputs[name] = shard_paths(name, spec, base_dir, out_dir)
+        manifests = []
+        for part, path in zip(plan["splits"][name]["parts"], paths, strict=True):
+            manifest = _read_manifest(_manifest_path(path))
+            if manifest is None:
+                raise ShardError(
+                    f"{_part_name(part, path)} has no manifest: its part has not finished"
+                )
+            if manifest.get("fingerprint") != plan["fingerprint"]:
+                raise ShardError(
+                    f"{_part_name(part, path)} was prepared from other inputs or settings "
+                    f"(fingerprint {manifest.get('fingerprint')}, not {plan['fingerprint']})"
+                )
+            width = int(manifest.get("hidden_size") or 0)
+            verify_part(manifest, path, _schema_of(config, width))
+            facts.add((width, int(manifest.get("vocab_size") or 0)))
+            manifests.append(manifest)
+        totals = {
+            key: sum(int(m[key]) for m in manifests)
+            for key in ("documents", "tokens", "blocks", "examples", "bytes")
         }
+        if totals["examples"] == 0:
+            raise _no_examples(name, config)
+        stats: dict[str, Any] = {
+            "path": str(paths[0]),
+            **totals,
+            "seconds": round(sum(float(m["seconds"]) for m in manifests), 3),
+        }
+        if len(paths) > 1:
+            stats["path"] = str(paths[0].parent / shard_glob(_stem_of(paths[0]), len(paths)))
+            stats["shards"] = [
+                {
+                    "path": str(path),
+                    "documents": int(m["documents"]),
+                    "examples": int(m["examples"]),
+                    "bytes": int(m["bytes"]),
+                    "sha256": m["sha256"],
+                }
+                for path, m in zip(paths, manifests, strict=True)
+            ]
+        split_stats[name] = stats
+    if len(facts) != 1:
+        raise ShardError(
+            f"the parts were prepared with teachers of different widths or vocabularies "
+            f"({sorted(facts)}): prepare the dataset again"
+        )
+    hidden_size, vocab_size = facts.pop()
+    metadata = _metadata(
+        config,
+        fingerprint=plan["fingerprint"],
+        hidden_size=hidden_size,
+        vocab_size=vocab_size,
+        splits=split_stats,
+    )
+    _write_metadata(metadata, outputs)
+    return metadata
+
+
+def _stem_of(shard: Path) -> str:
+    """`train` of `train-00003-of-00008.arrow`."""
+    return shard.name.rsplit("-", 3)[0]
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def relative_metadata(metadata: dict[str, Any], folder: str | Path) -> dict[str, Any]:
+    """The metadata with every shard path (and a split's glob) relative to `folder`."""
+    local = dict(metadata)
+    splits = {}
+    for name, stats in metadata["splits"].items():
+        entry = {**stats, "path": os.path.relpath(stats["path"], folder)}
+        if "shards" in stats:
+            entry["shards"] = [
+                {**shard, "path": os.path.relpath(shard["path"], folder)}
+                for shard in stats["shards"]
+            ]
+        splits[name] = entry
+    local["splits"] = splits
+    return local
+
+
+def _write_metadata(metadata: dict[str, Any], outputs: dict[str, list[Path]]) -> None:
+    """metadata.yaml in every folder that holds a shard; shard paths relative to it."""
+    for folder in sorted({p.parent for paths in outputs.values() for p in paths}):
         tmp = folder / (METADATA_FILE + ".tmp")
-        tmp.write_text(yaml.safe_dump(local, sort_keys=False))
+        tmp.write_text(yaml.safe_dump(relative_metadata(metadata, folder), sort_keys=False))
         os.replace(tmp, folder / METADATA_FILE)

@@ -206,6 +206,7 @@ def launch_training(
     tokenizer: str | None = None,
     teacher_model: str | None = None,
     poll_s: float = 0.1,
+    split: str | None = None,
 ):
     """Run `train_gistnet` over `processes` ranks and return rank 0's TrainResult."""
     from gistnet.devices import resolve_device
@@ -222,6 +223,7 @@ def launch_training(
     run_dir = Path(tempfile.mkdtemp(prefix="gistnet-ddp-"))
     spec = {
         "dataset_path": str(Path(dataset_path).resolve()),
+        "split": split,
         "run_config": run_config.model_dump(),
         "output_dir": str(Path(output_dir).resolve()),
         "resume_path": None if resume_path is None else str(Path(resume_path).resolve()),
@@ -307,6 +309,7 @@ def rank_main(run_dir: str | Path) -> int:
     try:
         result = train_gistnet(
             dataset_path=spec["dataset_path"],
+            split=spec.get("split"),
             run_config=validate_run_config(spec["run_config"]),
             output_dir=spec["output_dir"],
             on_progress=on_progress if ranks.is_main else None,

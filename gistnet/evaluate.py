@@ -479,41 +479,50 @@ def _plain(value: Any) -> Any:
 
 
 def resolve_shard_path(dataset_path: str | Path, split: str | None = None) -> Path:
-    """A shard file as given, or the shard of `split` (default validation) in a dataset folder."""
-    from gistnet.shards import describe_dataset, split_path
+    """A shard file as given, or the first shard of `split` (default validation) in a
+    dataset folder. `gistnet.shards.split_shard_paths` gives all of a split's shards."""
+    from gistnet.shards import split_shard_paths
 
     path = Path(dataset_path)
-    if path.is_file():
-        return path
-    if not path.is_dir():
+    if not path.exists() and not any(c in str(path) for c in "*?["):
         raise ShardError(f"dataset {str(path)!r} is neither a shard file nor a dataset folder")
-    return split_path(describe_dataset(path), path, split or "validation")
+    return split_shard_paths(path, split, default_split="validation")[0]
 
 
 @torch.inference_mode()
 def _compute_gists(
     model: torch.nn.Module,
-    teacher_hidden: np.ndarray,
+    data: Any,
     rows: np.ndarray,
     *,
+    teacher: torch.nn.Module,
     device: torch.device,
     batch_size: int,
     should_cancel: CancelFn | None,
-    block_input_ids: np.ndarray | None = None,
-    teacher: torch.nn.Module | None = None,
 ) -> torch.Tensor:
+    """GistNet's vectors for the given rows: from the cached states, or for a token-only
+    dataset from the teacher's states of the block (what the cached ones are); a GistNet
+    that reads token embeddings gets the teacher's embeddings of the block too."""
+    from gistnet.teacher import block_hidden_states
+
     gists = []
     for start in range(0, len(rows), batch_size):
         if should_cancel is not None and should_cancel():
             raise Cancelled("evaluation cancelled while computing gists")
         index = rows[start : start + batch_size]
-        hidden = torch.from_numpy(np.ascontiguousarray(teacher_hidden[index], dtype=np.float32))
+        block = torch.from_numpy(np.ascontiguousarray(data.input_ids[index], dtype=np.int64))
+        block = block.to(device)
+        if data.teacher_hidden is not None:
+            hidden = torch.from_numpy(
+                np.ascontiguousarray(data.teacher_hidden[index], dtype=np.float32)
+            ).to(device)
+        else:
+            hidden = block_hidden_states(teacher, block)
         kwargs = {}
         if model.config.token_embeddings:
-            block = _as_long_tensor(np.asarray(block_input_ids[index]), device)
             kwargs["embeddings"] = teacher.get_input_embeddings()(block).float()
         # (B, T, D) -> (B, D), or (B, k, D) for k gists per block
-        gists.append(model(hidden.to(device), **kwargs).float().cpu())
+        gists.append(model(hidden, **kwargs).float().cpu())
     return torch.cat(gists)
 
 
@@ -535,9 +544,10 @@ def evaluate_gistnet(
 ) -> dict[str, Any]:
     """Score a checkpoint's gists on a prepared shard; returns the JSON-able report.
 
-    `dataset_path` is a shard (.arrow) or a prepared dataset directory (then `split`,
-    default validation, picks the shard); shards of the seed's tool, with or without its
-    metadata, are read too. The teacher is `teacher_model` if given, else the dataset's,
+    `dataset_path` is a shard (.arrow), a glob of a split's shards, or a prepared dataset
+    directory (then `split`, default validation, picks the split; all of its shards are
+    read); datasets with cached states and token-only ones alike; shards of the seed's
+    tool, with or without its metadata, are read too. The teacher is `teacher_model` if given, else the dataset's,
     else the one the checkpoint was trained with; likewise the tokenizer, which only picks
     the drop token (the teacher's config has it too). `max_examples` evaluates a seeded
     random subset. `oracle_examples` adds the `oracle` on a seeded subset of that many of
@@ -549,18 +559,26 @@ def evaluate_gistnet(
     """
     from gistnet.checkpoint import load_checkpoint
     from gistnet.devices import resolve_device
-    from gistnet.shards import describe_dataset, file_sha256, missing_teacher_error, open_shard
+    from gistnet.shards import (
+        describe_dataset,
+        file_sha256,
+        missing_teacher_error,
+        open_shard_set,
+        split_shard_paths,
+    )
     from gistnet.teacher import hidden_size_of, load_teacher, load_tokenizer
 
     started = time.perf_counter()
     checkpoint_path = Path(checkpoint_path)
     if not checkpoint_path.is_file():
         raise ConfigError(f"checkpoint {str(checkpoint_path)!r} does not exist")
-    shard_path = resolve_shard_path(dataset_path, split)
+    resolve_shard_path(dataset_path, split)  # the clear error for a path that is not there
+    shard_paths = split_shard_paths(dataset_path, split, default_split="validation")
+    shard_path = shard_paths[0]
     torch_device = resolve_device(device)
 
     metadata = describe_dataset(shard_path, tokenizer=tokenizer, teacher_model=teacher_model)
-    shard = open_shard(shard_path)
+    shard = open_shard_set(shard_paths)
     block_size = int(metadata["block_size"])
     model, info = load_checkpoint(checkpoint_path, device=torch_device)
     model.eval()
@@ -615,13 +633,12 @@ def evaluate_gistnet(
 
     gists = _compute_gists(
         model,
-        shard.teacher_hidden,
+        shard,
         rows,
+        teacher=teacher,
         device=torch_device,
         batch_size=batch_size,
         should_cancel=should_cancel,
-        block_input_ids=shard.input_ids,
-        teacher=teacher,
     )
     nll = evaluate_conditions(
         teacher,
@@ -671,6 +688,8 @@ def evaluate_gistnet(
             "dataset": {
                 "path": str(dataset_path),
                 "shard": str(shard_path),
+                "shards": [str(p) for p in shard_paths],
+                "teacher_states": metadata.get("teacher_states", "cache"),
                 "split": split,
                 "fingerprint": metadata["fingerprint"],
                 "metadata_form": metadata["metadata_form"],

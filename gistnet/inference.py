@@ -68,14 +68,32 @@ class GistEncoder:
             device=device,
         )
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str, *, max_tokens: int | None = None) -> list[int]:
+        """The text's token ids (no special tokens); at most `max_tokens` of them."""
+        tokenizer = self._tokenizer_or_error()
+        if max_tokens is None:
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+        return tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_tokens)[
+            "input_ids"
+        ]
+
+    @property
+    def longest_token(self) -> int:
+        """Characters of the longest token in the vocabulary: no token of a text spans more
+        (for byte-level BPE a token's spelling has one character per byte it stands for)."""
+        if not hasattr(self, "_longest_token"):
+            vocab = self._tokenizer_or_error().get_vocab()
+            self._longest_token = max(len(t) for t in vocab)
+        return self._longest_token
+
+    def _tokenizer_or_error(self):
         if self.tokenizer is None:
             raise ConfigError(
                 "this checkpoint does not name its tokenizer, so text cannot be cut into "
                 "tokens: send token ids, train again with --tokenizer, or pass tokenizer= to "
                 "GistEncoder.from_checkpoint"
             )
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer
 
     @torch.inference_mode()
     def encode(self, input_ids: torch.Tensor) -> torch.Tensor:

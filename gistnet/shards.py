@@ -11,6 +11,7 @@ every row has the same length.
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,8 +143,9 @@ def _chunk_array(
 
 
 class ChunkedRows:
-    """An (N, ...) array left as the views of the file's record batches, gathered on
-    indexing: a shard written batch by batch is never copied whole into memory.
+    """An (N, ...) array left as the views of the file's record batches (or of every
+    shard of a split: `ShardSet`), gathered on indexing: a shard written batch by batch,
+    or a split written as many shards, is never copied whole into memory.
 
     Supports what training and evaluation do with teacher_hidden: `shape`, `len`, and
     indexing rows by an integer, a slice or an index array (-> a new ndarray).
@@ -527,3 +529,260 @@ def describe_dataset(
     if teacher_model is not None:
         info["teacher_model"] = _model_ref(teacher_model)
     return info
+
+
+# --------------------------------------------------------------------------- token-only shards
+
+
+def token_schema(block_size: int, horizon: int) -> pa.Schema:
+    """A dataset prepared with `teacher_states: none`: the token columns alone. Training
+    takes the block's states from a teacher forward inside the step."""
+    t, h = block_size, horizon
+    return pa.schema(
+        [
+            ("input_ids", pa.list_(pa.int32(), t)),
+            ("attention_mask", pa.list_(pa.int8(), t)),
+            ("context_input_ids", pa.list_(pa.int32(), h)),
+            ("context_attention_mask", pa.list_(pa.int8(), h)),
+        ]
+    )
+
+
+def make_token_batch(*, input_ids: np.ndarray, context_input_ids: np.ndarray) -> pa.RecordBatch:
+    """(N, T) ids and (N, H) context ids -> one record batch of the token-only schema."""
+    n, t = input_ids.shape
+    h = context_input_ids.shape[1]
+    columns = [
+        _fixed(np.ascontiguousarray(input_ids, dtype=np.int32), t),
+        _fixed(np.ones((n, t), dtype=np.int8), t),
+        _fixed(np.ascontiguousarray(context_input_ids, dtype=np.int32), h),
+        _fixed(np.ones((n, h), dtype=np.int8), h),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=token_schema(t, h))
+
+
+# --------------------------------------------------------------------------- many-shard splits
+
+_GLOB_CHARS = ("*", "?", "[")
+
+
+def shard_file_name(stem: str, index: int, count: int) -> str:
+    """`train.arrow` for a split of one shard, `train-00003-of-00008.arrow` for several."""
+    return f"{stem}.arrow" if count == 1 else f"{stem}-{index:05d}-of-{count:05d}.arrow"
+
+
+def shard_glob(stem: str, count: int) -> str:
+    """The glob that matches exactly the shards of a split written as `count` files."""
+    return f"{stem}.arrow" if count == 1 else f"{stem}-*-of-{count:05d}.arrow"
+
+
+_SET_COLUMNS = {
+    "input_ids": np.int32,
+    "context_input_ids": np.int32,
+    "teacher_hidden": np.float32,
+    "gist_target": np.float32,
+}
+
+
+def _file_pieces(path: Path) -> tuple[dict[str, list[np.ndarray]], pa.Table]:
+    """One shard file's columns as lists of views, one per record batch (any layout
+    `open_shard` reads, token-only ones too), and the table that keeps the map alive.
+    An empty file gives no pieces."""
+    try:
+        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ShardError(f"{str(path)!r} is not an Arrow IPC file: {err}") from None
+    where = f"shard {str(path)!r}"
+    for column in ("input_ids", "context_input_ids"):
+        if column not in table.column_names:
+            raise ShardError(f"{where} lacks column {column!r}")
+    with_states = "teacher_hidden" in table.column_names
+    if with_states and "gist_target" not in table.column_names:
+        raise ShardError(f"{where} lacks column 'gist_target'")
+    if table.num_rows == 0:
+        return {}, table
+    if with_states and all(len(c.flatten()) == 0 for c in table.column("teacher_hidden").chunks):
+        open_shard(path)  # the seed's shards prepared without a teacher: its error says so
+
+    def pieces(name: str, expected: tuple[int | None, ...]) -> list[np.ndarray]:
+        array = _column_array(
+            table, name, _SET_COLUMNS[name], expected=expected, where=where, chunked=True
+        )
+        return array.parts if isinstance(array, ChunkedRows) else [array]
+
+    columns = {"input_ids": pieces("input_ids", (None,))}
+    columns["context_input_ids"] = pieces("context_input_ids", (None,))
+    if with_states:
+        block = columns["input_ids"][0].shape[1]
+        columns["teacher_hidden"] = pieces("teacher_hidden", (block, None))
+        width = columns["teacher_hidden"][0].shape[2]
+        columns["gist_target"] = pieces("gist_target", (width,))
+    return columns, table
+
+
+@dataclass
+class ShardSet:
+    """A split as a list of memory-mapped shard files behind one row index.
+
+    Exposes the columns training and evaluation read (`input_ids`, `context_input_ids`,
+    and for a dataset with cached states `teacher_hidden`, `gist_target`) as ChunkedRows:
+    indexing gathers the rows from whichever shard and record batch hold them, without a
+    concatenating copy. `teacher_hidden` is None for a token-only dataset.
+    """
+
+    paths: list[Path]
+    rows_per_file: list[int]
+    input_ids: ChunkedRows  # (N, T) int32
+    context_input_ids: ChunkedRows  # (N, H) int32
+    teacher_hidden: ChunkedRows | None  # (N, T, D) float32, None: token-only
+    gist_target: ChunkedRows | None  # (N, D) float32, None: token-only
+    piece_file: list[int]  # the file each piece (record batch) comes from
+    keep_alive: list[Any]
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def block_size(self) -> int:
+        return self.input_ids.shape[1]
+
+    @property
+    def horizon(self) -> int:
+        return self.context_input_ids.shape[1]
+
+    @property
+    def has_teacher_states(self) -> bool:
+        return self.teacher_hidden is not None
+
+    @property
+    def hidden_size(self) -> int | None:
+        """The states' width; None for a token-only dataset (its metadata has the width)."""
+        return None if self.teacher_hidden is None else self.teacher_hidden.shape[2]
+
+    def document_ids(self) -> np.ndarray:
+        """(N,) int64 index of the document each example came from.
+
+        Inside a shard, examples follow in document order and the next example's block is
+        the second block of this example's window; where that chain breaks a new document
+        starts (see `Shard.document_ids`). A shard file always starts a document: parts
+        are cut at document boundaries. Computed piece by piece, in bounded memory.
+        """
+        n, t = self.num_examples, self.block_size
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        if self.horizon < 2 * t:
+            return np.arange(n, dtype=np.int64)
+        starts_doc = np.ones(n, dtype=bool)
+        ids, ctx = self.input_ids, self.context_input_ids
+        for p, (block, window) in enumerate(zip(ids.parts, ctx.parts, strict=True)):
+            first = int(ids.starts[p])
+            follows = np.all(window[:-1, t : 2 * t] == block[1:], axis=1)
+            starts_doc[first + 1 : first + len(block)] = ~follows
+            if p > 0 and self.piece_file[p] == self.piece_file[p - 1] and len(block):
+                previous = ctx.parts[p - 1][-1]
+                starts_doc[first] = not np.array_equal(previous[t : 2 * t], block[0])
+        return np.cumsum(starts_doc).astype(np.int64) - 1
+
+
+def open_shard_set(paths: list[str | Path]) -> ShardSet:
+    """Memory-map every shard of a split; they must agree on block, horizon and width.
+    An empty shard (a part whose documents were all shorter than the horizon) adds no
+    rows; a split with no rows at all is an error."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ShardError("no shard files given")
+    columns: dict[str, list[np.ndarray]] = {}
+    piece_file: list[int] = []
+    rows_per_file: list[int] = []
+    keep: list[Any] = []
+    first: tuple[Path, dict[str, tuple[int, ...]]] | None = None
+    for index, path in enumerate(paths):
+        if not path.is_file():
+            open_shard(path)  # raises the missing-shard error, with its .tmp hint
+        pieces, handle = _file_pieces(path)
+        keep.append(handle)
+        rows_per_file.append(sum(len(v) for v in pieces.get("input_ids", [])))
+        if not pieces:
+            continue
+        shapes = {c: p[0].shape[1:] for c, p in pieces.items()}
+        if first is None:
+            first = (path, shapes)
+            columns = {c: [] for c in pieces}
+        elif shapes != first[1]:
+            raise ShardError(
+                f"shard {str(path)!r} does not match {str(first[0])!r}: "
+                f"{_describe_shapes(shapes)} against {_describe_shapes(first[1])}; the "
+                f"shards of one split come from one preparation"
+            )
+        for c, p in pieces.items():
+            columns[c].extend(p)
+        piece_file.extend([index] * len(pieces["input_ids"]))
+    if first is None:
+        raise ShardError(f"{str(paths[0])!r} and the other shards of its split hold no examples")
+
+    def rows(name: str) -> ChunkedRows | None:
+        return ChunkedRows(columns[name]) if name in columns else None
+
+    return ShardSet(
+        paths=paths,
+        rows_per_file=rows_per_file,
+        input_ids=rows("input_ids"),
+        context_input_ids=rows("context_input_ids"),
+        teacher_hidden=rows("teacher_hidden"),
+        gist_target=rows("gist_target"),
+        piece_file=piece_file,
+        keep_alive=keep,
+    )
+
+
+def _describe_shapes(shapes: dict[str, tuple[int, ...]]) -> str:
+    block, horizon = shapes["input_ids"][0], shapes["context_input_ids"][0]
+    width = shapes.get("teacher_hidden", (None, None))[1]
+    states = f"states {width} wide" if width else "no teacher states"
+    return f"blocks of {block}, horizon {horizon}, {states}"
+
+
+def split_shard_paths(
+    path: str | Path, split: str | None = None, *, default_split: str = "train"
+) -> list[Path]:
+    """The shard files of a split, from any of: a dataset folder (then `split`, default
+    `default_split`, names the split and metadata.yaml lists its shards), a glob of shard
+    files (`data/x/train-*.arrow`), or one shard file."""
+    text = str(path)
+    path = Path(path)
+    if path.is_dir():
+        metadata = describe_dataset(path)  # our metadata or the seed's
+        name = split or default_split
+        splits = metadata.get("splits") or {}
+        if name not in splits:
+            raise ShardError(
+                f"dataset {str(path)!r} has no split {name!r}; it has {', '.join(splits) or 'none'}"
+            )
+        listed = splits[name].get("shards")
+        if not listed:
+            return split_shard_paths(path / splits[name]["path"])
+        files = [path / entry["path"] for entry in listed]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ShardError(
+                f"split {name!r} of {str(path)!r} has {len(files) - len(missing)} of its "
+                f"{len(files)} shards: {', '.join(missing[:3])} missing; copy the whole folder"
+            )
+        return files
+    if path.is_file():
+        return [path]
+    if any(c in text for c in _GLOB_CHARS):
+        files = sorted(Path(m) for m in glob.glob(text) if Path(m).is_file())
+        if not files:
+            raise ShardError(f"{text!r} matches no shard file")
+        return files
+    open_shard(path)  # raises the missing-shard error
+    return [path]
+
+
+def open_split(
+    path: str | Path, split: str | None = None, *, default_split: str = "train"
+) -> ShardSet:
+    """`open_shard_set(split_shard_paths(...))`: a folder, a glob or a file."""
+    return open_shard_set(split_shard_paths(path, split, default_split=default_split))

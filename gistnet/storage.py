@@ -552,10 +552,13 @@ def open_local_dataset(location: str | Path, *, splits: Iterable[str] = ()) -> P
     metadata = yaml.safe_load(metadata_file.read_text()) or {}
     for split in splits:
         entry = metadata.get("splits", {}).get(split)
-        if isinstance(entry, dict):
-            # The seed's metadata names no paths: its shards are <split>.arrow beside it.
-            path = entry.get("path") or f"{split}.arrow"
-            if "path" in entry or store.exists(path):
+        if not isinstance(entry, dict):
+            continue
+        # A split of several shards lists them (its `path` is their glob). The seed's
+        # metadata names no paths: its shards are <split>.arrow beside it.
+        for shard in entry.get("shards") or [entry]:
+            path = shard.get("path") or f"{split}.arrow"
+            if "path" in shard or store.exists(path):
                 store.open_local(path)
     if is_shard:
         return store.open_local(text.rpartition("/")[2])

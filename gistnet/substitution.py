@@ -28,6 +28,7 @@ __all__ = [
     "SubstitutionLoss",
     "drop_token_id",
     "drop_vector",
+    "full_log_probs_and_block_states",
     "horizon_log_probs",
     "horizon_nll",
     "horizon_targets",
@@ -143,6 +144,31 @@ def horizon_log_probs(
     return F.log_softmax(logits.float(), dim=-1)  # (B, L, V)
 
 
+def full_log_probs_and_block_states(
+    teacher: torch.nn.Module, context_input_ids: torch.Tensor, *, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `full` condition's log-probabilities (B, L, V), and from the same forward the
+    block's last-layer states (B, T, D) float32.
+
+    For a causal teacher the states at the window's first T positions do not depend on
+    the tokens after them, so they are the states of the block read alone: what a dataset
+    with cached states holds (`gistnet.teacher.block_hidden_states`). A token-only dataset
+    thus gets its states without a second forward. They are taken from the base model's
+    output, as the cached ones are, by a hook for the length of this call.
+    """
+    captured: list[torch.Tensor] = []
+
+    def keep_states(_module, _inputs, output) -> None:
+        captured.append(output[0])  # last_hidden_state: (B, H - 1, D)
+
+    handle = teacher.base_model.register_forward_hook(keep_states)
+    try:
+        log_probs = horizon_log_probs(teacher, context_input_ids, block_size=block_size)
+    finally:
+        handle.remove()
+    return log_probs, captured[-1][:, :block_size].float()
+
+
 def horizon_nll(
     teacher: torch.nn.Module,
     context_input_ids: torch.Tensor,
@@ -235,13 +261,30 @@ class SubstitutionLoss:
         dependence = F.kl_div(drop, full, reduction="none", log_target=True).sum(-1)  # (B, L)
         return dependence / dependence.mean(0, keepdim=True).clamp_min(1e-6)
 
-    def __call__(
-        self, gists: torch.Tensor, context_input_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    def full_and_states(self, context_input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Without gradient: the `full` log-probabilities and the block's states, one forward
+        (see `full_log_probs_and_block_states`); pass the first back as `full=`."""
         if self.teacher.training:
             self.teacher.eval()
         with torch.no_grad():
-            full = horizon_log_probs(self.teacher, context_input_ids, block_size=self.block_size)
+            return full_log_probs_and_block_states(
+                self.teacher, context_input_ids, block_size=self.block_size
+            )
+
+    def __call__(
+        self,
+        gists: torch.Tensor,
+        context_input_ids: torch.Tensor,
+        *,
+        full: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.teacher.training:
+            self.teacher.eval()
+        if full is None:
+            with torch.no_grad():
+                full = horizon_log_probs(
+                    self.teacher, context_input_ids, block_size=self.block_size
+                )
         gist = horizon_log_probs(
             self.teacher, context_input_ids, block_size=self.block_size, vectors=gists
         )

@@ -129,6 +129,25 @@ def hidden_size_of(teacher) -> int:
     return int(teacher.get_input_embeddings().weight.shape[1])
 
 
+def config_hidden_size(config) -> int:
+    """The teacher's width from its Hugging Face config, without loading the weights."""
+    for attribute in ("hidden_size", "n_embd", "d_model"):
+        value = getattr(config, attribute, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise TeacherLoadError(
+        f"the teacher's config ({type(config).__name__}) names no hidden_size: cannot tell "
+        f"the width of its states"
+    )
+
+
+def _block_states(teacher, input_ids: torch.Tensor) -> torch.Tensor:
+    device = teacher.get_input_embeddings().weight.device
+    base = teacher.base_model  # e.g. GPT2Model inside GPT2LMHeadModel
+    out = base(input_ids=input_ids.to(device), use_cache=False)
+    return out.last_hidden_state.float()
+
+
 @torch.inference_mode()
 def block_hidden_states(teacher, input_ids: torch.Tensor) -> torch.Tensor:
     """Last-layer hidden states of the block's tokens, float32, shape (N, T, D).
@@ -137,7 +156,11 @@ def block_hidden_states(teacher, input_ids: torch.Tensor) -> torch.Tensor:
     block alone is run, through the base model only: the LM head's (T, vocab) logits are
     never computed.
     """
-    device = teacher.get_input_embeddings().weight.device
-    base = teacher.base_model  # e.g. GPT2Model inside GPT2LMHeadModel
-    out = base(input_ids=input_ids.to(device), use_cache=False)
-    return out.last_hidden_state.float()
+    return _block_states(teacher, input_ids)
+
+
+@torch.no_grad()
+def block_states_for_training(teacher, input_ids: torch.Tensor) -> torch.Tensor:
+    """`block_hidden_states` for a training step: the same numbers, as ordinary tensors
+    (inference-mode tensors cannot enter a graph that GistNet's backward pass walks)."""
+    return _block_states(teacher, input_ids)

@@ -31,11 +31,11 @@ from gistnet.distributed import Ranks, launch_training
 from gistnet.errors import Cancelled, ConfigError
 from gistnet.model import GistNet, GistNetConfig
 from gistnet.shards import (
-    Shard,
+    ShardSet,
     describe_dataset,
     missing_teacher_error,
-    open_shard,
-    split_path,
+    open_shard_set,
+    split_shard_paths,
 )
 
 CHECKPOINT_NAME = "gistnet.pt"
@@ -110,107 +110,134 @@ def lr_at(step: int, cfg: TrainingConfig) -> float:
 
 
 class _Objective:
-    """Loss of a batch of gists: mse against gist_target, or substitution through the teacher."""
+    """The loss of a batch of examples, wherever its teacher states come from.
+
+    mse: GistNet's gist against the mean of the block's states. substitution: the frozen
+    teacher reading the gist in place of the block (see `gistnet.substitution`). A dataset
+    with cached states hands GistNet their rows; a token-only one gets them from a teacher
+    forward inside the step: substitution takes them from the full-context forward it runs
+    anyway, mse from one no-gradient forward of the block.
+    """
 
     def __init__(
         self,
         cfg: TrainingConfig,
         metadata: dict[str, Any],
         device: torch.device,
+        *,
+        cached_states: bool,
         dataset_path: Path,
+        token_embeddings: bool = False,
     ):
         self.kind = cfg.objective
         self.device = device
+        self.cached_states = cached_states
+        # GistNet reads the block's token embeddings too: the teacher's embedding table.
+        self.token_embeddings = token_embeddings
+        self.teacher = None
         self.substitution = None
-        if self.kind == "substitution":
-            from gistnet.substitution import SubstitutionLoss
+        if self.kind == "substitution" or not cached_states or token_embeddings:
             from gistnet.teacher import hidden_size_of, load_teacher
 
+            what = (
+                "the substitution objective"
+                if self.kind == "substitution"
+                else "model.token_embeddings"
+                if token_embeddings
+                else "training on a dataset without cached states"
+            )
             if metadata.get("teacher_model") is None:
-                raise missing_teacher_error("the substitution objective", dataset_path)
-            # float32 for the gradient's sake, whatever dtype the states were cached in
+                raise missing_teacher_error(what, dataset_path)
+            # float32 on the CPU for the gradient's sake (and because half precision is slow
+            # there), whatever dtype the states were cached in
             dtype = "float32" if device.type == "cpu" else metadata["teacher_dtype"]
-            teacher = load_teacher(metadata["teacher_model"], dtype=dtype, device=device)
+            self.teacher = load_teacher(metadata["teacher_model"], dtype=dtype, device=device)
             width = int(metadata["teacher_hidden_size"])
-            if hidden_size_of(teacher) != width:
+            if hidden_size_of(self.teacher) != width:
                 raise ConfigError(
                     f"teacher {metadata['teacher_model']!r} reads inputs of width "
-                    f"{hidden_size_of(teacher)} but the dataset's states are {width} wide: "
+                    f"{hidden_size_of(self.teacher)} but the dataset's states are {width} wide: "
                     f"name the teacher the dataset was prepared with (--teacher)"
                 )
+        if self.kind == "substitution":
+            from gistnet.substitution import SubstitutionLoss
+
             self.substitution = SubstitutionLoss(
-                teacher,
+                self.teacher,
                 block_size=int(metadata["block_size"]),
                 nll_weight=cfg.nll_weight,
                 horizon_weighting=cfg.horizon_weighting,
             )
-        self.embed = None
 
-    def read_embeddings(self, metadata: dict[str, Any], dataset_path: Path) -> None:
-        """Keep the teacher's input embedding table, for a GistNet that reads the block's
-        token embeddings beside its states (loads the teacher when mse has not)."""
-        if self.substitution is not None:
-            teacher = self.substitution.teacher
-        else:
-            from gistnet.teacher import load_teacher
+    def _rows(self, column, idx: np.ndarray, dtype=None) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(column[idx]))
+        return tensor.to(self.device, dtype=dtype, non_blocking=True)
 
-            if metadata.get("teacher_model") is None:
-                raise missing_teacher_error("model.token_embeddings", dataset_path)
-            teacher = load_teacher(metadata["teacher_model"], device=self.device)
-        self.embed = teacher.get_input_embeddings()
-
-    def gists(self, model: GistNet, shard: Shard, idx: np.ndarray) -> torch.Tensor:
-        """The batch's gists: (B, T, D) states [+ embeddings] -> (B, D) or (B, k, D)."""
-        states = _states(shard, idx, self.device)
-        if self.embed is None:
+    def _gists(self, model: GistNet, data: ShardSet, idx: np.ndarray, states: torch.Tensor):
+        """(B, T, D) states [+ the block's token embeddings] -> (B, D) or (B, k, D)."""
+        if not self.token_embeddings:
             return model(states)
         with torch.no_grad():
-            block = torch.from_numpy(np.asarray(shard.input_ids[idx])).long().to(self.device)
-            embeddings = self.embed(block).float()  # (B, T) -> (B, T, D)
+            block = self._rows(data.input_ids, idx, torch.long)
+            embeddings = self.teacher.get_input_embeddings()(block).float()  # (B, T, D)
         return model(states, embeddings=embeddings)
 
     def __call__(
-        self, gists: torch.Tensor, shard: Shard, idx: np.ndarray
+        self, model: GistNet, data: ShardSet, idx: np.ndarray
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        if self.substitution is None:
-            if gists.dim() == 3:
-                # k vectors: each regresses onto the mean state of its k-th of the block.
-                states = _states(shard, idx, self.device)  # (B, T, D)
-                b, t, d = states.shape
-                target = states.view(b, gists.shape[1], t // gists.shape[1], d).mean(2)
+        if self.substitution is not None:
+            context = self._rows(data.context_input_ids, idx, torch.long)
+            full = None
+            if self.cached_states:
+                states = self._rows(data.teacher_hidden, idx)
             else:
-                target = torch.from_numpy(shard.gist_target[idx]).to(self.device)
-            return F.mse_loss(gists, target), {}
-        context = torch.from_numpy(shard.context_input_ids[idx]).long().to(self.device)
-        return self.substitution(gists, context)
+                full, states = self.substitution.full_and_states(context)
+            gists = self._gists(model, data, idx, states)  # (B, T, D) -> (B, [k,] D)
+            return self.substitution(gists, context, full=full)
+        if self.cached_states:
+            states = self._rows(data.teacher_hidden, idx)
+            target = self._rows(data.gist_target, idx)
+        else:
+            from gistnet.teacher import block_states_for_training
 
-
-def _states(shard: Shard, idx: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(shard.teacher_hidden[idx]).to(device, non_blocking=True)
+            states = block_states_for_training(
+                self.teacher, self._rows(data.input_ids, idx, torch.long)
+            )
+            target = states.double().mean(dim=1).float()  # as the cached gist_target is made
+        gists = self._gists(model, data, idx, states)
+        if gists.dim() == 3:
+            # k vectors: each regresses onto the mean state of its k-th of the block.
+            b, t, d = states.shape
+            target = states.view(b, gists.shape[1], t // gists.shape[1], d).mean(2)
+        return F.mse_loss(gists, target), {}
 
 
 @torch.no_grad()
 def evaluate_loss(
-    model: GistNet, objective: _Objective, shard: Shard, *, batch_size: int, limit: int | None
+    model: GistNet, objective: _Objective, data: ShardSet, *, batch_size: int, limit: int | None
 ) -> float:
     model.eval()
-    n = shard.num_examples if limit is None else min(limit, shard.num_examples)
+    n = data.num_examples if limit is None else min(limit, data.num_examples)
     total = 0.0
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(n, start + batch_size))
-        gists = objective.gists(model, shard, idx)
-        total += objective(gists, shard, idx)[0].item() * len(idx)
+        total += objective(model, data, idx)[0].item() * len(idx)
     model.train()
     return total / n
 
 
-def _validation_shard(dataset_path: Path, metadata: dict[str, Any]) -> Shard | None:
-    if "validation" not in metadata.get("splits", {}):
+def _validation_set(train_paths: list[Path], metadata: dict[str, Any]) -> ShardSet | None:
+    """The dataset's validation split, unless that is what we train on or it is not there."""
+    entry = metadata.get("splits", {}).get("validation")
+    if entry is None:
         return None
-    path = split_path(metadata, dataset_path.parent, "validation")
-    if path.resolve() == dataset_path.resolve() or not path.is_file():
+    folder = train_paths[0].parent
+    paths = [folder / shard["path"] for shard in entry.get("shards") or [entry]]
+    if not all(p.is_file() for p in paths):
         return None
-    return open_shard(path)
+    if {p.resolve() for p in paths} & {p.resolve() for p in train_paths}:
+        return None
+    return open_shard_set(paths)
 
 
 def _save_resume(path: Path, *, model, optimizer, step: int, history: list) -> None:
@@ -241,8 +268,14 @@ def train_gistnet(
     on_checkpoint: Callable[[Path], None] | None = None,
     tokenizer: str | None = None,
     teacher_model: str | None = None,
+    split: str | None = None,
 ) -> TrainResult:
-    """Train GistNet on the shard at `dataset_path`; save `<output_dir>/gistnet.pt`.
+    """Train GistNet on a split; save `<output_dir>/gistnet.pt`.
+
+    `dataset_path` is a dataset folder (then `split`, default train, picks the split), a
+    glob of a split's shard files, or one shard file. A split of many shards is read as
+    one (`gistnet.shards.ShardSet`): batches draw across all of them. A token-only dataset
+    (`teacher_states: none`) runs the teacher inside each step.
 
     The shard may come from our preparation, from the seed's tool (with its metadata or
     none): see `describe_dataset`. `tokenizer` and `teacher_model` supply or override the
@@ -273,27 +306,35 @@ def train_gistnet(
             on_checkpoint=on_checkpoint,
             tokenizer=tokenizer,
             teacher_model=teacher_model,
+            split=split,
         )
     dataset_path = Path(dataset_path)
-    shard = open_shard(dataset_path)
-    metadata = describe_dataset(dataset_path, tokenizer=tokenizer, teacher_model=teacher_model)
+    paths = split_shard_paths(dataset_path, split, default_split="train")
+    data = open_shard_set(paths)
+    metadata = describe_dataset(paths[0], tokenizer=tokenizer, teacher_model=teacher_model)
     model_cfg = model_config_for(run_config, metadata)
-    if shard.hidden_size != model_cfg.hidden_size or shard.block_size != model_cfg.block_size:
+    width = data.hidden_size if data.has_teacher_states else model_cfg.hidden_size
+    if width != model_cfg.hidden_size or data.block_size != model_cfg.block_size:
         raise ConfigError(
-            f"shard {str(dataset_path)!r} holds ({shard.block_size}, {shard.hidden_size}) states "
+            f"shard {str(paths[0])!r} holds ({data.block_size}, {width}) states "
             f"but its metadata says ({model_cfg.block_size}, {model_cfg.hidden_size})"
         )
     device = ranks.setup(resolve_device(cfg.device))
     # Only rank 0 scores the validation split.
-    validation = _validation_shard(dataset_path, metadata) if ranks.is_main else None
+    validation = _validation_set(paths, metadata) if ranks.is_main else None
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = GistNet(model_cfg).to(device)
     trained = ranks.wrap(model, device)
     optimizer = model.optimizer(lr=cfg.lr, weight_decay=cfg.weight_decay)
-    objective = _Objective(cfg, metadata, device, dataset_path)
-    if model_cfg.token_embeddings:
-        objective.read_embeddings(metadata, dataset_path)
+    objective = _Objective(
+        cfg,
+        metadata,
+        device,
+        cached_states=data.has_teacher_states,
+        dataset_path=dataset_path,
+        token_embeddings=model_cfg.token_embeddings,
+    )
 
     history: list[dict[str, Any]] = []
     start_step, resumed_from = 0, None
@@ -315,10 +356,9 @@ def train_gistnet(
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        idx = batch_indices(step, cfg.batch_size, shard.num_examples, cfg.seed)
+        idx = batch_indices(step, cfg.batch_size, data.num_examples, cfg.seed)
         idx, weight = ranks.part(idx)  # all of it in one process
-        gists = objective.gists(trained, shard, idx)  # (B, T, D) -> (B, D) or (B, k, D)
-        loss, stats = objective(gists, shard, idx)
+        loss, stats = objective(trained, data, idx)  # GistNet through its DDP wrapper
         optimizer.zero_grad(set_to_none=True)
         (loss * weight if ranks.active else loss).backward()
         if cfg.grad_clip is not None:

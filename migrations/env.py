@@ -45,6 +45,12 @@ def run_migrations_online() -> None:
     engine = make_engine(_url())
     try:
         with engine.connect() as connection:
+            if engine.dialect.name == "sqlite":
+                # Batch mode copies a table and drops the old one; with foreign keys on, the
+                # drop would cascade into every row that refers to it (a job's curve, model,
+                # evaluation). SQLite honours this pragma only outside a transaction, so it
+                # goes straight to the driver before the migration's transaction begins.
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
             _configure(connection=connection)
             with context.begin_transaction():
                 context.run_migrations()

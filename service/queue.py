@@ -56,6 +56,8 @@ PRODUCT_STATUS = {
 
 class JobKind(StrEnum):
     PREPARE = "prepare"
+    # One shard of a dataset prepared in parts: a child of the dataset's prepare job.
+    PREPARE_PART = "prepare_part"
     TRAIN = "train"
     EVALUATE = "evaluate"
 
@@ -70,11 +72,13 @@ class QueueName(StrEnum):
 # Evaluation runs the teacher over every example: it belongs with training on the GPU workers.
 QUEUE_OF_KIND = {
     JobKind.PREPARE: QueueName.PREP,
+    JobKind.PREPARE_PART: QueueName.PREP,
     JobKind.TRAIN: QueueName.TRAIN,
     JobKind.EVALUATE: QueueName.TRAIN,
 }
 TASK_OF_KIND = {
     JobKind.PREPARE: "gistnet.prepare_dataset",
+    JobKind.PREPARE_PART: "gistnet.prepare_part",
     JobKind.TRAIN: "gistnet.train",
     JobKind.EVALUATE: "gistnet.evaluate",
 }

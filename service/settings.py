@@ -4,6 +4,8 @@ a SQLite-backed Celery broker) on one machine with nothing else installed."""
 
 from __future__ import annotations
 
+import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,9 +19,11 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from gistnet.config import describe_validation_errors, parse_device
 from gistnet.storage import DEFAULT_CACHE_MAX_BYTES, ArtifactStore, is_url
+from service.limits import resolve_limits
 
 ENV_PREFIX = "GISTNET_"
 
@@ -96,6 +100,26 @@ class Settings(BaseSettings):
     # Redis (and SQS) hand an unacknowledged message to another worker after this long; it must
     # outlast the longest job, or a healthy job would run twice.
     visibility_timeout_s: int = Field(default=7 * 24 * 3600, ge=60)
+    # A queued job nobody has claimed for this long may have lost its message (a broker that
+    # restarted without saving, an API stopped between commit and send): it is sent again...
+    queued_resend_s: float = Field(default=300.0, gt=0)
+    # ...and then after twice the wait each time, up to this, so a job that only waits its
+    # turn behind a long run collects a few harmless duplicates, not one per sweep.
+    queued_resend_max_s: float = Field(default=3600.0, gt=0)
+
+    # Idempotency-Key answers are kept this long; a retry after that makes a new job.
+    idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0)
+    # Request bodies: POST /datasets (inline documents), POST /gist, and every other route.
+    # Larger ones get 413 before they are read in full.
+    dataset_max_body_bytes: int = Field(default=4 * 2**20, ge=1024)
+    gist_max_body_bytes: int = Field(default=2**20, ge=1024)
+    max_body_bytes: int = Field(default=64 * 2**10, ge=1024)
+    # Overrides of the bounds on request numbers (service/limits.py), as JSON:
+    # {"training.max_steps": 5000000}. Read the resolved bounds from `request_limits`.
+    limits: dict[str, int | float] = Field(default_factory=dict)
+    # Memory one run may use on a worker (a GPU's memory for a GPU worker); a training
+    # request whose estimate is larger is refused. None: this host's physical memory.
+    worker_memory_bytes: int | None = Field(default=None, ge=2**20)
 
     # POST /gist: most blocks one request may carry (413 above it).
     gist_max_blocks: int = Field(default=256, ge=1)
@@ -127,6 +151,12 @@ class Settings(BaseSettings):
     def _device_spelling(cls, value: str) -> str:
         return parse_device(value)
 
+    @field_validator("limits")
+    @classmethod
+    def _known_limits(cls, value: dict[str, int | float]) -> dict[str, int | float]:
+        resolve_limits(value)
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.heartbeat_timeout_s < 2 * self.heartbeat_interval_s:
@@ -141,7 +171,23 @@ class Settings(BaseSettings):
                 f"GISTNET_GIST_MAX_BLOCKS ({self.gist_max_blocks}), or a full-size request "
                 f"could never be accepted"
             )
+        if self.queued_resend_max_s < self.queued_resend_s:
+            raise ValueError(
+                f"GISTNET_QUEUED_RESEND_MAX_S ({self.queued_resend_max_s}) must be at least "
+                f"GISTNET_QUEUED_RESEND_S ({self.queued_resend_s})"
+            )
         return self
+
+    @property
+    def request_limits(self) -> dict[str, int | float]:
+        return resolve_limits(self.limits)
+
+    @property
+    def worker_memory(self) -> int:
+        """Bytes a run may use on a worker: the setting, else this host's physical memory."""
+        if self.worker_memory_bytes is not None:
+            return self.worker_memory_bytes
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
     def artifact_path(self, relative: str | Path) -> Path:
         """Artifact paths are stored relative to the root, so the volume can move. Local
@@ -177,6 +223,15 @@ def load_settings(**overrides) -> Settings:
     """Read the environment; a bad value stops start-up with a message naming its variable."""
     try:
         return Settings(**overrides)
+    except PydanticSettingsError as err:
+        # A value of a structured setting (GISTNET_LIMITS) that is not JSON at all.
+        field = re.search(r'field "(\w+)"', str(err))
+        name = env_name(field.group(1)) if field else "a GISTNET_* variable"
+        raise SettingsError(
+            f"invalid settings: {name} must be JSON, e.g. {name}='{{\"training.max_steps\": 5000000}}'"
+            if field and field.group(1) == "limits"
+            else f"invalid settings: {name} must be JSON"
+        ) from None
     except ValidationError as err:
         problems = describe_validation_errors(
             err.errors(), name_of=lambda loc: env_name(str(loc[0])) if loc else ""

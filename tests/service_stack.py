@@ -141,6 +141,9 @@ FAST = {
     "resume_every": 5,
     "progress_interval_s": 0.2,
     "cancel_poll_s": 0.2,
+    # A queued job whose message is lost is sent again within seconds.
+    "queued_resend_s": 2.0,
+    "queued_resend_max_s": 8.0,
 }
 # For the worker and server subprocesses only: they and the test process share two cores,
 # so one torch thread each. (The in-process app is left alone: torch's thread count is
@@ -337,3 +340,121 @@ def train_body(dataset_id: int, *, max_steps: int = 12, **training: Any) -> dict
         "model": {"num_heads": 4},
         "training": {"batch_size": 8, "max_steps": max_steps, "eval_every": 1000, **training},
     }
+
+
+def record_ready_dataset(settings: Settings, teacher: str) -> dict[str, Any]:
+    """A dataset prepared in-process with the library and recorded `ready`, as a worker
+    would record it: {id, info}."""
+    from gistnet.config import validate_dataset_config
+    from gistnet.data import prepare_dataset
+    from service.db.engine import session_scope
+    from service.db.models import Dataset, Job
+    from service.queue import JobKind, JobStatus, ProductStatus, QueueName
+
+    documents = tiny_documents(6)
+    config = {
+        "dataset_name": "ready",
+        "tokenizer": teacher,
+        "teacher_model": teacher,
+        "teacher_device": "cpu",
+        "splits": {
+            "train": {"documents": documents[:4]},
+            "validation": {"documents": documents[4:]},
+        },
+    }
+    with session_scope(settings.database_url) as session:
+        dataset = Dataset(name="ready", config=config, status=ProductStatus.READY)
+        session.add(dataset)
+        session.flush()
+        dataset_id = dataset.id
+        session.add(
+            Job(
+                kind=JobKind.PREPARE,
+                queue=QueueName.PREP,
+                status=JobStatus.SUCCEEDED,
+                dataset_id=dataset_id,
+            )
+        )
+    out = settings.artifact_path(f"datasets/{dataset_id}")
+    info = prepare_dataset(validate_dataset_config(config), output_dir=out)
+    info["splits"] = {k: {**v, "path": f"{k}.arrow"} for k, v in info["splits"].items()}
+    with session_scope(settings.database_url) as session:
+        row = session.get(Dataset, dataset_id)
+        row.info, row.path = info, f"datasets/{dataset_id}"
+    return {"id": dataset_id, "info": info}
+
+
+def record_trained_model(
+    settings: Settings, dataset: dict[str, Any], *, model: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A model trained in-process for a few steps and recorded: {id, checkpoint, job_id}.
+    `model` is the run config's model section (default: the defaults)."""
+    from gistnet.checkpoint import read_checkpoint_info
+    from gistnet.config import validate_run_config
+    from gistnet.train import train_gistnet
+    from service.db.engine import session_scope
+    from service.db.models import Job
+    from service.db.records import record_model
+    from service.queue import JobKind, JobStatus, QueueName
+
+    with session_scope(settings.database_url) as session:
+        job = Job(
+            kind=JobKind.TRAIN,
+            queue=QueueName.TRAIN,
+            status=JobStatus.SUCCEEDED,
+            dataset_id=dataset["id"],
+        )
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    output = settings.artifact_path(f"jobs/{job_id}")
+    result = train_gistnet(
+        dataset_path=settings.artifact_path(f"datasets/{dataset['id']}/train.arrow"),
+        run_config=validate_run_config(
+            {
+                "model": model or {},
+                "training": {"max_steps": 3, "batch_size": 4, "device": "cpu"},
+            }
+        ),
+        output_dir=output,
+    )
+    with session_scope(settings.database_url) as session:
+        recorded = record_model(
+            session,
+            job_id=job_id,
+            dataset_id=dataset["id"],
+            split="train",
+            checkpoint_path=f"jobs/{job_id}/gistnet.pt",
+            info=read_checkpoint_info(result.checkpoint_path),
+            steps=result.steps,
+            final_loss=result.final_loss,
+            val_loss=result.val_loss,
+        )
+        return {"id": recorded.id, "checkpoint": result.checkpoint_path, "job_id": job_id}
+
+
+@contextmanager
+def served(app) -> Iterator[tuple[str, int]]:
+    """The app behind a real uvicorn server on a free port, in a thread: real sockets and
+    keep-alive connections, which a test client does not have. Yields (host, port)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), timeout=60, what="uvicorn up")
+        if not server.started:
+            raise RuntimeError("uvicorn did not start")
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

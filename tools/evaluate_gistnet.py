@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dataset",
         required=True,
-        help="an Arrow shard, or a prepared dataset folder (see --split)",
+        help="a shard file, a quoted glob of a split's shards, or a dataset folder (see --split)",
     )
     parser.add_argument(
         "--split", help="split to score when --dataset is a folder (default: validation)"

@@ -1,6 +1,9 @@
 """Prepare a GistNet dataset: tokenize, cut into blocks, cache the teacher's states in Arrow.
 
 python -m tools.prepare_dataset --config configs/data/sample_text.yaml
+
+With `teacher_states: none` in the config only the token ids are stored (no teacher runs);
+a split with `shards: N` is written as N files, part by part.
 """
 
 from __future__ import annotations
@@ -50,13 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"dataset {metadata['dataset_name']} ({metadata['fingerprint']}): "
         f"teacher_hidden_size={metadata['teacher_hidden_size']} block_size={metadata['block_size']} "
-        f"horizon={metadata['horizon']}"
+        f"horizon={metadata['horizon']} teacher_states={metadata['teacher_states']}"
     )
     for name, s in metadata["splits"].items():
         rate = s["tokens"] / s["seconds"] if s["seconds"] else float("nan")
+        shards = f", {len(s['shards'])} shards" if s.get("shards") else ""
         print(
             f"  {name}: {s['documents']} documents, {s['tokens']} tokens, {s['examples']} examples, "
-            f"{s['bytes'] / 2**20:.1f} MiB, {s['seconds']:.1f} s ({rate:,.0f} tokens/s) -> {s['path']}"
+            f"{s['bytes'] / 2**20:.1f} MiB{shards}, {s['seconds']:.1f} s ({rate:,.0f} tokens/s) "
+            f"-> {s['path']}"
         )
     return 0
 

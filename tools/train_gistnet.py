@@ -1,10 +1,12 @@
-"""Train GistNet on a prepared dataset shard.
+"""Train GistNet on a prepared dataset split.
 
     python -m tools.train_gistnet --dataset data/sample_text/train.arrow \
         --config configs/runs/gistnet_example.yaml
 
---dataset and --output-dir may be object-store URLs (s3://bucket/prefix/train.arrow): the
-shard is read through the local cache (GISTNET_CACHE_DIR) and the checkpoint published.
+--dataset takes one shard file, a glob of a split's shards ('data/x/train-*.arrow', quoted)
+or a dataset folder (with --split, default train). It and --output-dir may be object-store
+URLs (s3://bucket/prefix/train.arrow, or the dataset's folder): the shards are read through
+the local cache (GISTNET_CACHE_DIR) and the checkpoint published.
 `training.processes: N` in the run config trains over N processes (DDP).
 """
 
@@ -25,8 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dataset",
         required=True,
-        help="Arrow shard of the training split (ours or the seed tool's, metadata.yaml optional)",
+        help="a shard file (ours or the seed tool's, metadata.yaml optional), a quoted glob of "
+        "a split's shards, or a dataset folder (see --split)",
     )
+    parser.add_argument("--split", help="split to train on when --dataset is a folder (train)")
     parser.add_argument("--config", required=True, help="run config (YAML)")
     parser.add_argument("--output-dir", default="artifacts/gistnet", help="where gistnet.pt goes")
     parser.add_argument("--max-steps", type=int, help="override training.max_steps")
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run = load_run_config(args.config)
-        dataset = open_local_dataset(args.dataset, splits=["validation"])
+        dataset = open_local_dataset(args.dataset, splits=[args.split or "train", "validation"])
         with writing_to(args.output_dir) as output:
             result = train_gistnet(
                 dataset_path=dataset,
@@ -65,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 on_progress=log,
                 tokenizer=args.tokenizer,
                 teacher_model=args.teacher,
+                split=args.split,
             )
             info = read_checkpoint_info(result.checkpoint_path)
         if is_url(args.output_dir):

@@ -20,7 +20,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.db.engine import session_scope
-from service.db.jobs import LostJob, beat, claim_job, finish_job, record_progress, requeue_job
+from service.db.jobs import (
+    LostJob,
+    beat,
+    claim_job,
+    detach_job,
+    finish_job,
+    record_progress,
+    requeue_job,
+)
 from service.db.models import Job, utcnow
 from service.queue import JobStatus, send_job
 from service.settings import Settings
@@ -37,10 +45,10 @@ class Outcome:
     """How to record a finished run: the result rows, written in the same transaction that
     marks the job `succeeded`, so a succeeded job always has its result."""
 
-    record: Callable[[Session], None]
-    # Runs once the success is committed: e.g. removing the resume checkpoint, which must
-    # outlive any crash before that commit.
-    cleanup: Callable[[], None] | None = None
+    record: Callable[[Session], None] | None = None
+    # The job goes on without this run: a dataset's job whose parts now run as jobs of
+    # their own stays `running`, detached (see service.db.jobs.detach_job).
+    detach: bool = False
 
 
 class JobRun:
@@ -51,6 +59,7 @@ class JobRun:
         self.settings = settings
         self.job_id, self.attempt, self.kind = job.id, job.attempt, job.kind
         self.dataset_id = job.dataset_id
+        self.parent_id, self.part_index = job.parent_id, job.part_index
         self.params: dict[str, Any] = dict(job.params or {})
         # Set when the job stopped being this run's (re-queued, handed to another worker).
         self.lost = False
@@ -63,6 +72,20 @@ class JobRun:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._beater: threading.Thread | None = None
+        self._at_end: list[Callable[[], None]] = []
+
+    def at_end(self, tidy: Callable[[], None]) -> None:
+        """Run `tidy` once the job has ended for good (succeeded, failed or cancelled, and
+        committed so): e.g. removing the resume checkpoint, which must outlive any crash
+        before then. Not when the job was lost to another run, which may still need it."""
+        self._at_end.append(tidy)
+
+    def ended(self) -> None:
+        for tidy in self._at_end:
+            try:
+                tidy()
+            except Exception:  # tidying up must not turn a finished job into a failed one
+                log.exception("clean-up after job %s failed", self.job_id)
 
     # ------------------------------------------------------------------ heartbeat
 
@@ -161,6 +184,9 @@ class JobRun:
                 self._metrics = metrics + self._metrics
 
 
+DETACHED = "detached"
+
+
 def run_job(*, settings: Settings, job_id: int, work: Callable[[JobRun], Outcome], app=None) -> str:
     """Claim the job, do the work, and settle it. Returns what happened, for the task log.
 
@@ -170,8 +196,6 @@ def run_job(*, settings: Settings, job_id: int, work: Callable[[JobRun], Outcome
     `retryable` (a training process died) queues it again at once through `app`, while
     attempts remain, as recovery would after a lost worker.
     """
-    from gistnet.errors import Cancelled, GistNetError
-
     with session_scope(settings.database_url) as session:
         job = claim_job(
             session,
@@ -185,16 +209,31 @@ def run_job(*, settings: Settings, job_id: int, work: Callable[[JobRun], Outcome
             log.info("job %s is finished, cancelled or running elsewhere: nothing to do", job_id)
             return "skipped"
         run = JobRun(settings=settings, job=job)
+    return run_claimed(run, work=work, app=app)
+
+
+def run_claimed(run: JobRun, *, work: Callable[[JobRun], Outcome], app=None) -> str:
+    """Do the work of a job this process holds (claimed, or a parent taken over) and
+    settle it: succeeded, failed, cancelled, queued again (see run_job), or detached to
+    its parts."""
+    from gistnet.errors import Cancelled, GistNetError
+
+    settings, job_id = run.settings, run.job_id
     log.info("job %s (%s) attempt %s started", job_id, run.kind, run.attempt)
     run.start_heartbeat()
     try:
         outcome = work(run)
         run.flush()
+        if outcome.detach:
+            with session_scope(settings.database_url) as session:
+                if detach_job(session, job_id=job_id, attempt=run.attempt):
+                    return DETACHED
+            raise Cancelled("cancelled before its parts ran")
         with session_scope(settings.database_url) as session:
-            outcome.record(session)
+            if outcome.record is not None:
+                outcome.record(session)
             finish_job(session, job_id=job_id, attempt=run.attempt, status=JobStatus.SUCCEEDED)
-        if outcome.cleanup is not None:
-            outcome.cleanup()
+        run.ended()
         return JobStatus.SUCCEEDED
     except LostJob:
         log.warning("job %s attempt %s: another run owns the job now", job_id, run.attempt)
@@ -238,6 +277,8 @@ def run_job(*, settings: Settings, job_id: int, work: Callable[[JobRun], Outcome
                 )
         except LostJob:
             return "lost"
+        # A failed or cancelled job does not run again.
+        run.ended()
         return status
     finally:
         run.stop_heartbeat()

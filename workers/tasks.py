@@ -11,18 +11,29 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_init, worker_process_init
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from gistnet.errors import Cancelled, GistNetError
+from service.artifacts import (
+    dataset_dir,
+    evaluation_dir,
+    job_dir,
+    remove_resume_checkpoint,
+    resume_checkpoint,
+)
 from service.db.engine import session_scope
+from service.db.jobs import create_parts, get_job, part_label, record_progress, take_over_parent
+from service.db.models import Job
 from service.db.records import (
     complete_loss_curve,
     evaluation_of_job,
@@ -32,10 +43,10 @@ from service.db.records import (
     record_evaluation_report,
     record_model,
 )
-from service.queue import TASK_OF_KIND, JobKind
+from service.queue import TASK_OF_KIND, JobKind, JobStatus, send_job
 from service.settings import Settings, get_settings
 from workers import metrics
-from workers.runner import JobRun, Outcome, run_job
+from workers.runner import DETACHED, JobRun, Outcome, run_claimed, run_job, worker_name
 
 
 @worker_init.connect
@@ -78,50 +89,55 @@ def _run_measured(task, job_id: int, kind: str, work: Callable[[JobRun], Outcome
     return outcome
 
 
-def dataset_dir(dataset_id: int) -> str:
-    return f"datasets/{dataset_id}"
-
-
-def job_dir(job_id: int) -> str:
-    return f"jobs/{job_id}"
-
-
-def evaluation_dir(evaluation_id: int) -> str:
-    return f"evaluations/{evaluation_id}"
-
-
 # --------------------------------------------------------------------------- prepare
 
 
 @contextlib.contextmanager
-def _source_folder(settings: Settings, config: dict[str, Any]) -> Iterator[Path]:
+def _source_folder(
+    settings: Settings, config: dict[str, Any], *, only: dict[str, Iterable[str]] | None = None
+) -> Iterator[Path]:
     """The folder a dataset's relative `source` globs are read from: the data root itself
     when it is a folder; on an object store, a scratch folder holding the matched objects
-    (exactly those, so the library's glob finds the same files the API's check did)."""
+    (exactly those, so the library's glob finds the same files the API's check did).
+    `only` ({split: keys}) downloads just those: a part reads only the files of its range."""
     store = settings.data_store()
     if store.is_local:
         yield store.local_root
         return
     with tempfile.TemporaryDirectory(prefix="gistnet-sources-") as scratch:
-        for split in config.get("splits", {}).values():
+        for name, split in config.get("splits", {}).items():
             if split.get("source"):
                 # A URL under the data root becomes its relative form, as the API checked it.
                 split["source"] = store.key_of(split["source"]) or split["source"]
-                for key in store.glob(split["source"]):
+                keys = store.glob(split["source"]) if only is None else only.get(name, ())
+                for key in keys:
                     store.download(key, Path(scratch) / key)
         yield Path(scratch)
 
 
-def _prepare(run: JobRun) -> Outcome:
+def _dataset_config(run: JobRun) -> dict[str, Any]:
+    """The dataset's config as requested, on this worker's device."""
+    with session_scope(run.settings.database_url) as session:
+        config = copy.deepcopy(get_dataset(session, dataset_id=run.dataset_id).config)
+    config["teacher_device"] = run.settings.device  # the worker's device, not the requester's
+    return config
+
+
+def _prepare(run: JobRun, *, app) -> Outcome:
+    """A dataset's job: the whole preparation here, or, when a split has several shards,
+    plan the parts, hand them to the `prep` queue and detach; later (taken over once the
+    parts are done, or run again) check them and write the metadata."""
     from gistnet.config import validate_dataset_config
-    from gistnet.data import prepare_dataset
+    from gistnet.data import prepare_dataset, relative_metadata
 
     settings = run.settings
     store = settings.artifact_store()
-    with session_scope(settings.database_url) as session:
-        config = copy.deepcopy(get_dataset(session, dataset_id=run.dataset_id).config)
-    config["teacher_device"] = settings.device  # the worker's device, not the requester's
+    config = _dataset_config(run)
+    if "import" in config:
+        return _import(run, config)
     relative = dataset_dir(run.dataset_id)
+    if any(split.get("shards", 1) > 1 for split in config["splits"].values()):
+        return _prepare_in_parts(run, config=config, relative=relative, app=app)
     meter = metrics.PrepMeter()
 
     def on_progress(p) -> None:
@@ -146,11 +162,63 @@ def _prepare(run: JobRun) -> Outcome:
         # Shards first, metadata.yaml last: a dataset folder with its metadata is complete.
         store.publish_folder(output, relative)
         # Shard paths relative to the dataset folder, as metadata.yaml has them.
-        splits = {
-            name: {**stats, "path": os.path.relpath(stats["path"], output)}
-            for name, stats in metadata["splits"].items()
-        }
-    info = {**metadata, "splits": splits}
+        info = relative_metadata(metadata, output)
+    return _dataset_ready(run, info=info, relative=relative)
+
+
+def _dataset_ready(run: JobRun, *, info: dict[str, Any], relative: str) -> Outcome:
+    def record(session: Session) -> None:
+        mark_dataset_prepared(session, dataset_id=run.dataset_id, path=relative, info=info)
+
+    return Outcome(record=record)
+
+
+def _import(run: JobRun, config: dict[str, Any]) -> Outcome:
+    """A dataset another tool wrote (POST /datasets/import): its shards copied under the
+    artifact root as `<split>.arrow`, checked by reading them, and metadata.yaml written in
+    this platform's form (fingerprint, width, tokenizer, teacher) last."""
+    import shutil
+
+    import yaml
+
+    from gistnet.shards import describe_dataset, open_shard
+
+    settings = run.settings
+    data, store = settings.data_store(), settings.artifact_store()
+    key = config["import"]["path"]
+    relative = dataset_dir(run.dataset_id)
+    with tempfile.TemporaryDirectory(prefix="gistnet-import-") as staging:
+        source = _fetch_import_source(data, key, Path(staging) / "source")
+        run.report(progress={"stage": "describing", "path": key})
+        info = describe_dataset(
+            source, tokenizer=config["tokenizer"], teacher_model=config["teacher_model"]
+        )
+        folder = source if source.is_dir() else source.parent
+        with store.writing(relative) as output:
+            splits = {}
+            for name, stats in info["splits"].items():
+                if run.should_cancel():
+                    raise Cancelled(f"import of {key!r} cancelled")
+                shard = folder / stats["path"]
+                # Opening checks the columns and every row's length before anything is kept.
+                examples = open_shard(shard).num_examples
+                shutil.copyfile(shard, output / f"{name}.arrow")
+                splits[name] = {
+                    **stats,
+                    "path": f"{name}.arrow",
+                    "examples": examples,
+                    "bytes": shard.stat().st_size,
+                }
+                run.report(progress={"stage": "copied", "split": name, "examples": examples})
+            info = {
+                **{k: v for k, v in info.items() if k != "metadata_form"},
+                "dataset_name": config["dataset_name"],
+                "splits": splits,
+                "imported_from": {"path": key, "metadata_form": info.get("metadata_form")},
+            }
+            (output / "metadata.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+            # Shards first, metadata.yaml last: a dataset folder with its metadata is complete.
+            store.publish_folder(output, relative)
 
     def record(session: Session) -> None:
         mark_dataset_prepared(session, dataset_id=run.dataset_id, path=relative, info=info)
@@ -158,20 +226,237 @@ def _prepare(run: JobRun) -> Outcome:
     return Outcome(record=record)
 
 
+def _part_params(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    from gistnet.data import plan_parts
+    from gistnet.shards import shard_file_name
+
+    return [
+        {
+            "split": part["split"],
+            "index": part["index"],
+            "count": part["count"],
+            "shard": shard_file_name(part["split"], part["index"], part["count"]),
+            "documents": None if part["stop"] is None else part["stop"] - part["start"],
+        }
+        for part in plan_parts(plan)
+    ]
+
+
+def _prepare_in_parts(run: JobRun, *, config: dict[str, Any], relative: str, app) -> Outcome:
+    from gistnet.config import validate_dataset_config
+    from gistnet.data import plan_dataset
+
+    settings = run.settings
+    plan = run.params.get("plan")
+    if plan is None:  # the first run: counts every source's documents, hashes every input
+        run.report(progress={"stage": "planning"})
+        with _source_folder(settings, config) as sources:
+            plan = plan_dataset(validate_dataset_config(config), config_dir=sources)
+    with session_scope(settings.database_url) as session:
+        parts = create_parts(
+            session, parent_id=run.job_id, attempt=run.attempt, plan=plan, parts=_part_params(plan)
+        )
+        states = [(p.id, p.status, p.error, part_label(p)) for p in parts]
+    failed = [s for s in states if s[1] == JobStatus.FAILED]
+    if failed:
+        raise PartFailed(f"{failed[0][3]} failed: {failed[0][2]}")
+    if any(s[1] == JobStatus.CANCELLED for s in states):
+        raise Cancelled("a part of the dataset was cancelled")
+    if all(s[1] == JobStatus.SUCCEEDED for s in states):
+        run.report(progress={"stage": "finalizing", "parts": len(states)})
+        return _finalize(run, config=config, plan=plan, relative=relative)
+    # After the commit, so each part finds its row. A rerun sends the queued ones again:
+    # a part already taken ignores the extra message (see claim_job).
+    for part_id, status, _, _ in states:
+        if status == JobStatus.QUEUED:
+            send_job(app, job_id=part_id, kind=JobKind.PREPARE_PART)
+    run.report(progress={"stage": "parts", "parts": len(states)})
+    return Outcome(detach=True)
+
+
+def _finalize(run: JobRun, *, config: dict[str, Any], plan: dict[str, Any], relative: str):
+    """Every part checked against its manifest, then metadata.yaml written (and published
+    last, on an object store, after fetching the parts to check them)."""
+    from gistnet.config import validate_dataset_config
+    from gistnet.data import PARTS_DIR, finalize_dataset, relative_metadata
+
+    store = run.settings.artifact_store()
+    with store.writing(relative) as output:
+        if not store.is_local:
+            for params in _part_params(plan):
+                shard = params["shard"]
+                store.download(f"{relative}/{shard}", output / shard)
+                store.download(
+                    f"{relative}/{PARTS_DIR}/{shard}.json", output / PARTS_DIR / f"{shard}.json"
+                )
+        metadata = finalize_dataset(validate_dataset_config(config), plan=plan, output_dir=output)
+        if not store.is_local:
+            store.publish(output / "metadata.yaml", f"{relative}/metadata.yaml")
+        info = relative_metadata(metadata, output)
+    return _dataset_ready(run, info=info, relative=relative)
+
+
+class PartFailed(GistNetError):
+    """A part of a dataset failed, after its attempts: the dataset fails with its reason."""
+
+
+_RESOURCES: dict[tuple, Any] = {}
+
+
+def _prep_resources(config):
+    """Tokenizer and teacher, loaded once per worker process while its parts share them."""
+    from gistnet.data import load_prep_resources
+
+    key = (
+        config.tokenizer,
+        config.teacher_model,
+        config.teacher_dtype,
+        config.teacher_device,
+        config.teacher_states,
+    )
+    if key not in _RESOURCES:
+        _RESOURCES.clear()  # one teacher at a time: two would double the memory
+        _RESOURCES[key] = load_prep_resources(config)
+    return _RESOURCES[key]
+
+
+def _prepare_part(run: JobRun) -> Outcome:
+    """One part of a dataset: its shard and manifest, from its range of documents (on an
+    object store: only the source files of that range are fetched, and the shard then its
+    manifest are published)."""
+    from gistnet.config import validate_dataset_config
+    from gistnet.data import PARTS_DIR, prepare_part, resolve_dataset_config
+    from gistnet.sources import files_in_range
+
+    settings = run.settings
+    store = settings.artifact_store()
+    raw = _dataset_config(run)
+    with session_scope(settings.database_url) as session:
+        plan = get_job(session, job_id=run.parent_id).params["plan"]
+    split, index, shard = run.params["split"], run.params["index"], run.params["shard"]
+    part = plan["splits"][split]["parts"][index]
+    relative = dataset_dir(run.dataset_id)
+    shard_key, manifest_key = f"{relative}/{shard}", f"{relative}/{PARTS_DIR}/{shard}.json"
+    meter = metrics.PrepMeter()
+
+    def on_progress(p) -> None:
+        meter(p.split, p.tokens)
+        run.report(
+            progress={
+                "split": p.split,
+                "shard": shard,
+                "documents": p.documents,
+                "tokens": p.tokens,
+                "examples": p.examples,
+            }
+        )
+
+    counts = plan["splits"][split]["files"]
+    needed = (
+        None if counts is None else {split: files_in_range(counts, part["start"], part["stop"])}
+    )
+    with store.writing(relative) as output, _source_folder(settings, raw, only=needed) as sources:
+        # What an earlier run of this part published, so that a verified one is kept.
+        if not store.is_local and store.download(
+            manifest_key, output / PARTS_DIR / f"{shard}.json"
+        ):
+            store.download(shard_key, output / shard)
+        config, _ = resolve_dataset_config(validate_dataset_config(raw), sources)
+        manifest = prepare_part(
+            config,
+            plan=plan,
+            split=split,
+            index=index,
+            config_dir=sources,
+            output_dir=output,
+            resources=_prep_resources(config),
+            on_progress=on_progress,
+            should_cancel=run.should_cancel,
+        )
+        if not store.is_local and not manifest.get("reused"):
+            # The shard first: a manifest in the store vouches for a shard that is there.
+            store.publish(output / shard, shard_key)
+            store.publish(output / PARTS_DIR / f"{shard}.json", manifest_key)
+    summary = {
+        "split": split,
+        "shard": manifest["path"],
+        **{k: manifest[k] for k in ("documents", "tokens", "examples", "bytes", "sha256")},
+        # A redelivered part whose shard was complete and verified was not written again.
+        "reused": bool(manifest.get("reused")),
+    }
+
+    def record(session: Session) -> None:
+        record_progress(session, job_id=run.job_id, attempt=run.attempt, progress=summary)
+
+    return Outcome(record=record)
+
+
+def _fetch_import_source(data, key: str, staging: Path) -> Path:
+    """The dataset to import as local files: its folder (or shard) on a local data root,
+    else the shard, metadata.yaml and the shards the metadata names, downloaded."""
+    if data.is_local:
+        return data.local_root / key
+    is_shard = key.endswith(".arrow")
+    folder = key.rpartition("/")[0] if is_shard else key
+    prefix = f"{folder}/" if folder else ""
+    staging.mkdir(parents=True)
+    names = [key.rpartition("/")[2]] if is_shard else []
+    if data.exists(f"{prefix}metadata.yaml"):
+        import yaml
+
+        names.append("metadata.yaml")
+        metadata = yaml.safe_load(data.read_text(f"{prefix}metadata.yaml")) or {}
+        for split, entry in (metadata.get("splits") or {}).items():
+            path = entry.get("path") if isinstance(entry, dict) else None
+            names.append(path or f"{split}.arrow")
+    for name in dict.fromkeys(names):
+        if data.exists(f"{prefix}{name}"):
+            data.download(f"{prefix}{name}", staging / name)
+    return staging / key.rpartition("/")[2] if is_shard else staging
+
+
+def _finish_parent_if_done(task, parent_id: int) -> str | None:
+    """After a part (or the dataset's job itself) ended: if every part has finished and the
+    dataset's job waits detached, take it over here and finish it. Many may try; one gets it."""
+    settings = _settings_of(task)
+    with session_scope(settings.database_url) as session:
+        parent = take_over_parent(
+            session, job_id=parent_id, worker=worker_name(), device=settings.device
+        )
+        if parent is None:
+            return None
+        run = JobRun(settings=settings, job=parent)
+    return run_claimed(run, work=partial(_prepare, app=task.app), app=task.app)
+
+
 def open_dataset_split(store, dataset, split: str) -> Path:
-    """The split's shard as a local file, with metadata.yaml and the validation shard
-    beside it (training scores validation): the files themselves on a local root, cached
-    copies on an object store."""
+    """The dataset's folder with the split's shards, metadata.yaml and the validation
+    shards in it (training scores validation): the folder itself on a local root, the
+    cache's copy of it on an object store (the cache mirrors the store's layout)."""
     splits = dataset.info["splits"]
-    store.open_local(f"{dataset.path}/metadata.yaml")
-    if "validation" in splits and split != "validation":
-        store.open_local(f"{dataset.path}/{splits['validation']['path']}")
-    return store.open_local(f"{dataset.path}/{splits[split]['path']}")
+    folder = store.open_local(f"{dataset.path}/metadata.yaml").parent
+    for name in {split, "validation"} & set(splits):
+        for shard in splits[name].get("shards") or [splits[name]]:
+            store.open_local(f"{dataset.path}/{shard['path']}")
+    return folder
 
 
 @shared_task(name=TASK_OF_KIND[JobKind.PREPARE], bind=True)
 def prepare_dataset_task(self, job_id: int) -> str:
-    return _run_measured(self, job_id, JobKind.PREPARE, _prepare)
+    outcome = _run_measured(self, job_id, JobKind.PREPARE, partial(_prepare, app=self.app))
+    if outcome == DETACHED:  # the parts may all have finished while it sent them
+        outcome = _finish_parent_if_done(self, job_id) or outcome
+    return outcome
+
+
+@shared_task(name=TASK_OF_KIND[JobKind.PREPARE_PART], bind=True)
+def prepare_part_task(self, job_id: int) -> str:
+    outcome = _run_measured(self, job_id, JobKind.PREPARE_PART, _prepare_part)
+    with session_scope(_settings_of(self).database_url) as session:
+        parent_id = session.scalar(select(Job.parent_id).where(Job.id == job_id))
+    if parent_id is not None:
+        _finish_parent_if_done(self, parent_id)
+    return outcome
 
 
 # --------------------------------------------------------------------------- train
@@ -189,9 +474,9 @@ def _train(run: JobRun) -> Outcome:
     raw.setdefault("training", {})["device"] = settings.device
     run_config = validate_run_config(raw)
     with session_scope(settings.database_url) as session:
-        shard = open_dataset_split(store, get_dataset(session, dataset_id=run.dataset_id), split)
+        folder = open_dataset_split(store, get_dataset(session, dataset_id=run.dataset_id), split)
     relative = job_dir(run.job_id)
-    resume_key = f"{relative}/resume.pt"
+    resume_key = resume_checkpoint(run.job_id)
 
     def on_progress(p) -> None:
         metrics.train_step(
@@ -218,13 +503,16 @@ def _train(run: JobRun) -> Outcome:
             metric=point,
         )
 
+    # Once the job has ended (succeeded, failed, cancelled) nothing will resume it.
+    run.at_end(lambda: remove_resume_checkpoint(store, run.job_id))
     with store.writing(relative) as output:
         # A redelivered job finds the resume checkpoint of the run that died (on this
         # machine or another: it is published to the store) and continues it.
         resume = output / "resume.pt"
         store.download(resume_key, resume)
         result = train_gistnet(
-            dataset_path=shard,
+            dataset_path=folder,
+            split=split,
             run_config=run_config,
             output_dir=output,
             on_progress=on_progress,
@@ -257,7 +545,7 @@ def _train(run: JobRun) -> Outcome:
             history=result.history,
         )
 
-    return Outcome(record=record, cleanup=lambda: store.delete(resume_key))
+    return Outcome(record=record)
 
 
 def _finite(value: float | None) -> float | None:
@@ -283,7 +571,7 @@ def _evaluate(run: JobRun) -> Outcome:
         dataset = get_dataset(session, dataset_id=evaluation.dataset_id)
         checkpoint = store.open_local(model.checkpoint_path)
         split = evaluation.split
-        dataset_path = open_dataset_split(store, dataset, split).parent
+        dataset_path = open_dataset_split(store, dataset, split)
         relative = evaluation_dir(evaluation.id)
 
     def on_progress(done: int, total: int) -> None:

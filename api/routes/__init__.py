@@ -8,11 +8,24 @@ more round of route matching on every request.
 from fastapi import APIRouter, FastAPI
 
 from api.deps import AuthDep
-from api.routes import datasets, evaluations, gist, health, jobs, metrics, models, train, ui
+from api.errors import error_responses
+from api.routes import (
+    datasets,
+    evaluations,
+    gist,
+    health,
+    imports,
+    jobs,
+    metrics,
+    models,
+    train,
+    ui,
+)
 
 GUARDED: list[APIRouter] = [
     gist.router,
     jobs.router,
+    imports.router,
     datasets.router,
     train.router,
     models.router,
@@ -24,5 +37,5 @@ GUARDED: list[APIRouter] = [
 def include_routers(app: FastAPI) -> None:
     app.include_router(health.router)
     for router in GUARDED:
-        app.include_router(router, dependencies=[AuthDep])
+        app.include_router(router, dependencies=[AuthDep], responses=error_responses(401))
     ui.mount_dashboard(app)

@@ -3,6 +3,7 @@ GET /datasets/{id}."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,13 +14,19 @@ from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
 
 from api.deps import CeleryDep, SessionDep, SettingsDep, require_api_key
+from api.errors import error_responses
+from api.idempotency import Idempotency, IdempotencyKeyHeader, check_key
 from api.jobs_queue import enqueue
-from api.schemas import DatasetAccepted, DatasetCreate, DatasetPublic, DatasetsPublic
+from api.schemas import DatasetAccepted, DatasetCreate, DatasetPublic, DatasetsPublic, RowId
 from api.uploads import dataset_config_of, is_multipart, parse_model, receive_upload
-from api.validation import check_dataset_request
+from api.validation import check_dataset_request, check_limits
 from api.views import dataset_public
-from service.db.records import create_dataset, get_dataset, list_datasets
+from service.db.jobs import job_parts
+from service.db.records import create_dataset, dataset_job, get_dataset, list_datasets
+from service.limits import INT32_MAX
 from service.settings import Settings
+
+ROUTE = "POST /datasets"
 
 
 class _DatasetsRoute(APIRoute):
@@ -68,27 +75,34 @@ _MULTIPART_BODY = {
 
 
 def _queue_dataset(
-    body: DatasetCreate, session: Session, settings: Settings, celery
-) -> DatasetAccepted:
+    body: DatasetCreate, session: Session, settings: Settings, celery, idempotency: Idempotency
+) -> DatasetAccepted | JSONResponse:
+    """Check, record and queue; or the first answer, if this is a retry (Idempotency-Key)."""
+    if (earlier := idempotency.replay(session)) is not None:
+        return earlier
+    check_limits(body, route=ROUTE, limits=settings.request_limits)
     check_dataset_request(body, data_store=settings.data_store())
     dataset, job = create_dataset(
         session, name=body.dataset_name, config=body.model_dump(exclude_none=True)
     )
-    session.commit()
-    enqueue(session, celery, job)
-    return DatasetAccepted(
+    accepted = DatasetAccepted(
         dataset_id=dataset.id,
         job_id=job.id,
         status_url=f"/jobs/{job.id}",
         dataset_url=f"/datasets/{dataset.id}",
     )
+    location = accepted.dataset_url
+    if earlier := idempotency.commit(session, status_code=202, body=accepted, location=location):
+        return earlier
+    enqueue(session, celery, job, on_refused=idempotency.forget)
+    return accepted
 
 
 @router.post(
     "",
     status_code=202,
     response_model=DatasetAccepted,
-    responses={413: {"description": "upload too large"}},
+    responses=error_responses(400, 413, 422, 503),
     openapi_extra=_MULTIPART_BODY,
 )
 def create_dataset_route(
@@ -97,22 +111,29 @@ def create_dataset_route(
     settings: SettingsDep,
     celery: CeleryDep,
     response: Response,
-) -> DatasetAccepted:
+    idempotency_key: IdempotencyKeyHeader = None,
+):
     """Validate the config, record the dataset and queue its preparation on `prep`.
 
     As multipart/form-data: a `config` field and .txt / .jsonl files, each under the name
     of its split; they are stored under the data root and read as that split's `source`."""
-    accepted = _queue_dataset(body, session, settings, celery)
-    response.headers["Location"] = accepted.dataset_url
+    idempotency = Idempotency.of(
+        route=ROUTE, key=idempotency_key, body=body, ttl_s=settings.idempotency_ttl_s
+    )
+    accepted = _queue_dataset(body, session, settings, celery, idempotency)
+    if isinstance(accepted, DatasetAccepted):
+        response.headers["Location"] = accepted.dataset_url
     return accepted
 
 
 async def create_dataset_from_files(request: Request) -> Response:
     """The multipart form of POST /datasets (api/uploads.py). It bypasses the route's
-    dependencies, so it checks the API key itself, before reading a byte."""
+    dependencies, so it checks the API key (and the Idempotency-Key) itself, before reading
+    a byte."""
     state = request.app.state
     settings: Settings = state.settings
     await require_api_key(request, settings)
+    idempotency_key = check_key(request.headers.get("idempotency-key"))
     # An object-store data root: the files arrive in a local folder and are published
     # under the same keys before the request's `source` is checked.
     remote = not isinstance(settings.data_root, Path)
@@ -122,35 +143,60 @@ async def create_dataset_from_files(request: Request) -> Response:
     )
     try:
         body = parse_model(DatasetCreate, dataset_config_of(upload, data_root=local_root))
+        # The same request is the same config and the same files: the upload's folder is
+        # new each time, so it is left out.
+        idempotency = Idempotency.of_digest(
+            route=ROUTE,
+            key=idempotency_key,
+            parts=[json.dumps(upload.fields, sort_keys=True), upload.digest.hexdigest()],
+            ttl_s=settings.idempotency_ttl_s,
+        )
+
+        def replay() -> JSONResponse | None:
+            with state.sessionmaker() as session:
+                return idempotency.replay(session)
+
+        # A retry is answered before its files are published: they are there already.
+        if (earlier := await run_in_threadpool(replay)) is not None:
+            shutil.rmtree(upload.folder, ignore_errors=True)
+            return earlier
         if remote:
             key = upload.folder.relative_to(local_root.resolve()).as_posix()
             await run_in_threadpool(settings.data_store().publish_folder, upload.folder, key)
             shutil.rmtree(upload.folder, ignore_errors=True)
 
-        def queue() -> DatasetAccepted:
+        def queue() -> DatasetAccepted | JSONResponse:
             with state.sessionmaker() as session:
-                return _queue_dataset(body, session, settings, state.celery)
+                return _queue_dataset(body, session, settings, state.celery, idempotency)
 
         accepted = await run_in_threadpool(queue)
     except BaseException:
         shutil.rmtree(upload.folder, ignore_errors=True)
         raise
+    if isinstance(accepted, JSONResponse):  # a retry: its files are already there
+        shutil.rmtree(upload.folder, ignore_errors=True)
+        return accepted
     return JSONResponse(
         accepted.model_dump(), status_code=202, headers={"Location": accepted.dataset_url}
     )
 
 
-@router.get("", response_model=DatasetsPublic)
+@router.get("", response_model=DatasetsPublic, responses=error_responses(422, 503))
 def list_datasets_route(
-    session: SessionDep, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)
+    session: SessionDep,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=INT32_MAX),
 ) -> DatasetsPublic:
     rows, count = list_datasets(session, limit=limit, offset=offset)
     return DatasetsPublic(data=[dataset_public(d) for d in rows], count=count)
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic)
-def get_dataset_route(dataset_id: int, session: SessionDep) -> DatasetPublic:
+@router.get("/{dataset_id}", response_model=DatasetPublic, responses=error_responses(404, 422, 503))
+def get_dataset_route(dataset_id: RowId, session: SessionDep) -> DatasetPublic:
+    """Status, metadata, shard locations; while prepared in parts, each part's progress."""
     dataset = get_dataset(session, dataset_id=dataset_id)
     if dataset is None:
         raise HTTPException(404, f"dataset {dataset_id} does not exist")
-    return dataset_public(dataset)
+    job = dataset_job(session, dataset_id=dataset.id)
+    parts = job_parts(session, job_id=job.id) if job is not None else None
+    return dataset_public(dataset, parts=parts)

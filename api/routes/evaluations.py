@@ -6,9 +6,17 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 
 from api.deps import CeleryDep, SessionDep, SettingsDep
+from api.errors import error_responses
+from api.idempotency import Idempotency, IdempotencyKeyHeader
 from api.jobs_queue import enqueue
-from api.schemas import EvaluationAccepted, EvaluationCreate, EvaluationPublic, EvaluationsPublic
-from api.validation import RequestProblem
+from api.schemas import (
+    EvaluationAccepted,
+    EvaluationCreate,
+    EvaluationPublic,
+    EvaluationsPublic,
+    RowId,
+)
+from api.validation import RequestProblem, check_limits
 from api.views import evaluation_public
 from gistnet.errors import StorageError
 from service.db.records import (
@@ -18,9 +26,12 @@ from service.db.records import (
     get_model,
     list_evaluations,
 )
+from service.limits import INT32_MAX
 from service.queue import ProductStatus
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])
+
+ROUTE = "POST /evaluations"
 
 
 def _check_pairing(model, dataset, split: str) -> None:
@@ -47,11 +58,27 @@ def _check_pairing(model, dataset, split: str) -> None:
         )
 
 
-@router.post("", status_code=202, response_model=EvaluationAccepted)
+@router.post(
+    "",
+    status_code=202,
+    response_model=EvaluationAccepted,
+    responses=error_responses(400, 404, 409, 413, 422, 503),
+)
 def create_evaluation_route(
-    body: EvaluationCreate, session: SessionDep, celery: CeleryDep, response: Response
-) -> EvaluationAccepted:
+    body: EvaluationCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
+):
     """Queue an evaluation of a model on a prepared dataset split."""
+    idempotency = Idempotency.of(
+        route=ROUTE, key=idempotency_key, body=body, ttl_s=settings.idempotency_ttl_s
+    )
+    if (earlier := idempotency.replay(session)) is not None:
+        return earlier
+    check_limits(body, route=ROUTE, limits=settings.request_limits)
     model = get_model(session, model_id=body.model_id)
     if model is None:
         raise HTTPException(404, f"model {body.model_id} does not exist")
@@ -68,30 +95,35 @@ def create_evaluation_route(
         split=body.split,
         options=body.model_dump(include={"max_examples", "bootstrap_samples", "seed", "oracle_examples"}),
     )
-    session.commit()
-    enqueue(session, celery, job)
-    response.headers["Location"] = f"/evaluations/{evaluation.id}"
-    return EvaluationAccepted(
+    accepted = EvaluationAccepted(
         evaluation_id=evaluation.id,
         job_id=job.id,
         status_url=f"/jobs/{job.id}",
         evaluation_url=f"/evaluations/{evaluation.id}",
     )
+    location = f"/evaluations/{evaluation.id}"
+    if earlier := idempotency.commit(session, status_code=202, body=accepted, location=location):
+        return earlier
+    enqueue(session, celery, job, on_refused=idempotency.forget)
+    response.headers["Location"] = location
+    return accepted
 
 
-@router.get("", response_model=EvaluationsPublic)
+@router.get("", response_model=EvaluationsPublic, responses=error_responses(422, 503))
 def list_evaluations_route(
     session: SessionDep,
-    model_id: int | None = None,
+    model_id: RowId | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=INT32_MAX),
 ) -> EvaluationsPublic:
     rows, count = list_evaluations(session, model_id=model_id, limit=limit, offset=offset)
     return EvaluationsPublic(data=[evaluation_public(e) for e in rows], count=count)
 
 
-@router.get("/{evaluation_id}", response_model=EvaluationPublic)
-def get_evaluation_route(evaluation_id: int, session: SessionDep) -> EvaluationPublic:
+@router.get(
+    "/{evaluation_id}", response_model=EvaluationPublic, responses=error_responses(404, 422, 503)
+)
+def get_evaluation_route(evaluation_id: RowId, session: SessionDep) -> EvaluationPublic:
     """Status, and once ready the report: NLL, ΔNLL and gap recovered per condition."""
     evaluation = get_evaluation(session, evaluation_id=evaluation_id)
     if evaluation is None:
@@ -102,10 +134,13 @@ def get_evaluation_route(evaluation_id: int, session: SessionDep) -> EvaluationP
 @router.get(
     "/{evaluation_id}/plot",
     response_class=FileResponse,
-    responses={200: {"content": {"image/png": {}}, "description": "the per-position NLL plot"}},
+    responses={
+        200: {"content": {"image/png": {}}, "description": "the per-position NLL plot"},
+        **error_responses(404, 422, 503),
+    },
 )
 def get_evaluation_plot(
-    evaluation_id: int, session: SessionDep, settings: SettingsDep
+    evaluation_id: RowId, session: SessionDep, settings: SettingsDep
 ) -> FileResponse:
     """The per-position NLL of every condition as a PNG, once the evaluation is ready."""
     evaluation = get_evaluation(session, evaluation_id=evaluation_id)

@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
+from sqlalchemy.exc import SQLAlchemyError
 
 from api.batching import QueueFull
 from api.deps import BatcherDep, EnginesDep, SettingsDep
+from api.engine import GistEngine
+from api.errors import error_responses
 from api.schemas import GistRequest, GistResponse
-from api.validation import blocks_array, check_gist_request, text_blocks
+from api.validation import (
+    blocks_array,
+    check_gist_request,
+    check_gist_text,
+    gist_text_budget,
+    text_blocks,
+)
 from gistnet.errors import GistNetError
 from service.db.records import get_model, newest_model
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/gist", tags=["gists"])
 
@@ -32,6 +44,22 @@ def _find_model(request: Request, model_id: int | None) -> tuple[int, str]:
                 else f"model {model_id} does not exist",
             )
         return model.id, model.checkpoint_path
+
+
+def _newest_engine(request: Request, engines) -> tuple[int, str] | GistEngine:
+    """The newest model, from the database; while the database is away, the engine that
+    was the newest when it last answered, if it is still loaded."""
+    try:
+        model_id, checkpoint = _find_model(request, None)
+    except SQLAlchemyError:
+        fallback = engines.newest_model_id
+        engine = engines.loaded_engine(fallback) if fallback is not None else None
+        if engine is None:
+            raise
+        log.warning("database unavailable: /gist serves model %s, the newest it knew", fallback)
+        return engine
+    engines.newest_model_id = model_id
+    return model_id, checkpoint
 
 
 def _load_engine(engines, settings, model_id: int, checkpoint: str):
@@ -53,16 +81,25 @@ def _encoded(gists: np.ndarray, encoding: str) -> list:
 
 
 def _text_to_blocks(engine, text: str, max_blocks: int):
-    """Tokenize, cut into full blocks, and write each block back as text (for people)."""
-    ids = engine.tokenize(text)
-    blocks, unused = text_blocks(ids, block_size=engine.block_size, max_blocks=max_blocks)
+    """Tokenize (no further than the block limit allows), cut into full blocks, and write
+    each block back as text (for people)."""
+    _, max_tokens = gist_text_budget(
+        max_blocks=max_blocks, block_size=engine.block_size, longest_token=engine.longest_token
+    )
+    ids = engine.tokenize(text, max_tokens=max_tokens)
+    blocks, unused = text_blocks(
+        ids,
+        block_size=engine.block_size,
+        max_blocks=max_blocks,
+        truncated=len(ids) >= max_tokens,
+    )
     return blocks, len(ids), unused, engine.decode_blocks(blocks)
 
 
 @router.post(
     "",
     response_model=GistResponse,
-    responses={413: {"description": "too many blocks"}, 429: {"description": "queue full"}},
+    responses=error_responses(400, 404, 413, 422, 429, 503),
 )
 async def gist(
     body: GistRequest,
@@ -72,21 +109,39 @@ async def gist(
     batcher: BatcherDep,
 ) -> Response:
     """Gists of token blocks (or of a text cut into blocks), batched with other requests."""
-    check_gist_request(body.blocks, body.text, max_blocks=settings.gist_max_blocks)
+    max_blocks = settings.gist_max_blocks
+    check_gist_request(body.blocks, body.text, max_blocks=max_blocks)
     # A loaded model needs no database or thread hand-off: the hot path stays on the loop.
     engine = engines.loaded_engine(body.model_id) if body.model_id is not None else None
     if engine is None:
-        model_id, checkpoint = await run_in_threadpool(_find_model, request, body.model_id)
-        try:
-            engine = await run_in_threadpool(_load_engine, engines, settings, model_id, checkpoint)
-        except GistNetError as err:
-            raise HTTPException(503, f"model {model_id} cannot be loaded: {err}") from None
+        if body.model_id is None:
+            found = await run_in_threadpool(_newest_engine, request, engines)
+        else:
+            found = await run_in_threadpool(_find_model, request, body.model_id)
+        if isinstance(found, GistEngine):
+            engine = found
+        else:
+            model_id, checkpoint = found
+            try:
+                engine = await run_in_threadpool(
+                    _load_engine, engines, settings, model_id, checkpoint
+                )
+            except GistNetError as err:
+                raise HTTPException(503, f"model {model_id} cannot be loaded: {err}") from None
 
     tokens = unused = block_texts = None
     if body.text is not None:
         try:
+            # A text too long for the block limit is refused before it is tokenized, and
+            # one that may fit is tokenized no further than one token past the limit.
+            max_characters, _ = gist_text_budget(
+                max_blocks=max_blocks,
+                block_size=engine.block_size,
+                longest_token=engine.longest_token,
+            )
+            check_gist_text(body.text, max_characters=max_characters, max_blocks=max_blocks)
             blocks, tokens, unused, block_texts = await run_in_threadpool(
-                _text_to_blocks, engine, body.text, settings.gist_max_blocks
+                _text_to_blocks, engine, body.text, max_blocks
             )
         except GistNetError as err:  # e.g. a checkpoint that names no tokenizer
             raise HTTPException(422, f"text: {err}") from None

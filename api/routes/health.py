@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import AuthDep, BatcherDep, CeleryDep, EnginesDep, SessionDep, SettingsDep
+from api.errors import error_responses
 from api.schemas import HealthPublic, ReadyPublic
 
 router = APIRouter(tags=["health"])
@@ -46,7 +47,10 @@ def _check_artifacts(settings) -> str:
 @router.get(
     "/ready",
     response_model=ReadyPublic,
-    responses={503: {"model": ReadyPublic}},
+    responses={
+        **error_responses(401),
+        503: {"model": ReadyPublic, "description": "what is not ready, named"},
+    },
     dependencies=[AuthDep],
 )
 def ready(session: SessionDep, celery: CeleryDep, settings: SettingsDep):

@@ -9,11 +9,14 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
 from api.deps import SessionDep, SettingsDep
+from api.errors import error_responses
 from api.events import job_event_stream
-from api.schemas import JobMetricsPublic, JobPublic, JobsPublic, MetricPoint
+from api.schemas import JobMetricsPublic, JobPublic, JobsPublic, MetricPoint, RowId
 from api.views import job_public
-from service.db.jobs import get_job, list_jobs, request_cancel
+from service.artifacts import remove_resume_checkpoint
+from service.db.jobs import get_job, job_parts, list_jobs, request_cancel
 from service.db.records import job_metrics
+from service.limits import INT32_MAX
 from service.queue import JobKind, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -26,25 +29,29 @@ def _job_or_404(session, job_id: int):
     return job
 
 
-@router.get("", response_model=JobsPublic)
+@router.get("", response_model=JobsPublic, responses=error_responses(422, 503))
 def list_jobs_route(
     session: SessionDep,
     status: JobStatus | None = None,
     kind: JobKind | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=INT32_MAX),
 ) -> JobsPublic:
     rows, count = list_jobs(session, status=status, kind=kind, limit=limit, offset=offset)
     return JobsPublic(data=[job_public(j) for j in rows], count=count)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
-def get_job_route(job_id: int, session: SessionDep) -> JobPublic:
-    return job_public(_job_or_404(session, job_id))
+@router.get("/{job_id}", response_model=JobPublic, responses=error_responses(404, 422, 503))
+def get_job_route(job_id: RowId, session: SessionDep) -> JobPublic:
+    """A job; a dataset's job prepared in parts also shows each part's progress."""
+    job = _job_or_404(session, job_id)
+    return job_public(job, parts=job_parts(session, job_id=job.id))
 
 
-@router.get("/{job_id}/metrics", response_model=JobMetricsPublic)
-def get_job_metrics(job_id: int, session: SessionDep) -> JobMetricsPublic:
+@router.get(
+    "/{job_id}/metrics", response_model=JobMetricsPublic, responses=error_responses(404, 422, 503)
+)
+def get_job_metrics(job_id: RowId, session: SessionDep) -> JobMetricsPublic:
     """The loss curve a training job recorded, one point per step."""
     _job_or_404(session, job_id)
     points = [MetricPoint.model_validate(m) for m in job_metrics(session, job_id=job_id)]
@@ -54,13 +61,18 @@ def get_job_metrics(job_id: int, session: SessionDep) -> JobMetricsPublic:
 @router.get(
     "/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "an event stream"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "an event stream"},
+        **error_responses(404, 422, 503),
+    },
 )
 def job_events(
-    job_id: int,
+    job_id: RowId,
     request: Request,
     settings: SettingsDep,
-    after_step: int | None = Query(None, ge=0, description="send only points after this step"),
+    after_step: int | None = Query(
+        None, ge=0, le=INT32_MAX, description="send only points after this step"
+    ),
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: `state` (the job) when it changes, `metrics` (new loss-curve
@@ -82,12 +94,20 @@ def job_events(
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
-def cancel_job(job_id: int, session: SessionDep) -> JobPublic:
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobPublic,
+    responses=error_responses(404, 409, 413, 422, 503),
+)
+def cancel_job(job_id: RowId, session: SessionDep, settings: SettingsDep) -> JobPublic:
     """A queued job is cancelled at once; a running one stops within a few steps."""
     job = _job_or_404(session, job_id)
     if JobStatus(job.status).terminal:
         raise HTTPException(409, f"job {job_id} already {job.status}; there is nothing to cancel")
     job = request_cancel(session, job_id=job_id)
     session.commit()
+    if job.status == JobStatus.CANCELLED and job.kind == JobKind.TRAIN:
+        # Queued again after a lost worker, it may have a resume checkpoint: never needed now.
+        remove_resume_checkpoint(settings.artifact_store(), job_id)
     return job_public(job)

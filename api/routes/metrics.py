@@ -6,10 +6,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from api.errors import error_responses
+
 router = APIRouter(tags=["metrics"])
 
 
-@router.get("/metrics", response_class=Response)
+# 503: the job counts come from the database, which may be away.
+@router.get("/metrics", response_class=Response, responses=error_responses(503))
 def metrics(request: Request) -> Response:
     """Request counts and latencies by route, /gist batch sizes, the queue, loaded models
     and jobs by kind and state, in Prometheus's text format."""

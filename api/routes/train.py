@@ -4,23 +4,43 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Response
 
-from api.deps import CeleryDep, SessionDep
+from api.deps import CeleryDep, SessionDep, SettingsDep
+from api.errors import error_responses
+from api.idempotency import Idempotency, IdempotencyKeyHeader
 from api.jobs_queue import enqueue
 from api.schemas import JobAccepted, TrainCreate
-from api.validation import check_run_request
+from api.validation import check_limits, check_run_request
 from gistnet.config import RunConfig
 from service.db.records import create_training_job, dataset_job, get_dataset
 from service.queue import ProductStatus
 
 router = APIRouter(prefix="/train", tags=["training"])
 
+ROUTE = "POST /train"
 
-@router.post("", status_code=202, response_model=JobAccepted)
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=error_responses(400, 404, 409, 413, 422, 503),
+)
 def start_training(
-    body: TrainCreate, session: SessionDep, celery: CeleryDep, response: Response
-) -> JobAccepted:
-    """Check the run against the dataset (404, 409, 422 before anything is queued), then
-    queue it on `train`."""
+    body: TrainCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
+):
+    """Check the run against the bounds, the dataset and a worker's memory (404, 409, 422
+    before anything is queued), then queue it on `train`."""
+    idempotency = Idempotency.of(
+        route=ROUTE, key=idempotency_key, body=body, ttl_s=settings.idempotency_ttl_s
+    )
+    if (earlier := idempotency.replay(session)) is not None:
+        return earlier
+    check_limits(body, route=ROUTE, limits=settings.request_limits)
     dataset = get_dataset(session, dataset_id=body.dataset_id)
     if dataset is None:
         raise HTTPException(404, f"dataset {body.dataset_id} does not exist")
@@ -31,11 +51,16 @@ def start_training(
             409, f"dataset {dataset.id} is {dataset.status}, not ready: train once it is{hint}"
         )
     run = RunConfig(model=body.model, training=body.training)
-    check_run_request(run, dataset_info=dataset.info, split=body.split)
+    check_run_request(
+        run, dataset_info=dataset.info, split=body.split, worker_memory=settings.worker_memory
+    )
     job = create_training_job(
         session, dataset_id=dataset.id, split=body.split, run_config=run.model_dump(mode="json")
     )
-    session.commit()
-    enqueue(session, celery, job)
-    response.headers["Location"] = f"/jobs/{job.id}"
-    return JobAccepted(job_id=job.id, status_url=f"/jobs/{job.id}")
+    accepted = JobAccepted(job_id=job.id, status_url=f"/jobs/{job.id}")
+    location = f"/jobs/{job.id}"
+    if earlier := idempotency.commit(session, status_code=202, body=accepted, location=location):
+        return earlier
+    enqueue(session, celery, job, on_refused=idempotency.forget)
+    response.headers["Location"] = location
+    return accepted

@@ -96,7 +96,10 @@ class Dataset(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_status_heartbeat_at", "status", "heartbeat_at"),)
+    __table_args__ = (
+        Index("ix_jobs_status_heartbeat_at", "status", "heartbeat_at"),
+        Index("ix_jobs_status_resend_at", "status", "resend_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(20))
@@ -108,6 +111,13 @@ class Job(Base):
     )
     # What the task needs besides the ids: the run config and split of a training job.
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # A dataset prepared in parts: each part is a job of its own (kind prepare_part), a
+    # child of the dataset's job. The parent's part_count is how many it has.
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), index=True, default=None
+    )
+    part_index: Mapped[int | None] = mapped_column(default=None)
+    part_count: Mapped[int | None] = mapped_column(default=None)
     # Progress, written at most every progress_interval_s while the job runs.
     step: Mapped[int | None] = mapped_column(default=None)
     max_steps: Mapped[int | None] = mapped_column(default=None)
@@ -125,6 +135,13 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Messages sent for this job, and when the last one went. The database, not the broker,
+    # is the record of truth: a job still queued at `resend_at` (None: the first wait after
+    # `sent_at`) may have lost its message and is sent again (a duplicate is harmless: the
+    # claim takes a job once).
+    sends: Mapped[int] = mapped_column(default=0, server_default="0")
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)
+    resend_at: Mapped[datetime | None] = mapped_column(default=None)
 
     # What the job made, if it makes a model or an evaluation (a dataset is `dataset_id`).
     model: Mapped[Model | None] = relationship(viewonly=True)
@@ -194,3 +211,23 @@ class Evaluation(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
     job: Mapped[Job] = relationship(viewonly=True)
+
+
+class IdempotencyKey(Base):
+    """The answer a POST with an `Idempotency-Key` header got, so that a retry of the same
+    request gets it again instead of making a second dataset or job. Written in the same
+    transaction as the rows the request made: if those exist, so does the answer."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("route", "key", name="uq_idempotency_keys_route_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # e.g. "POST /datasets": the same key on two routes names two requests.
+    route: Mapped[str] = mapped_column(String(50))
+    key: Mapped[str] = mapped_column(String(200))
+    # sha256 of the request body as validated, so the same key with another body is caught.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int]
+    response: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

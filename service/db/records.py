@@ -184,7 +184,7 @@ def record_evaluation_report(session: Session, *, job_id: int, report: dict[str,
 def job_result(job: Job) -> dict[str, int | None]:
     """What a job made, as ids: its dataset, model or evaluation (relationships that list
     queries load up front, so a page of jobs costs a fixed number of queries)."""
-    if job.kind == JobKind.PREPARE:
+    if job.kind in (JobKind.PREPARE, JobKind.PREPARE_PART):
         return {"dataset_id": job.dataset_id}
     if job.kind == JobKind.TRAIN:
         return {"model_id": job.model.id if job.model else None}

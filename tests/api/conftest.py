@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from service.db.engine import session_scope
-from service.db.models import Dataset, Job
-from service.db.records import record_model
-from service.queue import JobKind, JobStatus, ProductStatus, QueueName
 from tests.service_stack import (
     REDIS_DB,
     STACK_KINDS,
+    record_ready_dataset,
+    record_trained_model,
     sample_teacher,
     stack_of_kind,
-    tiny_documents,
 )
 
 
@@ -44,93 +41,16 @@ def client(api_stack):
 @pytest.fixture(scope="session")
 def ready_dataset(api_stack, teacher) -> dict:
     """A dataset prepared with the library and recorded `ready`: {id, info}."""
-    from gistnet.config import validate_dataset_config
-    from gistnet.data import prepare_dataset
-
-    documents = tiny_documents(6)
-    config = {
-        "dataset_name": "ready",
-        "tokenizer": teacher,
-        "teacher_model": teacher,
-        "teacher_device": "cpu",
-        "splits": {
-            "train": {"documents": documents[:4]},
-            "validation": {"documents": documents[4:]},
-        },
-    }
-    settings = api_stack.settings
-    with session_scope(settings.database_url) as session:
-        dataset = Dataset(name="ready", config=config, status=ProductStatus.READY)
-        session.add(dataset)
-        session.flush()
-        dataset_id = dataset.id
-        session.add(
-            Job(
-                kind=JobKind.PREPARE,
-                queue=QueueName.PREP,
-                status=JobStatus.SUCCEEDED,
-                dataset_id=dataset_id,
-            )
-        )
-    out = settings.artifact_path(f"datasets/{dataset_id}")
-    info = prepare_dataset(validate_dataset_config(config), output_dir=out)
-    info["splits"] = {k: {**v, "path": f"{k}.arrow"} for k, v in info["splits"].items()}
-    with session_scope(settings.database_url) as session:
-        row = session.get(Dataset, dataset_id)
-        row.info, row.path = info, f"datasets/{dataset_id}"
-    return {"id": dataset_id, "info": info}
-
-
-def _train_and_record(api_stack, ready_dataset, model_section: dict) -> dict:
-    """A model trained for a few steps with the library and recorded: {id, checkpoint}."""
-    from gistnet.checkpoint import read_checkpoint_info
-    from gistnet.config import validate_run_config
-    from gistnet.train import train_gistnet
-
-    settings = api_stack.settings
-    with session_scope(settings.database_url) as session:
-        job = Job(
-            kind=JobKind.TRAIN,
-            queue=QueueName.TRAIN,
-            status=JobStatus.SUCCEEDED,
-            dataset_id=ready_dataset["id"],
-        )
-        session.add(job)
-        session.flush()
-        job_id = job.id
-    output = settings.artifact_path(f"jobs/{job_id}")
-    result = train_gistnet(
-        dataset_path=output.parent.parent / f"datasets/{ready_dataset['id']}/train.arrow",
-        run_config=validate_run_config(
-            {
-                "model": model_section,
-                "training": {"max_steps": 3, "batch_size": 4, "device": "cpu"},
-            }
-        ),
-        output_dir=output,
-    )
-    with session_scope(settings.database_url) as session:
-        model = record_model(
-            session,
-            job_id=job_id,
-            dataset_id=ready_dataset["id"],
-            split="train",
-            checkpoint_path=f"jobs/{job_id}/gistnet.pt",
-            info=read_checkpoint_info(result.checkpoint_path),
-            steps=result.steps,
-            final_loss=result.final_loss,
-            val_loss=result.val_loss,
-        )
-        return {"id": model.id, "checkpoint": result.checkpoint_path, "job_id": job_id}
+    return record_ready_dataset(api_stack.settings, teacher)
 
 
 @pytest.fixture(scope="session")
 def trained_model(api_stack, ready_dataset) -> dict:
     """A model trained for a few steps with the library and recorded: {id, checkpoint}."""
-    return _train_and_record(api_stack, ready_dataset, {})
+    return record_trained_model(api_stack.settings, ready_dataset)
 
 
 @pytest.fixture(scope="session")
 def two_gist_model(api_stack, ready_dataset) -> dict:
     """As trained_model, with gists_per_block 2: two vectors per block."""
-    return _train_and_record(api_stack, ready_dataset, {"gists_per_block": 2})
+    return record_trained_model(api_stack.settings, ready_dataset, model={"gists_per_block": 2})

@@ -77,6 +77,39 @@ def test_dataset_source_under_the_data_root_is_queued(client, api_stack, teacher
     assert dataset["status"] == "pending" and dataset["job_id"] == body["job_id"]
 
 
+def test_dataset_source_we_cannot_read_is_refused_naming_field_and_formats(
+    client, api_stack, teacher
+):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    corpus = api_stack.settings.data_root / "formats"
+    corpus.mkdir(exist_ok=True)
+    (corpus / "notes.csv").write_text("a,b\n")
+    pq.write_table(pa.table({"body": ["a story"]}), corpus / "stories.parquet")
+    before = _job_count(client)
+    answer = client.post("/datasets", json=_dataset(teacher, source="formats/notes.csv"))
+    assert answer.status_code == 422
+    assert answer.json()["detail"].startswith("splits.train.source: cannot read notes.csv")
+    assert ".jsonl.zst" in answer.json()["detail"] and ".parquet" in answer.json()["detail"]
+    answer = client.post("/datasets", json=_dataset(teacher, source="formats/stories.parquet"))
+    assert answer.status_code == 422
+    assert answer.json()["detail"].startswith("splits.train.text_column: ")
+    assert "no column 'text' (it has body)" in answer.json()["detail"]
+    assert _job_count(client) == before
+    fixed = _dataset(teacher, source="formats/stories.parquet", text_column="body", shards=2)
+    assert client.post("/datasets", json={**fixed, "teacher_states": "none"}).status_code == 202
+
+
+def test_dataset_sharding_and_teacher_states_are_checked(client, teacher):
+    capped = _dataset(teacher, documents=["x " * 80], shards=2, max_tokens=100)
+    answer = client.post("/datasets", json=capped)
+    assert answer.status_code == 422
+    assert "cannot be combined with shards (2)" in answer.json()["detail"]
+    answer = client.post("/datasets", json={**_dataset(teacher), "teacher_states": "some"})
+    assert answer.status_code == 422 and "teacher_states" in answer.json()["detail"]
+
+
 def test_dataset_with_a_missing_teacher_folder_is_refused_naming_it(client, teacher, tmp_path):
     body = _dataset(teacher)
     body["teacher_model"] = str(tmp_path / "no-such-teacher")

@@ -154,3 +154,25 @@ def test_killed_rank_fails_the_run_and_the_next_run_resumes_to_the_same_losses(
         rtol=1e-4,
         atol=1e-6,
     )
+
+
+def test_two_processes_train_a_token_only_split_of_several_shards_as_one_does(tmp_path):
+    from gistnet.config import validate_dataset_config
+    from gistnet.data import prepare_dataset
+    from tests.conftest import small_dataset_config
+
+    config = small_dataset_config(teacher_states="none")
+    config["splits"]["train"]["shards"] = 3
+    prepare_dataset(validate_dataset_config(config), output_dir=tmp_path / "data")
+    runs = [
+        train_gistnet(
+            dataset_path=tmp_path / "data",
+            split="train",
+            run_config=run_config(processes, max_steps=3, eval_every=3),
+            output_dir=tmp_path / str(processes),
+        )
+        for processes in (1, 2)
+    ]
+    one, two = ([h["loss"] for h in r.history] for r in runs)
+    np.testing.assert_allclose(two, one, rtol=1e-4)
+    assert runs[1].val_loss == pytest.approx(runs[0].val_loss, rel=1e-4)

@@ -17,6 +17,7 @@ from service.db.jobs import (
     record_progress,
     recover_stale_jobs,
     request_cancel,
+    resend_queued_jobs,
 )
 from service.db.models import Dataset, Job, utcnow
 from service.db.records import create_dataset, create_training_job, job_metrics
@@ -165,3 +166,72 @@ def test_a_resumed_run_replaces_the_points_after_its_checkpoint(database_url):
     with session_scope(database_url) as session:
         curve = [(m.step, m.attempt) for m in job_metrics(session, job_id=job_id)]
     assert curve == [(1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 2), (7, 2), (8, 2)]
+
+
+def _age_send(url, job_id, by=LONG_AGO):
+    """As if the job's last message went out `by` ago (and nobody has claimed it since)."""
+    with session_scope(url) as session:
+        job = session.get(Job, job_id)
+        job.sent_at = utcnow() - by
+        if job.resend_at is not None:
+            job.resend_at = job.resend_at - by
+
+
+def _resend(url, first_wait_s=60.0, max_wait_s=600.0):
+    with session_scope(url) as session:
+        jobs = resend_queued_jobs(session, first_wait_s=first_wait_s, max_wait_s=max_wait_s)
+        return [(j.id, j.sends) for j in jobs]
+
+
+def test_a_queued_job_whose_message_was_lost_is_sent_again_with_a_growing_wait(database_url):
+    # Committed, never claimed: its message vanished (a broker restarted without saving, or
+    # the API died between the commit and the send).
+    job_id = _training_job(database_url)
+    assert _resend(database_url) == []  # within the first wait: its message may be queued
+    _age_send(database_url, job_id, timedelta(seconds=61))
+    assert _resend(database_url) == [(job_id, 2)]
+    assert _resend(database_url) == []  # sent once per round, however often swept
+    with session_scope(database_url) as session:
+        job = session.get(Job, job_id)
+        wait = (job.resend_at - job.sent_at).total_seconds()
+    assert wait == pytest.approx(120)  # the second wait is twice the first
+    _age_send(database_url, job_id, timedelta(seconds=121))
+    assert _resend(database_url) == [(job_id, 3)]
+    for _ in range(6):  # ... and never more than max_wait_s
+        _age_send(database_url, job_id, LONG_AGO)
+        _resend(database_url)
+    with session_scope(database_url) as session:
+        job = session.get(Job, job_id)
+        assert (job.resend_at - job.sent_at).total_seconds() == pytest.approx(600)
+    # Once a worker holds it, nothing is sent: a running job is the heartbeat's business.
+    assert _claim(database_url, job_id) is not None
+    _age_send(database_url, job_id, LONG_AGO)
+    assert _resend(database_url) == []
+
+
+def test_sweepers_racing_send_a_lost_job_once(database_url):
+    job_id = _training_job(database_url)
+    _age_send(database_url, job_id)
+    sent, start = [], threading.Barrier(4)
+
+    def sweep():
+        start.wait()
+        sent.extend(_resend(database_url))
+
+    threads = [threading.Thread(target=sweep) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sent == [(job_id, 2)]
+
+
+def test_a_requeued_job_counts_its_new_message(database_url):
+    job_id = _training_job(database_url)
+    _claim(database_url, job_id)
+    _age_heartbeat(database_url, job_id)
+    _recover(database_url)
+    with session_scope(database_url) as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.sends, job.resend_at) == ("queued", 2, None)
+    assert _resend(database_url) == []  # the recovery's message is fresh

@@ -36,12 +36,26 @@ def test_values_come_from_gistnet_variables(monkeypatch):
         ("GISTNET_DEVICE", "gpu", "GISTNET_DEVICE: device .gpu. is not one of cpu, cuda"),
         ("GISTNET_MAX_ATTEMPTS", "zero", "GISTNET_MAX_ATTEMPTS"),
         ("GISTNET_HEARTBEAT_TIMEOUT_S", "1", "at least twice GISTNET_HEARTBEAT_INTERVAL_S"),
+        ("GISTNET_QUEUED_RESEND_MAX_S", "10", "at least GISTNET_QUEUED_RESEND_S"),
+        ("GISTNET_LIMITS", '{"training.max_step": 5}', "GISTNET_LIMITS: .*'training.max_step'"),
+        ("GISTNET_LIMITS", '{"training.max_steps": 1e12}', "at most 2147483647"),
+        ("GISTNET_LIMITS", "max_steps=5", "GISTNET_LIMITS"),
     ],
 )
 def test_a_bad_value_names_its_variable(monkeypatch, variable, value, message):
     monkeypatch.setenv(variable, value)
     with pytest.raises(SettingsError, match=message):
         load_settings()
+
+
+def test_limits_are_raised_one_by_one_from_json(monkeypatch):
+    assert load_settings().request_limits["training.max_steps"] == 1_000_000
+    monkeypatch.setenv("GISTNET_LIMITS", '{"training.max_steps": 5000000}')
+    limits = load_settings().request_limits
+    assert limits["training.max_steps"] == 5_000_000 and isinstance(
+        limits["training.max_steps"], int
+    )
+    assert limits["model.num_layers"] == 64
 
 
 def test_the_command_refuses_to_start_with_a_bad_setting():

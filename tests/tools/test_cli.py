@@ -80,6 +80,60 @@ def test_bad_config_exits_with_a_message_not_a_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_compressed_corpus_prepared_token_only_in_shards_trains_from_a_glob(tmp_path):
+    import zstandard
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    lines = (SAMPLE_CORPUS / "train.jsonl").read_text().splitlines(keepends=True)
+    for i in range(2):  # two files of 30 stories, as a corpus comes in many
+        text = "".join(lines[30 * i : 30 * (i + 1)]).encode()
+        (corpus / f"stories-{i}.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(text))
+    config = tmp_path / "data.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "dataset_name": "cli_parts",
+                "tokenizer": str(SAMPLE_TEACHER),
+                "teacher_model": str(SAMPLE_TEACHER),
+                "teacher_states": "none",
+                "splits": {
+                    "train": {
+                        "source": "corpus/*.jsonl.zst",
+                        "shards": 3,
+                        "output_path": "data/train.arrow",
+                    },
+                    "validation": {
+                        "source": str(SAMPLE_CORPUS / "validation.jsonl"),
+                        "output_path": "data/validation.arrow",
+                        "max_tokens": 2000,
+                    },
+                },
+            }
+        )
+    )
+    prep = run("tools.prepare_dataset", "--config", str(config), cwd=tmp_path)
+    assert prep.returncode == 0, prep.stderr
+    assert "teacher_states=none" in prep.stdout
+    assert "train: 60 documents" in prep.stdout and "3 shards" in prep.stdout
+    assert sorted(p.name for p in (tmp_path / "data").glob("train-*.arrow")) == [
+        f"train-0000{i}-of-00003.arrow" for i in range(3)
+    ]
+
+    train = run(
+        "tools.train_gistnet",
+        "--dataset",
+        "data/train-*-of-00003.arrow",
+        "--config",
+        str(ROOT / "configs" / "runs" / "gistnet_example.yaml"),
+        "--max-steps",
+        "3",
+        cwd=tmp_path,
+    )
+    assert train.returncode == 0, train.stderr
+    assert "step      3/3" in train.stdout and "val_loss" in train.stdout
+
+
 def test_train_and_evaluate_a_dataset_of_the_seeds_tool(seed_dataset, tmp_path, capsys):
     # The seed's layout (variable-length lists) and its metadata form, as users bring them.
     train = run(

@@ -1,5 +1,6 @@
-"""A worker killed mid-training: the job is found by its stale heartbeat, re-queued, and a new
-worker resumes it from its resume checkpoint. On both brokers: the SQLite broker never
+"""A worker killed mid-job: the job is found by its stale heartbeat, re-queued, and a new
+worker resumes it (training, from its resume checkpoint) or runs it again (a part of a
+dataset, after which the dataset finishes). On both brokers: the SQLite broker never
 redelivers a message whose worker died, and Redis only after its (long) visibility timeout,
 so neither can be what brings the job back."""
 
@@ -72,6 +73,44 @@ def test_killed_worker_job_resumes_from_checkpoint_on_a_new_worker(crash_stack, 
             assert resumed_at > 1 and (resumed_at - 1) % 5 == 0
             assert client.get(f"/models/{job['result']['model_id']}").status_code == 200
             assert not resume.exists()
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_a_worker_killed_during_a_part_leaves_the_dataset_to_finish(
+    crash_stack, teacher, documents
+):
+    first = start_worker(crash_stack, name="first-worker")
+    second = None
+    try:
+        with TestClient(create_app(crash_stack.settings)) as client:
+            body = dataset_body(teacher, documents)
+            body["splits"]["train"]["shards"] = 4
+            accepted = client.post("/datasets", json=body).json()
+
+            def running_part():
+                parts = client.get(f"/jobs/{accepted['job_id']}").json()["parts"]
+                return next(
+                    (p for p in (parts or {"data": []})["data"] if p["status"] == "running"), None
+                )
+
+            # The first part a worker runs loads the teacher: seconds in which to kill it.
+            part = wait_until(running_part, timeout=90, interval=0.01, what="a part running")
+            first.kill()  # SIGKILL: no clean-up, no message handed back
+            second = start_worker(crash_stack, name="second-worker")
+            job = wait_for_job(client, accepted["job_id"], timeout=180)
+
+            assert job["status"] == "succeeded", job
+            killed = client.get(f"/jobs/{part['job_id']}").json()
+            assert killed["status"] == "succeeded" and killed["attempt"] == 2
+            assert killed["worker"] != part["worker"] and killed["error"] is None
+            dataset = client.get(f"/datasets/{accepted['dataset_id']}").json()
+            assert dataset["status"] == "ready"
+            assert dataset["splits"]["train"]["examples"] == sum(
+                s["examples"] for s in dataset["splits"]["train"]["shards"]
+            )
     finally:
         first.stop()
         if second is not None:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from service.artifacts import resume_checkpoint
 from service.db.engine import session_scope
-from service.db.records import create_dataset
+from service.db.records import create_dataset, create_training_job
 from service.queue import JobKind, celery_client, send_job
 from tests.service_stack import dataset_body, train_body, wait_for_job, wait_until
 
@@ -172,14 +173,11 @@ def test_job_whose_teacher_folder_is_missing_ends_failed_with_the_message(
     assert dataset["status"] == "failed" and dataset["error"] == job["error"]["message"]
 
 
-def test_cancel_stops_a_running_training_job_within_a_few_steps(stack_client, stack_dataset):
+def test_cancel_stops_a_running_training_job_within_a_few_steps(stack, stack_client, stack_dataset):
     accepted = stack_client.post("/train", json=train_body(stack_dataset["id"], max_steps=100_000))
     job_id = accepted.json()["job_id"]
-    wait_until(
-        lambda: (stack_client.get(f"/jobs/{job_id}").json()["progress"]["step"] or 0) >= 2,
-        timeout=60,
-        what="training under way",
-    )
+    resume = stack.settings.artifact_path(resume_checkpoint(job_id))
+    wait_until(resume.exists, timeout=60, interval=0.05, what="a resume checkpoint")
     asked = time.monotonic()
     answer = stack_client.post(f"/jobs/{job_id}/cancel")
     assert answer.status_code == 202 and answer.json()["cancel_requested"]
@@ -189,3 +187,20 @@ def test_cancel_stops_a_running_training_job_within_a_few_steps(stack_client, st
     assert time.monotonic() - asked < 10
     assert job["progress"]["step"] < 100_000
     assert stack_client.post(f"/jobs/{job_id}/cancel").status_code == 409  # nothing left to cancel
+    # A cancelled job never resumes: its resume checkpoint is gone with it.
+    assert not resume.exists()
+
+
+def test_a_job_committed_but_never_sent_is_sent_by_the_sweep(stack, stack_client, stack_dataset):
+    # The API committed the row and died before sending its message (or the broker lost it):
+    # the database says queued, and the workers' sweep sends it again.
+    with session_scope(stack.settings.database_url) as session:
+        job_id = create_training_job(
+            session,
+            dataset_id=stack_dataset["id"],
+            split="train",
+            run_config={"training": {"batch_size": 8, "max_steps": 3, "eval_every": 1000}},
+        ).id
+    job = wait_for_job(stack_client, job_id, timeout=60)
+    assert job["status"] == "succeeded", job
+    assert job["attempt"] == 1 and job["sends"] >= 2

@@ -134,6 +134,36 @@ def test_flow_prepares_trains_evaluates_and_serves_gists_from_the_bucket(
     assert s3_client.get("/ready").json()["checks"]["artifacts"] == "ok"
 
 
+def test_a_compressed_corpus_in_the_bucket_is_prepared_in_parts_and_trained_on(
+    s3, s3_stack, s3_worker, s3_client, teacher, documents
+):
+    import zstandard
+
+    corpora, store = s3_stack.settings.data_store(), s3_stack.settings.artifact_store()
+    for i, part in enumerate((documents[:5], documents[5:10])):
+        local = s3_stack.root / f"web-{i}.jsonl.zst"
+        text = "".join(json.dumps({"text": d}) + "\n" for d in part).encode()
+        local.write_bytes(zstandard.ZstdCompressor().compress(text))
+        corpora.publish(local, f"web/web-{i}.jsonl.zst")
+    body = dataset_body(teacher, documents, name="web", teacher_states="none")
+    body["splits"]["train"] = {"source": "web/*.jsonl.zst", "shards": 3}
+    accepted = s3_client.post("/datasets", json=body)
+    assert accepted.status_code == 202, accepted.text
+    job = wait_for_job(s3_client, accepted.json()["job_id"], timeout=180)
+    assert job["status"] == "succeeded", job
+    assert job["parts"]["by_status"] == {"succeeded": 4}
+    dataset = s3_client.get(f"/datasets/{accepted.json()['dataset_id']}").json()
+    assert dataset["splits"]["train"]["documents"] == 10
+    shards = [f"train-0000{i}-of-00003.arrow" for i in range(3)]
+    for name in (*shards, *(f".parts/{s}.json" for s in shards), "metadata.yaml"):
+        assert store.exists(f"{dataset['path']}/{name}"), name
+
+    trained = s3_client.post("/train", json=train_body(dataset["id"], max_steps=3))
+    job = wait_for_job(s3_client, trained.json()["job_id"], timeout=180)
+    assert job["status"] == "succeeded", job
+    assert not [p for p in s3.filesystem().find(s3_stack.bucket) if UPLOADING in p]
+
+
 def test_two_process_training_job_whose_rank_is_killed_resumes_and_succeeds(
     s3_stack, s3_worker, s3_client, teacher, documents
 ):

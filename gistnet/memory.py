@@ -1,0 +1,125 @@
+"""How much memory a training run takes, estimated from its configs before it starts.
+
+An estimate, on the generous side: float32 weights, their gradients and AdamW's two
+moments; the activations autograd keeps for the backward pass of every layer; the batch
+itself; and for the substitution objective the frozen teacher with its own activations
+and logits over the horizon. A run that would not fit can be refused with the numbers,
+instead of dying in the allocator minutes later (or taking the machine down with it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gistnet.config import GistNetConfig
+
+FLOAT = 4  # bytes: float32 everywhere the trainer computes gradients
+
+
+def gistnet_parameters(config: GistNetConfig) -> int:
+    """Exactly the parameters `GistNet(config)` has, without building it."""
+    d, width = config.hidden_size, int(config.mlp_ratio * config.hidden_size)
+    norm = 2 * d
+    attention = (d * 3 * d + 3 * d) + (d * d + d)
+    mlp = (d * width + width) + (width * d + d)
+    block = 2 * norm + attention + mlp
+    pool = d + (d * 2 * d + 2 * d) + (d * d + d)  # query, kv, proj
+    return config.num_layers * block + norm + pool
+
+
+@dataclass(frozen=True)
+class TeacherShape:
+    """What the memory of a teacher depends on, read from its Hugging Face config."""
+
+    layers: int
+    width: int
+    vocab: int
+    mlp_width: int
+
+    @classmethod
+    def from_hf_config(cls, config: Any) -> TeacherShape | None:
+        def first(*names):
+            return next((getattr(config, n) for n in names if getattr(config, n, None)), None)
+
+        layers = first("n_layer", "num_hidden_layers")
+        width = first("n_embd", "hidden_size")
+        vocab = first("vocab_size")
+        if not (layers and width and vocab):
+            return None
+        mlp_width = first("n_inner", "intermediate_size") or 4 * width
+        return cls(int(layers), int(width), int(vocab), int(mlp_width))
+
+    @property
+    def parameters(self) -> int:
+        per_layer = 4 * self.width * self.width + 2 * self.width * self.mlp_width
+        return self.vocab * self.width + self.layers * per_layer
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    parameters: int
+    # Weights, gradients and AdamW's two moments.
+    model_bytes: int
+    activations_bytes: int
+    batch_bytes: int
+    # The substitution objective's teacher: weights, activations and logits.
+    teacher_bytes: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.model_bytes + self.activations_bytes + self.batch_bytes + self.teacher_bytes
+
+    def describe(self) -> str:
+        parts = [
+            f"{self.parameters:,} parameters with gradients and optimizer state "
+            f"{format_bytes(self.model_bytes)}",
+            f"activations {format_bytes(self.activations_bytes)}",
+            f"batch {format_bytes(self.batch_bytes)}",
+        ]
+        if self.teacher_bytes:
+            parts.append(f"teacher {format_bytes(self.teacher_bytes)}")
+        return f"about {format_bytes(self.total)} ({', '.join(parts)})"
+
+
+def training_memory(
+    config: GistNetConfig,
+    *,
+    batch_size: int,
+    objective: str = "mse",
+    horizon: int | None = None,
+    teacher: TeacherShape | None = None,
+) -> MemoryEstimate:
+    """The peak memory of one training step of GistNet `config` on `batch_size` blocks."""
+    d, t, heads = config.hidden_size, config.block_size, config.num_heads
+    width = int(config.mlp_ratio * d)
+    parameters = gistnet_parameters(config)
+    # Kept for backward per token and layer: norms, q/k/v and their rotated copies, the
+    # attention output and projection (about 18 widths), the MLP's up, GELU and down inputs
+    # (3 MLP widths), and the attention weights of the unfused kernel (heads x T).
+    per_token_layer = 18 * d + 3 * width + heads * t
+    activations = FLOAT * batch_size * t * (config.num_layers * per_token_layer + 8 * d)
+    # The block states (a host copy and a device copy), the targets and the indices.
+    batch = FLOAT * batch_size * (2 * t * d + d) + 16 * batch_size
+    teacher_bytes = 0
+    if objective == "substitution" and teacher is not None and horizon:
+        tokens = batch_size * horizon
+        per_token = teacher.layers * (18 * teacher.width + 3 * teacher.mlp_width)
+        # Two forwards (full and gist), logits and their log-softmax for both.
+        teacher_bytes = FLOAT * (teacher.parameters + tokens * (per_token + 4 * teacher.vocab))
+    return MemoryEstimate(
+        parameters=parameters,
+        model_bytes=4 * FLOAT * parameters,
+        activations_bytes=activations,
+        batch_bytes=batch,
+        teacher_bytes=teacher_bytes,
+    )
+
+
+def format_bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,271 @@
+"""Text sources: the files a split names, read as one stream of documents in bounded memory.
+
+A split's documents are those of the files its `source` matches, sorted by path, each
+read in order:
+
+    .txt                          the whole file is one document
+    .jsonl, .jsonl.gz, .jsonl.zst one document per non-blank line, its `text_column` key
+    .parquet                      one document per row, its `text_column` column
+
+Compressed files are decompressed as a stream and Parquet is read a few thousand rows at
+a time, so memory depends on the longest document, not on the file.
+
+A document's place in that stream is what parallel preparation cuts by: part p of N takes
+documents [p*D//N, (p+1)*D//N) (`document_range`), so a document never spans two parts
+and the examples do not depend on N. `count_documents` counts a file without decoding its
+JSON, and reading a range skips whole files before it (and whole Parquet row groups).
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from gistnet.config import SplitConfig
+from gistnet.errors import ConfigError
+
+SOURCE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
+# Parquet rows decoded at a time: a batch of long documents stays a few MB.
+PARQUET_BATCH_ROWS = 1024
+_JSONL = (".jsonl", ".jsonl.gz", ".jsonl.zst")
+
+
+def source_kind(path: str | Path) -> str:
+    """The suffix that says how to read `path`, or ConfigError naming the ones we read."""
+    name = Path(path).name
+    for suffix in sorted(SOURCE_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    raise ConfigError(
+        f"cannot read {name}: sources must be .txt (one document per file), .jsonl, .jsonl.gz "
+        f"or .jsonl.zst (one JSON object per line) or .parquet (one document per row)"
+    )
+
+
+def source_files(split_name: str, split: SplitConfig, base_dir: Path) -> list[Path]:
+    """The files of a split's `source` (a file or glob relative to `base_dir`), sorted."""
+    pattern = split.source if os.path.isabs(split.source) else str(base_dir / split.source)
+    files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+    if not files:
+        raise ConfigError(
+            f"split {split_name!r}: source {split.source!r} matches no file "
+            f"(looked for {pattern!r}; relative sources are read from the config file's folder)"
+        )
+    for path in files:
+        try:
+            source_kind(path)
+        except ConfigError as err:
+            raise ConfigError(f"split {split_name!r}: {err}") from None
+    return files[: split.max_files] if split.max_files else files
+
+
+# --------------------------------------------------------------------------- reading one file
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    """A binary stream of the file's (decompressed) bytes."""
+    kind = source_kind(path)
+    if kind == ".jsonl.gz":
+        return gzip.open(path, "rb")
+    if kind == ".jsonl.zst":
+        import zstandard
+
+        raw = path.open("rb")
+        # read_across_frames: files written by `zstd` in several frames (or concatenated).
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            raw, read_across_frames=True, closefd=True
+        )
+        return io.BufferedReader(reader, buffer_size=1 << 20)
+    return path.open("rb")
+
+
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of every non-blank line: the documents of a JSON-lines file."""
+    with _open_binary(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.strip():
+                yield lineno, line
+
+
+def _parquet_file(path: Path, text_column: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ConfigError(f"{path}: not a readable Parquet file: {err}") from None
+    schema = parquet.schema_arrow
+    if text_column not in schema.names:
+        raise ConfigError(
+            f"{path}: no column {text_column!r} (it has {', '.join(schema.names)}); set the "
+            f"split's text_column to the one holding the text"
+        )
+    kind = schema.field(text_column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise ConfigError(f"{path}: column {text_column!r} holds {kind}, not text")
+    return parquet
+
+
+def count_documents(path: str | Path, *, text_column: str = "text") -> int:
+    """Documents in one source file, without decoding JSON (Parquet: from its footer)."""
+    path = Path(path)
+    kind = source_kind(path)
+    if kind == ".txt":
+        return 1
+    if kind == ".parquet":
+        return _parquet_file(path, text_column).metadata.num_rows
+    return sum(1 for _ in _jsonl_lines(path))
+
+
+def _parquet_documents(path: Path, text_column: str, skip: int, limit: int | None) -> Iterator[str]:
+    parquet = _parquet_file(path, text_column)
+    # Row groups wholly before the range are never read.
+    groups, before = [], 0
+    for g in range(parquet.metadata.num_row_groups):
+        rows = parquet.metadata.row_group(g).num_rows
+        if groups or before + rows > skip:
+            groups.append(g)
+        else:
+            before += rows
+    skip -= before
+    if not groups:
+        return
+    left = limit
+    for batch in parquet.iter_batches(
+        batch_size=PARQUET_BATCH_ROWS, row_groups=groups, columns=[text_column]
+    ):
+        texts = batch.column(0).to_pylist()
+        if skip:
+            dropped = min(skip, len(texts))
+            texts, skip = texts[dropped:], skip - dropped
+        for text in texts:
+            if left is not None:
+                if left == 0:
+                    return
+                left -= 1
+            yield text or ""  # a null row is an empty document: it still counts as one
+
+
+def _jsonl_documents(path: Path, text_column: str, skip: int, limit: int | None) -> Iterator[str]:
+    left = limit
+    for index, (lineno, line) in enumerate(_jsonl_lines(path)):
+        if index < skip:
+            continue  # skipped lines are never decoded
+        if left is not None:
+            if left == 0:
+                return
+            left -= 1
+        try:
+            text = json.loads(line)[text_column]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            text = None
+        if not isinstance(text, str):
+            raise ConfigError(
+                f"{path}:{lineno}: each line of a JSON-lines source must be an object with "
+                f"a {text_column!r} string"
+            )
+        yield text
+
+
+def file_documents(
+    path: str | Path, *, text_column: str = "text", skip: int = 0, limit: int | None = None
+) -> Iterator[str]:
+    """The documents of one file, from the `skip`-th, at most `limit` of them."""
+    path = Path(path)
+    kind = source_kind(path)
+    if kind == ".txt":
+        if skip == 0 and limit != 0:
+            yield path.read_text(encoding="utf-8")
+        return
+    if kind == ".parquet":
+        yield from _parquet_documents(path, text_column, skip, limit)
+        return
+    yield from _jsonl_documents(path, text_column, skip, limit)
+
+
+# --------------------------------------------------------------------------- a split's stream
+
+
+def planned_name(path: Path, base_dir: Path) -> str:
+    """How a plan names a source file: relative to the config's folder where it is inside it,
+    so workers that mount the data root elsewhere still recognise it."""
+    try:
+        return str(path.resolve().relative_to(base_dir.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def files_in_range(counts: Sequence[tuple[str, int]], start: int, stop: int | None) -> list[str]:
+    """The planned files that hold any of documents [start, stop): all a part must read."""
+    names, first = [], 0
+    for name, count in counts:
+        if (stop is None or first < stop) and first + count > start:
+            names.append(name)
+        first += count
+    return names
+
+
+def document_range(
+    split_name: str,
+    split: SplitConfig,
+    base_dir: Path,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    counts: Sequence[tuple[str, int]] | None = None,
+) -> Iterator[str]:
+    """Documents [start, stop) of a split, in order.
+
+    With `counts` ((file name, documents) from the split's plan) the planned files are
+    read, not the glob's matches now: files outside the range are never opened, nor need
+    they be there (a worker fetches only those of its range), and a file of the range that
+    holds another number of documents than planned is an error.
+    """
+    if split.documents is not None:
+        yield from split.documents[start:stop]
+        return
+    if counts is None and (start > 0 or stop is not None):
+        counts = [
+            (planned_name(f, base_dir), count_documents(f, text_column=split.text_column))
+            for f in source_files(split_name, split, base_dir)
+        ]
+    if counts is None:  # the whole split, in one pass: no need to count first
+        for path in source_files(split_name, split, base_dir):
+            yield from file_documents(path, text_column=split.text_column)
+        return
+    first = 0  # index of the file's first document in the split
+    for name, count in counts:
+        if stop is not None and first >= stop:
+            return
+        if first + count <= start:
+            first += count
+            continue
+        path = base_dir / name  # an absolute name stays as it is
+        if not path.is_file():
+            raise ConfigError(
+                f"split {split_name!r}: {name} was planned but is not there any more; "
+                f"prepare the dataset again"
+            )
+        skip = max(0, start - first)
+        # Read to the file's end when the range goes on past it, so a changed count shows.
+        limit = None if stop is None or stop >= first + count else stop - first - skip
+        read = 0
+        for text in file_documents(path, text_column=split.text_column, skip=skip, limit=limit):
+            if limit is None and skip + read == count:
+                read += 1  # one more than planned: the file grew
+                break
+            read += 1
+            yield text
+        if read != (count - skip if limit is None else limit):
+            raise ConfigError(
+                f"split {split_name!r}: {name} holds {skip + read} documents but held {count} "
+                f"when the dataset was planned; prepare the dataset again"
+            )
+        first += count

@@ -1,0 +1,50 @@
+"""The memory estimate a training request is checked against: exact in what it can count
+(parameters), and growing with what costs memory (batch, layers, the teacher)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gistnet.config import GistNetConfig
+from gistnet.memory import TeacherShape, format_bytes, gistnet_parameters, training_memory
+from gistnet.model import GistNet
+
+SMALL = GistNetConfig(hidden_size=128, block_size=32)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        GistNetConfig(hidden_size=128, block_size=32),
+        GistNetConfig(hidden_size=64, block_size=32, num_heads=2, num_layers=3, mlp_ratio=2.5),
+        GistNetConfig(hidden_size=96, block_size=16, num_heads=6, num_layers=2),
+    ],
+)
+def test_parameters_are_counted_exactly_without_building_the_model(config):
+    assert gistnet_parameters(config) == sum(p.numel() for p in GistNet(config).parameters())
+
+
+def test_the_estimate_grows_with_batch_layers_and_the_teacher():
+    small = training_memory(SMALL, batch_size=8)
+    assert small.model_bytes == 16 * small.parameters  # weights, gradients, two AdamW moments
+    assert training_memory(SMALL, batch_size=64).activations_bytes == pytest.approx(
+        8 * small.activations_bytes
+    )
+    deep = training_memory(GistNetConfig(hidden_size=128, block_size=32, num_layers=8), batch_size=8)
+    assert deep.activations_bytes > 6 * small.activations_bytes
+    teacher = TeacherShape(layers=12, width=768, vocab=50257, mlp_width=3072)
+    substitution = training_memory(
+        GistNetConfig(hidden_size=768, block_size=32, num_heads=12),
+        batch_size=64,
+        objective="substitution",
+        horizon=128,
+        teacher=teacher,
+    )
+    assert substitution.teacher_bytes > 4 * teacher.parameters  # weights, then activations
+    assert substitution.total > substitution.model_bytes + substitution.activations_bytes
+
+
+def test_the_description_names_the_parts():
+    text = training_memory(GistNetConfig(hidden_size=128, block_size=32, num_layers=64), batch_size=4096).describe()
+    assert text.startswith("about ") and "GiB" in text and "activations" in text
+    assert format_bytes(512) == "512 B" and format_bytes(3 * 2**30) == "3.0 GiB"

@@ -1,0 +1,179 @@
+"""Splits written as many shards, part by part, and read back as one: the rows do not depend
+on the number of parts, a verified part is not written again, a damaged one is named, and
+training and evaluation take a dataset folder, a glob of shards or a single shard."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from gistnet.config import validate_dataset_config, validate_run_config
+from gistnet.data import (
+    finalize_dataset,
+    plan_dataset,
+    plan_parts,
+    prepare_dataset,
+    prepare_part,
+)
+from gistnet.errors import ConfigError, ShardError
+from gistnet.shards import open_shard_set, open_split, read_metadata, split_shard_paths
+from gistnet.train import train_gistnet
+from tests.conftest import small_dataset_config
+
+
+def sharded_config(shards: int, **overrides):
+    config = small_dataset_config(**overrides)
+    config["splits"]["train"]["shards"] = shards
+    return validate_dataset_config(config)
+
+
+@pytest.fixture(scope="module")
+def cached_in_4(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cached_in_4")
+    prepare_dataset(sharded_config(4), output_dir=out)
+    return out
+
+
+def test_a_split_in_4_parts_holds_the_rows_of_1_part_and_the_same_fingerprint(
+    cached_in_4, small_dataset
+):
+    one, four = read_metadata(small_dataset), read_metadata(cached_in_4)
+    assert four["fingerprint"] == one["fingerprint"]
+    assert four["splits"]["train"]["path"] == "train-*-of-00004.arrow"
+    assert [s["path"] for s in four["splits"]["train"]["shards"]] == [
+        f"train-{i:05d}-of-00004.arrow" for i in range(4)
+    ]
+    for key in ("documents", "tokens", "blocks", "examples"):
+        assert four["splits"]["train"][key] == one["splits"]["train"][key]
+    a, b = open_split(small_dataset), open_split(cached_in_4)
+    assert len(b.paths) == 4 and sum(b.rows_per_file) == a.num_examples
+    np.testing.assert_array_equal(b.input_ids[:], a.input_ids[:])
+    np.testing.assert_array_equal(b.context_input_ids[:], a.context_input_ids[:])
+    np.testing.assert_allclose(b.teacher_hidden[:], a.teacher_hidden[:], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(b.gist_target[:], a.gist_target[:], atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(b.document_ids(), a.document_ids())
+
+
+def test_parts_are_contiguous_document_ranges_and_the_rows_never_depend_on_their_number(
+    tmp_path,
+):
+    rows = {}
+    for shards in (1, 3, 7):
+        config = sharded_config(shards, teacher_states="none")
+        parts = plan_dataset(config)["splits"]["train"]["parts"]
+        assert parts[0]["start"] == 0 and parts[-1]["stop"] == 40
+        assert all(a["stop"] == b["start"] for a, b in zip(parts, parts[1:], strict=False))
+        prepare_dataset(config, output_dir=tmp_path / str(shards))
+        rows[shards] = open_split(tmp_path / str(shards)).context_input_ids[:]
+    np.testing.assert_array_equal(rows[3], rows[1])
+    np.testing.assert_array_equal(rows[7], rows[1])
+
+
+def test_a_part_written_and_verified_is_not_written_again_and_a_damaged_one_is(tmp_path):
+    config = sharded_config(2, teacher_states="none")
+    plan = plan_dataset(config)
+    first = prepare_part(config, plan=plan, split="train", index=1, output_dir=tmp_path)
+    shard = tmp_path / first["path"]
+    written = shard.stat().st_mtime_ns
+    again = prepare_part(config, plan=plan, split="train", index=1, output_dir=tmp_path)
+    assert again["reused"] and again["sha256"] == first["sha256"]
+    assert shard.stat().st_mtime_ns == written
+
+    _flip_a_byte(shard)
+    redone = prepare_part(config, plan=plan, split="train", index=1, output_dir=tmp_path)
+    assert not redone.get("reused") and redone["sha256"] == first["sha256"]
+
+
+def _flip_a_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_finalize_fails_naming_a_damaged_or_unfinished_part(tmp_path):
+    config = sharded_config(3, teacher_states="none")
+    plan = plan_dataset(config)
+    for part in plan_parts(plan)[:-1]:  # every part but validation's
+        prepare_part(
+            config, plan=plan, split=part["split"], index=part["index"], output_dir=tmp_path
+        )
+    with pytest.raises(
+        ShardError, match=r"split 'validation' part 1 of 1 \(validation.arrow\) has no manifest"
+    ):
+        finalize_dataset(config, plan=plan, output_dir=tmp_path)
+    prepare_part(config, plan=plan, split="validation", index=0, output_dir=tmp_path)
+    finalize_dataset(config, plan=plan, output_dir=tmp_path)
+    metadata = (tmp_path / "metadata.yaml").read_text()
+    finalize_dataset(config, plan=plan, output_dir=tmp_path)  # idempotent
+    assert (tmp_path / "metadata.yaml").read_text().split("created_at")[0] == metadata.split(
+        "created_at"
+    )[0]
+
+    _flip_a_byte(tmp_path / "train-00001-of-00003.arrow")
+    with pytest.raises(
+        ShardError, match=r"part 2 of 3 \(train-00001-of-00003.arrow\) does not match the checksum"
+    ):
+        finalize_dataset(config, plan=plan, output_dir=tmp_path)
+
+
+def test_max_tokens_cannot_be_combined_with_shards():
+    config = small_dataset_config()
+    config["splits"]["train"].update(shards=2, max_tokens=1000)
+    with pytest.raises(ConfigError, match=r"max_tokens .* cannot be combined with shards \(2\)"):
+        validate_dataset_config(config)
+
+
+def test_a_shard_set_gathers_rows_across_shards_from_views_of_the_files(cached_in_4):
+    data = open_split(cached_in_4)
+    for pieces in (data.input_ids.parts, data.teacher_hidden.parts):
+        assert all(not p.flags.owndata and not p.flags.writeable for p in pieces)
+    everything = data.teacher_hidden[:]
+    rows = np.array([data.num_examples - 1, 0, 5, 5, int(data.rows_per_file[0])])
+    np.testing.assert_array_equal(data.teacher_hidden[rows], everything[rows])
+    np.testing.assert_array_equal(data.input_ids[-1], data.input_ids[:][-1])
+
+
+def test_a_split_is_found_from_a_folder_a_glob_or_a_file(cached_in_4):
+    shards = [cached_in_4 / f"train-{i:05d}-of-00004.arrow" for i in range(4)]
+    assert split_shard_paths(cached_in_4) == shards
+    assert split_shard_paths(cached_in_4 / "train-*.arrow") == shards
+    assert split_shard_paths(shards[2]) == [shards[2]]
+    assert split_shard_paths(cached_in_4, "validation") == [cached_in_4 / "validation.arrow"]
+    with pytest.raises(ShardError, match="has no split 'test'; it has train, validation"):
+        split_shard_paths(cached_in_4, "test")
+
+
+def test_a_folder_whose_split_lost_a_shard_says_which(tmp_path):
+    prepare_dataset(sharded_config(2, teacher_states="none"), output_dir=tmp_path)
+    os.remove(tmp_path / "train-00001-of-00002.arrow")
+    with pytest.raises(
+        ShardError, match=r"has 1 of its 2 shards: train-00001-of-00002.arrow missing"
+    ):
+        open_split(tmp_path)
+
+
+def test_shards_of_different_preparations_are_not_mixed(cached_in_4, tmp_path):
+    prepare_dataset(sharded_config(1, teacher_states="none"), output_dir=tmp_path)
+    with pytest.raises(ShardError, match="no teacher states"):
+        open_shard_set([cached_in_4 / "train-00000-of-00004.arrow", tmp_path / "train.arrow"])
+
+
+@pytest.mark.parametrize("form", ["folder", "glob", "file"])
+def test_training_takes_a_folder_a_glob_or_one_shard(form, cached_in_4, tmp_path):
+    dataset = {
+        "folder": cached_in_4,
+        "glob": cached_in_4 / "train-*-of-00004.arrow",
+        "file": cached_in_4 / "train-00001-of-00004.arrow",
+    }[form]
+    run = validate_run_config(
+        {"training": {"batch_size": 8, "max_steps": 3, "device": "cpu", "eval_every": 3}}
+    )
+    result = train_gistnet(dataset_path=dataset, run_config=run, output_dir=tmp_path)
+    assert len(result.history) == 3 and result.val_loss is not None
+    manifest = json.loads((cached_in_4 / ".parts" / "train-00001-of-00004.arrow.json").read_text())
+    assert (
+        manifest["examples"] == open_split(cached_in_4 / "train-00001-of-00004.arrow").num_examples
+    )

@@ -1,0 +1,126 @@
+"""Datasets written by the seed's tool, registered through POST /datasets/import, train,
+evaluate and serve through the service, on each kind of stack."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.seed_layout import copy_without_metadata, write_seed_dataset, write_seed_shard
+from tests.service_stack import train_body, wait_for_job
+
+
+@pytest.fixture(scope="session")
+def seed_under_data_root(stack, small_dataset):
+    """small_dataset in the seed's layout (variable-length lists, the seed's metadata) and
+    its train shard alone with no metadata, both under the stack's data root."""
+    root = stack.settings.data_root
+    write_seed_dataset(small_dataset, root / "seed" / "small", limit=60)
+    copy_without_metadata(root / "seed" / "small", root / "seed" / "alone")
+    return root / "seed"
+
+
+def imported(client, body: dict) -> dict:
+    accepted = client.post("/datasets/import", json=body)
+    assert accepted.status_code == 202, accepted.text
+    job = wait_for_job(client, accepted.json()["job_id"])
+    assert job["status"] == "succeeded", job
+    return client.get(accepted.json()["dataset_url"]).json()
+
+
+def test_a_seed_dataset_imports_trains_evaluates_and_serves(
+    stack_client, stack_worker, seed_under_data_root
+):
+    dataset = imported(stack_client, {"dataset_name": "seed-small", "path": "seed/small"})
+    assert dataset["status"] == "ready"
+    assert dataset["teacher_hidden_size"] == 128 and dataset["fingerprint"]
+    assert set(dataset["splits"]) == {"train", "validation"}
+    assert dataset["splits"]["train"]["examples"] == 60
+
+    accepted = stack_client.post(
+        "/train", json=train_body(dataset["id"], max_steps=4, objective="substitution")
+    )
+    assert accepted.status_code == 202, accepted.text
+    job = wait_for_job(stack_client, accepted.json()["job_id"])
+    assert job["status"] == "succeeded", job
+    model_id = job["result"]["model_id"]
+
+    evaluation = stack_client.post(
+        "/evaluations",
+        json={"model_id": model_id, "dataset_id": dataset["id"], "bootstrap_samples": 20},
+    )
+    assert evaluation.status_code == 202, evaluation.text
+    assert wait_for_job(stack_client, evaluation.json()["job_id"])["status"] == "succeeded"
+    report = stack_client.get(evaluation.json()["evaluation_url"]).json()["report"]
+    assert {"full", "gist", "drop", "mean"} <= set(report["conditions"])
+
+    gists = stack_client.post("/gist", json={"model_id": model_id, "text": "Once upon " * 40})
+    assert gists.status_code == 200, gists.text
+    assert gists.json()["dim"] == 128
+
+
+def test_a_shard_without_metadata_needs_its_tokenizer_and_teacher_named(
+    stack_client, stack_worker, seed_under_data_root, teacher
+):
+    refused = stack_client.post(
+        "/datasets/import", json={"dataset_name": "alone", "path": "seed/alone/train.arrow"}
+    )
+    assert refused.status_code == 422
+    assert "tokenizer" in refused.json()["detail"]
+
+    dataset = imported(
+        stack_client,
+        {
+            "dataset_name": "alone",
+            "path": "seed/alone/train.arrow",
+            "tokenizer": teacher,
+            "teacher_model": teacher,
+        },
+    )
+    assert dataset["block_size"] == 32 and dataset["horizon"] == 64
+    accepted = stack_client.post("/train", json=train_body(dataset["id"], max_steps=3))
+    assert wait_for_job(stack_client, accepted.json()["job_id"])["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    "path, says",
+    [
+        ("../outside", "leaves the data root"),
+        ("/etc", "relative to the server's data root"),
+        ("seed/nothing-here", "no dataset folder"),
+        ("seed/alone", "no metadata.yaml"),
+    ],
+)
+def test_import_paths_are_checked_before_anything_is_queued(
+    stack_client, seed_under_data_root, path, says
+):
+    refused = stack_client.post("/datasets/import", json={"dataset_name": "x", "path": path})
+    assert refused.status_code == 422, refused.text
+    assert says in refused.json()["detail"]
+
+
+def test_a_row_of_the_wrong_length_fails_the_import_naming_row_and_column(
+    stack, stack_client, stack_worker, teacher
+):
+    # Three rows; the second is one token short.
+    rows = {
+        "input_ids": [[1] * 32, [1] * 31, [1] * 32],
+        "attention_mask": [[1] * 32] * 3,
+        "context_input_ids": [[1] * 64] * 3,
+        "context_attention_mask": [[1] * 64] * 3,
+        "teacher_hidden": [[[0.0] * 8] * 32] * 3,
+        "gist_target": [[0.0] * 8] * 3,
+    }
+    write_seed_shard(rows, stack.settings.data_root / "broken" / "train.arrow")
+    accepted = stack_client.post(
+        "/datasets/import",
+        json={
+            "dataset_name": "broken",
+            "path": "broken/train.arrow",
+            "tokenizer": teacher,
+            "teacher_model": teacher,
+        },
+    )
+    assert accepted.status_code == 202, accepted.text
+    job = wait_for_job(stack_client, accepted.json()["job_id"])
+    assert job["status"] == "failed"
+    assert "row 1 of column 'input_ids' has 31 values" in job["error"]["message"]
