@@ -242,6 +242,8 @@ class DatasetPublic(_Out):
     teacher_states: str
     block_size: int
     horizon: int
+    # Tokens between successive windows of a document (block_size: one window per block).
+    stride: int
     teacher_hidden_size: int | None
     vocab_size: int | None
     fingerprint: str | None

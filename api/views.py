@@ -118,6 +118,9 @@ def dataset_public(dataset: Dataset, *, parts: Sequence[Job] | None = None) -> D
         teacher_states=config.get("teacher_states", info.get("teacher_states", "cache")),
         block_size=config.get("block_size", info.get("block_size", 32)),
         horizon=config.get("horizon", info.get("horizon", 64)),
+        stride=config.get("stride")
+        or info.get("stride")
+        or config.get("block_size", info.get("block_size", 32)),
         teacher_hidden_size=info.get("teacher_hidden_size"),
         vocab_size=info.get("vocab_size"),
         fingerprint=info.get("fingerprint"),

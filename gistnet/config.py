@@ -66,6 +66,11 @@ class DatasetConfig(_Strict):
     block_size: int = Field(default=32, ge=1)
     # Tokens of the window that starts at the block (the block included) kept as context.
     horizon: int = Field(default=64, ge=1)
+    # Tokens between the starts of successive windows of a document (None: block_size, one
+    # example per block). A smaller stride gives block_size / stride times the examples
+    # from the same text, blocks cut at other offsets: more training data from a small
+    # corpus. Keep the default for evaluation splits, whose examples should not overlap more.
+    stride: int | None = Field(default=None, ge=1)
     # Hugging Face causal-LM id or local folder: the frozen teacher.
     teacher_model: str
     teacher_batch_size: int = Field(default=64, ge=1)
@@ -88,6 +93,11 @@ class DatasetConfig(_Strict):
             raise ValueError(
                 f"horizon ({self.horizon}) must be at least one block ({self.block_size})"
             )
+        if self.stride is not None and self.stride > self.block_size:
+            raise ValueError(
+                f"stride ({self.stride}) must be at most block_size ({self.block_size}): a "
+                f"longer stride would skip text between blocks"
+            )
         if not self.splits:
             raise ValueError("`splits` is empty: name at least one split, e.g. train")
         for key, split in self.splits.items():
@@ -106,6 +116,8 @@ class TrainingConfig(_Strict):
     seed: int = Field(default=0, ge=0)
     # Linear warm-up steps before the cosine decay.
     warmup: int = Field(default=0, ge=0)
+    # Where the cosine decay ends, as a fraction of lr (0: decay to zero).
+    final_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     # AdamW decay of the weight matrices only (not norms, biases or the pooling query).
     weight_decay: float = Field(default=0.0, ge=0)
     # Clip the gradient's global norm to this; None turns clipping off.
@@ -167,11 +179,25 @@ class GistNetConfig:
     # Also read the block's input token embeddings (the teacher's, given by the caller)
     # beside its last-layer states: the gist is read at the input, where tokens live.
     token_embeddings: bool = False
+    # Queries per gist: each of the k gists mixes what its pool_queries queries read from
+    # the block (one linear map of their concatenation), so one vector can gather several
+    # parts of the block (a name, a place) that one softmax would average together.
+    pool_queries: int = 1
+    # A residual MLP on each gist after the pooling: lets the vector be a non-linear
+    # function of what the queries read, not only a sum of linear maps of it.
+    gist_mlp: bool = False
 
     def __post_init__(self) -> None:
         # One check serves the model's constructor and the YAML/JSON validation (pydantic
         # runs __post_init__ too and reports the ConfigError, a ValueError, under `model`).
-        for name in ("hidden_size", "block_size", "num_heads", "num_layers", "gists_per_block"):
+        for name in (
+            "hidden_size",
+            "block_size",
+            "num_heads",
+            "num_layers",
+            "gists_per_block",
+            "pool_queries",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1; got {value}")

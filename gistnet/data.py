@@ -46,6 +46,7 @@ from gistnet.shards import (
     shard_glob,
     shard_schema,
     token_schema,
+    with_stride,
 )
 from gistnet.sources import count_documents, document_range, planned_name, source_files
 from gistnet.teacher import block_hidden_states, hidden_size_of, load_teacher, load_tokenizer
@@ -102,17 +103,24 @@ def _token_documents(
             yield ids
 
 
-def document_examples(ids: list[int] | np.ndarray, block_size: int, horizon: int) -> np.ndarray:
-    """(E, horizon) windows of one document: one per block whose window fits in the document.
+def document_examples(
+    ids: list[int] | np.ndarray, block_size: int, horizon: int, stride: int | None = None
+) -> np.ndarray:
+    """(E, horizon) windows of one document: window e starts at token e * stride (stride
+    defaults to block_size: one window per block) and every window lies inside the document.
 
-    The partial tail block is dropped. Window e starts at token e * block_size.
+    With the default stride the partial tail block is dropped, as before; a smaller stride
+    also cuts blocks at the offsets in between.
     """
     ids = np.asarray(ids, dtype=np.int32)
-    blocks = len(ids) // block_size
-    count = blocks - horizon // block_size + 1
+    stride = stride or block_size
+    if stride == block_size:
+        count = len(ids) // block_size - horizon // block_size + 1
+    else:
+        count = (len(ids) - horizon) // stride + 1 if len(ids) >= horizon else 0
     if count <= 0:
         return np.zeros((0, horizon), dtype=np.int32)
-    starts = np.arange(count) * block_size
+    starts = np.arange(count) * stride
     return ids[starts[:, None] + np.arange(horizon)[None, :]]
 
 
@@ -159,6 +167,8 @@ def dataset_fingerprint(config: DatasetConfig, base_dir: Path) -> str:
     data_fields = config.model_dump(include={"block_size", "horizon", "teacher_dtype"})
     if config.teacher_states != "cache":
         data_fields["teacher_states"] = config.teacher_states
+    if config.stride not in (None, config.block_size):
+        data_fields["stride"] = config.stride
     h.update(json.dumps(data_fields, sort_keys=True).encode())
     h.update(_model_identity(config.teacher_model).encode())
     h.update(_model_identity(config.tokenizer).encode())
@@ -266,8 +276,10 @@ def shard_paths(
 
 def _schema_of(config: DatasetConfig, hidden_size: int) -> pa.Schema:
     if config.teacher_states == "none":
-        return token_schema(config.block_size, config.horizon)
-    return shard_schema(config.block_size, config.horizon, hidden_size)
+        schema = token_schema(config.block_size, config.horizon)
+    else:
+        schema = shard_schema(config.block_size, config.horizon, hidden_size)
+    return with_stride(schema, config.stride or config.block_size, config.block_size)
 
 
 def _write_shard(
@@ -347,7 +359,7 @@ def _examples_of(
         counters["blocks"] += len(ids) // config.block_size
         if bar is not None:
             bar.update(len(ids))
-        yield document_examples(ids, config.block_size, config.horizon)
+        yield document_examples(ids, config.block_size, config.horizon, config.stride)
 
 
 def _prepare_split(
@@ -420,6 +432,7 @@ def _metadata(
         "teacher_states": config.teacher_states,
         "block_size": config.block_size,
         "horizon": config.horizon,
+        "stride": config.stride or config.block_size,
         "teacher_hidden_size": hidden_size,
         "vocab_size": vocab_size,
         "fingerprint": fingerprint,

@@ -2,8 +2,9 @@
 one vector in the teacher's hidden space.
 
 (B, N, T, D) teacher states [+ the block's token embeddings] -> pre-norm blocks with
-rotary positions inside each block -> k learned queries attend over the block ->
-(B, N, D) gists (k = 1) or (B, N, k, D) (k = gists_per_block > 1).
+rotary positions inside each block -> k x m learned queries attend over the block, each
+gist one linear map of its m reads [-> a residual MLP per gist] -> (B, N, D) gists (k = 1)
+or (B, N, k, D) (k = gists_per_block > 1).
 """
 
 from __future__ import annotations
@@ -73,28 +74,48 @@ class Block(nn.Module):
 
 
 class AttentionPool(nn.Module):
-    """k learned queries per head attend over the block's tokens: (B, T, D) -> (B, k, D)."""
+    """Learned queries attend over the block's tokens: (B, T, D) -> (B, k, D).
+
+    Each of the k gists has `pool_queries` = m queries per head; a gist is one linear map of
+    what its m queries read (their concatenation, m x D wide), so with m > 1 one vector can
+    hold several parts of the block that a single softmax would average together.
+    """
 
     def __init__(self, config: GistNetConfig):
         super().__init__()
         self.num_heads = config.num_heads
-        slots = config.gists_per_block
-        query = torch.zeros(config.num_heads, slots, config.head_dim)
-        if slots > 1:
-            # Distinct queries from the start, so the k vectors need not first break symmetry.
+        self.slots = config.gists_per_block
+        self.per_slot = config.pool_queries
+        queries = self.slots * self.per_slot
+        query = torch.zeros(config.num_heads, queries, config.head_dim)
+        if queries > 1:
+            # Distinct queries from the start, so they need not first break symmetry.
             nn.init.normal_(query, std=0.02)
         self.query = nn.Parameter(query)
         self.kv = nn.Linear(config.hidden_size, 2 * config.hidden_size)
-        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.proj = nn.Linear(self.per_slot * config.hidden_size, config.hidden_size)
 
     def forward(self, x, mask):
         b, t, d = x.shape
         k, v = self.kv(x).split(d, dim=-1)
         k, v = (z.view(b, t, self.num_heads, -1).transpose(1, 2) for z in (k, v))  # (B, H, T, hd)
-        q = self.query.unsqueeze(0).expand(b, -1, -1, -1)  # (B, H, k, hd)
-        pooled = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, k, hd)
-        slots = pooled.shape[2]
-        return self.proj(pooled.transpose(1, 2).reshape(b, slots, d))  # (B, k, D)
+        q = self.query.unsqueeze(0).expand(b, -1, -1, -1)  # (B, H, k*m, hd)
+        pooled = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, k*m, hd)
+        # (B, H, k*m, hd) -> (B, k*m, D) -> (B, k, m*D): a gist's m reads side by side
+        read = pooled.transpose(1, 2).reshape(b, self.slots, self.per_slot * d)
+        return self.proj(read)  # (B, k, D)
+
+
+class GistMLP(nn.Module):
+    """A pre-norm residual MLP applied to each gist on its own: (..., D) -> (..., D)."""
+
+    def __init__(self, config: GistNetConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, g):
+        return g + self.mlp(self.norm(g))
 
 
 class GistNet(nn.Module):
@@ -113,6 +134,7 @@ class GistNet(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
         self.pool = AttentionPool(config)
+        self.gist_mlp = GistMLP(config) if config.gist_mlp else None
         cos, sin = rotary_tables(config.block_size, config.head_dim, config.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -194,6 +216,8 @@ class GistNet(nn.Module):
         for block in self.blocks:
             x = block(x, cos, sin, key_mask)
         gists = self.pool(self.norm(x), key_mask)  # (B*N, T, D) -> (B*N, k, D)
+        if self.gist_mlp is not None:
+            gists = self.gist_mlp(gists)
         gists = gists.view(b, n, cfg.gists_per_block, d)
         if cfg.gists_per_block == 1:
             gists = gists[:, :, 0]  # one vector per block keeps the (B, N, D) shape

@@ -42,6 +42,30 @@ def shard_schema(block_size: int, horizon: int, hidden_size: int) -> pa.Schema:
     )
 
 
+STRIDE_KEY = b"gistnet.stride"
+
+
+def with_stride(schema: pa.Schema, stride: int, block_size: int) -> pa.Schema:
+    """The schema carrying the windows' stride when it is not one block (the default, which
+    shards written before the setting existed imply), so a shard alone tells where its
+    documents start (`Shard.document_ids`)."""
+    if stride == block_size:
+        return schema
+    return schema.with_metadata({STRIDE_KEY: str(stride).encode()})
+
+
+def stride_of(schema: pa.Schema, block_size: int) -> int:
+    value = (schema.metadata or {}).get(STRIDE_KEY)
+    return int(value) if value else block_size
+
+
+def _follows(window: np.ndarray, block: np.ndarray, stride: int) -> np.ndarray:
+    """(M,) whether block i + 1 continues window i's document: it starts `stride` tokens
+    into window i. (M + 1, H) windows, (M + 1, T) blocks; needs H >= stride + T."""
+    t = block.shape[1]
+    return np.all(window[:-1, stride : stride + t] == block[1:], axis=1)
+
+
 def _fixed(values: np.ndarray, *sizes: int) -> pa.Array:
     """Wrap a C-contiguous array as nested fixed-size lists without copying its buffer."""
     arr = pa.array(values.reshape(-1))
@@ -244,6 +268,12 @@ class Shard:
         return self.input_ids.shape[0]
 
     @property
+    def stride(self) -> int:
+        """Tokens between successive windows of a document (one block unless prepared with
+        a smaller `stride`)."""
+        return stride_of(self.table.schema, self.block_size)
+
+    @property
     def block_size(self) -> int:
         return self.input_ids.shape[1]
 
@@ -259,16 +289,16 @@ class Shard:
         """(N,) int64 index of the document each example came from.
 
         Examples are written in document order, and inside a document the next example's
-        block is the second block of this example's window. Where that chain breaks a new
-        document starts. Needs a horizon of at least two blocks; with one block every
-        example counts as its own document.
+        block starts `stride` tokens into this example's window (the second block, by
+        default). Where that chain breaks a new document starts. Needs a horizon of at
+        least stride + one block; else every example counts as its own document.
         """
-        t = self.block_size
+        t, s = self.block_size, self.stride
         if self.num_examples == 0:
             return np.zeros(0, dtype=np.int64)
-        if self.horizon < 2 * t:
+        if self.horizon < s + t:
             return np.arange(self.num_examples, dtype=np.int64)
-        follows = np.all(self.context_input_ids[:-1, t : 2 * t] == self.input_ids[1:], axis=1)
+        follows = _follows(self.context_input_ids, self.input_ids, s)
         return np.concatenate([[0], np.cumsum(~follows)]).astype(np.int64)
 
 
@@ -638,6 +668,7 @@ class ShardSet:
     gist_target: ChunkedRows | None  # (N, D) float32, None: token-only
     piece_file: list[int]  # the file each piece (record batch) comes from
     keep_alive: list[Any]
+    stride: int = 0  # tokens between successive windows of a document (0: one block)
 
     @property
     def num_examples(self) -> int:
@@ -669,19 +700,19 @@ class ShardSet:
         are cut at document boundaries. Computed piece by piece, in bounded memory.
         """
         n, t = self.num_examples, self.block_size
+        s = self.stride or t
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        if self.horizon < 2 * t:
+        if self.horizon < s + t:
             return np.arange(n, dtype=np.int64)
         starts_doc = np.ones(n, dtype=bool)
         ids, ctx = self.input_ids, self.context_input_ids
         for p, (block, window) in enumerate(zip(ids.parts, ctx.parts, strict=True)):
             first = int(ids.starts[p])
-            follows = np.all(window[:-1, t : 2 * t] == block[1:], axis=1)
-            starts_doc[first + 1 : first + len(block)] = ~follows
+            starts_doc[first + 1 : first + len(block)] = ~_follows(window, block, s)
             if p > 0 and self.piece_file[p] == self.piece_file[p - 1] and len(block):
                 previous = ctx.parts[p - 1][-1]
-                starts_doc[first] = not np.array_equal(previous[t : 2 * t], block[0])
+                starts_doc[first] = not np.array_equal(previous[s : s + t], block[0])
         return np.cumsum(starts_doc).astype(np.int64) - 1
 
 
@@ -706,6 +737,7 @@ def open_shard_set(paths: list[str | Path]) -> ShardSet:
         if not pieces:
             continue
         shapes = {c: p[0].shape[1:] for c, p in pieces.items()}
+        shapes["stride"] = (stride_of(handle.schema, shapes["input_ids"][0]),)
         if first is None:
             first = (path, shapes)
             columns = {c: [] for c in pieces}
@@ -733,6 +765,7 @@ def open_shard_set(paths: list[str | Path]) -> ShardSet:
         gist_target=rows("gist_target"),
         piece_file=piece_file,
         keep_alive=keep,
+        stride=first[1]["stride"][0],
     )
 
 
@@ -740,7 +773,7 @@ def _describe_shapes(shapes: dict[str, tuple[int, ...]]) -> str:
     block, horizon = shapes["input_ids"][0], shapes["context_input_ids"][0]
     width = shapes.get("teacher_hidden", (None, None))[1]
     states = f"states {width} wide" if width else "no teacher states"
-    return f"blocks of {block}, horizon {horizon}, {states}"
+    return f"blocks of {block}, horizon {horizon}, stride {shapes['stride'][0]}, {states}"
 
 
 def split_shard_paths(

@@ -102,11 +102,12 @@ def batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> n
 
 
 def lr_at(step: int, cfg: TrainingConfig) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    """Linear warm-up, then cosine decay to `final_lr_ratio` of the peak (a tenth by default)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.max_steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    floor = cfg.final_lr_ratio
+    return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 class _Objective:

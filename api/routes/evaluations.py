@@ -93,7 +93,9 @@ def create_evaluation_route(
         model_id=model.id,
         dataset_id=dataset.id,
         split=body.split,
-        options=body.model_dump(include={"max_examples", "bootstrap_samples", "seed", "oracle_examples"}),
+        options=body.model_dump(
+            include={"max_examples", "bootstrap_samples", "seed", "oracle_examples"}
+        ),
     )
     accepted = EvaluationAccepted(
         evaluation_id=evaluation.id,

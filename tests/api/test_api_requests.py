@@ -110,6 +110,20 @@ def test_dataset_sharding_and_teacher_states_are_checked(client, teacher):
     assert answer.status_code == 422 and "teacher_states" in answer.json()["detail"]
 
 
+def test_dataset_stride_is_checked_and_shown(client, teacher):
+    before = _job_count(client)
+    answer = client.post("/datasets", json={**_dataset(teacher), "stride": 40})
+    assert answer.status_code == 422
+    assert "stride (40) must be at most block_size (32)" in answer.json()["detail"]
+    assert _job_count(client) == before
+    answer = client.post("/datasets", json={**_dataset(teacher), "stride": 8})
+    assert answer.status_code == 202
+    shown = client.get(f"/datasets/{answer.json()['dataset_id']}").json()
+    assert shown["stride"] == 8 and shown["block_size"] == 32
+    plain = client.post("/datasets", json=_dataset(teacher)).json()
+    assert client.get(f"/datasets/{plain['dataset_id']}").json()["stride"] == 32
+
+
 def test_dataset_with_a_missing_teacher_folder_is_refused_naming_it(client, teacher, tmp_path):
     body = _dataset(teacher)
     body["teacher_model"] = str(tmp_path / "no-such-teacher")

@@ -210,3 +210,15 @@ def test_batches_cover_every_example_once_per_epoch():
     seen = np.concatenate([batch_indices(s, 10, 50, seed=3) for s in range(5)])
     assert sorted(seen.tolist()) == list(range(50))
     assert not np.array_equal(batch_indices(0, 10, 50, seed=3), batch_indices(5, 10, 50, seed=3))
+
+
+def test_the_cosine_decay_ends_at_the_configured_share_of_the_peak():
+    from gistnet.config import TrainingConfig
+    from gistnet.train import lr_at
+
+    default = TrainingConfig(lr=1e-2, max_steps=100, warmup=10)
+    assert lr_at(9, default) == pytest.approx(1e-2)
+    assert lr_at(100, default) == pytest.approx(1e-3)  # a tenth, as before the setting
+    to_zero = TrainingConfig(lr=1e-2, max_steps=100, warmup=10, final_lr_ratio=0.0)
+    assert lr_at(100, to_zero) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(55, to_zero) == pytest.approx(5e-3)

@@ -1,0 +1,96 @@
+"""Windows cut with a stride shorter than a block: more training examples from the same
+text, and documents still known to every reader of the shard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from gistnet.config import validate_dataset_config, validate_run_config
+from gistnet.data import dataset_fingerprint, document_examples, prepare_dataset
+from gistnet.errors import ConfigError
+from gistnet.evaluate import evaluate_gistnet
+from gistnet.shards import open_shard, open_split
+from gistnet.train import train_gistnet
+from tests.conftest import ROOT, small_dataset_config
+
+
+def test_a_stride_cuts_a_window_every_stride_tokens_inside_the_document():
+    doc = np.arange(100, 300)  # 200 tokens
+    windows = document_examples(doc, 32, 64, stride=8)
+    assert windows.shape == ((200 - 64) // 8 + 1, 64)
+    for e, w in enumerate(windows):
+        np.testing.assert_array_equal(w, np.arange(100 + 8 * e, 100 + 8 * e + 64))
+    # the default stride is one block, as before the setting existed
+    np.testing.assert_array_equal(document_examples(doc, 32, 64), windows[::4])
+    np.testing.assert_array_equal(document_examples(doc, 32, 64, stride=32), windows[::4])
+    assert document_examples(np.arange(63), 32, 64, stride=4).shape == (0, 64)
+
+
+@pytest.mark.parametrize("states", ["cache", "none"])
+def test_strided_shards_know_their_documents(tmp_path, states):
+    config = validate_dataset_config(small_dataset_config(stride=8, teacher_states=states))
+    prepare_dataset(config, output_dir=tmp_path)
+    meta = yaml.safe_load((tmp_path / "metadata.yaml").read_text())
+    assert meta["stride"] == 8
+    split = open_split(tmp_path, "validation")
+    assert split.stride == 8
+    ctx = np.asarray(split.context_input_ids[np.arange(split.num_examples)])
+    # successive windows of one document overlap by 64 - 8 tokens
+    doc_ids = split.document_ids()
+    same = doc_ids[1:] == doc_ids[:-1]
+    np.testing.assert_array_equal(ctx[1:][same][:, :56], ctx[:-1][same][:, 8:])
+    assert doc_ids[-1] + 1 == len(small_dataset_config()["splits"]["validation"]["documents"])
+    if states == "cache":
+        assert open_shard(tmp_path / "validation.arrow").stride == 8
+        np.testing.assert_array_equal(
+            open_shard(tmp_path / "validation.arrow").document_ids(), doc_ids
+        )
+
+
+def test_the_stride_enters_the_fingerprint_only_when_it_changes_the_data():
+    plain = validate_dataset_config(small_dataset_config())
+    one_block = validate_dataset_config(small_dataset_config(stride=32))
+    dense = validate_dataset_config(small_dataset_config(stride=4))
+    assert dataset_fingerprint(plain, ROOT) == dataset_fingerprint(one_block, ROOT)
+    assert dataset_fingerprint(plain, ROOT) != dataset_fingerprint(dense, ROOT)
+
+
+def test_a_stride_longer_than_a_block_is_refused():
+    with pytest.raises(ConfigError, match=r"stride \(40\) must be at most block_size \(32\)"):
+        validate_dataset_config(small_dataset_config(stride=40))
+    with pytest.raises(ConfigError, match="stride"):
+        validate_dataset_config(small_dataset_config(stride=0))
+
+
+def test_training_on_dense_windows_is_scored_on_the_plain_split(small_dataset, tmp_path):
+    dense = tmp_path / "dense"
+    prepare_dataset(
+        validate_dataset_config(small_dataset_config(stride=4, teacher_states="none")),
+        output_dir=dense,
+    )
+    assert open_split(dense, "train").num_examples > 7 * open_split(small_dataset).num_examples
+    run = validate_run_config(
+        {
+            "model": {"num_heads": 4, "token_embeddings": True, "pool_queries": 2},
+            "training": {
+                "objective": "substitution",
+                "batch_size": 8,
+                "max_steps": 3,
+                "device": "cpu",
+                "eval_every": 3,
+                "eval_examples": 8,
+            },
+        }
+    )
+    result = train_gistnet(dataset_path=dense, run_config=run, output_dir=tmp_path / "run")
+    report = evaluate_gistnet(
+        checkpoint_path=result.checkpoint_path,
+        dataset_path=small_dataset,
+        split="validation",
+        device="cpu",
+        bootstrap_samples=20,
+    )
+    assert report["n_examples"] == open_shard(small_dataset / "validation.arrow").num_examples
+    assert np.isfinite(report["conditions"]["gist"]["gap_recovered"]["value"])
