@@ -182,8 +182,9 @@ def main() -> None:
                         f"**{memory:.2f}**" if name == "project" else "1.00",
                     ]
                 )
+    on_gpu = args.device != "cpu"
     body = (
-        "## Dataset preparation (`bench/prep.py`)\n\n"
+        f"## Dataset preparation{' on the GPU' if on_gpu else ''} (`bench/prep.py`)\n\n"
         f"Command: `python -m bench.prep --docs {args.docs} --device {args.device}`  \n"
         f"Machine: {machine()}  \n"
         "Targets: throughput at least 3x the baseline's, peak memory at most a third of it.\n\n"
@@ -202,7 +203,8 @@ def main() -> None:
             rows,
         )
     )
-    print(f"wrote {write_section('prep', body)}")
+    # CPU and GPU figures keep sections of their own
+    print(f"wrote {write_section('prep-gpu' if on_gpu else 'prep', body)}")
 
 
 if __name__ == "__main__":

@@ -17,13 +17,14 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from bench.report import replace_between_markers
 from gistnet.config import load_run_config
 from gistnet.evaluate import evaluate_gistnet, format_table, write_report
 from gistnet.shards import file_sha256
@@ -34,11 +35,12 @@ RUNS = {
     "mse": "configs/runs/gistnet_example.yaml",
     "k2": "configs/runs/gistnet_substitution_k2.yaml",
     "k4": "configs/runs/gistnet_substitution_k4.yaml",
-    # The issue-12 candidate: GistNet also reads the block's token embeddings.
-    "embeddings": "configs/runs/gistnet_substitution_embeddings.yaml",
     # The substitution config again, on the dataset of a second teacher (--second-dataset).
     "second_teacher": "configs/runs/gistnet_substitution.yaml",
 }
+# What each run trains on, when not the split it is scored on: the substitution configs
+# train on the densely cut text (configs/data/*_dense.yaml); mse reads cached states.
+DENSE = {"substitution", "k2", "k4", "second_teacher"}
 # The runs that trace GR against compression (32:1, 16:1, 8:1).
 CURVE = ("substitution", "k2", "k4")
 DOC = Path("docs/quality.md")
@@ -130,6 +132,7 @@ def train_and_evaluate(
     out: Path,
     skip_train: bool,
     oracle_examples: int | None,
+    train_dataset: Path | None = None,
 ) -> dict:
     run_dir = out / name
     checkpoint = run_dir / "gistnet.pt"
@@ -160,7 +163,8 @@ def train_and_evaluate(
         load_before = os.getloadavg()[0]
         started, cpu_started = time.perf_counter(), time.process_time()
         result = train_gistnet(
-            dataset_path=dataset / "train.arrow",
+            dataset_path=train_dataset or dataset,
+            split="train",
             run_config=run,
             output_dir=run_dir,
             on_progress=log,
@@ -186,6 +190,7 @@ def train_and_evaluate(
     report["bench"] = {
         "run_config": config_path,
         "dataset": str(dataset),
+        "train_dataset": str(train_dataset or dataset),
         "training": timing,
         "evaluate_seconds": round(time.perf_counter() - started, 1),
     }
@@ -199,7 +204,6 @@ TITLES = {
     "mse": "`objective: mse`",
     "k2": "two gists per block (16:1)",
     "k4": "four gists per block (8:1)",
-    "embeddings": "GistNet reading the block's token embeddings beside its states",
     "second_teacher": "the second teacher: same config, same evaluation",
 }
 
@@ -216,7 +220,9 @@ def _timing_line(report: dict) -> str:
         else "training not timed (checkpoint reused)"
     )
     steps = report["checkpoint"]["info"].get("metrics", {}).get("steps")
-    return f"{steps} steps, {trained}; evaluated in {bench['evaluate_seconds']:.0f} s."
+    on = bench.get("train_dataset")
+    data = f" on `{on}`" if on and on != bench["dataset"] else ""
+    return f"{steps} steps{data}, {trained}; evaluated in {bench['evaluate_seconds']:.0f} s."
 
 
 def curve_table(reports: dict[str, dict]) -> str:
@@ -346,31 +352,67 @@ def write_docs(reports: dict[str, dict], out: Path, *, threads: int) -> None:
         shutil.copyfile(
             out / name / "evaluation_nll_per_position.png", IMAGES / f"quality_{name}.png"
         )
-    text = DOC.read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"{DOC} has no {BEGIN} ... {END} section")
-    section = f"{BEGIN}\n{docs_section(reports, threads=threads)}\n{END}"
-    DOC.write_text(pattern.sub(lambda _: section, text), encoding="utf-8")
+    replace_between_markers(DOC, BEGIN, END, docs_section(reports, threads=threads))
 
 
-# Short probes: the shipped substitution config with these changes, trained for
-# --probe-steps and scored on a seeded subset of --probe-examples validation examples.
-# They chose the candidate config, so they looked at validation examples: docs/quality.md
-# says so beside every figure they produced.
-PROBES: dict[str, dict[str, dict]] = {
-    "base": {},
-    "embeddings": {"model": {"token_embeddings": True}},
-    "embeddings_2layers": {"model": {"token_embeddings": True, "num_layers": 2}},
-    "embeddings_weighted": {
-        "model": {"token_embeddings": True},
-        "training": {"horizon_weighting": "block_dependence"},
-    },
-    "embeddings_lr5e-3": {"model": {"token_embeddings": True}, "training": {"lr": 5e-3}},
-    "embeddings_mlp2": {"model": {"token_embeddings": True, "mlp_ratio": 2.0}},
-    "k2": {"model": {"gists_per_block": 2}},
-    "k4": {"model": {"gists_per_block": 4}},
+# Probes: the shipped substitution config with some changes, trained for --probe-steps
+# and scored on --probe-examples validation examples (0: all). They choose configs, so they
+# look at validation examples: docs/quality.md says so beside every figure they produced.
+# A probe is the substitution config with changes named by `+`-joined tokens, e.g.
+# `emb+pq4+mlp+L2+s2400`: GistNet reading token embeddings, 4 queries per gist, the gist
+# MLP, 2 layers, trained 2,400 steps. `base` is the config unchanged.
+PROBE_TOKENS: dict[str, tuple[str, str, type]] = {
+    # prefix: (section, key, type of the number that follows)
+    "L": ("model", "num_layers", int),
+    "h": ("model", "num_heads", int),
+    "pq": ("model", "pool_queries", int),
+    "k": ("model", "gists_per_block", int),
+    "r": ("model", "mlp_ratio", float),
+    "lr": ("training", "lr", float),
+    "bs": ("training", "batch_size", int),
+    "wu": ("training", "warmup", int),
+    "floor": ("training", "final_lr_ratio", float),
+    "nll": ("training", "nll_weight", float),
+    "s": ("training", "max_steps", int),
+    # train on <dataset>_ds<N>: the same text cut with stride N (prepared beforehand from
+    # configs/data/sample_text_dense.yaml with its stride and name changed); scored on
+    # --dataset's validation split like every probe
+    "ds": ("data", "stride", int),
 }
+PROBE_FLAGS: dict[str, tuple[str, str, object]] = {
+    "emb": ("model", "token_embeddings", True),
+    "mlp": ("model", "gist_mlp", True),
+    "bd": ("training", "horizon_weighting", "block_dependence"),
+}
+
+
+def probe_changes(name: str) -> dict[str, dict]:
+    """`emb+pq4+s2400` -> {"model": {...}, "training": {...}}; a clear error for a bad token."""
+    changes: dict[str, dict] = {"model": {}, "training": {}, "data": {}}
+    for token in name.split("+"):
+        if token == "base":
+            continue
+        if token in PROBE_FLAGS:
+            section, key, value = PROBE_FLAGS[token]
+            changes[section][key] = value
+            continue
+        # the longest prefix that matches, so `lr3e-3` is lr and not L
+        for prefix in sorted(PROBE_TOKENS, key=len, reverse=True):
+            if token.startswith(prefix):
+                section, key, kind = PROBE_TOKENS[prefix]
+                try:
+                    changes[section][key] = kind(token[len(prefix) :])
+                except ValueError:
+                    break
+                break
+        else:
+            prefix = None
+        if prefix is None or key not in changes[section]:
+            raise SystemExit(
+                f"probe token {token!r} is not one of base, {', '.join(PROBE_FLAGS)} or a "
+                f"prefix {', '.join(PROBE_TOKENS)} followed by a number"
+            )
+    return changes
 
 
 def run_probe(
@@ -380,38 +422,48 @@ def run_probe(
     dataset: Path,
     out: Path,
     steps: int,
-    examples: int,
+    examples: int | None,
     oracle_examples: int | None,
+    device: str = "cpu",
 ) -> dict:
-    """Train the base config with PROBES[name]'s changes for `steps`, score it on a seeded
-    validation subset; append one line to <out>/probes.jsonl and return it."""
+    """Train the base config with the probe's changes (`probe_changes`), score it on the
+    validation split (a seeded subset of `examples`, or all); append one line to
+    <out>/probes.jsonl and return it."""
     from gistnet.config import read_yaml, validate_run_config
 
     data = read_yaml(base_config)
-    for section, changes in PROBES[name].items():
-        data[section] = {**data.get(section, {}), **changes}
-    data["training"] = {**data["training"], "max_steps": steps, "eval_every": steps}
+    changes = probe_changes(name)
+    for section in ("model", "training"):
+        data[section] = {**data.get(section, {}), **changes[section]}
+    stride = changes["data"].get("stride")
+    train_on = dataset.with_name(f"{dataset.name}_ds{stride}") if stride else dataset
+    steps = changes["training"].get("max_steps", steps)  # an `s` token wins over --probe-steps
+    # four validation losses along the way say whether it was still improving
+    data["training"] = {**data["training"], "max_steps": steps, "eval_every": max(1, steps // 4)}
+    data["training"]["device"] = device
     run = validate_run_config(data)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     result = train_gistnet(
-        dataset_path=dataset / "train.arrow", run_config=run, output_dir=out / "probes" / name
+        dataset_path=train_on, split="train", run_config=run, output_dir=out / "probes" / name
     )
     train_seconds = time.perf_counter() - started
     report = evaluate_gistnet(
         checkpoint_path=result.checkpoint_path,
         dataset_path=dataset,
         split="validation",
-        device="cpu",
+        device=device,
         max_examples=examples,
         bootstrap_samples=200,
         oracle_examples=oracle_examples,
     )
     gist = report["conditions"]["gist"]
+    oracle = report.get("oracle") or {}
     line = {
         "probe": name,
-        "changes": PROBES[name],
+        "changes": changes,
         "steps": steps,
+        "device": device,
         "examples": report["n_examples"],
         "gr": gist["gap_recovered"]["value"],
         "gr_ci95": gist["gap_recovered"]["ci95"],
@@ -419,10 +471,22 @@ def run_probe(
         "gr_rest": gist["gap_recovered_rest"]["value"],
         "gr_mean": report["conditions"]["mean"]["gap_recovered"]["value"],
         "swapped_over_gist": report["comparisons"]["swapped_over_gist_gap_recovered"]["value"],
-        "gist_over_oracle": (report.get("oracle") or {})
-        .get("comparisons", {})
+        "gr_oracle": oracle.get("conditions", {})
+        .get("oracle", {})
+        .get("gap_recovered", {})
+        .get("value"),
+        "gist_over_oracle": oracle.get("comparisons", {})
         .get("gist_over_oracle_gap_recovered", {})
         .get("value"),
+        "final_val_loss": result.val_loss,
+        "val_curve": [
+            [h["step"], round(h["val_loss"], 4)] for h in result.history if "val_loss" in h
+        ],
+        "final_running_loss": result.running_loss,
+        "parameters": sum(
+            t.numel()
+            for t in torch.load(result.checkpoint_path, weights_only=True)["state_dict"].values()
+        ),
         "train_seconds": round(train_seconds, 1),
         "load_average_before": round(load_before, 2),
     }
@@ -431,6 +495,100 @@ def run_probe(
         fh.write(json.dumps(line) + "\n")
     print(json.dumps(line), flush=True)
     return line
+
+
+def run_probes_in_parallel(names: list[str], argv: list[str], args) -> int:
+    """Each probe in a process of its own, `args.parallel` at a time, in the order given;
+    with a deadline, probes still running then are stopped (and reported as such)."""
+    import subprocess
+
+    common = [a for a in argv if a not in names and a != "--probe"]
+    # drop --parallel N and --deadline S: each child runs one probe, to the end
+    for flag in ("--parallel", "--deadline"):
+        if flag in common:
+            i = common.index(flag)
+            del common[i : i + 2]
+    for name in names:
+        probe_changes(name)  # a bad name fails now, not after the others ran
+    started = time.perf_counter()
+    waiting, running = list(names), {}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    while waiting or running:
+        while waiting and len(running) < args.parallel:
+            name = waiting.pop(0)
+            (out / "logs").mkdir(exist_ok=True)
+            log = (out / "logs" / f"{name}.log").open("w")
+            cmd = [sys.executable, "-m", "bench.quality", "--probe", name, *common]
+            running[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        time.sleep(1)
+        for name, proc in list(running.items()):
+            if proc.poll() is not None:
+                print(f"{name}: exit {proc.returncode} at {time.perf_counter() - started:.0f} s")
+                del running[name]
+        if args.deadline is not None and time.perf_counter() - started > args.deadline:
+            for name, proc in running.items():
+                proc.kill()
+                print(f"{name}: stopped at the deadline")
+            print(f"not started: {' '.join(waiting) or 'none'}")
+            return 1
+    return 0
+
+
+PROBES_BEGIN, PROBES_END = "<!-- probes:begin -->", "<!-- probes:end -->"
+
+
+_SHORT = {
+    "token_embeddings": lambda v: "token embeddings",
+    "pool_queries": lambda v: f"{v} queries per gist",
+    "gist_mlp": lambda v: "gist MLP",
+    "num_layers": lambda v: f"{v} layers",
+    "num_heads": lambda v: f"{v} heads",
+    "gists_per_block": lambda v: f"**k = {v}**",
+    "mlp_ratio": lambda v: f"MLP ratio {v:g}",
+    "lr": lambda v: f"lr {v:g}",
+    "batch_size": lambda v: f"batch {v}",
+    "warmup": lambda v: f"warm-up {v}",
+    "final_lr_ratio": lambda v: f"decay to {v:g}",
+    "horizon_weighting": lambda v: f"KL weighting {v}",
+    "nll_weight": lambda v: f"NLL weight {v:g}",
+}
+
+
+def _describe_changes(changes: dict[str, dict]) -> str:
+    parts = [_SHORT.get(key, lambda v, k=key: f"{k} {v}")(value)
+             for section in ("model", "training") for key, value in
+             changes.get(section, {}).items() if key != "max_steps"]  # fmt: skip
+    return ", ".join(parts) or "none (the old config)"
+
+
+def probes_section(path: Path) -> str:
+    """A markdown table of the probe lines in `path` (probes.jsonl), best GR first."""
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines.sort(key=lambda r: -r["gr"])
+    rows = []
+    for r in lines:
+        low, high = r["gr_ci95"]
+        ratio = r.get("gist_over_oracle")
+        rows.append(
+            f"| {_describe_changes(r['changes'])} | {r['changes'].get('data', {}).get('stride', 32)} "
+            f"| {r['steps']} | {r['gr']:.3f} [{low:.3f}, {high:.3f}] | {r['gr_from_2']:.3f} "
+            f"| {r['gr_rest']:.3f} | {r['gr_oracle']:.3f} | {ratio:.3f} "
+            f"| {r['swapped_over_gist']:.3f} | {r['final_running_loss']:.3f} | {r['parameters']:,} |"
+        )
+    devices = sorted({r["device"] for r in lines})
+    return (
+        f"{len(lines)} probes from `{path}`, trained on {', '.join(devices)}; every one scored on "
+        f"all {lines[0]['examples']} validation examples (document bootstrap, 200 resamples), "
+        "the oracle on a seeded 32 of them.\n\n"
+        "| changes | stride | steps | GR [95% CI] | GR from 2 | GR 9+ | GR(oracle) | gist / oracle "
+        "| swapped / gist | train KL (last 50 steps) | parameters |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows)
+    )
+
+
+def write_probes_doc(path: Path) -> None:
+    replace_between_markers(DOC, PROBES_BEGIN, PROBES_END, probes_section(path))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -454,13 +612,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-train", action="store_true", help="reuse existing checkpoints")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--write-docs", action="store_true", help="update docs/quality.md")
-    parser.add_argument("--probe", nargs="+", choices=list(PROBES), help="run short probes")
+    parser.add_argument(
+        "--probe", nargs="+", help="run probes: base, or changes joined by + (probe_changes)"
+    )
     parser.add_argument("--probe-steps", type=int, default=300)
-    parser.add_argument("--probe-examples", type=int, default=384)
+    parser.add_argument(
+        "--probe-examples", type=int, default=384, help="validation examples scored (0: all)"
+    )
+    parser.add_argument("--device", default="cpu", help="probes: train and evaluate here")
+    parser.add_argument(
+        "--parallel", type=int, default=1, help="probes: run this many at once, in order"
+    )
+    parser.add_argument(
+        "--deadline", type=float, help="probes: stop those still running after these seconds"
+    )
     parser.add_argument("--probe-oracle", type=int, default=None, help="oracle subset size")
+    parser.add_argument(
+        "--probe-report",
+        type=Path,
+        help="write the table of this probes.jsonl into docs/quality.md, and stop",
+    )
     args = parser.parse_args(argv)
+    if args.probe_report:
+        write_probes_doc(args.probe_report)
+        return 0
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if args.probe and args.parallel > 1:
+        return run_probes_in_parallel(args.probe, argv or sys.argv[1:], args)
     if args.probe:
         for name in args.probe:
             run_probe(
@@ -469,8 +648,9 @@ def main(argv: list[str] | None = None) -> int:
                 dataset=Path(args.dataset),
                 out=out,
                 steps=args.probe_steps,
-                examples=args.probe_examples,
+                examples=args.probe_examples or None,
                 oracle_examples=args.probe_oracle,
+                device=args.device,
             )
         return 0
     reports = {
@@ -478,6 +658,11 @@ def main(argv: list[str] | None = None) -> int:
             name,
             RUNS[name],
             dataset=Path(args.second_dataset if name == "second_teacher" else args.dataset),
+            train_dataset=Path(
+                (args.second_dataset if name == "second_teacher" else args.dataset) + "_dense"
+            )
+            if name in DENSE
+            else None,
             out=out,
             skip_train=args.skip_train,
             oracle_examples=(args.oracle_examples or None) if name != "mse" else None,

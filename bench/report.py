@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import resource
 import sys
 from pathlib import Path
@@ -42,6 +43,17 @@ def write_section(name: str, body: str) -> Path:
     BENCHMARKS_MD.parent.mkdir(parents=True, exist_ok=True)
     BENCHMARKS_MD.write_text(text)
     return BENCHMARKS_MD
+
+
+def replace_between_markers(path: Path, begin: str, end: str, body: str) -> None:
+    """Replace what lies between the `begin` and `end` markers of a text file (they stay);
+    a file without them is an error, not silently appended to."""
+    text = path.read_text(encoding="utf-8")
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{path} has no {begin} ... {end} section")
+    section = f"{begin}\n{body}\n{end}"
+    path.write_text(pattern.sub(lambda _: section, text), encoding="utf-8")
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:

@@ -20,7 +20,6 @@ Gap recovered GR = (NLL_drop - NLL_x) / (NLL_drop - NLL_full).
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,12 +187,9 @@ def run_check(
 
 
 def write_into_readme(readme: Path, section: str) -> None:
-    text = readme.read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(README_CHECK_BEGIN) + ".*?" + re.escape(README_CHECK_END), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"{readme} has no {README_CHECK_BEGIN} ... {README_CHECK_END} section")
-    replacement = f"{README_CHECK_BEGIN}\n{section}\n{README_CHECK_END}"
-    readme.write_text(pattern.sub(lambda _: replacement, text), encoding="utf-8")
+    from bench.report import replace_between_markers
+
+    replace_between_markers(readme, README_CHECK_BEGIN, README_CHECK_END, section)
 
 
 def main(argv: list[str] | None = None) -> int:
