@@ -31,8 +31,9 @@ class _Out(BaseModel):
     model_config = ConfigDict(protected_namespaces=(), from_attributes=True)
 
 
-class _In(BaseModel):
-    model_config = ConfigDict(protected_namespaces=(), extra="forbid", allow_inf_nan=False)
+class _Storable(BaseModel):
+    """A request body whose strings a database can store (no NUL, no half surrogate pair): checked
+    before any field, so a bad byte is a 422 that names it, never a 500 at the insert."""
 
     @model_validator(mode="before")
     @classmethod
@@ -41,6 +42,10 @@ class _In(BaseModel):
         if problem:
             raise ValueError(problem)
         return data
+
+
+class _In(_Storable):
+    model_config = ConfigDict(protected_namespaces=(), extra="forbid", allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- errors
@@ -165,7 +170,7 @@ class JobMetricsPublic(_Out):
 # --------------------------------------------------------------------------- datasets
 
 
-class DatasetCreate(DatasetConfig):
+class DatasetCreate(DatasetConfig, _Storable):
     """The dataset config of the library, as JSON. Each split gives inline `documents` or a
     `source` file/glob relative to the server's data root; the service picks output paths."""
 
@@ -176,14 +181,6 @@ class DatasetCreate(DatasetConfig):
     tokenizer: str = Field(min_length=1, max_length=_length(Model.tokenizer))
     teacher_model: str = Field(min_length=1, max_length=_length(Model.teacher))
     splits: dict[SplitName, SplitConfig]
-
-    @model_validator(mode="before")
-    @classmethod
-    def _storable(cls, data: Any) -> Any:
-        problem = unstorable_text(data)
-        if problem:
-            raise ValueError(problem)
-        return data
 
 
 class DatasetImport(_In):
