@@ -17,7 +17,8 @@ On a machine with a GPU this runs, on the sample teacher:
 
 Each path runs once, after an untimed warm-up on the GPU. It writes the figures to
 docs/benchmarks.md (section `cuda`) and prints them as JSON.
-Without a GPU it says so and exits 1; `--device cpu` is a dry run of the script itself.
+Without a GPU it says so and exits 1; `--device cpu` is a dry run of the script itself,
+which prints the section and writes nothing.
 """
 
 from __future__ import annotations
@@ -214,6 +215,9 @@ def main() -> int:
         "launches, not arithmetic, so these rates say the paths work and what a small model "
         "gets; a 1B-8B teacher's rates are set by its FLOPs.\n"
     )
+    if gpu == "cpu":  # the dry run: nothing measured worth keeping
+        print(body)
+        return 0
     print(f"wrote {write_section('cuda', body)}")
     return 0
 

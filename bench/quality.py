@@ -124,6 +124,11 @@ def oracle_table(report: dict) -> str:
     )
 
 
+def _dense(dataset: Path) -> Path:
+    """The densely cut twin of a dataset folder: `data/x` -> `data/x_dense`."""
+    return dataset.with_name(f"{dataset.name}_dense")
+
+
 def train_and_evaluate(
     name: str,
     config_path: str,
@@ -145,8 +150,10 @@ def train_and_evaluate(
             # The report of this very checkpoint, oracle included: nothing to recompute.
             print(f"\n== {name}: reusing {previous} ==\n{format_table(earlier)}\n", flush=True)
             return earlier
-        # Keep the timing measured when the reused checkpoint was trained.
+        # Keep the timing measured when the reused checkpoint was trained, and what on.
         timing = earlier.get("bench", {}).get("training", timing)
+        trained_on = earlier.get("bench", {}).get("train_dataset")
+        train_dataset = Path(trained_on) if trained_on else train_dataset
     if not skip_train or not checkpoint.is_file():
         run = load_run_config(config_path)
         log_every = run.training.log_every
@@ -392,26 +399,26 @@ def probe_changes(name: str) -> dict[str, dict]:
     for token in name.split("+"):
         if token == "base":
             continue
-        if token in PROBE_FLAGS:
-            section, key, value = PROBE_FLAGS[token]
-            changes[section][key] = value
-            continue
-        # the longest prefix that matches, so `lr3e-3` is lr and not L
-        for prefix in sorted(PROBE_TOKENS, key=len, reverse=True):
-            if token.startswith(prefix):
-                section, key, kind = PROBE_TOKENS[prefix]
-                try:
-                    changes[section][key] = kind(token[len(prefix) :])
-                except ValueError:
+        found = PROBE_FLAGS.get(token)
+        if found is None:
+            # the longest prefix that matches, so `floor0` is not read as `f...`
+            for prefix in sorted(PROBE_TOKENS, key=len, reverse=True):
+                if token.startswith(prefix):
+                    section, key, kind = PROBE_TOKENS[prefix]
+                    try:
+                        found = (section, key, kind(token[len(prefix) :]))
+                    except ValueError:
+                        pass
                     break
-                break
-        else:
-            prefix = None
-        if prefix is None or key not in changes[section]:
+        if found is None:
             raise SystemExit(
                 f"probe token {token!r} is not one of base, {', '.join(PROBE_FLAGS)} or a "
                 f"prefix {', '.join(PROBE_TOKENS)} followed by a number"
             )
+        section, key, value = found
+        if key in changes[section]:
+            raise SystemExit(f"probe {name!r} sets {key} twice")
+        changes[section][key] = value
     return changes
 
 
@@ -497,42 +504,45 @@ def run_probe(
     return line
 
 
-def run_probes_in_parallel(names: list[str], argv: list[str], args) -> int:
-    """Each probe in a process of its own, `args.parallel` at a time, in the order given;
-    with a deadline, probes still running then are stopped (and reported as such)."""
+def run_probes_in_parallel(names: list[str], args) -> int:
+    """Each probe in a process of its own (logs under <out>/logs), `args.parallel` at a
+    time, in the order given; with a deadline, probes still running then are stopped.
+    Returns 1 if any probe failed or was stopped."""
     import subprocess
 
-    common = [a for a in argv if a not in names and a != "--probe"]
-    # drop --parallel N and --deadline S: each child runs one probe, to the end
-    for flag in ("--parallel", "--deadline"):
-        if flag in common:
-            i = common.index(flag)
-            del common[i : i + 2]
     for name in names:
         probe_changes(name)  # a bad name fails now, not after the others ran
-    started = time.perf_counter()
+    common = [
+        *("--dataset", str(args.dataset), "--out", str(args.out), "--device", args.device),
+        *("--threads", str(args.threads), "--probe-steps", str(args.probe_steps)),
+        *("--probe-examples", str(args.probe_examples)),
+    ]
+    if args.probe_oracle:
+        common += ["--probe-oracle", str(args.probe_oracle)]
+    logs = Path(args.out) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    started, failed = time.perf_counter(), 0
     waiting, running = list(names), {}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     while waiting or running:
         while waiting and len(running) < args.parallel:
             name = waiting.pop(0)
-            (out / "logs").mkdir(exist_ok=True)
-            log = (out / "logs" / f"{name}.log").open("w")
             cmd = [sys.executable, "-m", "bench.quality", "--probe", name, *common]
-            running[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            with (logs / f"{name}.log").open("w") as log:  # the child holds its own handle
+                running[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         time.sleep(1)
         for name, proc in list(running.items()):
             if proc.poll() is not None:
                 print(f"{name}: exit {proc.returncode} at {time.perf_counter() - started:.0f} s")
+                failed += proc.returncode != 0
                 del running[name]
         if args.deadline is not None and time.perf_counter() - started > args.deadline:
             for name, proc in running.items():
                 proc.kill()
+                proc.wait()
                 print(f"{name}: stopped at the deadline")
             print(f"not started: {' '.join(waiting) or 'none'}")
             return 1
-    return 0
+    return 1 if failed else 0
 
 
 PROBES_BEGIN, PROBES_END = "<!-- probes:begin -->", "<!-- probes:end -->"
@@ -565,22 +575,30 @@ def _describe_changes(changes: dict[str, dict]) -> str:
 def probes_section(path: Path) -> str:
     """A markdown table of the probe lines in `path` (probes.jsonl), best GR first."""
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise SystemExit(f"{path} holds no probes")
     lines.sort(key=lambda r: -r["gr"])
+
+    def cell(value, spec: str = ".3f") -> str:
+        return "-" if value is None else format(value, spec)
+
     rows = []
     for r in lines:
         low, high = r["gr_ci95"]
-        ratio = r.get("gist_over_oracle")
+        stride = r["changes"].get("data", {}).get("stride")
         rows.append(
-            f"| {_describe_changes(r['changes'])} | {r['changes'].get('data', {}).get('stride', 32)} "
-            f"| {r['steps']} | {r['gr']:.3f} [{low:.3f}, {high:.3f}] | {r['gr_from_2']:.3f} "
-            f"| {r['gr_rest']:.3f} | {r['gr_oracle']:.3f} | {ratio:.3f} "
-            f"| {r['swapped_over_gist']:.3f} | {r['final_running_loss']:.3f} | {r['parameters']:,} |"
+            f"| {_describe_changes(r['changes'])} | {stride or 'one block'} | {r['steps']} "
+            f"| {r['gr']:.3f} [{low:.3f}, {high:.3f}] | {r['gr_from_2']:.3f} | {r['gr_rest']:.3f} "
+            f"| {cell(r.get('gr_oracle'))} | {cell(r.get('gist_over_oracle'))} "
+            f"| {r['swapped_over_gist']:.3f} | {cell(r.get('final_running_loss'))} "
+            f"| {cell(r.get('parameters'), ',')} |"
         )
-    devices = sorted({r["device"] for r in lines})
+    devices = sorted({r.get("device", "cpu") for r in lines})
+    examples = sorted({r["examples"] for r in lines})
     return (
-        f"{len(lines)} probes from `{path}`, trained on {', '.join(devices)}; every one scored on "
-        f"all {lines[0]['examples']} validation examples (document bootstrap, 200 resamples), "
-        "the oracle on a seeded 32 of them.\n\n"
+        f"{len(lines)} probes from `{path}`, trained on {', '.join(devices)}; scored on "
+        f"{' or '.join(map(str, examples))} validation examples (200 resamples for the "
+        "intervals); GR(oracle) and gist / oracle on the seeded oracle subset where it ran.\n\n"
         "| changes | stride | steps | GR [95% CI] | GR from 2 | GR 9+ | GR(oracle) | gist / oracle "
         "| swapped / gist | train KL (last 50 steps) | parameters |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows)
@@ -639,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     if args.probe and args.parallel > 1:
-        return run_probes_in_parallel(args.probe, argv or sys.argv[1:], args)
+        return run_probes_in_parallel(args.probe, args)
     if args.probe:
         for name in args.probe:
             run_probe(
@@ -658,8 +676,8 @@ def main(argv: list[str] | None = None) -> int:
             name,
             RUNS[name],
             dataset=Path(args.second_dataset if name == "second_teacher" else args.dataset),
-            train_dataset=Path(
-                (args.second_dataset if name == "second_teacher" else args.dataset) + "_dense"
+            train_dataset=_dense(
+                Path(args.second_dataset if name == "second_teacher" else args.dataset)
             )
             if name in DENSE
             else None,

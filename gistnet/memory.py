@@ -24,8 +24,12 @@ def gistnet_parameters(config: GistNetConfig) -> int:
     attention = (d * 3 * d + 3 * d) + (d * d + d)
     mlp = (d * width + width) + (width * d + d)
     block = 2 * norm + attention + mlp
-    pool = d + (d * 2 * d + 2 * d) + (d * d + d)  # query, kv, proj
-    return config.num_layers * block + norm + pool
+    queries = config.gists_per_block * config.pool_queries
+    pool = queries * d + (d * 2 * d + 2 * d) + (config.pool_queries * d * d + d)  # query, kv, proj
+    extra = d * d + d if config.token_embeddings else 0  # embed_in
+    if config.gist_mlp:
+        extra += norm + mlp
+    return config.num_layers * block + norm + pool + extra
 
 
 @dataclass(frozen=True)

@@ -59,11 +59,12 @@ def stride_of(schema: pa.Schema, block_size: int) -> int:
     return int(value) if value else block_size
 
 
-def _follows(window: np.ndarray, block: np.ndarray, stride: int) -> np.ndarray:
-    """(M,) whether block i + 1 continues window i's document: it starts `stride` tokens
-    into window i. (M + 1, H) windows, (M + 1, T) blocks; needs H >= stride + T."""
-    t = block.shape[1]
-    return np.all(window[:-1, stride : stride + t] == block[1:], axis=1)
+def _follows(previous: np.ndarray, following: np.ndarray, stride: int) -> np.ndarray:
+    """(M,) whether window `following[i]` continues the document of `previous[i]`: it
+    starts `stride` tokens later, so the two overlap in H - stride tokens. (M, H) each;
+    needs stride < H."""
+    h = previous.shape[1]
+    return np.all(previous[:, stride:] == following[:, : h - stride], axis=1)
 
 
 def _fixed(values: np.ndarray, *sizes: int) -> pa.Array:
@@ -289,16 +290,17 @@ class Shard:
         """(N,) int64 index of the document each example came from.
 
         Examples are written in document order, and inside a document the next example's
-        block starts `stride` tokens into this example's window (the second block, by
-        default). Where that chain breaks a new document starts. Needs a horizon of at
-        least stride + one block; else every example counts as its own document.
+        window starts `stride` tokens into this example's window (one block, by default),
+        so the two overlap. Where that chain breaks a new document starts. Windows that do
+        not overlap (a horizon of one block at the default stride) cannot be chained: then
+        every example counts as its own document.
         """
-        t, s = self.block_size, self.stride
+        s, ctx = self.stride, self.context_input_ids
         if self.num_examples == 0:
             return np.zeros(0, dtype=np.int64)
-        if self.horizon < s + t:
+        if s >= self.horizon:
             return np.arange(self.num_examples, dtype=np.int64)
-        follows = _follows(self.context_input_ids, self.input_ids, s)
+        follows = _follows(ctx[:-1], ctx[1:], s)
         return np.concatenate([[0], np.cumsum(~follows)]).astype(np.int64)
 
 
@@ -497,6 +499,7 @@ def _describe_shard(shard_path: Path) -> dict[str, Any]:
         "teacher_dtype": "float32",  # the states are float32 whatever the teacher ran in
         "block_size": shard.block_size,
         "horizon": shard.horizon,
+        "stride": shard.stride,
         "teacher_hidden_size": shard.hidden_size,
         "splits": {shard_path.stem: {"path": shard_path.name, "examples": shard.num_examples}},
     }
@@ -694,25 +697,24 @@ class ShardSet:
     def document_ids(self) -> np.ndarray:
         """(N,) int64 index of the document each example came from.
 
-        Inside a shard, examples follow in document order and the next example's block is
-        the second block of this example's window; where that chain breaks a new document
-        starts (see `Shard.document_ids`). A shard file always starts a document: parts
-        are cut at document boundaries. Computed piece by piece, in bounded memory.
+        Inside a shard, examples follow in document order and the next example's window
+        starts `stride` tokens into this example's window; where that chain breaks a new
+        document starts (see `Shard.document_ids`). A shard file always starts a document:
+        parts are cut at document boundaries. Computed piece by piece, in bounded memory.
         """
-        n, t = self.num_examples, self.block_size
-        s = self.stride or t
+        n, s = self.num_examples, self.stride or self.block_size
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        if self.horizon < s + t:
+        if s >= self.horizon:
             return np.arange(n, dtype=np.int64)
         starts_doc = np.ones(n, dtype=bool)
-        ids, ctx = self.input_ids, self.context_input_ids
-        for p, (block, window) in enumerate(zip(ids.parts, ctx.parts, strict=True)):
-            first = int(ids.starts[p])
-            starts_doc[first + 1 : first + len(block)] = ~_follows(window, block, s)
-            if p > 0 and self.piece_file[p] == self.piece_file[p - 1] and len(block):
-                previous = ctx.parts[p - 1][-1]
-                starts_doc[first] = not np.array_equal(previous[s : s + t], block[0])
+        ctx = self.context_input_ids
+        for p, window in enumerate(ctx.parts):
+            first = int(ctx.starts[p])
+            starts_doc[first + 1 : first + len(window)] = ~_follows(window[:-1], window[1:], s)
+            if p > 0 and self.piece_file[p] == self.piece_file[p - 1] and len(window):
+                previous = ctx.parts[p - 1][-1:]
+                starts_doc[first] = not _follows(previous, window[:1], s)[0]
         return np.cumsum(starts_doc).astype(np.int64) - 1
 
 

@@ -18,6 +18,10 @@ SMALL = GistNetConfig(hidden_size=128, block_size=32)
         GistNetConfig(hidden_size=128, block_size=32),
         GistNetConfig(hidden_size=64, block_size=32, num_heads=2, num_layers=3, mlp_ratio=2.5),
         GistNetConfig(hidden_size=96, block_size=16, num_heads=6, num_layers=2),
+        GistNetConfig(
+            hidden_size=64, block_size=32, gists_per_block=2, pool_queries=3, gist_mlp=True,
+            token_embeddings=True,
+        ),  # fmt: skip
     ],
 )
 def test_parameters_are_counted_exactly_without_building_the_model(config):

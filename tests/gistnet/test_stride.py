@@ -94,3 +94,11 @@ def test_training_on_dense_windows_is_scored_on_the_plain_split(small_dataset, t
     )
     assert report["n_examples"] == open_shard(small_dataset / "validation.arrow").num_examples
     assert np.isfinite(report["conditions"]["gist"]["gap_recovered"]["value"])
+
+
+def test_documents_are_found_when_the_horizon_is_one_block(tmp_path):
+    # windows of one block at stride 8 overlap by 24 tokens: the chain still holds
+    config = small_dataset_config(horizon=32, stride=8, teacher_states="none")
+    prepare_dataset(validate_dataset_config(config), output_dir=tmp_path)
+    doc_ids = open_split(tmp_path, "validation").document_ids()
+    assert doc_ids[-1] + 1 == len(config["splits"]["validation"]["documents"])
