@@ -671,7 +671,7 @@ class ShardSet:
     gist_target: ChunkedRows | None  # (N, D) float32, None: token-only
     piece_file: list[int]  # the file each piece (record batch) comes from
     keep_alive: list[Any]
-    stride: int = 0  # tokens between successive windows of a document (0: one block)
+    stride: int  # tokens between successive windows of a document (block_size by default)
 
     @property
     def num_examples(self) -> int:
@@ -702,7 +702,7 @@ class ShardSet:
         document starts (see `Shard.document_ids`). A shard file always starts a document:
         parts are cut at document boundaries. Computed piece by piece, in bounded memory.
         """
-        n, s = self.num_examples, self.stride or self.block_size
+        n, s = self.num_examples, self.stride
         if n == 0:
             return np.zeros(0, dtype=np.int64)
         if s >= self.horizon:
