@@ -107,17 +107,12 @@ def document_examples(
     ids: list[int] | np.ndarray, block_size: int, horizon: int, stride: int | None = None
 ) -> np.ndarray:
     """(E, horizon) windows of one document: window e starts at token e * stride (stride
-    defaults to block_size: one window per block) and every window lies inside the document.
-
-    With the default stride the partial tail block is dropped, as before; a smaller stride
-    also cuts blocks at the offsets in between.
+    defaults to block_size: one window per block, the partial tail block dropped) and every
+    window lies inside the document.
     """
     ids = np.asarray(ids, dtype=np.int32)
     stride = stride or block_size
-    if stride == block_size:
-        count = len(ids) // block_size - horizon // block_size + 1
-    else:
-        count = (len(ids) - horizon) // stride + 1 if len(ids) >= horizon else 0
+    count = (len(ids) - horizon) // stride + 1 if len(ids) >= horizon else 0
     if count <= 0:
         return np.zeros((0, horizon), dtype=np.int32)
     starts = np.arange(count) * stride
