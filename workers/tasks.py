@@ -175,13 +175,14 @@ def _dataset_ready(run: JobRun, *, info: dict[str, Any], relative: str) -> Outco
 
 def _import(run: JobRun, config: dict[str, Any]) -> Outcome:
     """A dataset another tool wrote (POST /datasets/import): its shards copied under the
-    artifact root as `<split>.arrow`, checked by reading them, and metadata.yaml written in
-    this platform's form (fingerprint, width, tokenizer, teacher) last."""
+    artifact root (`<split>.arrow`, or a split's shard files under their own names), checked
+    by reading them, and metadata.yaml written in this platform's form (fingerprint, width,
+    tokenizer, teacher) last. Token-only shards and splits of several shards import alike."""
     import shutil
 
     import yaml
 
-    from gistnet.shards import describe_dataset, open_shard
+    from gistnet.shards import describe_dataset, open_shard_set
 
     settings = run.settings
     data, store = settings.data_store(), settings.artifact_store()
@@ -199,15 +200,22 @@ def _import(run: JobRun, config: dict[str, Any]) -> Outcome:
             for name, stats in info["splits"].items():
                 if run.should_cancel():
                     raise Cancelled(f"import of {key!r} cancelled")
-                shard = folder / stats["path"]
+                listed = stats.get("shards")
+                files = [folder / entry["path"] for entry in listed or [stats]]
                 # Opening checks the columns and every row's length before anything is kept.
-                examples = open_shard(shard).num_examples
-                shutil.copyfile(shard, output / f"{name}.arrow")
+                examples = open_shard_set(files).num_examples
+                if listed:  # the shard files keep their names; the split's glob stays valid
+                    for file in files:
+                        shutil.copyfile(file, output / file.name)
+                    path = stats["path"]
+                else:
+                    shutil.copyfile(files[0], output / f"{name}.arrow")
+                    path = f"{name}.arrow"
                 splits[name] = {
                     **stats,
-                    "path": f"{name}.arrow",
+                    "path": path,
                     "examples": examples,
-                    "bytes": shard.stat().st_size,
+                    "bytes": sum(file.stat().st_size for file in files),
                 }
                 run.report(progress={"stage": "copied", "split": name, "examples": examples})
             info = {
@@ -407,8 +415,12 @@ def _fetch_import_source(data, key: str, staging: Path) -> Path:
         names.append("metadata.yaml")
         metadata = yaml.safe_load(data.read_text(f"{prefix}metadata.yaml")) or {}
         for split, entry in (metadata.get("splits") or {}).items():
-            path = entry.get("path") if isinstance(entry, dict) else None
-            names.append(path or f"{split}.arrow")
+            entry = entry if isinstance(entry, dict) else {}
+            shards = [s.get("path") for s in entry.get("shards") or [] if isinstance(s, dict)]
+            if shards:
+                names.extend(p for p in shards if p)
+            else:
+                names.append(entry.get("path") or f"{split}.arrow")
     for name in dict.fromkeys(names):
         if data.exists(f"{prefix}{name}"):
             data.download(f"{prefix}{name}", staging / name)

@@ -124,3 +124,30 @@ def test_a_row_of_the_wrong_length_fails_the_import_naming_row_and_column(
     job = wait_for_job(stack_client, accepted.json()["job_id"])
     assert job["status"] == "failed"
     assert "row 1 of column 'input_ids' has 31 values" in job["error"]["message"]
+
+
+def test_a_token_only_dataset_of_several_shards_imports_and_trains(
+    stack, stack_client, stack_worker, tmp_path_factory
+):
+    from gistnet.config import validate_dataset_config
+    from gistnet.data import prepare_dataset
+    from tests.conftest import small_dataset_config
+
+    config = small_dataset_config(teacher_states="none", stride=8)
+    config["splits"]["train"]["shards"] = 2
+    source = stack.settings.data_root / "ours" / "dense"
+    prepare_dataset(validate_dataset_config(config), output_dir=source)
+    written = sorted(p.name for p in source.glob("train-*.arrow"))
+    assert len(written) == 2
+
+    dataset = imported(stack_client, {"dataset_name": "dense", "path": "ours/dense"})
+    assert dataset["status"] == "ready" and dataset["stride"] == 8
+    train = dataset["splits"]["train"]
+    assert train["examples"] == sum(s["examples"] for s in train["shards"]) > 0
+    assert sorted(s["path"].rpartition("/")[2] for s in train["shards"]) == written
+
+    accepted = stack_client.post(
+        "/train", json=train_body(dataset["id"], max_steps=3, objective="substitution")
+    )
+    assert accepted.status_code == 202, accepted.text
+    assert wait_for_job(stack_client, accepted.json()["job_id"])["status"] == "succeeded"

@@ -164,6 +164,30 @@ def test_a_compressed_corpus_in_the_bucket_is_prepared_in_parts_and_trained_on(
     assert not [p for p in s3.filesystem().find(s3_stack.bucket) if UPLOADING in p]
 
 
+def test_a_dataset_of_several_shards_in_the_bucket_imports(
+    s3_stack, s3_worker, s3_client, teacher, documents
+):
+    from gistnet.config import validate_dataset_config
+    from gistnet.data import prepare_dataset
+
+    local = s3_stack.root / "to-import"
+    body = dataset_body(teacher, documents, name="ours", teacher_states="none")
+    body["splits"]["train"]["shards"] = 2
+    prepare_dataset(validate_dataset_config(body), output_dir=local)
+    corpora = s3_stack.settings.data_store()
+    for file in (f for f in local.iterdir() if f.is_file()):  # shards, metadata.yaml
+        corpora.publish(file, f"imports/ours/{file.name}")
+    accepted = s3_client.post(
+        "/datasets/import", json={"dataset_name": "ours", "path": "imports/ours"}
+    )
+    assert accepted.status_code == 202, accepted.text
+    job = wait_for_job(s3_client, accepted.json()["job_id"], timeout=180)
+    assert job["status"] == "succeeded", job
+    train = s3_client.get(accepted.json()["dataset_url"]).json()["splits"]["train"]
+    assert len(train["shards"]) == 2
+    assert train["examples"] == sum(s["examples"] for s in train["shards"]) > 0
+
+
 def test_two_process_training_job_whose_rank_is_killed_resumes_and_succeeds(
     s3_stack, s3_worker, s3_client, teacher, documents
 ):
