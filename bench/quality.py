@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from bench.report import replace_between_markers
-from gistnet.config import load_run_config
+from gistnet.config import GistNetConfig, load_run_config
 from gistnet.evaluate import evaluate_gistnet, format_table, write_report
+from gistnet.memory import gistnet_parameters
 from gistnet.shards import file_sha256
 from gistnet.train import TrainProgress, train_gistnet
 
@@ -490,9 +491,8 @@ def run_probe(
             [h["step"], round(h["val_loss"], 4)] for h in result.history if "val_loss" in h
         ],
         "final_running_loss": result.running_loss,
-        "parameters": sum(
-            t.numel()
-            for t in torch.load(result.checkpoint_path, weights_only=True)["state_dict"].values()
+        "parameters": gistnet_parameters(
+            GistNetConfig(**report["checkpoint"]["info"]["model_config"])
         ),
         "train_seconds": round(train_seconds, 1),
         "load_average_before": round(load_before, 2),
