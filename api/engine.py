@@ -26,6 +26,8 @@ class GistEngine:
         self.block_size = self._encoder.block_size
         self.dim = self._encoder.dim
         self.gists_per_block = self._encoder.gists_per_block
+        self.bos_sink = self._encoder.bos_sink
+        self.sink_token_id = self._encoder.sink_token_id
         self.vocab_size = self._encoder.vocab_size
 
     @property

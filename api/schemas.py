@@ -326,6 +326,10 @@ class GistResponse(_Out):
     block_size: int
     # k, the vectors the model emits per block (its `gists_per_block`).
     gists_per_block: int = 1
+    # True for a model trained with bos_sink: the teacher reads its gists after the
+    # embedding of sink_token_id (its BOS), one position before them; put it there too.
+    bos_sink: bool = False
+    sink_token_id: int | None = None
     encoding: Literal["float", "base64"]
     # float: shape (N, D) when gists_per_block is 1, else (N, k, D): block i's vector j
     # stands at the block's position T-k+j. base64: one string per block holding its

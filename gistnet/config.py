@@ -186,6 +186,12 @@ class GistNetConfig:
     # A residual MLP on each gist after the pooling: lets the vector be a non-linear
     # function of what the queries read, not only a sum of linear maps of it.
     gist_mlp: bool = False
+    # How the teacher reads the gists: after its BOS embedding (one more position before
+    # them), as at the start of any sequence, rather than as the sequence's first input.
+    # The teacher's heads park attention on a sequence's first position; with BOS there
+    # the gists need not serve as that sink and carry content alone. Trained, evaluated
+    # and served this way (the checkpoint records it); needs gists_per_block < block_size.
+    bos_sink: bool = False
 
     def __post_init__(self) -> None:
         # One check serves the model's constructor and the YAML/JSON validation (pydantic
@@ -204,6 +210,16 @@ class GistNetConfig:
         for name in ("mlp_ratio", "rope_base", "norm_eps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive; got {getattr(self, name)}")
+        if (
+            self.block_size is not None
+            and self.bos_sink
+            and self.gists_per_block + 1 > self.block_size
+        ):
+            raise ConfigError(
+                f"bos_sink puts BOS before the {self.gists_per_block} gists, "
+                f"{self.gists_per_block + 1} positions in a block of {self.block_size}: "
+                "use fewer gists_per_block or bos_sink: false"
+            )
         if self.block_size is not None and self.gists_per_block > self.block_size:
             raise ConfigError(
                 f"gists_per_block ({self.gists_per_block}) exceeds block_size "

@@ -70,6 +70,7 @@ def evaluate_conditions(
     batch_size: int = 64,
     on_progress: ProgressFn | None = None,
     should_cancel: CancelFn | None = None,
+    bos_sink: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per-token NLL of the horizon under each condition: {condition: (N, L) float32}.
 
@@ -78,7 +79,9 @@ def evaluate_conditions(
     reads the gist of example `swap_partner[i]`. `extra_vectors` {name: (N, [k,] D)} scores
     further conditions the same way (the `oracle`). The drop token is `drop_token`, else the tokenizer's (or
     teacher's) BOS, else EOS. Every condition of a batch runs on the same rows, so two
-    conditions fed the same vector give bit-identical numbers.
+    conditions fed the same vector give bit-identical numbers. With `bos_sink` (a GistNet
+    trained so) every vector condition but `drop` reads its vectors after the drop token's
+    embedding (`gistnet.substitution.substituted_inputs`); `drop` is that embedding alone.
     """
     device = _device_of(teacher)
     total = len(context_input_ids)
@@ -131,7 +134,8 @@ def evaluate_conditions(
             vectors[name] = given[start:stop].to(device)
         scores["full"].append(horizon_nll(teacher, context, block_size=block_size).cpu().numpy())
         for name, vector in vectors.items():
-            nll = horizon_nll(teacher, context, block_size=block_size, vectors=vector)
+            sink = dropped.to(device) if bos_sink and name != "drop" else None
+            nll = horizon_nll(teacher, context, block_size=block_size, vectors=vector, sink=sink)
             scores[name].append(nll.cpu().numpy())
         done = stop
         if on_progress is not None:
@@ -177,6 +181,7 @@ def fit_oracle_vectors(
     lr: float = 0.05,
     batch_size: int = 64,
     should_cancel: CancelFn | None = None,
+    sink: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """The `oracle`: free vectors, one set per example, fitted by Adam to the same KL the
     substitution objective uses: what one (or k) input vector(s) can carry for this teacher.
@@ -186,6 +191,7 @@ def fit_oracle_vectors(
     summed KL has not improved by `min_improvement` (relative) for `patience` steps, or
     after `max_steps`; each example keeps the vector with its lowest KL seen. Returns the
     vectors (float32, CPU) and what the search did: steps per batch and the final KL.
+    A `sink` (D,) is read before the vectors, as the gists of a `bos_sink` GistNet are.
     """
     device = _device_of(teacher)
     total = len(context_input_ids)
@@ -208,7 +214,7 @@ def fit_oracle_vectors(
                 if should_cancel is not None and should_cancel():
                     raise Cancelled("evaluation cancelled while fitting the oracle")
                 log_probs = horizon_log_probs(
-                    teacher, context, block_size=block_size, vectors=vectors
+                    teacher, context, block_size=block_size, vectors=vectors, sink=sink
                 )
                 per_example = (
                     F.kl_div(log_probs, full, reduction="none", log_target=True).sum(-1).mean(-1)
@@ -650,6 +656,7 @@ def evaluate_gistnet(
         batch_size=batch_size,
         on_progress=on_progress,
         should_cancel=should_cancel,
+        bos_sink=model.config.bos_sink,
     )
     report = summarize(nll, bootstrap_samples=bootstrap_samples, seed=seed, doc_ids=doc_ids)
     if bootstrap_samples:
@@ -673,6 +680,7 @@ def evaluate_gistnet(
             batch_size=batch_size,
             bootstrap_samples=bootstrap_samples,
             should_cancel=should_cancel,
+            bos_sink=model.config.bos_sink,
         )
         share = report["oracle"]["comparisons"]["gist_over_oracle_gap_recovered"]["value"]
         report["quality_bars"]["gist_at_least_90pct_of_oracle"] = (
@@ -706,6 +714,8 @@ def evaluate_gistnet(
             else f"{block_size / model.config.gists_per_block:.1f}:1",
             "horizon": int(metadata["horizon"]),
             "drop_token_id": drop_token,
+            # Whether the vector conditions read their vectors after the drop token (BOS).
+            "bos_sink": bool(model.config.bos_sink),
             "swapped_rule": swap_rule,
             "device": str(torch_device),
             "elapsed_s": round(time.perf_counter() - started, 3),
@@ -728,6 +738,7 @@ def _oracle_section(
     batch_size: int,
     bootstrap_samples: int,
     should_cancel: CancelFn | None,
+    bos_sink: bool = False,
 ) -> dict[str, Any]:
     """The oracle on a seeded subset: its conditions beside full, drop, mean and gist on the
     same examples, and GR(gist) / GR(oracle) with its interval."""
@@ -744,6 +755,7 @@ def _oracle_section(
         init=gists[subset],
         batch_size=batch_size,
         should_cancel=should_cancel,
+        sink=drop_vector(teacher, drop_token).to(_device_of(teacher)) if bos_sink else None,
     )
     oracle_nll = evaluate_conditions(
         teacher,
@@ -753,6 +765,7 @@ def _oracle_section(
         drop_token=drop_token,
         batch_size=batch_size,
         should_cancel=should_cancel,
+        bos_sink=bos_sink,
     )["oracle"]
     on_subset = {name: nll[name][subset] for name in ("full", "gist", "drop", "mean")}
     on_subset["oracle"] = oracle_nll

@@ -12,6 +12,7 @@ import torch
 from gistnet.checkpoint import load_checkpoint
 from gistnet.devices import resolve_device
 from gistnet.errors import ConfigError
+from gistnet.substitution import drop_token_id
 from gistnet.teacher import block_hidden_states, hidden_size_of, load_teacher, load_tokenizer
 
 
@@ -26,6 +27,10 @@ class GistEncoder:
         self.dim = int(info["hidden_size"])
         # Vectors per block; encode gives (N, k, D) when k > 1 and (N, D) when k = 1.
         self.gists_per_block = int(model.config.gists_per_block)
+        # A model trained with bos_sink is read after the teacher's BOS embedding (its
+        # token id here): whoever substitutes the gists puts that token before them.
+        self.bos_sink = bool(model.config.bos_sink)
+        self.sink_token_id = drop_token_id(tokenizer, teacher) if self.bos_sink else None
         self.vocab_size = int(teacher.get_input_embeddings().weight.shape[0])
 
     @classmethod

@@ -8,10 +8,16 @@ then the L = H - T horizon tokens h. Every condition scores the same L tokens of
     vector   v                    h_0 ... h_{L-1}     positions T-1, T ... H-1
     k vectors v_1 ... v_k          h_0 ... h_{L-1}     positions T-k ... T-1, T ... H-1
 
+    after BOS   BOS v_1 ... v_k      h_0 ... h_{L-1}     positions T-k-1 ... T-1, T ... H-1
+
 The vectors sit at the block's last k positions (k = 1 unless GistNet emits several per
 block), so h keeps its position ids and only the content before it differs. In every row
-the input at position T-1 predicts h_0, the one at T-1+i predicts h_i. This module is the one place that builds those inputs;
-the evaluation (`gistnet.evaluate`) and the training objective share it.
+the input at position T-1 predicts h_0, the one at T-1+i predicts h_i. With a `sink` (a
+GistNet trained with `bos_sink`) the teacher's BOS embedding comes first, as it would at
+the start of any sequence the gists are read in: the teacher's attention heads park on
+that first position, so the vectors need not act as the sink themselves. This module is
+the one place that builds those inputs; the evaluation (`gistnet.evaluate`) and the
+training objective share it.
 """
 
 from __future__ import annotations
@@ -83,17 +89,29 @@ def substituted_inputs(
     *,
     block_size: int,
     vectors: torch.Tensor,
+    sink: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher's input with k vectors in place of the block.
 
     `vectors` is (B, D) (k = 1) or (B, k, D). Returns `inputs_embeds` (B, k + L, D) in the
     teacher's dtype, the vectors first and then the embeddings of h, and `position_ids`
-    (B, k + L): T-k, ..., T-1, T, ..., H-1. Gradients flow from `inputs_embeds` back into
-    `vectors`.
+    (B, k + L): T-k, ..., T-1, T, ..., H-1. A `sink` (D,) is read before the vectors, at
+    T-k-1 (one more position). Gradients flow from `inputs_embeds` back into `vectors`.
     """
     horizon_tokens = _horizon_length(context_input_ids, block_size)
     batch = context_input_ids.shape[0]
-    slots = _as_slots(vectors, batch, _embedding_weight(teacher).shape[1], block_size)
+    width = _embedding_weight(teacher).shape[1]
+    slots = _as_slots(vectors, batch, width, block_size)
+    if sink is not None:
+        if sink.shape != (width,):
+            raise ConfigError(f"sink must be one vector of width {width}; got {tuple(sink.shape)}")
+        if slots.shape[1] + 1 > block_size:
+            raise ConfigError(
+                f"{slots.shape[1]} vectors after a sink need {slots.shape[1] + 1} positions; "
+                f"a block of {block_size} has {block_size}"
+            )
+        first = sink.to(dtype=slots.dtype, device=slots.device).expand(batch, 1, -1)
+        slots = torch.cat([first, slots], dim=1)
     k = slots.shape[1]
     embed = teacher.get_input_embeddings()
     horizon_embeds = embed(context_input_ids[:, block_size:])  # (B, L, D)
@@ -116,12 +134,13 @@ def horizon_log_probs(
     *,
     block_size: int,
     vectors: torch.Tensor | None = None,
+    sink: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Float32 log-probabilities (B, L, V) of the next token at each horizon step.
 
     Row i is the teacher's distribution for h_i. `vectors=None` is the `full` condition
     (the teacher reads b then h); a (B, D) or (B, k, D) tensor is substituted for the
-    block. The last
+    block, after `sink` where one is given (see `substituted_inputs`). The last
     horizon token is not fed: under causal attention it cannot change any prediction of h.
     Runs under whatever grad mode the caller chose.
     """
@@ -135,7 +154,7 @@ def horizon_log_probs(
         logits = teacher(**kwargs).logits[:, -horizon_tokens:]
     else:
         inputs_embeds, position_ids = substituted_inputs(
-            teacher, context_input_ids, block_size=block_size, vectors=vectors
+            teacher, context_input_ids, block_size=block_size, vectors=vectors, sink=sink
         )
         slots = inputs_embeds.shape[1] - horizon_tokens
         logits = teacher(
@@ -175,10 +194,11 @@ def horizon_nll(
     *,
     block_size: int,
     vectors: torch.Tensor | None = None,
+    sink: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Float32 NLL in nats (B, L) of each horizon token under a condition (see horizon_log_probs)."""
     log_probs = horizon_log_probs(
-        teacher, context_input_ids, block_size=block_size, vectors=vectors
+        teacher, context_input_ids, block_size=block_size, vectors=vectors, sink=sink
     )
     targets = horizon_targets(context_input_ids, block_size=block_size)
     return -log_probs.gather(-1, targets[..., None]).squeeze(-1)
@@ -233,6 +253,7 @@ class SubstitutionLoss:
         block_size: int,
         nll_weight: float = 0.0,
         horizon_weighting: str = "uniform",
+        bos_sink: bool = False,
     ):
         if nll_weight < 0:
             raise ConfigError(f"nll_weight must be >= 0; got {nll_weight}")
@@ -249,6 +270,8 @@ class SubstitutionLoss:
             if horizon_weighting == "block_dependence"
             else None
         )
+        # The gists are read after the BOS embedding (GistNetConfig.bos_sink).
+        self.sink = drop_vector(teacher, drop_token_id(None, teacher)) if bos_sink else None
 
     def _token_weights(self, context_input_ids: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
         """(B, L) weights with mean 1 at every horizon position: KL(full || drop) of each
@@ -286,7 +309,11 @@ class SubstitutionLoss:
                     self.teacher, context_input_ids, block_size=self.block_size
                 )
         gist = horizon_log_probs(
-            self.teacher, context_input_ids, block_size=self.block_size, vectors=gists
+            self.teacher,
+            context_input_ids,
+            block_size=self.block_size,
+            vectors=gists,
+            sink=self.sink,
         )
         # sum_v p_full (log p_full - log p_gist), averaged over the B x L horizon tokens.
         per_token = F.kl_div(gist, full, reduction="none", log_target=True).sum(-1)  # (B, L)

@@ -129,6 +129,7 @@ class _Objective:
         cached_states: bool,
         dataset_path: Path,
         token_embeddings: bool = False,
+        bos_sink: bool = False,
     ):
         self.kind = cfg.objective
         self.device = device
@@ -168,6 +169,7 @@ class _Objective:
                 block_size=int(metadata["block_size"]),
                 nll_weight=cfg.nll_weight,
                 horizon_weighting=cfg.horizon_weighting,
+                bos_sink=bos_sink,
             )
 
     def _rows(self, column, idx: np.ndarray, dtype=None) -> torch.Tensor:
@@ -335,6 +337,7 @@ def train_gistnet(
         cached_states=data.has_teacher_states,
         dataset_path=dataset_path,
         token_embeddings=model_cfg.token_embeddings,
+        bos_sink=model_cfg.bos_sink,
     )
 
     history: list[dict[str, Any]] = []

@@ -166,6 +166,8 @@ async def gist(
         "dim": engine.dim,
         "block_size": engine.block_size,
         "gists_per_block": engine.gists_per_block,
+        "bos_sink": engine.bos_sink,
+        "sink_token_id": engine.sink_token_id,
         "encoding": body.encoding,
         "gists": _encoded(gists, body.encoding),
         "tokens": tokens,

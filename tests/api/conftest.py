@@ -54,3 +54,9 @@ def trained_model(api_stack, ready_dataset) -> dict:
 def two_gist_model(api_stack, ready_dataset) -> dict:
     """As trained_model, with gists_per_block 2: two vectors per block."""
     return record_trained_model(api_stack.settings, ready_dataset, model={"gists_per_block": 2})
+
+
+@pytest.fixture(scope="session")
+def sink_model(api_stack, ready_dataset) -> dict:
+    """As trained_model, with bos_sink: its gists are read after the teacher's BOS."""
+    return record_trained_model(api_stack.settings, ready_dataset, model={"bos_sink": True})

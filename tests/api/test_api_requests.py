@@ -434,4 +434,18 @@ def test_gist_of_a_one_vector_model_keeps_the_n_by_d_shape(client, trained_model
     answer = client.post("/gist", json={"model_id": trained_model["id"], "blocks": [[5] * 32]})
     body = answer.json()
     assert body["gists_per_block"] == 1
+    assert body["bos_sink"] is False and body["sink_token_id"] is None
+    assert len(body["gists"]) == 1 and len(body["gists"][0]) == body["dim"]
+
+
+def test_gist_of_a_bos_sink_model_says_where_the_gists_are_read(client, sink_model):
+    from gistnet.inference import GistEncoder
+
+    answer = client.post("/gist", json={"model_id": sink_model["id"], "blocks": [[5] * 32]})
+    assert answer.status_code == 200
+    body = answer.json()
+    encoder = GistEncoder.from_checkpoint(sink_model["checkpoint"])
+    assert body["bos_sink"] is True
+    assert encoder.tokenizer.bos_token_id is not None
+    assert body["sink_token_id"] == encoder.tokenizer.bos_token_id
     assert len(body["gists"]) == 1 and len(body["gists"][0]) == body["dim"]
