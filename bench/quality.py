@@ -386,11 +386,17 @@ PROBE_TOKENS: dict[str, tuple[str, str, type]] = {
     # configs/data/sample_text_dense.yaml with its stride and name changed); scored on
     # --dataset's validation split like every probe
     "ds": ("data", "stride", int),
+    # train on <dataset>_n<N>: the sample generator's first N thousand training stories
+    # (`tools.make_sample_teacher --corpus-only --train-docs N000`; the first 1,300 are the
+    # shipped train split, the validation stories are the shipped ones), with `ds` too:
+    # <dataset>_n<N>_ds<S>
+    "n": ("data", "thousand_stories", int),
 }
 PROBE_FLAGS: dict[str, tuple[str, str, object]] = {
     "emb": ("model", "token_embeddings", True),
     "mlp": ("model", "gist_mlp", True),
     "bd": ("training", "horizon_weighting", "block_dependence"),
+    "sink": ("model", "bos_sink", True),
 }
 
 
@@ -423,6 +429,13 @@ def probe_changes(name: str) -> dict[str, dict]:
     return changes
 
 
+def probe_train_dataset(dataset: Path, changes: dict[str, dict]) -> Path:
+    """Where a probe trains: `data/x` itself, or `data/x_n20`, `data/x_ds4`, `data/x_n20_ds4`."""
+    stories, stride = changes["data"].get("thousand_stories"), changes["data"].get("stride")
+    suffix = (f"_n{stories}" if stories else "") + (f"_ds{stride}" if stride else "")
+    return dataset.with_name(dataset.name + suffix)
+
+
 def run_probe(
     name: str,
     *,
@@ -443,8 +456,7 @@ def run_probe(
     changes = probe_changes(name)
     for section in ("model", "training"):
         data[section] = {**data.get(section, {}), **changes[section]}
-    stride = changes["data"].get("stride")
-    train_on = dataset.with_name(f"{dataset.name}_ds{stride}") if stride else dataset
+    train_on = probe_train_dataset(dataset, changes)
     steps = changes["training"].get("max_steps", steps)  # an `s` token wins over --probe-steps
     # four validation losses along the way say whether it was still improving
     data["training"] = {**data["training"], "max_steps": steps, "eval_every": max(1, steps // 4)}
@@ -552,6 +564,7 @@ _SHORT = {
     "token_embeddings": lambda v: "token embeddings",
     "pool_queries": lambda v: f"{v} queries per gist",
     "gist_mlp": lambda v: "gist MLP",
+    "bos_sink": lambda v: "**read after BOS**",
     "num_layers": lambda v: f"{v} layers",
     "num_heads": lambda v: f"{v} heads",
     "gists_per_block": lambda v: f"**k = {v}**",
@@ -586,11 +599,14 @@ def probes_section(path: Path) -> str:
     for r in lines:
         low, high = r["gr_ci95"]
         stride = r["changes"].get("data", {}).get("stride")
+        stories = r["changes"].get("data", {}).get("thousand_stories")
         rows.append(
-            f"| {_describe_changes(r['changes'])} | {stride or 'one block'} | {r['steps']} "
+            f"| {_describe_changes(r['changes'])} | {f'{stories},000' if stories else '1,300'} "
+            f"| {stride or 'one block'} | {r['steps']} "
             f"| {r['gr']:.3f} [{low:.3f}, {high:.3f}] | {r['gr_from_2']:.3f} | {r['gr_rest']:.3f} "
             f"| {cell(r.get('gr_oracle'))} | {cell(r.get('gist_over_oracle'))} "
             f"| {r['swapped_over_gist']:.3f} | {cell(r.get('final_running_loss'))} "
+            f"| {cell(r.get('final_val_loss'))} "
             f"| {cell(r.get('parameters'), ',')} |"
         )
     devices = sorted({r.get("device", "cpu") for r in lines})
@@ -598,10 +614,15 @@ def probes_section(path: Path) -> str:
     return (
         f"{len(lines)} probes from `{path}`, trained on {', '.join(devices)}; scored on "
         f"{' or '.join(map(str, examples))} validation examples (200 resamples for the "
-        "intervals); GR(oracle) and gist / oracle on the seeded oracle subset where it ran.\n\n"
-        "| changes | stride | steps | GR [95% CI] | GR from 2 | GR 9+ | GR(oracle) | gist / oracle "
-        "| swapped / gist | train KL (last 50 steps) | parameters |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows)
+        "intervals); GR(oracle) and gist / oracle on the seeded oracle subset where it ran. "
+        "Train KL: the mean of the last 50 training steps; validation KL: the last validation "
+        "pass of training, on the validation split of the dataset the probe trained on (its "
+        "stride).\n\n"
+        "| changes | training stories | stride | steps | GR [95% CI] | GR from 2 | GR 9+ "
+        "| GR(oracle) | gist / oracle | swapped / gist | train KL (last 50 steps) "
+        "| validation KL | parameters |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        + "\n".join(rows)
     )
 
 

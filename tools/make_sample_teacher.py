@@ -1,6 +1,12 @@
 """Make the offline sample: the synthetic corpus, its tokenizer and the tiny teacher.
 
 python -m tools.make_sample_teacher [--out samples/teacher] [--steps N] [--seed S]
+python -m tools.make_sample_teacher --corpus-only --train-docs 20000 --corpus-out DIR
+
+With --corpus-only it writes the corpus and nothing else. The generator is seeded per
+split and its first k stories of n are those of k, so with the default seed a larger
+--train-docs extends the shipped train split (samples/sample_text) and the validation
+split is the shipped one, story for story.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import sys
 
 from tqdm import tqdm
 
+from gistnet.sample.corpus import write_corpus
 from gistnet.sample.teacher import SampleTeacherConfig, TeacherProgress, build_sample_teacher
 
 DEFAULTS = SampleTeacherConfig()
@@ -33,11 +40,26 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=DEFAULTS.n_embd, help="hidden size D")
     parser.add_argument("--heads", type=int, default=DEFAULTS.n_head)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--corpus-only", action="store_true", help="write the corpus only: no tokenizer, no teacher"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    if args.corpus_only:
+        files = write_corpus(
+            args.corpus_out,
+            seed=args.seed,
+            n_train=args.train_docs,
+            n_validation=args.validation_docs,
+        )
+        print(
+            f"corpus written: {files.n_train:,} stories to {files.train_path}, "
+            f"{files.n_validation:,} to {files.validation_path}"
+        )
+        return 0
     config = SampleTeacherConfig(
         seed=args.seed,
         steps=args.steps,

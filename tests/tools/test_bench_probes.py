@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from bench.quality import probe_changes, probes_section
+from bench.quality import probe_changes, probe_train_dataset, probes_section
 
 
 def test_a_probe_name_spells_its_changes():
@@ -16,6 +17,16 @@ def test_a_probe_name_spells_its_changes():
         "training": {"lr": 3e-3, "final_lr_ratio": 0.0, "max_steps": 2400},
         "data": {"stride": 4},
     }
+
+
+def test_a_probe_trains_on_the_dataset_its_data_tokens_name():
+    data = Path("data/sample_text")
+    assert probe_train_dataset(data, probe_changes("emb+s300")) == data
+    assert probe_train_dataset(data, probe_changes("ds4")) == Path("data/sample_text_ds4")
+    assert probe_train_dataset(data, probe_changes("n20+sink")) == Path("data/sample_text_n20")
+    both = probe_changes("sink+n20+ds8+nll0.1")
+    assert both["model"] == {"bos_sink": True} and both["training"] == {"nll_weight": 0.1}
+    assert probe_train_dataset(data, both) == Path("data/sample_text_n20_ds8")
 
 
 @pytest.mark.parametrize(
@@ -39,5 +50,6 @@ def test_the_probe_table_orders_by_gr_and_shows_what_did_not_run(tmp_path):
     path.write_text("\n".join(json.dumps(x) for x in (line, better)) + "\n")
     table = probes_section(path)
     rows = [r for r in table.splitlines() if r.startswith("| none")]
-    assert [r.split(" | ")[1] for r in rows] == ["4", "one block"]  # best first, strides
+    # best first: training stories, then stride
+    assert [r.split(" | ")[1:3] for r in rows] == [["1,300", "4"], ["1,300", "one block"]]
     assert "384 validation examples" in table and "| - | - |" in table
