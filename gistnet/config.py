@@ -132,6 +132,13 @@ class TrainingConfig(_Strict):
     # of it depends on the block (KL(full || drop)), relative to the other tokens at its
     # horizon position, so a name that recurs counts more than a filler word after it.
     horizon_weighting: Literal["uniform", "block_dependence"] = "uniform"
+    # substitution only: weight of a reconstruction NLL added to the loss: the frozen
+    # teacher reads the gists (after BOS with bos_sink) and then the block's tokens, and
+    # predicts each token of the block; asks the gists to hold the whole block.
+    reconstruction_weight: float = Field(default=0.0, ge=0)
+    # substitution only: the first this many steps train on the reconstruction NLL alone
+    # (a stage before the continuation objective).
+    reconstruction_steps: int = Field(default=0, ge=0)
     # Evaluate on the validation split every this many steps (and at the end).
     eval_every: int = Field(default=200, ge=1)
     # Examples of the validation split used per evaluation (None: all).
@@ -149,6 +156,18 @@ class TrainingConfig(_Strict):
             raise ValueError(
                 f"processes ({self.processes}) must not exceed batch_size ({self.batch_size}): "
                 f"every process takes part of each batch"
+            )
+        if self.objective != "substitution" and (
+            self.reconstruction_weight or self.reconstruction_steps
+        ):
+            raise ValueError(
+                "reconstruction_weight and reconstruction_steps read the gists through the "
+                "teacher: they need objective: substitution"
+            )
+        if self.reconstruction_steps >= self.max_steps:
+            raise ValueError(
+                f"reconstruction_steps ({self.reconstruction_steps}) leaves none of the "
+                f"{self.max_steps} max_steps for the continuation objective: use fewer"
             )
         return self
 

@@ -39,6 +39,7 @@ __all__ = [
     "horizon_nll",
     "horizon_targets",
     "mean_block_embedding",
+    "reconstruction_nll",
     "substituted_inputs",
 ]
 
@@ -163,6 +164,32 @@ def horizon_log_probs(
     return F.log_softmax(logits.float(), dim=-1)  # (B, L, V)
 
 
+def reconstruction_nll(
+    teacher: torch.nn.Module,
+    block_input_ids: torch.Tensor,
+    *,
+    vectors: torch.Tensor,
+    sink: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Float32 NLL in nats (B, T) of each token of the block, the teacher reading the
+    vectors (after `sink`) and then the block's tokens before it: how much of the block the
+    vectors hold. Positions run 0, 1, ... from the first input."""
+    batch, block_size = block_input_ids.shape
+    embed = teacher.get_input_embeddings()
+    slots = _as_slots(vectors, batch, _embedding_weight(teacher).shape[1], block_size)
+    if sink is not None:
+        first = sink.to(dtype=slots.dtype, device=slots.device).expand(batch, 1, -1)
+        slots = torch.cat([first, slots], dim=1)
+    tokens = embed(block_input_ids[:, :-1])  # the last token is only predicted
+    inputs_embeds = torch.cat([slots.to(dtype=tokens.dtype), tokens], dim=1)
+    positions = torch.arange(inputs_embeds.shape[1], device=block_input_ids.device)
+    logits = teacher(
+        inputs_embeds=inputs_embeds, position_ids=positions[None].expand(batch, -1), use_cache=False
+    ).logits[:, slots.shape[1] - 1 :]  # the last vector predicts the block's first token
+    log_probs = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    return -log_probs.gather(-1, block_input_ids[..., None]).squeeze(-1)
+
+
 def full_log_probs_and_block_states(
     teacher: torch.nn.Module, context_input_ids: torch.Tensor, *, block_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,6 +281,7 @@ class SubstitutionLoss:
         nll_weight: float = 0.0,
         horizon_weighting: str = "uniform",
         bos_sink: bool = False,
+        reconstruction_weight: float = 0.0,
     ):
         if nll_weight < 0:
             raise ConfigError(f"nll_weight must be >= 0; got {nll_weight}")
@@ -270,6 +298,7 @@ class SubstitutionLoss:
             if horizon_weighting == "block_dependence"
             else None
         )
+        self.reconstruction_weight = float(reconstruction_weight)
         # The gists are read after the BOS embedding (GistNetConfig.bos_sink).
         self.sink = drop_vector(teacher, drop_token_id(None, teacher)) if bos_sink else None
 
@@ -300,9 +329,17 @@ class SubstitutionLoss:
         context_input_ids: torch.Tensor,
         *,
         full: torch.Tensor | None = None,
+        reconstruct_only: bool = False,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         if self.teacher.training:
             self.teacher.eval()
+        reconstruction = None
+        if self.reconstruction_weight or reconstruct_only:
+            reconstruction = reconstruction_nll(
+                self.teacher, context_input_ids[:, : self.block_size], vectors=gists, sink=self.sink
+            ).mean()
+            if reconstruct_only:
+                return reconstruction, {"reconstruction": reconstruction.item()}
         if full is None:
             with torch.no_grad():
                 full = horizon_log_probs(
@@ -326,4 +363,8 @@ class SubstitutionLoss:
                 weights = self._token_weights(context_input_ids, full)
             objective = (weights * per_token).mean()
         loss = objective + self.nll_weight * nll if self.nll_weight else objective
-        return loss, {"kl": kl.item(), "nll": nll.item()}
+        stats = {"kl": kl.item(), "nll": nll.item()}
+        if reconstruction is not None:
+            loss = loss + self.reconstruction_weight * reconstruction
+            stats["reconstruction"] = reconstruction.item()
+        return loss, stats

@@ -170,6 +170,7 @@ class _Objective:
                 nll_weight=cfg.nll_weight,
                 horizon_weighting=cfg.horizon_weighting,
                 bos_sink=bos_sink,
+                reconstruction_weight=cfg.reconstruction_weight,
             )
 
     def _rows(self, column, idx: np.ndarray, dtype=None) -> torch.Tensor:
@@ -186,7 +187,7 @@ class _Objective:
         return model(states, embeddings=embeddings)
 
     def __call__(
-        self, model: GistNet, data: ShardSet, idx: np.ndarray
+        self, model: GistNet, data: ShardSet, idx: np.ndarray, *, reconstruct_only: bool = False
     ) -> tuple[torch.Tensor, dict[str, float]]:
         if self.substitution is not None:
             context = self._rows(data.context_input_ids, idx, torch.long)
@@ -196,7 +197,7 @@ class _Objective:
             else:
                 full, states = self.substitution.full_and_states(context)
             gists = self._gists(model, data, idx, states)  # (B, T, D) -> (B, [k,] D)
-            return self.substitution(gists, context, full=full)
+            return self.substitution(gists, context, full=full, reconstruct_only=reconstruct_only)
         if self.cached_states:
             states = self._rows(data.teacher_hidden, idx)
             target = self._rows(data.gist_target, idx)
@@ -362,7 +363,10 @@ def train_gistnet(
             group["lr"] = lr
         idx = batch_indices(step, cfg.batch_size, data.num_examples, cfg.seed)
         idx, weight = ranks.part(idx)  # all of it in one process
-        loss, stats = objective(trained, data, idx)  # GistNet through its DDP wrapper
+        # GistNet through its DDP wrapper; a reconstruction stage first, where one is asked
+        loss, stats = objective(
+            trained, data, idx, reconstruct_only=step < cfg.reconstruction_steps
+        )
         optimizer.zero_grad(set_to_none=True)
         (loss * weight if ranks.active else loss).backward()
         if cfg.grad_clip is not None:
