@@ -23,17 +23,7 @@ from gistnet.substitution import (
 )
 from gistnet.teacher import load_tokenizer
 from gistnet.train import train_gistnet
-from tests.gistnet.test_substitution import BLOCK, HORIZON, VOCAB, make_teacher
-
-
-@pytest.fixture(scope="module")
-def teacher():
-    return make_teacher()
-
-
-@pytest.fixture(scope="module")
-def context():
-    return torch.randint(3, VOCAB, (4, HORIZON), generator=torch.Generator().manual_seed(2))
+from tests.gistnet.test_substitution import BLOCK, HORIZON
 
 
 @pytest.mark.parametrize("k", [1, 3])

@@ -16,17 +16,7 @@ from gistnet.model import GistNet, GistNetConfig
 from gistnet.shards import open_shard
 from gistnet.substitution import SubstitutionLoss, horizon_nll, substituted_inputs
 from gistnet.train import train_gistnet
-from tests.gistnet.test_substitution import BLOCK, HORIZON, VOCAB, make_teacher
-
-
-@pytest.fixture(scope="module")
-def teacher():
-    return make_teacher()
-
-
-@pytest.fixture(scope="module")
-def context():
-    return torch.randint(3, VOCAB, (4, HORIZON), generator=torch.Generator().manual_seed(1))
+from tests.gistnet.test_substitution import BLOCK, HORIZON
 
 
 @pytest.mark.parametrize("k", [2, 4])

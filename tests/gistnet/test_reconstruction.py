@@ -9,17 +9,7 @@ import torch
 from gistnet.config import validate_run_config
 from gistnet.substitution import SubstitutionLoss, reconstruction_nll
 from gistnet.train import train_gistnet
-from tests.gistnet.test_substitution import BLOCK, HORIZON, VOCAB, make_teacher
-
-
-@pytest.fixture(scope="module")
-def teacher():
-    return make_teacher()
-
-
-@pytest.fixture(scope="module")
-def context():
-    return torch.randint(3, VOCAB, (4, HORIZON), generator=torch.Generator().manual_seed(3))
+from tests.gistnet.test_substitution import BLOCK
 
 
 def test_the_teacher_reads_the_vectors_then_the_block_and_predicts_every_block_token(
