@@ -230,7 +230,10 @@ def _timing_line(report: dict) -> str:
     steps = report["checkpoint"]["info"].get("metrics", {}).get("steps")
     on = bench.get("train_dataset")
     data = f" on `{on}`" if on and on != bench["dataset"] else ""
-    return f"{steps} steps{data}, {trained}; evaluated in {bench['evaluate_seconds']:.0f} s."
+    read = " Gists read after BOS (`bos_sink`)." if report.get("bos_sink") else ""
+    return (
+        f"{steps} steps{data}, {trained}; evaluated in {bench['evaluate_seconds']:.0f} s.{read}"
+    )
 
 
 def curve_table(reports: dict[str, dict]) -> str:
@@ -382,6 +385,8 @@ PROBE_TOKENS: dict[str, tuple[str, str, type]] = {
     "floor": ("training", "final_lr_ratio", float),
     "nll": ("training", "nll_weight", float),
     "s": ("training", "max_steps", int),
+    "rec": ("training", "reconstruction_steps", int),
+    "recw": ("training", "reconstruction_weight", float),
     # train on <dataset>_ds<N>: the same text cut with stride N (prepared beforehand from
     # configs/data/sample_text_dense.yaml with its stride and name changed); scored on
     # --dataset's validation split like every probe
@@ -575,6 +580,8 @@ _SHORT = {
     "final_lr_ratio": lambda v: f"decay to {v:g}",
     "horizon_weighting": lambda v: f"KL weighting {v}",
     "nll_weight": lambda v: f"NLL weight {v:g}",
+    "reconstruction_steps": lambda v: f"{v} reconstruction steps first",
+    "reconstruction_weight": lambda v: f"reconstruction weight {v:g}",
 }
 
 
@@ -615,9 +622,10 @@ def probes_section(path: Path) -> str:
         f"{len(lines)} probes from `{path}`, trained on {', '.join(devices)}; scored on "
         f"{' or '.join(map(str, examples))} validation examples (200 resamples for the "
         "intervals); GR(oracle) and gist / oracle on the seeded oracle subset where it ran. "
-        "Train KL: the mean of the last 50 training steps; validation KL: the last validation "
-        "pass of training, on the validation split of the dataset the probe trained on (its "
-        "stride).\n\n"
+        "Train KL: the training loss over the last 50 steps; validation KL: the last "
+        "validation pass of training, on the validation split of the dataset the probe "
+        "trained on (its stride); both the whole loss, so not the KL alone for probes with "
+        "reconstruction or a KL weighting.\n\n"
         "| changes | training stories | stride | steps | GR [95% CI] | GR from 2 | GR 9+ "
         "| GR(oracle) | gist / oracle | swapped / gist | train KL (last 50 steps) "
         "| validation KL | parameters |\n"
