@@ -84,6 +84,22 @@ def _as_slots(vectors: torch.Tensor, batch: int, width: int, block_size: int) ->
     return slots
 
 
+def _after_sink(slots: torch.Tensor, sink: torch.Tensor | None, block_size: int) -> torch.Tensor:
+    """(B, k, D) slots with the `sink` (D,) before them, (B, k + 1, D); unchanged without one."""
+    if sink is None:
+        return slots
+    batch, k, width = slots.shape
+    if sink.shape != (width,):
+        raise ConfigError(f"sink must be one vector of width {width}; got {tuple(sink.shape)}")
+    if k + 1 > block_size:
+        raise ConfigError(
+            f"{k} vectors after a sink need {k + 1} positions; a block of {block_size} has "
+            f"{block_size}"
+        )
+    first = sink.to(dtype=slots.dtype, device=slots.device).expand(batch, 1, -1)
+    return torch.cat([first, slots], dim=1)
+
+
 def substituted_inputs(
     teacher: torch.nn.Module,
     context_input_ids: torch.Tensor,
@@ -101,18 +117,9 @@ def substituted_inputs(
     """
     horizon_tokens = _horizon_length(context_input_ids, block_size)
     batch = context_input_ids.shape[0]
-    width = _embedding_weight(teacher).shape[1]
-    slots = _as_slots(vectors, batch, width, block_size)
-    if sink is not None:
-        if sink.shape != (width,):
-            raise ConfigError(f"sink must be one vector of width {width}; got {tuple(sink.shape)}")
-        if slots.shape[1] + 1 > block_size:
-            raise ConfigError(
-                f"{slots.shape[1]} vectors after a sink need {slots.shape[1] + 1} positions; "
-                f"a block of {block_size} has {block_size}"
-            )
-        first = sink.to(dtype=slots.dtype, device=slots.device).expand(batch, 1, -1)
-        slots = torch.cat([first, slots], dim=1)
+    slots = _after_sink(
+        _as_slots(vectors, batch, _embedding_weight(teacher).shape[1], block_size), sink, block_size
+    )
     k = slots.shape[1]
     embed = teacher.get_input_embeddings()
     horizon_embeds = embed(context_input_ids[:, block_size:])  # (B, L, D)
@@ -176,10 +183,9 @@ def reconstruction_nll(
     vectors hold. Positions run 0, 1, ... from the first input."""
     batch, block_size = block_input_ids.shape
     embed = teacher.get_input_embeddings()
-    slots = _as_slots(vectors, batch, _embedding_weight(teacher).shape[1], block_size)
-    if sink is not None:
-        first = sink.to(dtype=slots.dtype, device=slots.device).expand(batch, 1, -1)
-        slots = torch.cat([first, slots], dim=1)
+    slots = _after_sink(
+        _as_slots(vectors, batch, _embedding_weight(teacher).shape[1], block_size), sink, block_size
+    )
     tokens = embed(block_input_ids[:, :-1])  # the last token is only predicted
     inputs_embeds = torch.cat([slots.to(dtype=tokens.dtype), tokens], dim=1)
     positions = torch.arange(inputs_embeds.shape[1], device=block_input_ids.device)
@@ -293,14 +299,13 @@ class SubstitutionLoss:
         self.block_size = block_size
         self.nll_weight = float(nll_weight)
         self.horizon_weighting = horizon_weighting
-        self.dropped = (
-            drop_vector(teacher, drop_token_id(None, teacher))
-            if horizon_weighting == "block_dependence"
-            else None
-        )
-        self.reconstruction_weight = float(reconstruction_weight)
+        # Only what is asked for needs a BOS (or EOS): a teacher with neither trains without.
+        needs_bos = horizon_weighting == "block_dependence" or bos_sink
+        bos = drop_vector(teacher, drop_token_id(None, teacher)) if needs_bos else None
+        self.dropped = bos if horizon_weighting == "block_dependence" else None
         # The gists are read after the BOS embedding (GistNetConfig.bos_sink).
-        self.sink = drop_vector(teacher, drop_token_id(None, teacher)) if bos_sink else None
+        self.sink = bos if bos_sink else None
+        self.reconstruction_weight = float(reconstruction_weight)
 
     def _token_weights(self, context_input_ids: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
         """(B, L) weights with mean 1 at every horizon position: KL(full || drop) of each

@@ -23,7 +23,7 @@ from gistnet.substitution import (
 )
 from gistnet.teacher import load_tokenizer
 from gistnet.train import train_gistnet
-from tests.gistnet.test_substitution import BLOCK, HORIZON
+from tests.gistnet.test_substitution import BLOCK, HORIZON, make_teacher
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -132,3 +132,11 @@ def test_a_sink_model_records_it_and_is_evaluated_and_served_that_way(small_data
     assert gist_nll == pytest.approx(float(by_hand.mean()), abs=1e-4)
     oracle = report["oracle"]["conditions"]
     assert oracle["oracle"]["nll"]["value"] <= oracle["gist"]["nll"]["value"] + 1e-6
+
+
+def test_a_teacher_without_bos_or_eos_trains_without_the_sink_and_refuses_it(context):
+    bare = make_teacher(bos=None, eos=None)
+    loss, _ = SubstitutionLoss(bare, block_size=BLOCK)(torch.randn(4, 32), context)
+    assert torch.isfinite(loss)
+    with pytest.raises(ConfigError, match="neither a BOS nor an EOS"):
+        SubstitutionLoss(bare, block_size=BLOCK, bos_sink=True)
