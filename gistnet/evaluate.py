@@ -95,6 +95,7 @@ def evaluate_conditions(
     if drop_token is None:
         drop_token = drop_token_id(tokenizer, teacher)
     dropped = drop_vector(teacher, drop_token)
+    sink = dropped.to(device) if bos_sink else None  # before every vector but drop's
     gists = None if gist_vectors is None else torch.as_tensor(gist_vectors).float().cpu()
     extra = {
         name: torch.as_tensor(vectors).float().cpu()
@@ -134,8 +135,13 @@ def evaluate_conditions(
             vectors[name] = given[start:stop].to(device)
         scores["full"].append(horizon_nll(teacher, context, block_size=block_size).cpu().numpy())
         for name, vector in vectors.items():
-            sink = dropped.to(device) if bos_sink and name != "drop" else None
-            nll = horizon_nll(teacher, context, block_size=block_size, vectors=vector, sink=sink)
+            nll = horizon_nll(
+                teacher,
+                context,
+                block_size=block_size,
+                vectors=vector,
+                sink=None if name == "drop" else sink,
+            )
             scores[name].append(nll.cpu().numpy())
         done = stop
         if on_progress is not None:
