@@ -211,8 +211,23 @@ class GistNetConfig:
     # the gists need not serve as that sink and carry content alone. Trained, evaluated
     # and served this way (the checkpoint records it); needs gists_per_block < block_size.
     bos_sink: bool = False
+    # States of more teacher layers to read beside the last one: indices into the
+    # teacher's hidden states as Hugging Face numbers them (`output_hidden_states`: 0 is
+    # the embedding output, i the output of block i). Lower layers keep more of which
+    # token stood where; each enters through a norm and a projection of its own. Taken
+    # from the teacher's forward in every step, whatever states a dataset caches.
+    teacher_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        # A checkpoint's JSON-able config or a YAML list gives a list; keep one spelling.
+        self.teacher_layers = tuple(int(i) for i in self.teacher_layers)
+        if any(i < 0 for i in self.teacher_layers):
+            raise ConfigError(
+                f"teacher_layers {list(self.teacher_layers)}: give hidden-state indices >= 0 "
+                "(0 is the embedding output, i the output of the teacher's block i)"
+            )
+        if len(set(self.teacher_layers)) != len(self.teacher_layers):
+            raise ConfigError(f"teacher_layers {list(self.teacher_layers)} names a layer twice")
         # One check serves the model's constructor and the YAML/JSON validation (pydantic
         # runs __post_init__ too and reports the ConfigError, a ValueError, under `model`).
         for name in (
@@ -264,7 +279,7 @@ class GistNetConfig:
         return self.hidden_size // self.num_heads
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "teacher_layers": list(self.teacher_layers)}
 
 
 class RunConfig(_Strict):

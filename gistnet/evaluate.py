@@ -513,28 +513,26 @@ def _compute_gists(
     should_cancel: CancelFn | None,
 ) -> torch.Tensor:
     """GistNet's vectors for the given rows: from the cached states, or for a token-only
-    dataset from the teacher's states of the block (what the cached ones are); a GistNet
-    that reads token embeddings gets the teacher's embeddings of the block too."""
-    from gistnet.teacher import block_hidden_states
+    dataset (or a GistNet that reads more teacher layers than the last) from the teacher's
+    states of the block (what the cached ones are); a GistNet that reads token embeddings
+    gets the teacher's embeddings of the block too."""
+    from gistnet.teacher import gistnet_inputs
 
+    cached = data.teacher_hidden is not None and not model.config.teacher_layers
     gists = []
     for start in range(0, len(rows), batch_size):
         if should_cancel is not None and should_cancel():
             raise Cancelled("evaluation cancelled while computing gists")
         index = rows[start : start + batch_size]
         block = torch.from_numpy(np.ascontiguousarray(data.input_ids[index], dtype=np.int64))
-        block = block.to(device)
-        if data.teacher_hidden is not None:
-            hidden = torch.from_numpy(
+        states = None
+        if cached:
+            states = torch.from_numpy(
                 np.ascontiguousarray(data.teacher_hidden[index], dtype=np.float32)
             ).to(device)
-        else:
-            hidden = block_hidden_states(teacher, block)
-        kwargs = {}
-        if model.config.token_embeddings:
-            kwargs["embeddings"] = teacher.get_input_embeddings()(block).float()
+        inputs = gistnet_inputs(teacher, block.to(device), model.config, states=states)
         # (B, T, D) -> (B, D), or (B, k, D) for k gists per block
-        gists.append(model(hidden, **kwargs).float().cpu())
+        gists.append(model(**inputs).float().cpu())
     return torch.cat(gists)
 
 
@@ -578,7 +576,12 @@ def evaluate_gistnet(
         open_shard_set,
         split_shard_paths,
     )
-    from gistnet.teacher import hidden_size_of, load_teacher, load_tokenizer
+    from gistnet.teacher import (
+        check_teacher_layers,
+        hidden_size_of,
+        load_teacher,
+        load_tokenizer,
+    )
 
     started = time.perf_counter()
     checkpoint_path = Path(checkpoint_path)
@@ -617,6 +620,7 @@ def evaluate_gistnet(
             f"{teacher_name!r} reads inputs of width {teacher_width}: evaluate on a dataset "
             f"prepared with the teacher the checkpoint was trained for"
         )
+    check_teacher_layers(teacher, model.config.teacher_layers)
 
     try:
         drop_token = drop_token_id(loaded_tokenizer, teacher)

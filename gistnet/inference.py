@@ -13,7 +13,13 @@ from gistnet.checkpoint import load_checkpoint
 from gistnet.devices import resolve_device
 from gistnet.errors import ConfigError
 from gistnet.substitution import drop_token_id
-from gistnet.teacher import block_hidden_states, hidden_size_of, load_teacher, load_tokenizer
+from gistnet.teacher import (
+    check_teacher_layers,
+    gistnet_inputs,
+    hidden_size_of,
+    load_teacher,
+    load_tokenizer,
+)
 
 
 class GistEncoder:
@@ -61,6 +67,7 @@ class GistEncoder:
                 f"checkpoint's gists are {model.config.hidden_size} wide: name the teacher "
                 f"it was trained for"
             )
+        check_teacher_layers(teacher, model.config.teacher_layers)
         tokenizer_name = tokenizer or info["tokenizer"]
         # Token ids need no tokenizer; text does, and `tokenize` says how to give one.
         loaded = load_tokenizer(tokenizer_name) if tokenizer_name is not None else None
@@ -108,9 +115,6 @@ class GistEncoder:
             raise ValueError(
                 f"expected (N, {self.block_size}) token ids, got {tuple(input_ids.shape)}"
             )
-        input_ids = input_ids.to(self.device)
-        states = block_hidden_states(self.teacher, input_ids)  # (N, T, D)
-        kwargs = {}
-        if self.model.config.token_embeddings:
-            kwargs["embeddings"] = self.teacher.get_input_embeddings()(input_ids).float()
-        return self.model(states, **kwargs).float().cpu()  # (N, T, D) -> (N, [k,] D)
+        # The block's states (N, T, D) and whatever else this model reads
+        inputs = gistnet_inputs(self.teacher, input_ids.to(self.device), self.model.config)
+        return self.model(**inputs).float().cpu()  # -> (N, [k,] D)

@@ -27,6 +27,7 @@ def gistnet_parameters(config: GistNetConfig) -> int:
     queries = config.gists_per_block * config.pool_queries
     pool = queries * d + (d * 2 * d + 2 * d) + (config.pool_queries * d * d + d)  # query, kv, proj
     extra = d * d + d if config.token_embeddings else 0  # embed_in
+    extra += len(config.teacher_layers) * (norm + d * d + d)  # layers_in
     if config.gist_mlp:
         extra += norm + mlp
     return config.num_layers * block + norm + pool + extra
@@ -102,9 +103,13 @@ def training_memory(
     # attention output and projection (about 18 widths), the MLP's up, GELU and down inputs
     # (3 MLP widths), and the attention weights of the unfused kernel (heads x T).
     per_token_layer = 18 * d + 3 * width + heads * t
-    activations = FLOAT * batch_size * t * (config.num_layers * per_token_layer + 8 * d)
-    # The block states (a host copy and a device copy), the targets and the indices.
-    batch = FLOAT * batch_size * (2 * t * d + d) + 16 * batch_size
+    # Each further teacher layer read (teacher_layers) keeps its norm's input and output.
+    inputs = 8 * d + 2 * d * len(config.teacher_layers)
+    activations = FLOAT * batch_size * t * (config.num_layers * per_token_layer + inputs)
+    # The block states (a host copy and a device copy), those of further teacher layers,
+    # the targets and the indices.
+    layers = len(config.teacher_layers)
+    batch = FLOAT * batch_size * (2 * t * d + layers * t * d + d) + 16 * batch_size
     teacher_bytes = 0
     if objective == "substitution" and teacher is not None and horizon:
         tokens = batch_size * horizon

@@ -1,7 +1,8 @@
 """GistNet: a small transformer that reads a block's teacher states and pools them into
 one vector in the teacher's hidden space.
 
-(B, N, T, D) teacher states [+ the block's token embeddings] -> pre-norm blocks with
+(B, N, T, D) teacher states [+ the block's token embeddings] [+ states of more teacher
+layers, each normed and projected] -> pre-norm blocks with
 rotary positions inside each block -> k x m learned queries attend over the block, each
 gist one linear map of its m reads [-> a residual MLP per gist] -> (B, N, D) gists (k = 1)
 or (B, N, k, D) (k = gists_per_block > 1).
@@ -131,6 +132,15 @@ class GistNet(nn.Module):
         self.embed_in = (
             nn.Linear(config.hidden_size, config.hidden_size) if config.token_embeddings else None
         )
+        # So does each further teacher layer, after a norm: residual-stream states of a
+        # teacher's lower layers can be far larger than its normed last-layer ones.
+        self.layers_in = nn.ModuleList(
+            nn.Sequential(
+                nn.LayerNorm(config.hidden_size, eps=config.norm_eps),
+                nn.Linear(config.hidden_size, config.hidden_size),
+            )
+            for _ in config.teacher_layers
+        )
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
         self.pool = AttentionPool(config)
@@ -168,14 +178,25 @@ class GistNet(nn.Module):
         hidden: torch.Tensor,
         mask: torch.Tensor | None = None,
         embeddings: torch.Tensor | None = None,
+        layer_states: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, N, T, D) [+ mask (B, N, T), 1 = real token] -> (B, N, D); (B, T, D) -> (B, D).
 
         With gists_per_block k > 1 every block gives k vectors: (B, N, k, D), or (B, k, D)
         for (B, T, D) states. `embeddings`, shaped as `hidden`, are the block's input token
         embeddings; a model built with token_embeddings needs them, others refuse them.
+        `layer_states` (B, N, T, m, D) or (B, T, m, D) are the block's states of the m
+        teacher layers `teacher_layers` names, in that order; needed exactly when it names some.
+        (`gistnet.teacher.gistnet_inputs` gives all three for a batch of blocks.)
         """
         cfg = self.config
+        if (layer_states is not None) != bool(cfg.teacher_layers):
+            raise ConfigError(
+                f"this GistNet reads the states of teacher layers {list(cfg.teacher_layers)} "
+                "beside the last: pass layer_states= (see gistnet.teacher.gistnet_inputs)"
+                if cfg.teacher_layers
+                else "this GistNet was built without teacher_layers; do not pass layer_states="
+            )
         if (embeddings is not None) != cfg.token_embeddings:
             raise ConfigError(
                 "this GistNet reads the block's token embeddings beside its states: pass "
@@ -188,6 +209,7 @@ class GistNet(nn.Module):
             hidden = hidden.unsqueeze(1)
             mask = mask.unsqueeze(1) if mask is not None else None
             embeddings = embeddings.unsqueeze(1) if embeddings is not None else None
+            layer_states = layer_states.unsqueeze(1) if layer_states is not None else None
         if hidden.dim() != 4:
             raise ValueError(
                 f"expected (B, N, T, D) or (B, T, D) states, got {tuple(hidden.shape)}"
@@ -209,6 +231,16 @@ class GistNet(nn.Module):
                     f"{tuple(hidden.shape)}: give one input embedding per block token"
                 )
             x = x + self.embed_in(embeddings.reshape(b * n, t, d).to(x.dtype))
+        if layer_states is not None:
+            expected = (b, n, t, len(self.layers_in), d)
+            if tuple(layer_states.shape) != expected:
+                raise ConfigError(
+                    f"layer_states have shape {tuple(layer_states.shape)} but {expected} is "
+                    f"expected: the block's states of teacher layers {list(cfg.teacher_layers)}"
+                )
+            layers = layer_states.reshape(b * n, t, len(self.layers_in), d).to(x.dtype)
+            for j, project in enumerate(self.layers_in):
+                x = x + project(layers[:, :, j])
         key_mask = None
         if mask is not None:
             key_mask = mask.reshape(b * n, 1, 1, t).bool()  # broadcast over heads and queries

@@ -136,6 +136,25 @@ def _keeps_last_logits(teacher: torch.nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(teacher.forward).parameters
 
 
+def _full_forward(
+    teacher: torch.nn.Module,
+    context_input_ids: torch.Tensor,
+    horizon_tokens: int,
+    *,
+    hidden_states: bool = False,
+):
+    """The teacher's output on the window (the `full` condition): the logits at positions
+    T-1 ... H-2 predict h (only those are kept where the teacher can skip the rest); the
+    window's last token predicts nothing and is not fed. With `hidden_states`, the output
+    holds every layer's states too."""
+    kwargs: dict[str, Any] = {"input_ids": context_input_ids[:, :-1], "use_cache": False}
+    if hidden_states:
+        kwargs["output_hidden_states"] = True
+    if _keeps_last_logits(teacher):
+        kwargs["logits_to_keep"] = horizon_tokens
+    return teacher(**kwargs)
+
+
 def horizon_log_probs(
     teacher: torch.nn.Module,
     context_input_ids: torch.Tensor,
@@ -153,20 +172,16 @@ def horizon_log_probs(
     Runs under whatever grad mode the caller chose.
     """
     horizon_tokens = _horizon_length(context_input_ids, block_size)
-    kwargs: dict[str, Any] = {"use_cache": False}
     if vectors is None:
-        # The logits at positions T-1 ... H-2 predict h; the context's last token predicts nothing.
-        kwargs["input_ids"] = context_input_ids[:, :-1]
-        if _keeps_last_logits(teacher):
-            kwargs["logits_to_keep"] = horizon_tokens
-        logits = teacher(**kwargs).logits[:, -horizon_tokens:]
+        logits = _full_forward(teacher, context_input_ids, horizon_tokens).logits
+        logits = logits[:, -horizon_tokens:]
     else:
         inputs_embeds, position_ids = substituted_inputs(
             teacher, context_input_ids, block_size=block_size, vectors=vectors, sink=sink
         )
         slots = inputs_embeds.shape[1] - horizon_tokens
         logits = teacher(
-            inputs_embeds=inputs_embeds[:, :-1], position_ids=position_ids[:, :-1], **kwargs
+            inputs_embeds=inputs_embeds[:, :-1], position_ids=position_ids[:, :-1], use_cache=False
         ).logits[:, slots - 1 :]  # the last vector predicts h_0: (B, k-1+L, V) -> (B, L, V)
     return F.log_softmax(logits.float(), dim=-1)  # (B, L, V)
 
@@ -197,17 +212,25 @@ def reconstruction_nll(
 
 
 def full_log_probs_and_block_states(
-    teacher: torch.nn.Module, context_input_ids: torch.Tensor, *, block_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+    teacher: torch.nn.Module,
+    context_input_ids: torch.Tensor,
+    *,
+    block_size: int,
+    layers: tuple[int, ...] = (),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The `full` condition's log-probabilities (B, L, V), and from the same forward the
-    block's last-layer states (B, T, D) float32.
+    block's last-layer states (B, T, D) float32 and, where `layers` names hidden states
+    (`GistNetConfig.teacher_layers`), the block's states of those (B, T, m, D), else None.
 
     For a causal teacher the states at the window's first T positions do not depend on
     the tokens after them, so they are the states of the block read alone: what a dataset
     with cached states holds (`gistnet.teacher.block_hidden_states`). A token-only dataset
-    thus gets its states without a second forward. They are taken from the base model's
-    output, as the cached ones are, by a hook for the length of this call.
+    thus gets its states without a second forward. The last-layer ones are taken from the
+    base model's output, as the cached ones are, by a hook for the length of this call.
     """
+    from gistnet.teacher import select_layers
+
+    horizon_tokens = _horizon_length(context_input_ids, block_size)
     captured: list[torch.Tensor] = []
 
     def keep_states(_module, _inputs, output) -> None:
@@ -215,10 +238,12 @@ def full_log_probs_and_block_states(
 
     handle = teacher.base_model.register_forward_hook(keep_states)
     try:
-        log_probs = horizon_log_probs(teacher, context_input_ids, block_size=block_size)
+        out = _full_forward(teacher, context_input_ids, horizon_tokens, hidden_states=bool(layers))
     finally:
         handle.remove()
-    return log_probs, captured[-1][:, :block_size].float()
+    log_probs = F.log_softmax(out.logits[:, -horizon_tokens:].float(), dim=-1)
+    layer_states = select_layers(out.hidden_states, layers, block_size) if layers else None
+    return log_probs, captured[-1][:, :block_size].float(), layer_states
 
 
 def horizon_nll(
@@ -318,14 +343,17 @@ class SubstitutionLoss:
         dependence = F.kl_div(drop, full, reduction="none", log_target=True).sum(-1)  # (B, L)
         return dependence / dependence.mean(0, keepdim=True).clamp_min(1e-6)
 
-    def full_and_states(self, context_input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Without gradient: the `full` log-probabilities and the block's states, one forward
-        (see `full_log_probs_and_block_states`); pass the first back as `full=`."""
+    def full_and_states(
+        self, context_input_ids: torch.Tensor, layers: tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Without gradient: the `full` log-probabilities, the block's states and those of
+        `layers`, one forward (see `full_log_probs_and_block_states`); pass the first back
+        as `full=`."""
         if self.teacher.training:
             self.teacher.eval()
         with torch.no_grad():
             return full_log_probs_and_block_states(
-                self.teacher, context_input_ids, block_size=self.block_size
+                self.teacher, context_input_ids, block_size=self.block_size, layers=layers
             )
 
     def __call__(

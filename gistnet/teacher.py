@@ -14,8 +14,9 @@ from urllib.parse import urlparse
 
 import torch
 
+from gistnet.config import GistNetConfig
 from gistnet.devices import resolve_device, torch_dtype
-from gistnet.errors import TeacherLoadError
+from gistnet.errors import ConfigError, TeacherLoadError
 
 
 def _looks_like_path(name: str) -> bool:
@@ -141,11 +142,51 @@ def config_hidden_size(config) -> int:
     )
 
 
-def _block_states(teacher, input_ids: torch.Tensor) -> torch.Tensor:
+def layer_count(teacher) -> int:
+    """The teacher's transformer blocks: its hidden states are numbered 0 (the embedding
+    output) to this number (the last block's, after the final norm where it has one)."""
+    for attribute in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = getattr(teacher.config, attribute, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise TeacherLoadError(
+        f"the teacher's config ({type(teacher.config).__name__}) names no num_hidden_layers: "
+        f"cannot tell which hidden states teacher_layers may name"
+    )
+
+
+def check_teacher_layers(teacher, layers) -> None:
+    """A clear error where `teacher_layers` names a hidden state this teacher lacks."""
+    count = layer_count(teacher)
+    if layers and max(layers) > count:
+        raise ConfigError(
+            f"teacher_layers {list(layers)} names hidden state {max(layers)}, but this teacher "
+            f"has {count} layers, so its hidden states are numbered 0 to {count}: pick "
+            f"indices in that range"
+        )
+
+
+def select_layers(hidden_states, layers, length: int) -> torch.Tensor:
+    """The first `length` positions of the named hidden states (a model output's
+    `hidden_states` tuple), side by side: (N, length, len(layers), D) float32."""
+    if layers and max(layers) >= len(hidden_states):
+        raise ConfigError(
+            f"teacher_layers {list(layers)} names hidden state {max(layers)}, but the teacher "
+            f"returned {len(hidden_states)} (0 to {len(hidden_states) - 1})"
+        )
+    return torch.stack([hidden_states[i][:, :length] for i in layers], dim=2).float()
+
+
+def _block_states(
+    teacher, input_ids: torch.Tensor, layers=()
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     device = teacher.get_input_embeddings().weight.device
     base = teacher.base_model  # e.g. GPT2Model inside GPT2LMHeadModel
-    out = base(input_ids=input_ids.to(device), use_cache=False)
-    return out.last_hidden_state.float()
+    out = base(input_ids=input_ids.to(device), use_cache=False, output_hidden_states=bool(layers))
+    states = out.last_hidden_state.float()
+    if not layers:
+        return states, None
+    return states, select_layers(out.hidden_states, layers, input_ids.shape[1])
 
 
 @torch.inference_mode()
@@ -156,11 +197,30 @@ def block_hidden_states(teacher, input_ids: torch.Tensor) -> torch.Tensor:
     block alone is run, through the base model only: the LM head's (T, vocab) logits are
     never computed.
     """
-    return _block_states(teacher, input_ids)
+    return _block_states(teacher, input_ids)[0]
 
 
 @torch.no_grad()
-def block_states_for_training(teacher, input_ids: torch.Tensor) -> torch.Tensor:
-    """`block_hidden_states` for a training step: the same numbers, as ordinary tensors
-    (inference-mode tensors cannot enter a graph that GistNet's backward pass walks)."""
-    return _block_states(teacher, input_ids)
+def gistnet_inputs(
+    teacher,
+    block_ids: torch.Tensor,
+    config: GistNetConfig,
+    *,
+    states: torch.Tensor | None = None,
+    layer_states: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """What a GistNet built with `config` reads for blocks (N, T), as keyword arguments of
+    its forward: `hidden`, the last-layer states (`states` where the caller has them,
+    cached or from a forward it ran, else from one forward of the blocks); `embeddings`,
+    the blocks' input embeddings, for a model with token_embeddings; `layer_states`
+    (N, T, m, D) for one with teacher_layers (from the same forward). Ordinary tensors
+    without gradient, so they may enter a training step's graph."""
+    block_ids = block_ids.to(teacher.get_input_embeddings().weight.device)
+    if states is None or (config.teacher_layers and layer_states is None):
+        states, layer_states = _block_states(teacher, block_ids, config.teacher_layers)
+    inputs = {"hidden": states}
+    if config.token_embeddings:
+        inputs["embeddings"] = teacher.get_input_embeddings()(block_ids).float()
+    if config.teacher_layers:
+        inputs["layer_states"] = layer_states
+    return inputs

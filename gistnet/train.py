@@ -128,24 +128,27 @@ class _Objective:
         *,
         cached_states: bool,
         dataset_path: Path,
-        token_embeddings: bool = False,
-        bos_sink: bool = False,
+        model_config: GistNetConfig,
     ):
         self.kind = cfg.objective
         self.device = device
         self.cached_states = cached_states
-        # GistNet reads the block's token embeddings too: the teacher's embedding table.
-        self.token_embeddings = token_embeddings
+        # What GistNet reads beyond the block's last-layer states: the block's token
+        # embeddings (the teacher's embedding table), the states of more teacher layers.
+        self.model_config = model_config
+        self.reads_teacher = model_config.token_embeddings or bool(model_config.teacher_layers)
         self.teacher = None
         self.substitution = None
-        if self.kind == "substitution" or not cached_states or token_embeddings:
-            from gistnet.teacher import hidden_size_of, load_teacher
+        if self.kind == "substitution" or not cached_states or self.reads_teacher:
+            from gistnet.teacher import check_teacher_layers, hidden_size_of, load_teacher
 
             what = (
                 "the substitution objective"
                 if self.kind == "substitution"
                 else "model.token_embeddings"
-                if token_embeddings
+                if model_config.token_embeddings
+                else "model.teacher_layers"
+                if model_config.teacher_layers
                 else "training on a dataset without cached states"
             )
             if metadata.get("teacher_model") is None:
@@ -161,6 +164,7 @@ class _Objective:
                     f"{hidden_size_of(self.teacher)} but the dataset's states are {width} wide: "
                     f"name the teacher the dataset was prepared with (--teacher)"
                 )
+            check_teacher_layers(self.teacher, model_config.teacher_layers)
         if self.kind == "substitution":
             from gistnet.substitution import SubstitutionLoss
 
@@ -169,7 +173,7 @@ class _Objective:
                 block_size=int(metadata["block_size"]),
                 nll_weight=cfg.nll_weight,
                 horizon_weighting=cfg.horizon_weighting,
-                bos_sink=bos_sink,
+                bos_sink=model_config.bos_sink,
                 reconstruction_weight=cfg.reconstruction_weight,
             )
 
@@ -177,38 +181,54 @@ class _Objective:
         tensor = torch.from_numpy(np.ascontiguousarray(column[idx]))
         return tensor.to(self.device, dtype=dtype, non_blocking=True)
 
-    def _gists(self, model: GistNet, data: ShardSet, idx: np.ndarray, states: torch.Tensor):
-        """(B, T, D) states [+ the block's token embeddings] -> (B, D) or (B, k, D)."""
-        if not self.token_embeddings:
+    def _gists(
+        self,
+        model: GistNet,
+        data: ShardSet,
+        idx: np.ndarray,
+        states: torch.Tensor | None,
+        layer_states: torch.Tensor | None = None,
+    ):
+        """(B, T, D) states [+ what else the model reads] -> (B, D) or (B, k, D); the
+        states come from a teacher forward of the block where the caller has none."""
+        if not self.reads_teacher and states is not None:
             return model(states)
-        with torch.no_grad():
-            block = self._rows(data.input_ids, idx, torch.long)
-            embeddings = self.teacher.get_input_embeddings()(block).float()  # (B, T, D)
-        return model(states, embeddings=embeddings)
+        from gistnet.teacher import gistnet_inputs
+
+        block = self._rows(data.input_ids, idx, torch.long)
+        inputs = gistnet_inputs(
+            self.teacher, block, self.model_config, states=states, layer_states=layer_states
+        )
+        return model(**inputs)
 
     def __call__(
         self, model: GistNet, data: ShardSet, idx: np.ndarray, *, reconstruct_only: bool = False
     ) -> tuple[torch.Tensor, dict[str, float]]:
+        layers = self.model_config.teacher_layers
+        # Cached states hold the last layer only: a model reading more takes all of them
+        # from the teacher's forward.
+        cached = self.cached_states and not layers
         if self.substitution is not None:
             context = self._rows(data.context_input_ids, idx, torch.long)
-            full = None
-            if self.cached_states:
+            full, layer_states = None, None
+            if cached:
                 states = self._rows(data.teacher_hidden, idx)
             else:
-                full, states = self.substitution.full_and_states(context)
-            gists = self._gists(model, data, idx, states)  # (B, T, D) -> (B, [k,] D)
+                full, states, layer_states = self.substitution.full_and_states(context, layers)
+            gists = self._gists(model, data, idx, states, layer_states)  # -> (B, [k,] D)
             return self.substitution(gists, context, full=full, reconstruct_only=reconstruct_only)
-        if self.cached_states:
+        if cached:
             states = self._rows(data.teacher_hidden, idx)
             target = self._rows(data.gist_target, idx)
+            gists = self._gists(model, data, idx, states)
         else:
-            from gistnet.teacher import block_states_for_training
+            from gistnet.teacher import gistnet_inputs
 
-            states = block_states_for_training(
-                self.teacher, self._rows(data.input_ids, idx, torch.long)
-            )
+            block = self._rows(data.input_ids, idx, torch.long)
+            inputs = gistnet_inputs(self.teacher, block, self.model_config)
+            states = inputs["hidden"]
             target = states.double().mean(dim=1).float()  # as the cached gist_target is made
-        gists = self._gists(model, data, idx, states)
+            gists = model(**inputs)
         if gists.dim() == 3:
             # k vectors: each regresses onto the mean state of its k-th of the block.
             b, t, d = states.shape
@@ -337,8 +357,7 @@ def train_gistnet(
         device,
         cached_states=data.has_teacher_states,
         dataset_path=dataset_path,
-        token_embeddings=model_cfg.token_embeddings,
-        bos_sink=model_cfg.bos_sink,
+        model_config=model_cfg,
     )
 
     history: list[dict[str, Any]] = []

@@ -68,10 +68,11 @@ def test_states_taken_from_the_window_equal_the_cached_states(small_dataset):
     rows = np.arange(min(24, data.num_examples))
     context = torch.from_numpy(data.context_input_ids[rows]).long()
     with torch.no_grad():
-        log_probs, states = full_log_probs_and_block_states(teacher, context, block_size=32)
+        log_probs, states, none = full_log_probs_and_block_states(teacher, context, block_size=32)
         plain = horizon_log_probs(teacher, context, block_size=32)
     np.testing.assert_allclose(states.numpy(), data.teacher_hidden[rows], atol=1e-5, rtol=0)
     torch.testing.assert_close(log_probs, plain)  # the hook changes nothing else
+    assert none is None  # no further teacher layers asked for
 
 
 @pytest.mark.parametrize("objective", ["mse", "substitution"])
