@@ -372,7 +372,14 @@ def write_docs(reports: dict[str, dict], out: Path, *, threads: int) -> None:
 # A probe is the substitution config with changes named by `+`-joined tokens, e.g.
 # `emb+pq4+mlp+L2+s2400`: GistNet reading token embeddings, 4 queries per gist, the gist
 # MLP, 2 layers, trained 2,400 steps. `base` is the config unchanged.
-PROBE_TOKENS: dict[str, tuple[str, str, type]] = {
+def _layer_digits(digits: str) -> tuple[int, ...]:
+    """`tl023` -> teacher layers (0, 2, 3): one digit per hidden state."""
+    if not digits:
+        raise ValueError("name at least one teacher layer")
+    return tuple(int(d) for d in digits)
+
+
+PROBE_TOKENS: dict[str, tuple[str, str, object]] = {
     # prefix: (section, key, type of the number that follows)
     "L": ("model", "num_layers", int),
     "h": ("model", "num_heads", int),
@@ -386,6 +393,8 @@ PROBE_TOKENS: dict[str, tuple[str, str, type]] = {
     "nll": ("training", "nll_weight", float),
     "s": ("training", "max_steps", int),
     "rec": ("training", "reconstruction_steps", int),
+    # the states of more teacher layers, one digit each: tl123 reads hidden states 1, 2, 3
+    "tl": ("model", "teacher_layers", _layer_digits),
     "recw": ("training", "reconstruction_weight", float),
     # train on <dataset>_ds<N>: the same text cut with stride N (prepared beforehand from
     # configs/data/sample_text_dense.yaml with its stride and name changed); scored on
@@ -582,6 +591,7 @@ _SHORT = {
     "nll_weight": lambda v: f"NLL weight {v:g}",
     "reconstruction_steps": lambda v: f"{v} reconstruction steps first",
     "reconstruction_weight": lambda v: f"reconstruction weight {v:g}",
+    "teacher_layers": lambda v: f"**teacher layers {', '.join(map(str, v))}**",
 }
 
 
@@ -625,7 +635,7 @@ def probes_section(path: Path) -> str:
         "Train KL: the training loss over the last 50 steps; validation KL: the last "
         "validation pass of training, on the validation split of the dataset the probe "
         "trained on (its stride); both the whole loss, so not the KL alone for probes with "
-        "reconstruction or a KL weighting.\n\n"
+        "reconstruction, a KL weighting or an NLL weight.\n\n"
         "| changes | training stories | stride | steps | GR [95% CI] | GR from 2 | GR 9+ "
         "| GR(oracle) | gist / oracle | swapped / gist | train KL (last 50 steps) "
         "| validation KL | parameters |\n"
