@@ -297,6 +297,15 @@ def check_run_request(
         model_config = model_config_for(run, dataset_info)
     except ConfigError as err:
         raise RequestProblem(str(err)) from None
+    if model_config.teacher_layers and dataset_info.get("teacher_model"):
+        from gistnet.teacher import check_teacher_layers
+
+        try:  # the teacher's depth, from its config alone
+            check_teacher_layers(
+                _teacher_config(dataset_info["teacher_model"]), model_config.teacher_layers
+            )
+        except ConfigError as err:
+            raise RequestProblem(f"model.{err}") from None
     check_run_memory(run, model_config, dataset_info=dataset_info, worker_memory=worker_memory)
 
 

@@ -620,7 +620,7 @@ def evaluate_gistnet(
             f"{teacher_name!r} reads inputs of width {teacher_width}: evaluate on a dataset "
             f"prepared with the teacher the checkpoint was trained for"
         )
-    check_teacher_layers(teacher, model.config.teacher_layers)
+    check_teacher_layers(teacher.config, model.config.teacher_layers)
 
     try:
         drop_token = drop_token_id(loaded_tokenizer, teacher)

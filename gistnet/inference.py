@@ -67,7 +67,7 @@ class GistEncoder:
                 f"checkpoint's gists are {model.config.hidden_size} wide: name the teacher "
                 f"it was trained for"
             )
-        check_teacher_layers(teacher, model.config.teacher_layers)
+        check_teacher_layers(teacher.config, model.config.teacher_layers)
         tokenizer_name = tokenizer or info["tokenizer"]
         # Token ids need no tokenizer; text does, and `tokenize` says how to give one.
         loaded = load_tokenizer(tokenizer_name) if tokenizer_name is not None else None

@@ -142,22 +142,24 @@ def config_hidden_size(config) -> int:
     )
 
 
-def layer_count(teacher) -> int:
-    """The teacher's transformer blocks: its hidden states are numbered 0 (the embedding
-    output) to this number (the last block's, after the final norm where it has one)."""
+def layer_count(config) -> int:
+    """The transformer blocks of a teacher with this Hugging Face config: its hidden
+    states are numbered 0 (the embedding output) to this number (the last block's, after
+    the final norm where it has one)."""
     for attribute in ("num_hidden_layers", "n_layer", "num_layers"):
-        value = getattr(teacher.config, attribute, None)
+        value = getattr(config, attribute, None)
         if isinstance(value, int) and value > 0:
             return value
     raise TeacherLoadError(
-        f"the teacher's config ({type(teacher.config).__name__}) names no num_hidden_layers: "
+        f"the teacher's config ({type(config).__name__}) names no num_hidden_layers: "
         f"cannot tell which hidden states teacher_layers may name"
     )
 
 
-def check_teacher_layers(teacher, layers) -> None:
-    """A clear error where `teacher_layers` names a hidden state this teacher lacks."""
-    count = layer_count(teacher)
+def check_teacher_layers(config, layers) -> None:
+    """A clear error where `teacher_layers` names a hidden state the teacher of this
+    Hugging Face config (`teacher.config`, or read without weights) lacks."""
+    count = layer_count(config)
     if layers and max(layers) > count:
         raise ConfigError(
             f"teacher_layers {list(layers)} names hidden state {max(layers)}, but this teacher "

@@ -164,7 +164,7 @@ class _Objective:
                     f"{hidden_size_of(self.teacher)} but the dataset's states are {width} wide: "
                     f"name the teacher the dataset was prepared with (--teacher)"
                 )
-            check_teacher_layers(self.teacher, model_config.teacher_layers)
+            check_teacher_layers(self.teacher.config, model_config.teacher_layers)
         if self.kind == "substitution":
             from gistnet.substitution import SubstitutionLoss
 

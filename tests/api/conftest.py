@@ -60,3 +60,9 @@ def two_gist_model(api_stack, ready_dataset) -> dict:
 def sink_model(api_stack, ready_dataset) -> dict:
     """As trained_model, with bos_sink: its gists are read after the teacher's BOS."""
     return record_trained_model(api_stack.settings, ready_dataset, model={"bos_sink": True})
+
+
+@pytest.fixture(scope="session")
+def layers_model(api_stack, ready_dataset) -> dict:
+    """As trained_model, reading the teacher's hidden states 0 and 2 beside the last."""
+    return record_trained_model(api_stack.settings, ready_dataset, model={"teacher_layers": [0, 2]})

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from api.main import create_app
@@ -186,6 +187,9 @@ def test_train_on_a_dataset_not_ready_is_409(client, teacher):
         ({"hidden_size": 64}, "train", "teacher_hidden_size is 128"),
         ({"block_size": 16}, "train", "blocks of 32"),
         ({"num_heads": 3}, "train", "not divisible by num_heads"),
+        # the sample teacher has 4 blocks: hidden states 0 to 4
+        ({"teacher_layers": [5]}, "train", "model.teacher_layers [5] names hidden state 5"),
+        ({"teacher_layers": [-1]}, "train", "indices >= 0"),
         ({}, "test", "no split 'test'"),
     ],
 )
@@ -436,6 +440,18 @@ def test_gist_of_a_one_vector_model_keeps_the_n_by_d_shape(client, trained_model
     assert body["gists_per_block"] == 1
     assert body["bos_sink"] is False and body["sink_token_id"] is None
     assert len(body["gists"]) == 1 and len(body["gists"][0]) == body["dim"]
+
+
+def test_gist_of_a_model_reading_more_teacher_layers_is_its_encoders(client, layers_model):
+    from gistnet.inference import GistEncoder
+
+    block = list(range(3, 35))
+    answer = client.post("/gist", json={"model_id": layers_model["id"], "blocks": [block]})
+    assert answer.status_code == 200
+    encoder = GistEncoder.from_checkpoint(layers_model["checkpoint"])
+    assert encoder.model.config.teacher_layers == (0, 2)
+    expected = encoder.encode(torch.tensor([block]))[0]
+    torch.testing.assert_close(torch.tensor(answer.json()["gists"][0]), expected, atol=1e-5, rtol=0)
 
 
 def test_gist_of_a_bos_sink_model_says_where_the_gists_are_read(client, sink_model):

@@ -87,8 +87,8 @@ def test_bad_layer_lists_are_refused_with_the_range_to_use(teacher):
             validate_run_config({"model": {"teacher_layers": layers}})
     assert validate_run_config({"model": {"teacher_layers": [2, 0]}}).model.teacher_layers == (2, 0)
     with pytest.raises(ConfigError, match="numbered 0 to 2"):
-        check_teacher_layers(teacher, (3,))  # the tiny teacher has 2 blocks
-    check_teacher_layers(teacher, (0, 2))
+        check_teacher_layers(teacher.config, (3,))  # the tiny teacher has 2 blocks
+    check_teacher_layers(teacher.config, (0, 2))
 
 
 def _run(**model):
