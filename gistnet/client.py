@@ -23,6 +23,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,19 @@ def load_run_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise GistNetError(f"{path}: a run config must be a mapping with model / training")
     return config
+
+
+@dataclass(frozen=True)
+class GistAnswer:
+    """A POST /gist answer: the vectors, and where the teacher reads them. Block i's
+    vector j stands at the block's position T-k+j; with `bos_sink`, the embedding of
+    `sink_token_id` stands right before them (T-k-1)."""
+
+    vectors: np.ndarray  # (N, D) float32, or (N, k, D) for k > 1
+    model_id: int
+    gists_per_block: int
+    bos_sink: bool
+    sink_token_id: int | None
 
 
 class Client:
@@ -351,9 +365,23 @@ class Client:
         model_id: int | None = None,
         encoding: str = "base64",
     ) -> np.ndarray:
-        """Gists as an (N, D) float32 array: of a text (cut into full blocks by the
-        model's tokenizer; a short tail is left out) or of (N, T) token ids. The newest
-        model unless `model_id`. base64 carries the exact float32 bytes and is smaller."""
+        """Gists as an (N, D) float32 array (N, k, D for a model with k gists per block):
+        of a text (cut into full blocks by the model's tokenizer; a short tail is left
+        out) or of (N, T) token ids. The newest model unless `model_id`. base64 carries
+        the exact float32 bytes and is smaller. `gist_answer` also says where the teacher
+        reads them."""
+        return self.gist_answer(blocks_or_text, model_id=model_id, encoding=encoding).vectors
+
+    def gist_answer(
+        self,
+        blocks_or_text: str | Sequence[Sequence[int]] | np.ndarray,
+        *,
+        model_id: int | None = None,
+        encoding: str = "base64",
+    ) -> GistAnswer:
+        """As `gist`, with what a caller needs to put the gists in a teacher's input: the
+        model, k, and for a model trained with bos_sink the token whose embedding goes
+        right before a block's gists."""
         body: dict[str, Any] = {"encoding": encoding}
         if model_id is not None:
             body["model_id"] = model_id
@@ -362,7 +390,13 @@ class Client:
         else:
             body["blocks"] = np.asarray(blocks_or_text, dtype=np.int64).tolist()
         answer = self.request("POST", "/gist", json=body)
-        return decode_gists(answer)
+        return GistAnswer(
+            vectors=decode_gists(answer),
+            model_id=int(answer["model_id"]),
+            gists_per_block=int(answer.get("gists_per_block") or 1),
+            bos_sink=bool(answer.get("bos_sink")),
+            sink_token_id=answer.get("sink_token_id"),
+        )
 
     def health(self) -> dict[str, Any]:
         return self.request("GET", "/health")

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from gistnet.client import APIError, Client, JobFailed, ServerUnreachable, load_dataset_config
+from gistnet.teacher import load_tokenizer
 from tests.conftest import SERVICE_KEY
 from tests.service_stack import REPO, dataset_body, sample_teacher, tiny_documents
 from tools.cli import main as cli
@@ -96,6 +97,20 @@ def test_client_uploads_prepares_trains_evaluates_and_gists(client, tmp_path):
     exact = client.gist(blocks, model_id=model_id)  # base64: the float32 bytes as computed
     as_floats = client.gist(blocks.tolist(), model_id=model_id, encoding="float")
     np.testing.assert_allclose(exact, as_floats, rtol=1e-6)
+    layout = client.gist_answer(blocks, model_id=model_id)
+    np.testing.assert_array_equal(layout.vectors, exact)
+    assert layout.model_id == model_id and layout.gists_per_block == 1
+    assert layout.bos_sink is False and layout.sink_token_id is None  # the example config
+    # a model whose gists are read after BOS says so, and which token that is
+    sunk = client.train(
+        dataset["id"], {"model": {"bos_sink": True, "teacher_layers": [0]}},
+        max_steps=2, batch_size=8,
+    )  # fmt: skip
+    sunk_id = client.wait(sunk["job_id"], timeout=180)["result"]["model_id"]
+    layout = client.gist_answer(blocks, model_id=sunk_id)
+    assert layout.bos_sink is True and layout.vectors.shape == (2, answer["dim"])
+    tokenizer = load_tokenizer(sample_teacher())
+    assert layout.sink_token_id == tokenizer.bos_token_id is not None
 
     # The event stream of a finished job: its state, every point, the end.
     events = list(client.events(job))
