@@ -132,6 +132,10 @@ class TrainingConfig(_Strict):
     # of it depends on the block (KL(full || drop)), relative to the other tokens at its
     # horizon position, so a name that recurs counts more than a filler word after it.
     horizon_weighting: Literal["uniform", "block_dependence"] = "uniform"
+    # substitution only: weight of the KL at horizon tokens 9 onward (the report's "rest",
+    # past the sentence the block broke off) against 1 for the first 8, so the loss asks
+    # more for the facts that recur later than its share of the gap would.
+    rest_weight: float = Field(default=1.0, gt=0)
     # substitution only: weight of a reconstruction NLL added to the loss: the frozen
     # teacher reads the gists (after BOS with bos_sink) and then the block's tokens, and
     # predicts each token of the block; asks the gists to hold the whole block.
@@ -156,6 +160,10 @@ class TrainingConfig(_Strict):
             raise ValueError(
                 f"processes ({self.processes}) must not exceed batch_size ({self.batch_size}): "
                 f"every process takes part of each batch"
+            )
+        if self.objective != "substitution" and self.rest_weight != 1.0:
+            raise ValueError(
+                "rest_weight weighs the KL of the horizon tokens: it needs objective: substitution"
             )
         if self.objective != "substitution" and (
             self.reconstruction_weight or self.reconstruction_steps

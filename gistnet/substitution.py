@@ -313,6 +313,8 @@ class SubstitutionLoss:
         horizon_weighting: str = "uniform",
         bos_sink: bool = False,
         reconstruction_weight: float = 0.0,
+        rest_weight: float = 1.0,
+        early_tokens: int = 8,
     ):
         if nll_weight < 0:
             raise ConfigError(f"nll_weight must be >= 0; got {nll_weight}")
@@ -331,6 +333,11 @@ class SubstitutionLoss:
         # The gists are read after the BOS embedding (GistNetConfig.bos_sink).
         self.sink = bos if bos_sink else None
         self.reconstruction_weight = float(reconstruction_weight)
+        if rest_weight <= 0:
+            raise ConfigError(f"rest_weight must be > 0; got {rest_weight}")
+        # The KL at horizon tokens past the first `early_tokens` counts rest_weight times.
+        self.rest_weight = float(rest_weight)
+        self.early_tokens = int(early_tokens)
 
     def _token_weights(self, context_input_ids: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
         """(B, L) weights with mean 1 at every horizon position: KL(full || drop) of each
@@ -390,11 +397,16 @@ class SubstitutionLoss:
         kl = per_token.mean()
         targets = horizon_targets(context_input_ids, block_size=self.block_size)
         nll = -gist.gather(-1, targets[..., None]).mean()
-        objective = kl
+        weights = None
         if self.dropped is not None:
             with torch.no_grad():
                 weights = self._token_weights(context_input_ids, full)
-            objective = (weights * per_token).mean()
+        if self.rest_weight != 1.0:
+            rest = torch.ones(per_token.shape[1], device=per_token.device)
+            rest[self.early_tokens :] = self.rest_weight
+            rest = rest / rest.mean()  # mean 1: the loss stays in nats per token
+            weights = rest if weights is None else weights * rest
+        objective = kl if weights is None else (weights * per_token).mean()
         loss = objective + self.nll_weight * nll if self.nll_weight else objective
         stats = {"kl": kl.item(), "nll": nll.item()}
         if reconstruction is not None:

@@ -175,6 +175,7 @@ class _Objective:
                 horizon_weighting=cfg.horizon_weighting,
                 bos_sink=model_config.bos_sink,
                 reconstruction_weight=cfg.reconstruction_weight,
+                rest_weight=cfg.rest_weight,
             )
 
     def _rows(self, column, idx: np.ndarray, dtype=None) -> torch.Tensor:
