@@ -396,6 +396,7 @@ PROBE_TOKENS: dict[str, tuple[str, str, object]] = {
     # the states of more teacher layers, one digit each: tl123 reads hidden states 1, 2, 3
     "tl": ("model", "teacher_layers", _layer_digits),
     "recw": ("training", "reconstruction_weight", float),
+    "rw": ("training", "rest_weight", float),
     # train on <dataset>_ds<N>: the same text cut with stride N (prepared beforehand from
     # configs/data/sample_text_dense.yaml with its stride and name changed); scored on
     # --dataset's validation split like every probe
@@ -591,6 +592,7 @@ _SHORT = {
     "nll_weight": lambda v: f"NLL weight {v:g}",
     "reconstruction_steps": lambda v: f"{v} reconstruction steps first",
     "reconstruction_weight": lambda v: f"reconstruction weight {v:g}",
+    "rest_weight": lambda v: f"KL of tokens 9+ weighted {v:g}",
     "teacher_layers": lambda v: f"**teacher layers {', '.join(map(str, v))}**",
 }
 
@@ -635,7 +637,7 @@ def probes_section(path: Path) -> str:
         "Train KL: the training loss over the last 50 steps; validation KL: the last "
         "validation pass of training, on the validation split of the dataset the probe "
         "trained on (its stride); both the whole loss, so not the KL alone for probes with "
-        "reconstruction, a KL weighting or an NLL weight.\n\n"
+        "reconstruction, a KL weighting, a weight on tokens 9+ or an NLL weight.\n\n"
         "| changes | training stories | stride | steps | GR [95% CI] | GR from 2 | GR 9+ "
         "| GR(oracle) | gist / oracle | swapped / gist | train KL (last 50 steps) "
         "| validation KL | parameters |\n"

@@ -17,6 +17,12 @@ def test_a_probe_name_spells_its_changes():
         "training": {"lr": 3e-3, "final_lr_ratio": 0.0, "max_steps": 2400},
         "data": {"stride": 4},
     }
+    # teacher layers one digit each; the weight on tokens 9+
+    assert probe_changes("tl02+rw2.5+nll0.3") == {
+        "model": {"teacher_layers": (0, 2)},
+        "training": {"rest_weight": 2.5, "nll_weight": 0.3},
+        "data": {},
+    }
 
 
 def test_a_probe_trains_on_the_dataset_its_data_tokens_name():
@@ -32,7 +38,8 @@ def test_a_probe_trains_on_the_dataset_its_data_tokens_name():
 @pytest.mark.parametrize(
     ("name", "message"),
     [("s300+s3x", "'s3x' is not one of"), ("emb+emb", "sets token_embeddings twice"),
-     ("L2+L3", "sets num_layers twice"), ("zz", "'zz' is not one of")],
+     ("L2+L3", "sets num_layers twice"), ("zz", "'zz' is not one of"),
+     ("tl", "'tl' is not one of"), ("tl0x", "'tl0x' is not one of")],
 )  # fmt: skip
 def test_a_bad_probe_name_is_refused_naming_the_token(name, message):
     with pytest.raises(SystemExit, match=message):
