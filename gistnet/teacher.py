@@ -130,29 +130,32 @@ def hidden_size_of(teacher) -> int:
     return int(teacher.get_input_embeddings().weight.shape[1])
 
 
-def config_hidden_size(config) -> int:
-    """The teacher's width from its Hugging Face config, without loading the weights."""
-    for attribute in ("hidden_size", "n_embd", "d_model"):
+def _config_number(config, attributes: tuple[str, ...], purpose: str) -> int:
+    """The first of `attributes` a Hugging Face config sets to a positive int (model
+    families spell the same thing differently)."""
+    for attribute in attributes:
         value = getattr(config, attribute, None)
         if isinstance(value, int) and value > 0:
             return value
     raise TeacherLoadError(
-        f"the teacher's config ({type(config).__name__}) names no hidden_size: cannot tell "
-        f"the width of its states"
+        f"the teacher's config ({type(config).__name__}) names no {attributes[0]}: cannot "
+        f"tell {purpose}"
     )
+
+
+def config_hidden_size(config) -> int:
+    """The teacher's width from its Hugging Face config, without loading the weights."""
+    return _config_number(config, ("hidden_size", "n_embd", "d_model"), "the width of its states")
 
 
 def layer_count(config) -> int:
     """The transformer blocks of a teacher with this Hugging Face config: its hidden
     states are numbered 0 (the embedding output) to this number (the last block's, after
     the final norm where it has one)."""
-    for attribute in ("num_hidden_layers", "n_layer", "num_layers"):
-        value = getattr(config, attribute, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    raise TeacherLoadError(
-        f"the teacher's config ({type(config).__name__}) names no num_hidden_layers: "
-        f"cannot tell which hidden states teacher_layers may name"
+    return _config_number(
+        config,
+        ("num_hidden_layers", "n_layer", "num_layers"),
+        "which hidden states teacher_layers may name",
     )
 
 
