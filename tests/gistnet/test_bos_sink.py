@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from gistnet.checkpoint import read_checkpoint_info
-from gistnet.config import validate_run_config
 from gistnet.errors import ConfigError
 from gistnet.evaluate import evaluate_conditions, evaluate_gistnet
 from gistnet.inference import GistEncoder
@@ -23,7 +22,7 @@ from gistnet.substitution import (
 )
 from gistnet.teacher import load_tokenizer
 from gistnet.train import train_gistnet
-from tests.gistnet.test_substitution import BLOCK, HORIZON, make_teacher
+from tests.gistnet.test_substitution import BLOCK, HORIZON, make_teacher, short_substitution_run
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -88,21 +87,9 @@ def test_evaluation_reads_every_vector_condition_after_bos_but_drop(teacher, con
     assert not (sunk["mean"] == plain["mean"]).all()
 
 
-def _run(**model):
-    return validate_run_config(
-        {
-            "model": {"num_heads": 4, **model},
-            "training": {
-                "objective": "substitution", "batch_size": 8, "lr": 3e-3, "max_steps": 4,
-                "device": "cpu", "eval_every": 4, "eval_examples": 8,
-            },
-        }
-    )  # fmt: skip
-
-
 def test_a_sink_model_records_it_and_is_evaluated_and_served_that_way(small_dataset, tmp_path):
     result = train_gistnet(
-        dataset_path=small_dataset / "train.arrow", run_config=_run(bos_sink=True),
+        dataset_path=small_dataset / "train.arrow", run_config=short_substitution_run(bos_sink=True),
         output_dir=tmp_path,
     )  # fmt: skip
     assert read_checkpoint_info(result.checkpoint_path)["model_config"]["bos_sink"] is True

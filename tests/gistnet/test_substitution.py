@@ -13,6 +13,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from gistnet.config import validate_run_config
 from gistnet.errors import ConfigError
 from gistnet.model import GistNet, GistNetConfig
 from gistnet.substitution import (
@@ -43,6 +44,20 @@ def make_teacher(*, seed: int = 0, bos: int | None = BOS, eos: int | None = EOS)
         eos_token_id=eos,
     )
     return GPT2LMHeadModel(config).eval().requires_grad_(False)
+
+
+def short_substitution_run(**model):
+    """A run config that trains GistNet with the substitution objective for 4 steps of 8
+    on the CPU, its `model:` section as given."""
+    return validate_run_config(
+        {
+            "model": {"num_heads": 4, **model},
+            "training": {
+                "objective": "substitution", "batch_size": 8, "lr": 3e-3, "max_steps": 4,
+                "device": "cpu", "eval_every": 4, "eval_examples": 8,
+            },
+        }
+    )  # fmt: skip
 
 
 def make_tokenizer(*, bos: str | None = "<s>", eos: str | None = "</s>"):

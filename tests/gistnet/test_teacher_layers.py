@@ -19,7 +19,7 @@ from gistnet.shards import open_shard
 from gistnet.substitution import full_log_probs_and_block_states, horizon_nll
 from gistnet.teacher import check_teacher_layers, gistnet_inputs
 from gistnet.train import train_gistnet
-from tests.gistnet.test_substitution import BLOCK
+from tests.gistnet.test_substitution import BLOCK, short_substitution_run
 
 
 def test_the_states_are_the_teachers_hidden_states_of_the_block(teacher, context):
@@ -91,22 +91,12 @@ def test_bad_layer_lists_are_refused_with_the_range_to_use(teacher):
     check_teacher_layers(teacher.config, (0, 2))
 
 
-def _run(**model):
-    return validate_run_config(
-        {
-            "model": {"num_heads": 4, **model},
-            "training": {
-                "objective": "substitution", "batch_size": 8, "lr": 3e-3, "max_steps": 4,
-                "device": "cpu", "eval_every": 4, "eval_examples": 8,
-            },
-        }
-    )  # fmt: skip
-
-
 def test_a_layers_model_is_trained_recorded_evaluated_and_served_alike(small_dataset, tmp_path):
     result = train_gistnet(
         dataset_path=small_dataset / "train.arrow",
-        run_config=_run(token_embeddings=True, teacher_layers=[0, 2], bos_sink=True),
+        run_config=short_substitution_run(
+            token_embeddings=True, teacher_layers=[0, 2], bos_sink=True
+        ),
         output_dir=tmp_path,
     )
     info = read_checkpoint_info(result.checkpoint_path)
@@ -138,7 +128,7 @@ def test_a_layer_the_teacher_lacks_fails_before_training(small_dataset, tmp_path
     # the sample teacher has 4 blocks: hidden states 0 to 4
     with pytest.raises(ConfigError, match="numbered 0 to 4"):
         train_gistnet(
-            dataset_path=small_dataset / "train.arrow", run_config=_run(teacher_layers=[5]),
+            dataset_path=small_dataset / "train.arrow", run_config=short_substitution_run(teacher_layers=[5]),
             output_dir=tmp_path,
         )  # fmt: skip
     assert not (tmp_path / "gistnet.pt").exists()
