@@ -221,9 +221,9 @@ class GistNetConfig:
     bos_sink: bool = False
     # States of more teacher layers to read beside the last one: indices into the
     # teacher's hidden states as Hugging Face numbers them (`output_hidden_states`: 0 is
-    # the embedding output, i the output of block i). Lower layers keep more of which
-    # token stood where; each enters through a norm and a projection of its own. Taken
-    # from the teacher's forward in every step, whatever states a dataset caches.
+    # the embedding output, i the output of block i). Each enters through a norm and a
+    # projection of its own. Taken from the teacher's forward in every step, whatever
+    # states a dataset caches. On the sample only 0 helped (docs/quality.md).
     teacher_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
