@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from gistnet.errors import Cancelled, ConfigError, ShardError
 from gistnet.substitution import (
+    EARLY_TOKENS,
     drop_token_id,
     drop_vector,
     horizon_log_probs,
@@ -37,7 +38,6 @@ from gistnet.substitution import (
 )
 
 CONDITIONS = ("full", "gist", "drop", "mean", "swapped")
-EARLY_TOKENS = 8
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]

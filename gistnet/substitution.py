@@ -44,6 +44,11 @@ __all__ = [
 ]
 
 
+# The horizon tokens a report calls the "first 8" (the rest of the sentence the block broke
+# off); the report's "rest" and `rest_weight` are the tokens after them.
+EARLY_TOKENS = 8
+
+
 def _horizon_length(context_input_ids: torch.Tensor, block_size: int) -> int:
     if context_input_ids.dim() != 2:
         raise ConfigError(
@@ -314,7 +319,7 @@ class SubstitutionLoss:
         bos_sink: bool = False,
         reconstruction_weight: float = 0.0,
         rest_weight: float = 1.0,
-        early_tokens: int = 8,
+        early_tokens: int = EARLY_TOKENS,
     ):
         if nll_weight < 0:
             raise ConfigError(f"nll_weight must be >= 0; got {nll_weight}")
