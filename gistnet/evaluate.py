@@ -10,6 +10,9 @@ five conditions (see `gistnet.substitution` for how a vector replaces the block)
     mean      the mean of the block's input embeddings the simple baseline
     swapped   the gist of an example from another document: content, but the wrong one
 
+and on request the `oracle` (free vectors fitted to each example of a seeded subset) and
+`refined` / `swapped_refined` (the gists refined from their blocks, gistnet.refine).
+
 Per condition: mean NLL (nats per token), ΔNLL = NLL - NLL_full, the gap recovered
 GR = (NLL_drop - NLL) / (NLL_drop - NLL_full), ΔNLL over the first `early_tokens`
 horizon tokens and over the rest, and 95% bootstrap intervals (examples resampled).
@@ -28,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from gistnet.errors import Cancelled, ConfigError, ShardError
+from gistnet.refine import RefineSettings, refine_gists
 from gistnet.substitution import (
     EARLY_TOKENS,
     drop_token_id,
@@ -417,19 +421,23 @@ def summarize(
         return _gap_recovered(m["drop", "all"], m[n, "all"], m["full", "all"])
 
     comparisons: dict[str, Any] = {}
-    if "gist" in nll and "mean" in nll:
-        comparisons["gist_minus_mean_gap_recovered"] = stat(
-            lambda m: gap(m, "gist") - gap(m, "mean")
-        )
-    if "gist" in nll and "oracle" in nll:
-        # How much of what one (or k) free vector(s) can carry the trained gist reaches.
-        comparisons["gist_over_oracle_gap_recovered"] = stat(
-            lambda m: gap(m, "gist") / gap(m, "oracle")
-        )
-    if "gist" in nll and "swapped" in nll:
-        comparisons["swapped_over_gist_gap_recovered"] = stat(
-            lambda m: gap(m, "swapped") / gap(m, "gist")
-        )
+    # The gist and, where the evaluation refined it (gistnet.refine), the refined gist.
+    for vector, swapped in (("gist", "swapped"), ("refined", "swapped_refined")):
+        if vector not in nll:
+            continue
+        if "mean" in nll:
+            comparisons[f"{vector}_minus_mean_gap_recovered"] = stat(
+                lambda m, v=vector: gap(m, v) - gap(m, "mean")
+            )
+        if "oracle" in nll:
+            # How much of what one (or k) free vector(s) can carry the vector reaches.
+            comparisons[f"{vector}_over_oracle_gap_recovered"] = stat(
+                lambda m, v=vector: gap(m, v) / gap(m, "oracle")
+            )
+        if swapped in nll:
+            comparisons[f"{swapped}_over_{vector}_gap_recovered"] = stat(
+                lambda m, v=vector, w=swapped: gap(m, w) / gap(m, v)
+            )
 
     return {
         "n_examples": int(total),
@@ -454,25 +462,24 @@ def _quality_bars(conditions: Mapping, comparisons: Mapping) -> dict[str, bool |
     bars: dict[str, bool | None] = {}
     drop_gap = value(conditions["drop"]["delta_nll"])
     bars["drop_delta_nll_at_least_0.1"] = None if drop_gap is None else drop_gap >= 0.1
-    if "gist" in conditions:
-        gist_gr = value(conditions["gist"]["gap_recovered"])
-        bars["gist_gap_recovered_at_least_0.5"] = None if gist_gr is None else gist_gr >= 0.5
+    # The gist's bars, and the same for the refined gist where there is one ("refined_...").
+    for vector, swapped in (("gist", "swapped"), ("refined", "swapped_refined")):
+        if vector not in conditions:
+            continue
+        gr = value(conditions[vector]["gap_recovered"])
+        bars[f"{vector}_gap_recovered_at_least_0.5"] = None if gr is None else gr >= 0.5
         # The targets of issue 12 (docs/quality.md, "Quality bars").
-        bars["gist_gap_recovered_at_least_0.7"] = None if gist_gr is None else gist_gr >= 0.7
-        rest = value(conditions["gist"].get("gap_recovered_rest"))
-        bars["gist_gap_recovered_rest_at_least_0.4"] = None if rest is None else rest >= 0.4
-    difference = comparisons.get("gist_minus_mean_gap_recovered")
-    if difference is not None:
-        low = (difference.get("ci95") or [None])[0]
-        bars["gist_above_mean_ci_excludes_0"] = None if low is None else low > 0
-    ratio = comparisons.get("swapped_over_gist_gap_recovered")
-    if ratio is not None:
-        bars["swapped_below_half_of_gist"] = (
-            None if ratio["value"] is None else ratio["value"] < 0.5
-        )
-        bars["swapped_below_third_of_gist"] = (
-            None if ratio["value"] is None else ratio["value"] < 1 / 3
-        )
+        bars[f"{vector}_gap_recovered_at_least_0.7"] = None if gr is None else gr >= 0.7
+        rest = value(conditions[vector].get("gap_recovered_rest"))
+        bars[f"{vector}_gap_recovered_rest_at_least_0.4"] = None if rest is None else rest >= 0.4
+        difference = comparisons.get(f"{vector}_minus_mean_gap_recovered")
+        if difference is not None:
+            low = (difference.get("ci95") or [None])[0]
+            bars[f"{vector}_above_mean_ci_excludes_0"] = None if low is None else low > 0
+        if f"{swapped}_over_{vector}_gap_recovered" in comparisons:
+            ratio = value(comparisons[f"{swapped}_over_{vector}_gap_recovered"])
+            bars[f"{swapped}_below_half_of_{vector}"] = None if ratio is None else ratio < 0.5
+            bars[f"{swapped}_below_third_of_{vector}"] = None if ratio is None else ratio < 1 / 3
     return bars
 
 
@@ -547,6 +554,7 @@ def evaluate_gistnet(
     bootstrap_samples: int = 1000,
     seed: int = 0,
     oracle_examples: int | None = None,
+    refine: RefineSettings | None = None,
     on_progress: ProgressFn | None = None,
     should_cancel: CancelFn | None = None,
     tokenizer: str | None = None,
@@ -563,6 +571,10 @@ def evaluate_gistnet(
     random subset. `oracle_examples` adds the `oracle` on a seeded subset of that many of
     the scored examples (free vectors fitted to each, see `fit_oracle_vectors`): the report
     then has an `oracle` section with its own table and GR(gist) / GR(oracle).
+    `refine` (`gistnet.refine.RefineSettings`) adds the `refined` condition, every gist
+    refined at gist time from the block alone, and `swapped_refined` (the refined gist of
+    the same other-document example `swapped` reads), with the same comparisons and bars
+    as the gist's, in the oracle section too.
     Intervals resample documents (the shard's `doc_id`, else `Shard.document_ids()`).
     `on_progress(done, total)` counts scored examples; `should_cancel()` is polled between
     batches and stops the work with `Cancelled`.
@@ -656,12 +668,32 @@ def evaluate_gistnet(
         batch_size=batch_size,
         should_cancel=should_cancel,
     )
+    sink = drop_vector(teacher, drop_token).to(torch_device) if model.config.bos_sink else None
+    extra, refine_report = {}, None
+    if refine is not None:
+        refine_started = time.perf_counter()
+        refined = refine_gists(
+            teacher,
+            torch.from_numpy(np.ascontiguousarray(context[:, :block_size], dtype=np.int64)),
+            gists,
+            settings=refine,
+            tokens=context.shape[1] - block_size,
+            sink=sink,
+            should_cancel=should_cancel,
+        )
+        extra = {"refined": refined, "swapped_refined": refined[torch.as_tensor(partner)]}
+        refine_report = {
+            **refine.to_dict(),
+            "tokens": refine.tokens or context.shape[1] - block_size,
+            "seconds": round(time.perf_counter() - refine_started, 1),
+        }
     nll = evaluate_conditions(
         teacher,
         context,
         block_size=block_size,
         gist_vectors=gists,
         swap_partner=partner,
+        extra_vectors=extra,
         drop_token=drop_token,
         batch_size=batch_size,
         on_progress=on_progress,
@@ -690,12 +722,14 @@ def evaluate_gistnet(
             batch_size=batch_size,
             bootstrap_samples=bootstrap_samples,
             should_cancel=should_cancel,
-            bos_sink=model.config.bos_sink,
+            sink=sink,
         )
-        share = report["oracle"]["comparisons"]["gist_over_oracle_gap_recovered"]["value"]
-        report["quality_bars"]["gist_at_least_90pct_of_oracle"] = (
-            None if share is None else share >= 0.9
-        )
+        for vector in ("gist", "refined"):
+            share = report["oracle"]["comparisons"].get(f"{vector}_over_oracle_gap_recovered")
+            if share is not None:
+                report["quality_bars"][f"{vector}_at_least_90pct_of_oracle"] = (
+                    None if share["value"] is None else share["value"] >= 0.9
+                )
     report.update(
         {
             "checkpoint": {
@@ -727,11 +761,21 @@ def evaluate_gistnet(
             # Whether the vector conditions read their vectors after the drop token (BOS).
             "bos_sink": bool(model.config.bos_sink),
             "swapped_rule": swap_rule,
+            # How the `refined` condition's gists were refined (gistnet.refine), or None.
+            "refine": refine_report,
             "device": str(torch_device),
             "elapsed_s": round(time.perf_counter() - started, 3),
         }
     )
     return report
+
+
+def oracle_subset(total: int, size: int, *, seed: int = 0) -> np.ndarray:
+    """The sorted indices, among `total` scored examples, of the oracle's seeded subset."""
+    if size >= total:
+        return np.arange(total)
+    # A different stream from the one that picked max_examples, so the two do not nest.
+    return np.sort(np.random.default_rng([seed, 1]).choice(total, size, replace=False))
 
 
 def _oracle_section(
@@ -748,15 +792,12 @@ def _oracle_section(
     batch_size: int,
     bootstrap_samples: int,
     should_cancel: CancelFn | None,
-    bos_sink: bool = False,
+    sink: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """The oracle on a seeded subset: its conditions beside full, drop, mean and gist on the
-    same examples, and GR(gist) / GR(oracle) with its interval."""
-    total = len(context)
-    # A different stream from the one that picked max_examples, so the two do not nest.
-    subset = np.arange(total)
-    if size < total:
-        subset = np.sort(np.random.default_rng([seed, 1]).choice(total, size, replace=False))
+    """The oracle on a seeded subset: its conditions beside full, drop, mean and gist (and
+    refined, where scored) on the same examples, and GR(gist) / GR(oracle) with its
+    interval. `sink` (D,) is read before every vector (a `bos_sink` model)."""
+    subset = oracle_subset(len(context), size, seed=seed)
     started = time.perf_counter()
     vectors, search = fit_oracle_vectors(
         teacher,
@@ -765,7 +806,7 @@ def _oracle_section(
         init=gists[subset],
         batch_size=batch_size,
         should_cancel=should_cancel,
-        sink=drop_vector(teacher, drop_token).to(_device_of(teacher)) if bos_sink else None,
+        sink=sink,
     )
     oracle_nll = evaluate_conditions(
         teacher,
@@ -775,9 +816,11 @@ def _oracle_section(
         drop_token=drop_token,
         batch_size=batch_size,
         should_cancel=should_cancel,
-        bos_sink=bos_sink,
+        bos_sink=sink is not None,
     )["oracle"]
-    on_subset = {name: nll[name][subset] for name in ("full", "gist", "drop", "mean")}
+    on_subset = {
+        name: nll[name][subset] for name in ("full", "gist", "drop", "mean", "refined") if name in nll
+    }
     on_subset["oracle"] = oracle_nll
     section = summarize(
         on_subset, bootstrap_samples=bootstrap_samples, seed=seed, doc_ids=doc_ids[subset]
@@ -852,13 +895,23 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"{report['n_examples']} examples, {report['horizon_tokens']} horizon tokens each; "
         f"{_resampling_note(report)}"
     )
-    comparisons = report.get("comparisons", {})
-    if "gist_minus_mean_gap_recovered" in comparisons:
-        lines.append(f"GR(gist) - GR(mean): {_fmt(comparisons['gist_minus_mean_gap_recovered'])}")
-    if "swapped_over_gist_gap_recovered" in comparisons:
+    refine = report.get("refine")
+    if refine is not None:
         lines.append(
-            f"GR(swapped) / GR(gist): {_fmt(comparisons['swapped_over_gist_gap_recovered'])}"
+            f"refined: each gist refined from the block alone, {refine['samples']} continuations "
+            f"of {refine['tokens']} tokens sampled by the teacher (temperature "
+            f"{refine['temperature']}, seed {refine['seed']}), {refine['steps']} Adam steps "
+            f"(lr {refine['lr']}); {refine['seconds']} s"
         )
+    comparisons = report.get("comparisons", {})
+    for key, label in (
+        ("gist_minus_mean_gap_recovered", "GR(gist) - GR(mean)"),
+        ("swapped_over_gist_gap_recovered", "GR(swapped) / GR(gist)"),
+        ("refined_minus_mean_gap_recovered", "GR(refined) - GR(mean)"),
+        ("swapped_refined_over_refined_gap_recovered", "GR(swapped_refined) / GR(refined)"),
+    ):
+        if key in comparisons:
+            lines.append(f"{label}: {_fmt(comparisons[key])}")
     oracle = report.get("oracle")
     if oracle is not None:
         search = oracle["search"]
@@ -868,9 +921,11 @@ def format_table(report: Mapping[str, Any]) -> str:
             f"(Adam lr {search['lr']}, from the gist, at most {search['max_steps']} steps, "
             f"stopped on a KL plateau; {search['seconds']} s)",
             *_condition_table(oracle),
-            f"GR(gist) / GR(oracle): "
-            f"{_fmt(oracle['comparisons']['gist_over_oracle_gap_recovered'])}",
         ]
+        for vector in ("gist", "refined"):
+            share = oracle["comparisons"].get(f"{vector}_over_oracle_gap_recovered")
+            if share is not None:
+                lines.append(f"GR({vector}) / GR(oracle): {_fmt(share)}")
     bars = report.get("quality_bars") or {}
     if bars:
         lines.append(

@@ -12,7 +12,8 @@ import torch
 from gistnet.checkpoint import load_checkpoint
 from gistnet.devices import resolve_device
 from gistnet.errors import ConfigError
-from gistnet.substitution import drop_token_id
+from gistnet.refine import RefineSettings, refine_gists
+from gistnet.substitution import drop_token_id, drop_vector
 from gistnet.teacher import (
     check_teacher_layers,
     gistnet_inputs,
@@ -107,14 +108,34 @@ class GistEncoder:
             )
         return self.tokenizer
 
-    @torch.inference_mode()
-    def encode(self, input_ids: torch.Tensor) -> torch.Tensor:
+    @property
+    def refine_tokens(self) -> int:
+        """How long the continuations a refinement samples are by default: the horizon the
+        model was trained to predict (what its evaluation scores), else one block."""
+        horizon = (self.info.get("dataset") or {}).get("horizon")
+        return int(horizon) - self.block_size if horizon else self.block_size
+
+    def encode(self, input_ids: torch.Tensor, *, refine: RefineSettings | None = None) -> torch.Tensor:
         """(N, T) token ids -> (N, D) float32 gists on the CPU, or (N, k, D) for a model
-        with gists_per_block k > 1 (vector j of a block stands at its position T-k+j)."""
+        with gists_per_block k > 1 (vector j of a block stands at its position T-k+j).
+        With `refine`, each gist is then refined from its block (`gistnet.refine`): about
+        samples x steps teacher passes per block more."""
         if input_ids.dim() != 2 or input_ids.shape[1] != self.block_size:
             raise ValueError(
                 f"expected (N, {self.block_size}) token ids, got {tuple(input_ids.shape)}"
             )
+        gists = self._amortized(input_ids)
+        if refine is None:
+            return gists
+        sink = None
+        if self.bos_sink:
+            sink = drop_vector(self.teacher, self.sink_token_id).to(self.device)
+        return refine_gists(
+            self.teacher, input_ids, gists, settings=refine, tokens=self.refine_tokens, sink=sink
+        )
+
+    @torch.inference_mode()
+    def _amortized(self, input_ids: torch.Tensor) -> torch.Tensor:
         # The block's states (N, T, D) and whatever else this model reads
         inputs = gistnet_inputs(self.teacher, input_ids.to(self.device), self.model.config)
         return self.model(**inputs).float().cpu()  # -> (N, [k,] D)

@@ -13,6 +13,7 @@ import sys
 
 from gistnet.errors import GistNetError
 from gistnet.evaluate import evaluate_gistnet, format_table, write_report
+from gistnet.refine import RefineSettings
 from gistnet.storage import is_url, join, open_local, open_local_dataset, writing_to
 
 
@@ -35,6 +36,17 @@ def main(argv: list[str] | None = None) -> int:
         help="add the oracle condition: free vectors fitted to each of a seeded subset of "
         "this many examples (the ceiling of what the gist's vectors can carry)",
     )
+    parser.add_argument(
+        "--refine-samples",
+        type=int,
+        help="add the refined condition: every gist refined from its block alone against "
+        "this many continuations the teacher samples (gistnet.refine; e.g. 8)",
+    )
+    parser.add_argument(
+        "--refine-steps", type=int, default=50, help="Adam steps per refined gist (default 50)"
+    )
+    parser.add_argument("--refine-lr", type=float, default=0.05)
+    parser.add_argument("--refine-temperature", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--bootstrap-samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
@@ -61,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(done - bar.n)
 
     try:
+        refine = None
+        if args.refine_samples is not None:
+            refine = RefineSettings(
+                samples=args.refine_samples,
+                steps=args.refine_steps,
+                lr=args.refine_lr,
+                temperature=args.refine_temperature,
+                seed=args.seed,
+            )
         report = evaluate_gistnet(
             checkpoint_path=open_local(args.checkpoint),
             dataset_path=open_local_dataset(args.dataset, splits=[args.split or "validation"]),
@@ -71,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap_samples=args.bootstrap_samples,
             seed=args.seed,
             oracle_examples=args.oracle_examples,
+            refine=refine,
             on_progress=progress,
             tokenizer=args.tokenizer,
             teacher_model=args.teacher,
