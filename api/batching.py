@@ -140,3 +140,41 @@ class GistBatcher:
                 if not item.future.done():  # its client may have gone away
                     item.future.set_result(gists[offset : offset + n])
                 offset += n
+
+
+class RefineLane:
+    """Refined gists (gistnet.refine), one request at a time on a thread of their own.
+
+    A refinement costs about samples x steps teacher passes per block, seconds where a
+    plain gist costs milliseconds: refinements neither run beside each other nor hold up
+    the batched plain gists. At most `capacity` requests wait or run; more are refused at
+    once (QueueFull) rather than left waiting.
+    """
+
+    def __init__(self, *, capacity: int):
+        self.capacity = capacity
+        self.waiting = 0
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gist-refine")
+
+    async def stop(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def encode(self, engine: GistEngine, blocks: np.ndarray, refine) -> np.ndarray:
+        """Refined gists of `blocks` with `refine` (a RefineSettings)."""
+        if self.waiting >= self.capacity:
+            raise QueueFull(
+                f"{self.waiting} refinements are waiting or running, and the server takes "
+                f"{self.capacity} at a time (GISTNET_GIST_REFINE_QUEUE): try again shortly"
+            )
+        self.waiting += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._executor, lambda: engine.encode(blocks, refine=refine)
+            )
+        finally:
+            self.waiting -= 1

@@ -45,15 +45,17 @@ class GistEngine:
             return None
         return self._encoder.tokenizer.batch_decode(blocks.tolist())
 
-    def encode(self, blocks: np.ndarray) -> np.ndarray:
+    def encode(self, blocks: np.ndarray, *, refine=None) -> np.ndarray:
         """(N, T) int64 token ids -> (N, D) float32 gists ((N, k, D) for k gists per block),
-        at most max_batch blocks a forward."""
+        at most max_batch blocks a forward; refined from their blocks with `refine` (a
+        gistnet.refine.RefineSettings)."""
         out = []
         for start in range(0, len(blocks), self.max_batch):
             chunk = self._torch.from_numpy(
                 np.ascontiguousarray(blocks[start : start + self.max_batch])
             )
-            out.append(self._encoder.encode(chunk).numpy())  # (n, T) -> (n, [k,] D)
+            # (n, T) -> (n, [k,] D)
+            out.append(self._encoder.encode(chunk, refine=refine).numpy())
         return np.concatenate(out) if len(out) > 1 else out[0]
 
 

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.orm import sessionmaker
 
-from api.batching import GistBatcher
+from api.batching import GistBatcher, RefineLane
 from api.engine import EngineCache
 from api.errors import ContainErrors, LimitBodySize, install_error_handlers
 from api.metrics import ApiMetrics, RequestMetricsMiddleware
@@ -43,9 +43,12 @@ async def lifespan(app: FastAPI):
         on_forward=app.state.metrics.gist_batch_blocks.observe,
     )
     await app.state.batcher.start()
+    app.state.refine_lane = RefineLane(capacity=settings.gist_refine_queue)
+    await app.state.refine_lane.start()
     try:
         yield
     finally:
+        await app.state.refine_lane.stop()
         await app.state.batcher.stop()
         app.state.engines.clear()
         app.state.celery.close()

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from api.validation import unstorable_text
 from gistnet.config import DatasetConfig, GistNetConfig, SplitConfig, TrainingConfig
+from gistnet.refine import MAX_SAMPLES as REFINE_MAX_SAMPLES
+from gistnet.refine import MAX_STEPS as REFINE_MAX_STEPS
+from gistnet.refine import RefineSettings
 from service.db.models import Dataset, Model
 from service.limits import INT32_MAX
 from service.queue import JobKind, JobStatus, ProductStatus, QueueName
@@ -309,6 +312,22 @@ class ModelsPublic(_Out):
 # --------------------------------------------------------------------------- gists
 
 
+class RefineOptions(_In):
+    """Gists refined from their blocks alone (gistnet.refine): the teacher samples
+    `samples` continuations of each block and Adam moves the gist `steps` times so the
+    teacher predicts them after the gist as after the block. Costs about samples x steps
+    teacher passes per block."""
+
+    samples: int = Field(default=8, ge=1, le=REFINE_MAX_SAMPLES)
+    steps: int = Field(default=50, ge=1, le=REFINE_MAX_STEPS)
+    lr: float = Field(default=0.05, gt=0, le=10.0)
+    temperature: float = Field(default=1.0, gt=0, le=100.0)
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+
+    def settings(self) -> RefineSettings:
+        return RefineSettings(**self.model_dump())
+
+
 class GistRequest(_In):
     # None: the newest model.
     model_id: RowId | None = None
@@ -318,6 +337,8 @@ class GistRequest(_In):
     text: str | None = None
     # float: lists of numbers; base64: little-endian float32 bytes, as embedding servers offer.
     encoding: Literal["float", "base64"] = "float"
+    # Refine each gist at gist time (slower: see RefineOptions); None returns GistNet's own.
+    refine: RefineOptions | None = None
 
 
 class GistResponse(_Out):
@@ -340,6 +361,8 @@ class GistResponse(_Out):
     unused_tokens: int | None = None
     # Text requests only: each block's tokens written back as text, in order.
     block_texts: list[str] | None = None
+    # How the gists were refined, when the request asked for it.
+    refine: RefineOptions | None = None
 
 
 # --------------------------------------------------------------------------- evaluations
@@ -357,6 +380,9 @@ class EvaluationCreate(_In):
     # fitted to each example, the ceiling of what the gist's vectors could carry. Costs
     # about one training step per example batch and Adam step; None leaves it out.
     oracle_examples: int | None = Field(default=None, ge=1, le=4096)
+    # Adds the `refined` condition: every gist refined from its block alone (gistnet.refine)
+    # and scored beside the gist, in the oracle section too. None leaves it out.
+    refine: RefineOptions | None = None
 
 
 class EvaluationAccepted(JobAccepted):

@@ -353,6 +353,19 @@ def check_gist_request(blocks: list | None, text: str | None, *, max_blocks: int
         )
 
 
+def check_refine_work(blocks: int, samples: int, steps: int, max_work: int) -> None:
+    """A refinement costs about blocks x samples x steps teacher passes: bounded per request."""
+    work = blocks * samples * steps
+    if work > max_work:
+        raise RequestProblem(
+            f"refine: {blocks} blocks x {samples} samples x {steps} steps = {work} teacher "
+            f"passes; this server refines at most {max_work} per request "
+            f"(GISTNET_GIST_REFINE_MAX_WORK): send fewer blocks per request, or ask for fewer "
+            f"samples or steps",
+            status_code=413,
+        )
+
+
 def gist_text_budget(*, max_blocks: int, block_size: int, longest_token: int) -> tuple[int, int]:
     """(characters, tokens) beyond which a text cannot fit in `max_blocks` blocks.
 

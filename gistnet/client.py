@@ -263,9 +263,11 @@ class Client:
         bootstrap_samples: int = 1000,
         seed: int = 0,
         oracle_examples: int | None = None,
+        refine: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Queue a ΔNLL@H evaluation (on the model's own dataset unless told another):
-        {evaluation_id, job_id, ...}."""
+        {evaluation_id, job_id, ...}. `refine` ({} for the defaults) adds the refined
+        gists as a condition."""
         if dataset_id is None:
             dataset_id = self.model(model_id)["dataset_id"]
         body = {
@@ -276,6 +278,7 @@ class Client:
             "bootstrap_samples": bootstrap_samples,
             "seed": seed,
             "oracle_examples": oracle_examples,
+            "refine": None if refine is None else dict(refine),
         }
         return self.request("POST", "/evaluations", json=body)
 
@@ -364,13 +367,17 @@ class Client:
         *,
         model_id: int | None = None,
         encoding: str = "base64",
+        refine: Mapping[str, Any] | None = None,
     ) -> np.ndarray:
         """Gists as an (N, D) float32 array (N, k, D for a model with k gists per block):
         of a text (cut into full blocks by the model's tokenizer; a short tail is left
         out) or of (N, T) token ids. The newest model unless `model_id`. base64 carries
-        the exact float32 bytes and is smaller. `gist_answer` also says where the teacher
-        reads them."""
-        return self.gist_answer(blocks_or_text, model_id=model_id, encoding=encoding).vectors
+        the exact float32 bytes and is smaller. `refine` ({} for the defaults, or e.g.
+        {"samples": 8, "steps": 50}) refines each gist from its block (slower; see
+        gistnet.refine). `gist_answer` also says where the teacher reads them."""
+        return self.gist_answer(
+            blocks_or_text, model_id=model_id, encoding=encoding, refine=refine
+        ).vectors
 
     def gist_answer(
         self,
@@ -378,6 +385,7 @@ class Client:
         *,
         model_id: int | None = None,
         encoding: str = "base64",
+        refine: Mapping[str, Any] | None = None,
     ) -> GistAnswer:
         """As `gist`, with what a caller needs to put the gists in a teacher's input: the
         model, k, and for a model trained with bos_sink the token whose embedding goes
@@ -385,6 +393,8 @@ class Client:
         body: dict[str, Any] = {"encoding": encoding}
         if model_id is not None:
             body["model_id"] = model_id
+        if refine is not None:
+            body["refine"] = dict(refine)
         if isinstance(blocks_or_text, str):
             body["text"] = blocks_or_text
         else:

@@ -129,6 +129,11 @@ class Settings(BaseSettings):
     gist_batch_wait_ms: float = Field(default=5.0, ge=0)
     # Blocks waiting for a forward, all requests together; beyond it requests get 429.
     gist_queue_size: int = Field(default=4096, ge=1)
+    # POST /gist with `refine`: most blocks x samples x steps one request may ask for (413
+    # above it; about 17 s of the sample teacher on 2 cores at the default), and most
+    # refining requests waiting or running at once (429 above it).
+    gist_refine_max_work: int = Field(default=6400, ge=1)
+    gist_refine_queue: int = Field(default=4, ge=1)
     # Models whose teacher + GistNet stay loaded in the API process.
     gist_model_cache: int = Field(default=2, ge=1)
 

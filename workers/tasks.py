@@ -574,6 +574,7 @@ def train_task(self, job_id: int) -> str:
 
 def _evaluate(run: JobRun) -> Outcome:
     from gistnet.evaluate import evaluate_gistnet, write_report
+    from gistnet.refine import RefineSettings
 
     settings = run.settings
     store = settings.artifact_store()
@@ -591,6 +592,9 @@ def _evaluate(run: JobRun) -> Outcome:
             step=done, max_steps=total, progress={"examples_scored": done, "examples": total}
         )
 
+    params = dict(run.params)
+    if params.get("refine") is not None:  # stored as the request's JSON object
+        params["refine"] = RefineSettings(**params["refine"])
     report = evaluate_gistnet(
         checkpoint_path=checkpoint,
         dataset_path=dataset_path,
@@ -598,7 +602,7 @@ def _evaluate(run: JobRun) -> Outcome:
         device=settings.device,
         on_progress=on_progress,
         should_cancel=run.should_cancel,
-        **run.params,
+        **params,
     )
     # The report as JSON and its per-position NLL plot, beside the other artifacts; the
     # recorded report names them relative to the artifact root.

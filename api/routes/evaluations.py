@@ -94,7 +94,7 @@ def create_evaluation_route(
         dataset_id=dataset.id,
         split=body.split,
         options=body.model_dump(
-            include={"max_examples", "bootstrap_samples", "seed", "oracle_examples"}
+            include={"max_examples", "bootstrap_samples", "seed", "oracle_examples", "refine"}
         ),
     )
     accepted = EvaluationAccepted(

@@ -21,6 +21,7 @@ from api.validation import (
     blocks_array,
     check_gist_request,
     check_gist_text,
+    check_refine_work,
     gist_text_budget,
     text_blocks,
 )
@@ -152,7 +153,15 @@ async def gist(
     metrics = request.app.state.metrics
     metrics.gist_request_blocks.observe(len(blocks))
     try:
-        gists = await batcher.encode(engine, blocks)
+        if body.refine is None:
+            gists = await batcher.encode(engine, blocks)
+        else:
+            check_refine_work(
+                len(blocks), body.refine.samples, body.refine.steps, settings.gist_refine_max_work
+            )
+            gists = await request.app.state.refine_lane.encode(
+                engine, blocks, body.refine.settings()
+            )
     except QueueFull as err:
         metrics.gist_queue_full.inc()
         raise HTTPException(
@@ -173,5 +182,6 @@ async def gist(
         "tokens": tokens,
         "unused_tokens": unused,
         "block_texts": block_texts,
+        "refine": None if body.refine is None else body.refine.model_dump(),
     }
     return Response(json.dumps(content), media_type="application/json")

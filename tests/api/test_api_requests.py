@@ -283,6 +283,18 @@ def test_evaluation_takes_an_oracle_size_and_refuses_a_bad_one(
     assert answer.status_code == 202
 
 
+def test_evaluation_takes_refine_settings_and_refuses_bad_ones(
+    client, ready_dataset, trained_model
+):
+    body = {"model_id": trained_model["id"], "dataset_id": ready_dataset["id"]}
+    for bad, field in (({"samples": 0}, "samples"), ({"steps": 10**6}, "steps"),
+                       ({"temperature": 0}, "temperature"), ({"spread": 1}, "spread")):  # fmt: skip
+        answer = client.post("/evaluations", json={**body, "refine": bad})
+        assert answer.status_code == 422 and field in answer.text, bad
+    answer = client.post("/evaluations", json={**body, "refine": {"samples": 2, "steps": 3}})
+    assert answer.status_code == 202
+
+
 # --------------------------------------------------------------------------- POST /gist
 
 
@@ -465,3 +477,73 @@ def test_gist_of_a_bos_sink_model_says_where_the_gists_are_read(client, sink_mod
     assert encoder.tokenizer.bos_token_id is not None
     assert body["sink_token_id"] == encoder.tokenizer.bos_token_id
     assert len(body["gists"]) == 1 and len(body["gists"][0]) == body["dim"]
+
+
+def test_refined_gists_are_the_encoders_refined_gists(client, sink_model):
+    from gistnet.inference import GistEncoder
+    from gistnet.refine import RefineSettings
+
+    blocks = [list(range(3, 35)), [5] * 32]
+    refine = {"samples": 2, "steps": 4, "seed": 3}
+    answer = client.post(
+        "/gist", json={"model_id": sink_model["id"], "blocks": blocks, "refine": refine}
+    )
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["refine"] == {**refine, "lr": 0.05, "temperature": 1.0}
+    assert body["bos_sink"] is True
+    encoder = GistEncoder.from_checkpoint(sink_model["checkpoint"])
+    ids = torch.tensor(blocks)
+    expected = encoder.encode(ids, refine=RefineSettings(**body["refine"]))
+    got = torch.tensor(body["gists"])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(got, encoder.encode(ids))  # refinement moved them
+    plain = client.post("/gist", json={"model_id": sink_model["id"], "blocks": blocks}).json()
+    assert plain["refine"] is None
+
+
+def test_refinement_beyond_the_servers_work_bound_is_413_and_bad_settings_422(
+    client, api_stack, trained_model
+):
+    bound = api_stack.settings.gist_refine_max_work
+    blocks = [[5] * 32] * 4
+    steps = bound // (4 * 8) + 1  # 4 blocks x 8 samples x steps > bound
+    answer = client.post("/gist", json={"blocks": blocks, "refine": {"samples": 8, "steps": steps}})
+    assert answer.status_code == 413
+    detail = answer.json()["detail"]
+    assert f"4 blocks x 8 samples x {steps} steps" in detail
+    assert "GISTNET_GIST_REFINE_MAX_WORK" in detail
+    bad = client.post("/gist", json={"blocks": blocks, "refine": {"samples": 65}})
+    assert bad.status_code == 422 and "samples" in bad.text
+
+
+def test_the_refine_lane_refuses_beyond_its_capacity_at_once(trained_model):
+    import asyncio
+    from pathlib import Path
+
+    import numpy as np
+
+    from api.batching import QueueFull, RefineLane
+    from api.engine import GistEngine
+    from gistnet.refine import RefineSettings
+
+    engine = GistEngine(
+        model_id=trained_model["id"], checkpoint=Path(trained_model["checkpoint"]),
+        device="cpu", max_batch=64,
+    )  # fmt: skip
+    blocks = np.full((2, 32), 5, dtype=np.int64)
+
+    async def two_at_once():
+        lane = RefineLane(capacity=1)
+        await lane.start()
+        try:
+            first = asyncio.create_task(lane.encode(engine, blocks, RefineSettings(steps=30)))
+            await asyncio.sleep(0)  # the first request now holds the lane's one place
+            with pytest.raises(QueueFull, match="GISTNET_GIST_REFINE_QUEUE"):
+                await lane.encode(engine, blocks, RefineSettings(steps=1))
+            gists = await first
+            assert gists.shape == (2, engine.dim) and lane.waiting == 0
+        finally:
+            await lane.stop()
+
+    asyncio.run(two_at_once())

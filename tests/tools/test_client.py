@@ -82,10 +82,13 @@ def test_client_uploads_prepares_trains_evaluates_and_gists(client, tmp_path):
     model_id = job["result"]["model_id"]
     assert [p["step"] for p in client.job_metrics(job)] == list(range(1, 13))
 
-    evaluation = client.evaluate(model_id, max_examples=32, bootstrap_samples=20)
+    evaluation = client.evaluate(
+        model_id, max_examples=32, bootstrap_samples=20, refine={"samples": 2, "steps": 2}
+    )
     client.wait(evaluation, timeout=180)
     report = client.evaluation(evaluation["evaluation_id"])["report"]
-    assert {"full", "gist", "drop"} <= set(report["conditions"])
+    assert {"full", "gist", "drop", "refined", "swapped_refined"} <= set(report["conditions"])
+    assert report["refine"]["samples"] == 2 and report["refine"]["steps"] == 2
     assert client.model(model_id)["latest_evaluation"]["id"] == evaluation["evaluation_id"]
 
     story = tiny_documents(1, seed=5)[0]
@@ -99,6 +102,8 @@ def test_client_uploads_prepares_trains_evaluates_and_gists(client, tmp_path):
     np.testing.assert_allclose(exact, as_floats, rtol=1e-6)
     layout = client.gist_answer(blocks, model_id=model_id)
     np.testing.assert_array_equal(layout.vectors, exact)
+    refined = client.gist(blocks, model_id=model_id, refine={"samples": 2, "steps": 3})
+    assert refined.shape == exact.shape and not np.allclose(refined, exact)
     assert layout.model_id == model_id and layout.gists_per_block == 1
     assert layout.bos_sink is False and layout.sink_token_id is None  # the example config
     # a model whose gists are read after BOS says so, and which token that is
