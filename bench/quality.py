@@ -78,30 +78,34 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def bars_line(report: dict) -> str:
+def bars_line(report: dict, vector: str = "gist") -> str:
+    """The bars of `vector`: the gist, or the refined gist of a report with refinement."""
     comparisons = report["comparisons"]
     bars = report["quality_bars"]
     marks = {True: "met", False: "**missed**", None: "n/a"}
-    gist = report["conditions"]["gist"]
+    entry = report["conditions"][vector]
+    swapped = "swapped" if vector == "gist" else f"swapped_{vector}"
     lines = [
-        f"- GR(gist) − GR(mean) = {_cell(comparisons['gist_minus_mean_gap_recovered'], signed=True)}"
-        f" (interval above 0: {marks[bars['gist_above_mean_ci_excludes_0']]})",
-        f"- GR(gist) = {_cell(gist['gap_recovered'])}: ≥ 0.5 "
-        f"{marks[bars['gist_gap_recovered_at_least_0.5']]}; target ≥ 0.70 "
-        f"{marks[bars['gist_gap_recovered_at_least_0.7']]}",
-        f"- GR(gist) over tokens {report['early_tokens'] + 1}+ = "
-        f"{_cell(gist.get('gap_recovered_rest'))}: target ≥ 0.40 "
-        f"{marks[bars['gist_gap_recovered_rest_at_least_0.4']]}",
-        f"- GR(swapped) / GR(gist) = {_cell(comparisons['swapped_over_gist_gap_recovered'])}"
-        f" (below 1/2: {marks[bars['swapped_below_half_of_gist']]}; target below 1/3: "
-        f"{marks[bars['swapped_below_third_of_gist']]})",
+        f"- GR({vector}) − GR(mean) = "
+        f"{_cell(comparisons[f'{vector}_minus_mean_gap_recovered'], signed=True)}"
+        f" (interval above 0: {marks[bars[f'{vector}_above_mean_ci_excludes_0']]})",
+        f"- GR({vector}) = {_cell(entry['gap_recovered'])}: ≥ 0.5 "
+        f"{marks[bars[f'{vector}_gap_recovered_at_least_0.5']]}; target ≥ 0.70 "
+        f"{marks[bars[f'{vector}_gap_recovered_at_least_0.7']]}",
+        f"- GR({vector}) over tokens {report['early_tokens'] + 1}+ = "
+        f"{_cell(entry.get('gap_recovered_rest'))}: target ≥ 0.40 "
+        f"{marks[bars[f'{vector}_gap_recovered_rest_at_least_0.4']]}",
+        f"- GR({swapped}) / GR({vector}) = "
+        f"{_cell(comparisons[f'{swapped}_over_{vector}_gap_recovered'])}"
+        f" (below 1/2: {marks[bars[f'{swapped}_below_half_of_{vector}']]}; target below 1/3: "
+        f"{marks[bars[f'{swapped}_below_third_of_{vector}']]})",
     ]
     oracle = report.get("oracle")
     if oracle is not None:
-        share = oracle["comparisons"]["gist_over_oracle_gap_recovered"]
+        share = oracle["comparisons"][f"{vector}_over_oracle_gap_recovered"]
         lines.append(
-            f"- GR(gist) / GR(oracle) on the oracle's {oracle['n_examples']} examples = "
-            f"{_cell(share)}: target ≥ 0.90 {marks[bars['gist_at_least_90pct_of_oracle']]}"
+            f"- GR({vector}) / GR(oracle) on the oracle's {oracle['n_examples']} examples = "
+            f"{_cell(share)}: target ≥ 0.90 {marks[bars[f'{vector}_at_least_90pct_of_oracle']]}"
         )
     lines.append(f"- ΔNLL(drop) ≥ 0.1 nats/token: {marks[bars['drop_delta_nll_at_least_0.1']]}")
     return "\n".join(lines)
