@@ -102,6 +102,7 @@ def add_client_commands(subparsers) -> None:
         default=None,
         help="add the oracle (free vectors fitted per example) on this many examples",
     )
+    _refine_arguments(evaluate, "add the refined gists as a condition: ")
     evaluate.add_argument("--bootstrap-samples", type=int, default=1000)
     evaluate.add_argument("--wait", action="store_true", help="follow it and print the report")
     evaluate.set_defaults(client_handler=_evaluate)
@@ -127,7 +128,24 @@ def add_client_commands(subparsers) -> None:
     source.add_argument("--blocks", help="token ids as JSON: [[id, ...], ...]")
     gist.add_argument("--model", type=int, default=None, help="default: the newest model")
     gist.add_argument("--output", type=Path, default=None, help="save the (N, D) array (.npy)")
+    _refine_arguments(gist, "refine each gist from its block (slower): ")
     gist.set_defaults(client_handler=_gist)
+
+
+def _refine_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--refine-samples",
+        type=int,
+        default=None,
+        help=what + "this many continuations the teacher samples per block (e.g. 8)",
+    )
+    parser.add_argument("--refine-steps", type=int, default=50, help="Adam steps per gist")
+
+
+def _refine(args) -> dict[str, int] | None:
+    if args.refine_samples is None:
+        return None
+    return {"samples": args.refine_samples, "steps": args.refine_steps}
 
 
 def run_client_command(args: argparse.Namespace) -> int:
@@ -246,6 +264,7 @@ def _evaluate(client: Client, args) -> int:
         max_examples=args.max_examples,
         bootstrap_samples=args.bootstrap_samples,
         oracle_examples=args.oracle_examples,
+        refine=_refine(args),
     )
     if not args.wait:
         _print_json(accepted) if args.json else print(accepted["evaluation_id"])
@@ -342,7 +361,7 @@ def _gist(client: Client, args) -> int:
         source = args.file.read_text(encoding="utf-8")
     else:
         source = args.text
-    gists = client.gist(source, model_id=args.model)
+    gists = client.gist(source, model_id=args.model, refine=_refine(args))
     if args.output is not None:
         np.save(args.output, gists)
     if args.json:

@@ -182,6 +182,13 @@ def test_cli_drives_the_flow_with_url_and_key_from_the_environment(
         expected = client.gist(story)
     assert f"{len(expected)} gists of dimension {expected.shape[1]}" in out
     np.testing.assert_array_equal(np.load(saved), expected)
+    # refined from the block: the service's refined gists, seeded, so the same again
+    refine = ["--refine-samples", "2", "--refine-steps", "3"]
+    assert cli(["gist", "--text", story, "--output", str(saved), *refine]) == 0
+    with Client(running_service.url, api_key=SERVICE_KEY) as client:
+        refined = client.gist(story, refine={"samples": 2, "steps": 3})
+    np.testing.assert_array_equal(np.load(saved), refined)
+    assert not np.allclose(refined, expected)
 
 
 def test_cli_prints_the_servers_message_and_fails(running_service, capsys):
