@@ -321,7 +321,7 @@ class RefineOptions(_In):
     samples: int = Field(default=8, ge=1, le=REFINE_MAX_SAMPLES)
     steps: int = Field(default=50, ge=1, le=REFINE_MAX_STEPS)
     lr: float = Field(default=0.05, gt=0, le=10.0)
-    temperature: float = Field(default=1.0, gt=0, le=100.0)
+    temperature: float = Field(default=0.8, gt=0, le=100.0)
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
 
     def settings(self) -> RefineSettings:

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         "--refine-steps", type=int, default=50, help="Adam steps per refined gist (default 50)"
     )
     parser.add_argument("--refine-lr", type=float, default=0.05)
-    parser.add_argument("--refine-temperature", type=float, default=1.0)
+    parser.add_argument("--refine-temperature", type=float, default=0.8)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--bootstrap-samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)

@@ -490,7 +490,7 @@ def test_refined_gists_are_the_encoders_refined_gists(client, sink_model):
     )
     assert answer.status_code == 200
     body = answer.json()
-    assert body["refine"] == {**refine, "lr": 0.05, "temperature": 1.0}
+    assert body["refine"] == {**refine, "lr": 0.05, "temperature": 0.8}
     assert body["bos_sink"] is True
     encoder = GistEncoder.from_checkpoint(sink_model["checkpoint"])
     ids = torch.tensor(blocks)

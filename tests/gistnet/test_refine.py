@@ -66,8 +66,9 @@ def test_refinement_lowers_the_kl_on_the_blocks_own_continuations(teacher, conte
     # The continuations it fitted, drawn again with its seed: every block's mean KL falls.
     generator = torch.Generator().manual_seed(5)
     drawn = sample_continuations(
-        teacher, blocks.repeat_interleave(3, dim=0), tokens=8, generator=generator
-    )
+        teacher, blocks.repeat_interleave(3, dim=0), tokens=8,
+        temperature=settings.temperature, generator=generator,
+    )  # fmt: skip
     before = _mean_kl(teacher, drawn, init, 3)
     after = _mean_kl(teacher, drawn, refined, 3)
     assert (after < before).all()
@@ -86,7 +87,7 @@ def test_refinement_reads_the_gists_after_the_sink_of_a_bos_sink_model(teacher, 
     assert not torch.allclose(sunk, plain)
     drawn = sample_continuations(
         teacher, blocks.repeat_interleave(2, dim=0), tokens=8,
-        generator=torch.Generator().manual_seed(1),
+        temperature=settings.temperature, generator=torch.Generator().manual_seed(1),
     )  # fmt: skip
     assert (_mean_kl(teacher, drawn, sunk, 2, bos) < _mean_kl(teacher, drawn, init, 2, bos)).all()
 
