@@ -146,8 +146,9 @@ class RefineLane:
     """Refined gists (gistnet.refine), one request at a time on a thread of their own.
 
     A refinement costs about samples x steps teacher passes per block, seconds where a
-    plain gist costs milliseconds: refinements neither run beside each other nor hold up
-    the batched plain gists. At most `capacity` requests wait or run; more are refused at
+    plain gist costs milliseconds: refinements run one after another, not in the batching
+    queue, so plain gists do not wait behind them (on a CPU they share its cores, and slow
+    down while one runs). At most `capacity` requests wait or run; more are refused at
     once (QueueFull) rather than left waiting.
     """
 
@@ -167,8 +168,8 @@ class RefineLane:
         """Refined gists of `blocks` with `refine` (a RefineSettings)."""
         if self.waiting >= self.capacity:
             raise QueueFull(
-                f"{self.waiting} refinements are waiting or running, and the server takes "
-                f"{self.capacity} at a time (GISTNET_GIST_REFINE_QUEUE): try again shortly"
+                f"{self.waiting} refinements are waiting or running, the most this server "
+                f"holds (GISTNET_GIST_REFINE_QUEUE; they run one at a time): try again shortly"
             )
         self.waiting += 1
         try:

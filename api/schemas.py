@@ -11,6 +11,8 @@ from api.validation import unstorable_text
 from gistnet.config import DatasetConfig, GistNetConfig, SplitConfig, TrainingConfig
 from gistnet.refine import MAX_SAMPLES as REFINE_MAX_SAMPLES
 from gistnet.refine import MAX_STEPS as REFINE_MAX_STEPS
+from gistnet.refine import MAX_TEMPERATURE as REFINE_MAX_TEMPERATURE
+from gistnet.refine import MIN_TEMPERATURE as REFINE_MIN_TEMPERATURE
 from gistnet.refine import RefineSettings
 from service.db.models import Dataset, Model
 from service.limits import INT32_MAX
@@ -321,7 +323,7 @@ class RefineOptions(_In):
     samples: int = Field(default=8, ge=1, le=REFINE_MAX_SAMPLES)
     steps: int = Field(default=50, ge=1, le=REFINE_MAX_STEPS)
     lr: float = Field(default=0.05, gt=0, le=10.0)
-    temperature: float = Field(default=0.8, gt=0, le=100.0)
+    temperature: float = Field(default=0.8, ge=REFINE_MIN_TEMPERATURE, le=REFINE_MAX_TEMPERATURE)
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
 
     def settings(self) -> RefineSettings:

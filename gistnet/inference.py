@@ -111,9 +111,10 @@ class GistEncoder:
     @property
     def refine_tokens(self) -> int:
         """How long the continuations a refinement samples are by default: the horizon the
-        model was trained to predict (what its evaluation scores), else one block."""
-        horizon = (self.info.get("dataset") or {}).get("horizon")
-        return int(horizon) - self.block_size if horizon else self.block_size
+        model was trained to predict (what its evaluation scores), else one block (a model
+        trained on a one-block horizon, or whose checkpoint does not say)."""
+        horizon = int((self.info.get("dataset") or {}).get("horizon") or 0)
+        return horizon - self.block_size if horizon > self.block_size else self.block_size
 
     def encode(self, input_ids: torch.Tensor, *, refine: RefineSettings | None = None) -> torch.Tensor:
         """(N, T) token ids -> (N, D) float32 gists on the CPU, or (N, k, D) for a model

@@ -32,6 +32,7 @@ __all__ = ["RefineSettings", "refine_gists", "sample_continuations"]
 # Bounds a request may ask for (the service refuses more; see api.validation).
 MAX_SAMPLES = 64
 MAX_STEPS = 1000
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0  # below: the float32 logits overflow
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,10 @@ class RefineSettings:
             problems.append(f"steps must be 1 to {MAX_STEPS}; got {self.steps}")
         if not self.lr > 0:
             problems.append(f"lr must be > 0; got {self.lr}")
-        if not self.temperature > 0:
-            problems.append(f"temperature must be > 0; got {self.temperature}")
+        if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
+            problems.append(
+                f"temperature must be {MIN_TEMPERATURE} to {MAX_TEMPERATURE}; got {self.temperature}"
+            )
         if self.tokens is not None and self.tokens < 1:
             problems.append(f"tokens must be >= 1; got {self.tokens}")
         if problems:
@@ -76,21 +79,19 @@ def sample_continuations(
     """The blocks (N, T) each followed by `tokens` tokens the teacher samples after it,
     (N, T + tokens): ancestral sampling from the full softmax, one token at a time with
     the teacher's key-value cache."""
-    from transformers import DynamicCache
-
-    # The cache is filled in place; transformers 5 names the argument `cache`, 4 did not.
+    # The key-value cache the teacher returns is fed back: transformers 5 names it `cache`,
+    # 4 `past_key_values` (a tuple or a Cache object, by version and model).
     parameters = inspect.signature(teacher.forward).parameters
-    kwargs = {"cache" if "cache" in parameters else "past_key_values": DynamicCache()}
-    if "logits_to_keep" in parameters:
-        kwargs["logits_to_keep"] = 1
-    logits = teacher(input_ids=block_ids, use_cache=True, **kwargs).logits[:, -1]
+    name = "cache" if "cache" in parameters else "past_key_values"
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+    out = teacher(input_ids=block_ids, use_cache=True, **keep)
     drawn = []
     for i in range(tokens):
-        probs = F.softmax(logits.float() / temperature, dim=-1)
+        probs = F.softmax(out.logits[:, -1].float() / temperature, dim=-1)
         token = torch.multinomial(probs, 1, generator=generator)  # (N, 1)
         drawn.append(token)
         if i + 1 < tokens:
-            logits = teacher(input_ids=token, use_cache=True, **kwargs).logits[:, -1]
+            out = teacher(input_ids=token, use_cache=True, **{name: getattr(out, name)}, **keep)
     return torch.cat([block_ids, *drawn], dim=1)
 
 
@@ -116,6 +117,11 @@ def refine_gists(
         raise ConfigError(f"{len(init)} starting vectors for {len(block_ids)} blocks")
     device = teacher.get_input_embeddings().weight.device
     tokens = settings.tokens or tokens
+    if tokens < 1:
+        raise ConfigError(
+            f"refinement needs continuations of at least 1 token; got {tokens}: give "
+            f"RefineSettings(tokens=...)"
+        )
     block_size = block_ids.shape[1]
     samples = settings.samples
     if rows_per_batch is None:
@@ -125,40 +131,42 @@ def refine_gists(
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     per_batch = max(1, rows_per_batch // samples)
     refined = []
-    for start in range(0, len(block_ids), per_batch):
-        blocks = block_ids[start : start + per_batch].to(device=device, dtype=torch.long)
-        rows = blocks.repeat_interleave(samples, dim=0)  # (B * S, T)
-        context = sample_continuations(
-            teacher, rows, tokens=tokens, temperature=settings.temperature, generator=generator
-        )
-        with torch.no_grad():
-            full = horizon_log_probs(teacher, context, block_size=block_size)
-        # A normal tensor (init may come from inference mode) that Adam may move.
-        vectors = init[start : start + per_batch].detach().clone().float().to(device)
-        vectors.requires_grad_(True)
-        best = vectors.detach().clone()
-        best_kl = torch.full((len(vectors),), float("inf"), device=device)
-        optimizer = torch.optim.Adam([vectors], lr=settings.lr)
-        with torch.enable_grad():
-            for _ in range(settings.steps):
-                if should_cancel is not None and should_cancel():
-                    raise Cancelled("cancelled while refining gists")
-                log_probs = horizon_log_probs(
-                    teacher,
-                    context,
-                    block_size=block_size,
-                    vectors=vectors.repeat_interleave(samples, dim=0),
-                    sink=sink,
-                )
-                kl = F.kl_div(log_probs, full, reduction="none", log_target=True).sum(-1)
-                per_block = kl.mean(-1).view(len(vectors), samples).mean(-1)  # (B,)
-                with torch.no_grad():
-                    better = per_block < best_kl
-                    best[better] = vectors.detach()[better]
-                    best_kl = torch.minimum(best_kl, per_block.detach())
-                # Summed over blocks: each block's vector sees its own gradient alone.
-                optimizer.zero_grad(set_to_none=True)
-                per_block.sum().backward()
-                optimizer.step()
-        refined.append(best.cpu())
+    # Gradients flow to the vectors even where a caller runs under inference mode.
+    with torch.inference_mode(False):
+        for start in range(0, len(block_ids), per_batch):
+            blocks = block_ids[start : start + per_batch].to(device=device, dtype=torch.long)
+            rows = blocks.repeat_interleave(samples, dim=0)  # (B * S, T)
+            context = sample_continuations(
+                teacher, rows, tokens=tokens, temperature=settings.temperature, generator=generator
+            )
+            with torch.no_grad():
+                full = horizon_log_probs(teacher, context, block_size=block_size)
+            # A normal tensor (init may come from inference mode) that Adam may move.
+            vectors = init[start : start + per_batch].detach().clone().float().to(device)
+            vectors.requires_grad_(True)
+            best = vectors.detach().clone()
+            best_kl = torch.full((len(vectors),), float("inf"), device=device)
+            optimizer = torch.optim.Adam([vectors], lr=settings.lr)
+            with torch.enable_grad():
+                for _ in range(settings.steps):
+                    if should_cancel is not None and should_cancel():
+                        raise Cancelled("cancelled while refining gists")
+                    log_probs = horizon_log_probs(
+                        teacher,
+                        context,
+                        block_size=block_size,
+                        vectors=vectors.repeat_interleave(samples, dim=0),
+                        sink=sink,
+                    )
+                    kl = F.kl_div(log_probs, full, reduction="none", log_target=True).sum(-1)
+                    per_block = kl.mean(-1).view(len(vectors), samples).mean(-1)  # (B,)
+                    with torch.no_grad():
+                        better = per_block < best_kl
+                        best[better] = vectors.detach()[better]
+                        best_kl = torch.minimum(best_kl, per_block.detach())
+                    # Summed over blocks: each block's vector sees its own gradient alone.
+                    optimizer.zero_grad(set_to_none=True)
+                    per_block.sum().backward()
+                    optimizer.step()
+            refined.append(best.cpu())
     return torch.cat(refined)

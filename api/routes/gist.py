@@ -164,9 +164,8 @@ async def gist(
             )
     except QueueFull as err:
         metrics.gist_queue_full.inc()
-        raise HTTPException(
-            429, f"the gist queue is full: {err}", headers={"Retry-After": "1"}
-        ) from None
+        queue = "gist queue" if body.refine is None else "refinement lane"
+        raise HTTPException(429, f"the {queue} is full: {err}", headers={"Retry-After": "1"}) from None
 
     # Serialized here: validating thousands of floats through the response model would
     # cost more than the forward of a small model.

@@ -77,6 +77,16 @@ def test_refinement_lowers_the_kl_on_the_blocks_own_continuations(teacher, conte
     assert torch.equal(refined, again)
 
 
+def test_refinement_works_under_a_callers_inference_mode(teacher, context):
+    blocks = context[:, :BLOCK]
+    init = torch.randn(4, 32, generator=torch.Generator().manual_seed(4))
+    settings = RefineSettings(samples=2, steps=5, seed=2)
+    expected = refine_gists(teacher, blocks, init, settings=settings, tokens=6)
+    with torch.inference_mode():
+        inside = refine_gists(teacher, blocks.clone(), init.clone(), settings=settings, tokens=6)
+    assert torch.equal(inside, expected)
+
+
 def test_refinement_reads_the_gists_after_the_sink_of_a_bos_sink_model(teacher, context):
     blocks = context[:, :BLOCK]
     init = torch.randn(4, 32, generator=torch.Generator().manual_seed(3))
@@ -95,8 +105,12 @@ def test_refinement_reads_the_gists_after_the_sink_of_a_bos_sink_model(teacher, 
 def test_settings_out_of_range_are_refused_with_what_was_wrong(teacher, context):
     with pytest.raises(ConfigError, match="samples must be 1 to 64; got 0"):
         RefineSettings(samples=0)
-    with pytest.raises(ConfigError, match="steps must be 1 to 1000.*temperature must be > 0"):
-        RefineSettings(steps=5000, temperature=0)
+    with pytest.raises(ConfigError, match="steps must be 1 to 1000.*temperature must be 0.01 to"):
+        RefineSettings(steps=5000, temperature=1e-40)  # its logits would overflow float32
+    with pytest.raises(ConfigError, match="continuations of at least 1 token; got 0"):
+        refine_gists(
+            teacher, context[:, :BLOCK], torch.zeros(4, 32), settings=RefineSettings(), tokens=0
+        )
     with pytest.raises(ConfigError, match="3 starting vectors for 4 blocks"):
         refine_gists(
             teacher, context[:, :BLOCK], torch.zeros(3, 32), settings=RefineSettings(), tokens=4
