@@ -28,10 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gistnet.errors import Cancelled, ConfigError, ShardError
-from gistnet.refine import RefineSettings, refine_gists
+from gistnet.refine import RefineSettings, fit_vectors, refine_gists
 from gistnet.substitution import (
     EARLY_TOKENS,
     drop_token_id,
@@ -212,38 +211,14 @@ def fit_oracle_vectors(
         context = _as_long_tensor(context_input_ids[start : start + batch_size], device)
         with torch.no_grad():
             full = horizon_log_probs(teacher, context, block_size=block_size)
-        # A normal tensor (init may come from inference mode) that Adam may move.
-        vectors = init[start : start + batch_size].detach().clone().float().to(device)
-        vectors.requires_grad_(True)
-        best = vectors.detach().clone()
-        best_kl = torch.full((len(vectors),), float("inf"), device=device)
-        optimizer = torch.optim.Adam([vectors], lr=lr)
-        history: list[float] = []
-        with torch.enable_grad():
-            for _ in range(max_steps):
-                if should_cancel is not None and should_cancel():
-                    raise Cancelled("evaluation cancelled while fitting the oracle")
-                log_probs = horizon_log_probs(
-                    teacher, context, block_size=block_size, vectors=vectors, sink=sink
-                )
-                per_example = (
-                    F.kl_div(log_probs, full, reduction="none", log_target=True).sum(-1).mean(-1)
-                )  # (B,)
-                with torch.no_grad():
-                    better = per_example < best_kl
-                    best[better] = vectors.detach()[better]
-                    best_kl = torch.minimum(best_kl, per_example.detach())
-                # Summed, not averaged: each example's vector sees its own gradient alone.
-                optimizer.zero_grad(set_to_none=True)
-                per_example.sum().backward()
-                optimizer.step()
-                history.append(float(best_kl.sum()))
-                if len(history) > patience and history[-1] > history[-1 - patience] * (
-                    1 - min_improvement
-                ):
-                    break
+        best, best_kl, steps = fit_vectors(
+            teacher, context, full, init[start : start + batch_size], block_size=block_size,
+            lr=lr, max_steps=max_steps, sink=sink, patience=patience,
+            min_improvement=min_improvement, should_cancel=should_cancel,
+            cancelled="evaluation cancelled while fitting the oracle",
+        )  # fmt: skip
         fitted.append(best.cpu())
-        steps_taken.append(len(history))
+        steps_taken.append(steps)
         final_kl.append(best_kl.cpu())
     return torch.cat(fitted), {
         "steps_per_batch": steps_taken,

@@ -95,6 +95,69 @@ def sample_continuations(
     return torch.cat([block_ids, *drawn], dim=1)
 
 
+def fit_vectors(
+    teacher: torch.nn.Module,
+    context: torch.Tensor,
+    full: torch.Tensor,
+    init: torch.Tensor,
+    *,
+    block_size: int,
+    lr: float,
+    max_steps: int,
+    repeats: int = 1,
+    sink: torch.Tensor | None = None,
+    patience: int | None = None,
+    min_improvement: float = 0.0,
+    should_cancel: Callable[[], bool] | None = None,
+    cancelled: str = "cancelled while fitting vectors",
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Free vectors fitted by Adam, from `init` (B, [k,] D), to the substitution KL: vector
+    i stands in for the block of the `repeats` rows i*repeats ... of `context` (B*repeats, H),
+    whose `full` log-probabilities are given, and is scored by its mean KL over them. Each
+    keeps the vector with its lowest KL seen. With `patience`, the search stops once the
+    summed KL has not improved by `min_improvement` (relative) for that many steps.
+    Returns (best vectors float32, their KL (B,), steps taken) on the teacher's device.
+    The oracle (repeats 1, the true horizon) and refinement (its sampled ones) share it."""
+    device = teacher.get_input_embeddings().weight.device
+    # A normal tensor (init may come from inference mode) that Adam may move.
+    vectors = init.detach().clone().float().to(device)
+    vectors.requires_grad_(True)
+    best = vectors.detach().clone()
+    best_kl = torch.full((len(vectors),), float("inf"), device=device)
+    optimizer = torch.optim.Adam([vectors], lr=lr)
+    history: list[float] = []
+    steps = 0
+    with torch.enable_grad():
+        while steps < max_steps:
+            if should_cancel is not None and should_cancel():
+                raise Cancelled(cancelled)
+            steps += 1
+            log_probs = horizon_log_probs(
+                teacher,
+                context,
+                block_size=block_size,
+                vectors=vectors.repeat_interleave(repeats, dim=0) if repeats > 1 else vectors,
+                sink=sink,
+            )
+            kl = F.kl_div(log_probs, full, reduction="none", log_target=True).sum(-1)
+            per_vector = kl.mean(-1).view(len(vectors), repeats).mean(-1)  # (B,)
+            with torch.no_grad():
+                better = per_vector < best_kl
+                best[better] = vectors.detach()[better]
+                best_kl = torch.minimum(best_kl, per_vector.detach())
+            # Summed, not averaged: each vector sees its own gradient alone.
+            optimizer.zero_grad(set_to_none=True)
+            per_vector.sum().backward()
+            optimizer.step()
+            if patience is not None:
+                history.append(float(best_kl.sum()))
+                if len(history) > patience and history[-1] > history[-1 - patience] * (
+                    1 - min_improvement
+                ):
+                    break
+    return best, best_kl, steps
+
+
 def refine_gists(
     teacher: torch.nn.Module,
     block_ids: torch.Tensor,
@@ -141,32 +204,10 @@ def refine_gists(
             )
             with torch.no_grad():
                 full = horizon_log_probs(teacher, context, block_size=block_size)
-            # A normal tensor (init may come from inference mode) that Adam may move.
-            vectors = init[start : start + per_batch].detach().clone().float().to(device)
-            vectors.requires_grad_(True)
-            best = vectors.detach().clone()
-            best_kl = torch.full((len(vectors),), float("inf"), device=device)
-            optimizer = torch.optim.Adam([vectors], lr=settings.lr)
-            with torch.enable_grad():
-                for _ in range(settings.steps):
-                    if should_cancel is not None and should_cancel():
-                        raise Cancelled("cancelled while refining gists")
-                    log_probs = horizon_log_probs(
-                        teacher,
-                        context,
-                        block_size=block_size,
-                        vectors=vectors.repeat_interleave(samples, dim=0),
-                        sink=sink,
-                    )
-                    kl = F.kl_div(log_probs, full, reduction="none", log_target=True).sum(-1)
-                    per_block = kl.mean(-1).view(len(vectors), samples).mean(-1)  # (B,)
-                    with torch.no_grad():
-                        better = per_block < best_kl
-                        best[better] = vectors.detach()[better]
-                        best_kl = torch.minimum(best_kl, per_block.detach())
-                    # Summed over blocks: each block's vector sees its own gradient alone.
-                    optimizer.zero_grad(set_to_none=True)
-                    per_block.sum().backward()
-                    optimizer.step()
+            best, _, _ = fit_vectors(
+                teacher, context, full, init[start : start + per_batch], block_size=block_size,
+                lr=settings.lr, max_steps=settings.steps, repeats=samples, sink=sink,
+                should_cancel=should_cancel, cancelled="cancelled while refining gists",
+            )  # fmt: skip
             refined.append(best.cpu())
     return torch.cat(refined)
