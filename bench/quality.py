@@ -26,7 +26,7 @@ import torch
 
 from bench.report import replace_between_markers
 from gistnet.config import GistNetConfig, load_run_config
-from gistnet.evaluate import evaluate_gistnet, format_table, write_report
+from gistnet.evaluate import VECTORS, evaluate_gistnet, format_table, write_report
 from gistnet.memory import gistnet_parameters
 from gistnet.shards import file_sha256
 from gistnet.train import TrainProgress, train_gistnet
@@ -84,7 +84,7 @@ def bars_line(report: dict, vector: str = "gist") -> str:
     bars = report["quality_bars"]
     marks = {True: "met", False: "**missed**", None: "n/a"}
     entry = report["conditions"][vector]
-    swapped = "swapped" if vector == "gist" else f"swapped_{vector}"
+    swapped = dict(VECTORS)[vector]
     lines = [
         f"- GR({vector}) − GR(mean) = "
         f"{_cell(comparisons[f'{vector}_minus_mean_gap_recovered'], signed=True)}"

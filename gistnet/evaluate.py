@@ -41,6 +41,9 @@ from gistnet.substitution import (
 )
 
 CONDITIONS = ("full", "gist", "drop", "mean", "swapped")
+# The vectors a report compares and bars, each with its other-document twin: GistNet's gist,
+# and where the evaluation refined it (gistnet.refine) the refined gist.
+VECTORS = (("gist", "swapped"), ("refined", "swapped_refined"))
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -396,8 +399,7 @@ def summarize(
         return _gap_recovered(m["drop", "all"], m[n, "all"], m["full", "all"])
 
     comparisons: dict[str, Any] = {}
-    # The gist and, where the evaluation refined it (gistnet.refine), the refined gist.
-    for vector, swapped in (("gist", "swapped"), ("refined", "swapped_refined")):
+    for vector, swapped in VECTORS:
         if vector not in nll:
             continue
         if "mean" in nll:
@@ -437,8 +439,7 @@ def _quality_bars(conditions: Mapping, comparisons: Mapping) -> dict[str, bool |
     bars: dict[str, bool | None] = {}
     drop_gap = value(conditions["drop"]["delta_nll"])
     bars["drop_delta_nll_at_least_0.1"] = None if drop_gap is None else drop_gap >= 0.1
-    # The gist's bars, and the same for the refined gist where there is one ("refined_...").
-    for vector, swapped in (("gist", "swapped"), ("refined", "swapped_refined")):
+    for vector, swapped in VECTORS:  # the same bars for each
         if vector not in conditions:
             continue
         gr = value(conditions[vector]["gap_recovered"])
@@ -699,7 +700,7 @@ def evaluate_gistnet(
             should_cancel=should_cancel,
             sink=sink,
         )
-        for vector in ("gist", "refined"):
+        for vector, _ in VECTORS:
             share = report["oracle"]["comparisons"].get(f"{vector}_over_oracle_gap_recovered")
             if share is not None:
                 report["quality_bars"][f"{vector}_at_least_90pct_of_oracle"] = (
@@ -897,7 +898,7 @@ def format_table(report: Mapping[str, Any]) -> str:
             f"stopped on a KL plateau; {search['seconds']} s)",
             *_condition_table(oracle),
         ]
-        for vector in ("gist", "refined"):
+        for vector, _ in VECTORS:
             share = oracle["comparisons"].get(f"{vector}_over_oracle_gap_recovered")
             if share is not None:
                 lines.append(f"GR({vector}) / GR(oracle): {_fmt(share)}")
