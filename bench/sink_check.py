@@ -11,7 +11,7 @@ It prints GR and GR over horizon tokens 9+ for both. A cruder search than the re
 oracle (fixed steps, from the block mean rather than the gist, the last vector rather than
 the best), so its figures sit below the oracle's; what it compares is the two placements
 under the same search. Not part of the measurement: it asks whether the protocol leaves
-quality on the table (docs/quality.md, issue 12).
+quality on the table (docs/quality.md, "Quality bars").
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ Loading: `open_shard` (memory-mapped, zero-copy numpy views) against the baselin
 written here over tensors built from those Python lists, same model, batch and steps.
 Both on a dataset prepared with the sample teacher and one with a random 256-wide GPT-2,
 and on a shard in the seed tool's layout (variable-length lists, one record batch, int64
-ids; the issue's case: 6,223 examples at width 256) made from the 256-wide one, where
-`to_pylist` is what the loader did before. Results go to docs/benchmarks.md.
+ids: 6,223 examples at width 256) made from the 256-wide one, where `to_pylist` is the
+naive reader's way. Results go to docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -45,5 +45,5 @@ def test_each_layer_imports_only_the_layers_below_it(package):
 
 def test_the_client_speaks_http_only():
     client = ROOT / "gistnet" / "client.py"
-    if client.exists():
-        assert imported_packages(client) <= {"gistnet"}
+    assert client.is_file(), "gistnet/client.py is the service's client: it must exist"
+    assert imported_packages(client) <= {"gistnet"}
