@@ -27,8 +27,8 @@ from celery.signals import worker_ready, worker_shutdown
 from service.artifacts import remove_resume_checkpoint
 from service.db.engine import session_scope
 from service.db.idempotency import purge_expired_keys
-from service.db.jobs import Recovery, recover_stale_jobs, resend_queued_jobs
 from service.db.models import utcnow
+from service.db.recovery import Recovery, recover_stale_jobs, resend_queued_jobs
 from service.queue import JobKind, send_job
 from service.settings import Settings
 

@@ -32,8 +32,9 @@ from service.artifacts import (
     resume_checkpoint,
 )
 from service.db.engine import session_scope
-from service.db.jobs import create_parts, get_job, part_label, record_progress, take_over_parent
+from service.db.jobs import create_parts, get_job, record_progress, take_over_parent
 from service.db.models import Job
+from service.db.parts import part_label
 from service.db.records import (
     complete_loss_curve,
     evaluation_of_job,

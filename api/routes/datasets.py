@@ -21,7 +21,7 @@ from api.schemas import DatasetAccepted, DatasetCreate, DatasetPublic, DatasetsP
 from api.uploads import dataset_config_of, is_multipart, parse_model, receive_upload
 from api.validation import check_dataset_request, check_limits
 from api.views import dataset_public
-from service.db.jobs import job_parts
+from service.db.parts import job_parts
 from service.db.records import create_dataset, dataset_job, get_dataset, list_datasets
 from service.limits import INT32_MAX
 from service.settings import Settings

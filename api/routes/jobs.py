@@ -14,7 +14,8 @@ from api.events import job_event_stream
 from api.schemas import JobMetricsPublic, JobPublic, JobsPublic, MetricPoint, RowId
 from api.views import job_public
 from service.artifacts import remove_resume_checkpoint
-from service.db.jobs import get_job, job_parts, list_jobs, request_cancel
+from service.db.jobs import get_job, list_jobs, request_cancel
+from service.db.parts import job_parts
 from service.db.records import job_metrics
 from service.limits import INT32_MAX
 from service.queue import JobKind, JobStatus

@@ -15,12 +15,11 @@ from service.db.jobs import (
     claim_job,
     finish_job,
     record_progress,
-    recover_stale_jobs,
     request_cancel,
-    resend_queued_jobs,
 )
 from service.db.models import Dataset, Job, utcnow
 from service.db.records import create_dataset, create_training_job, job_metrics
+from service.db.recovery import recover_stale_jobs, resend_queued_jobs
 
 LONG_AGO = timedelta(hours=1)
 

@@ -15,8 +15,9 @@ from sqlalchemy import update
 
 from api.main import create_app
 from service.db.engine import session_scope
-from service.db.jobs import claim_job, job_parts
+from service.db.jobs import claim_job
 from service.db.models import Job, utcnow
+from service.db.parts import job_parts
 from service.queue import TASK_OF_KIND, JobKind
 from tests.service_stack import REDIS_DB, STACK_KINDS, dataset_body, stack_of_kind
 
