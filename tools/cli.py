@@ -4,6 +4,7 @@
     gistnet worker [--queues prep,train] [--concurrency N]
     gistnet db upgrade [REVISION] | gistnet db current
     gistnet demo [--port P] [--max-steps N]
+    gistnet teacher import FILE.gguf --out DIR [--dtype float32|bfloat16]
     gistnet datasets | train | evaluate | jobs | models | gist ...   (tools/client_cli.py)
 
 It only parses arguments, reads the settings and starts things; the work is elsewhere.
@@ -66,8 +67,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--max-steps", type=int, default=None, help="cap the training steps of the run config"
     )
+
+    teacher = commands.add_parser("teacher", help="bring a teacher model to the platform")
+    teacher_commands = teacher.add_subparsers(dest="teacher_command", required=True)
+    gguf_import = teacher_commands.add_parser(
+        "import", help="convert a GGUF file into a Hugging Face teacher folder (dequantized)"
+    )
+    gguf_import.add_argument("gguf_file", type=Path, help="the .gguf file")
+    gguf_import.add_argument(
+        "--out", type=Path, required=True, help="the teacher folder to write (must not hold files)"
+    )
+    gguf_import.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32", help="of the stored weights"
+    )
     add_client_commands(commands)
     return parser
+
+
+def _teacher(args: argparse.Namespace) -> int:
+    from gistnet.errors import GistNetError
+    from gistnet.gguf import import_gguf_teacher
+
+    try:
+        teacher = import_gguf_teacher(args.gguf_file, args.out, dtype=args.dtype)
+    except GistNetError as err:
+        print(f"gistnet teacher import: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"{teacher.path}: {teacher.model_type} (GGUF {teacher.architecture}), "
+        f"{teacher.parameters:,} parameters in {teacher.dtype}, vocabulary {teacher.vocab_size:,}"
+    )
+    return 0
 
 
 def _prepare_folders(settings: Settings, *, strict: bool) -> None:
@@ -156,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in CLIENT_COMMANDS:  # HTTP only: the server's settings play no part
         return run_client_command(args)
+    if args.command == "teacher":  # local files only, like the client verbs no settings
+        return _teacher(args)
     try:
         settings = get_settings()
     except SettingsError as err:
