@@ -29,13 +29,14 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.validation import RequestProblem
+from gistnet.paths import SPLIT_NAME_PATTERN
 from gistnet.sources import SOURCE_SUFFIXES
 
 UPLOAD_FOLDER = "uploads"
 # Non-file fields (the config) are read into memory: a config is small.
 MAX_FIELD_BYTES = 1024 * 1024
 MAX_FILES = 1000
-SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SPLIT_NAME = re.compile(SPLIT_NAME_PATTERN)
 
 
 def is_multipart(request: Request) -> bool:

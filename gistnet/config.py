@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gistnet.errors import ConfigError
+from gistnet.paths import check_split_name
 
 TeacherDType = Literal["float32", "float16", "bfloat16"]
 TeacherStates = Literal["cache", "none"]
@@ -80,7 +81,15 @@ class DatasetConfig(_Strict):
     # block_size x width per example). none: store token ids only (a few hundred bytes
     # per example whatever the width) and let training run the teacher inside each step.
     teacher_states: TeacherStates = "cache"
+    # Each name is its shard's file name: SPLIT_NAME_PATTERN (gistnet/paths.py).
     splits: dict[str, SplitConfig]
+
+    @field_validator("splits")
+    @classmethod
+    def _split_names(cls, splits: dict[str, SplitConfig]) -> dict[str, SplitConfig]:
+        for name in splits:
+            check_split_name(name)
+        return splits
 
     @model_validator(mode="after")
     def _check(self) -> DatasetConfig:

@@ -38,6 +38,7 @@ import yaml
 from gistnet.config import DatasetConfig, SplitConfig
 from gistnet.devices import resolve_device
 from gistnet.errors import Cancelled, ConfigError, ShardError
+from gistnet.paths import path_under
 from gistnet.shards import (
     METADATA_FILE,
     make_record_batch,
@@ -249,8 +250,8 @@ def load_prep_resources(config: DatasetConfig) -> PrepResources:
 
 
 def _output_path(name: str, split: SplitConfig, base_dir: Path, output_dir: Path | None) -> Path:
-    if output_dir is not None:
-        return output_dir / f"{name}.arrow"
+    if output_dir is not None:  # the service's folder: a name never leads out of it
+        return path_under(output_dir, f"{name}.arrow")
     if split.output_path is None:
         raise ConfigError(f"split {name!r} has no output_path (a file path for its Arrow shard)")
     out = Path(split.output_path)
@@ -265,8 +266,12 @@ def shard_paths(
     single = _output_path(name, split, base_dir, output_dir)
     if split.shards == 1:
         return [single]
-    stem = name if output_dir is not None else single.stem
-    return [single.parent / shard_file_name(stem, i, split.shards) for i in range(split.shards)]
+    if output_dir is not None:
+        names = [shard_file_name(name, i, split.shards) for i in range(split.shards)]
+        return [path_under(output_dir, n) for n in names]
+    return [
+        single.parent / shard_file_name(single.stem, i, split.shards) for i in range(split.shards)
+    ]
 
 
 def _schema_of(config: DatasetConfig, hidden_size: int) -> pa.Schema:

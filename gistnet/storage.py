@@ -40,6 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from gistnet.errors import StorageError
+from gistnet.paths import path_under, relative_key
 
 DEFAULT_CACHE_MAX_BYTES = 20 << 30
 UPLOADING = ".uploading-"  # infix of the temporary keys a publish writes before the copy
@@ -65,10 +66,8 @@ def join(location: str | Path, *parts: str) -> str:
 
 
 def _check_key(key: str) -> str:
-    key = str(key).strip("/")
-    if not key or ".." in PurePosixPath(key).parts:
-        raise StorageError(f"artifact key {key!r} must be a relative path without '..'")
-    return key
+    # Keys are joined by the store itself (`join("", name)`), hence the outer slashes go.
+    return relative_key(str(key).strip("/"))
 
 
 # --------------------------------------------------------------------------- locking
@@ -313,6 +312,10 @@ class ArtifactStore:
         self.fs  # noqa: B018 - made together with the filesystem
         return self._root_path
 
+    def _local(self, key: str) -> Path:
+        """The file of a key on a local root: never outside it, links followed."""
+        return path_under(self.local_root, key)
+
     def _remote(self, key: str) -> str:
         return join(self.root_path, _check_key(key))
 
@@ -325,13 +328,13 @@ class ArtifactStore:
 
     def location(self, key: str) -> str:
         """Where a key lives: a local path or a URL, for messages and records."""
-        return str(self.local_root / _check_key(key)) if self.is_local else join(self.root, key)
+        return str(self._local(key)) if self.is_local else join(self.root, key)
 
     # ------------------------------------------------------------------ reading
 
     def exists(self, key: str) -> bool:
         if self.is_local:
-            return (self.local_root / _check_key(key)).exists()
+            return self._local(key).exists()
         path = self._remote(key)
         self.fs.invalidate_cache(path)
         return bool(self.fs.exists(path))
@@ -340,7 +343,7 @@ class ArtifactStore:
         """A local file holding the artifact: the file itself on a local root, else a
         cached download checked against the object."""
         if self.is_local:
-            path = self.local_root / _check_key(key)
+            path = self._local(key)
             if not path.is_file():
                 raise StorageError(f"{path} does not exist")
             return path
@@ -351,7 +354,7 @@ class ArtifactStore:
         destination = Path(destination)
         destination.parent.mkdir(parents=True, exist_ok=True)
         if self.is_local:
-            source = self.local_root / _check_key(key)
+            source = self._local(key)
             if not source.is_file():
                 return False
             if source.resolve() != destination.resolve():
@@ -371,7 +374,7 @@ class ArtifactStore:
 
     def read_text(self, key: str) -> str:
         if self.is_local:
-            return (self.local_root / _check_key(key)).read_text()
+            return self._local(key).read_text()
         return self.fs.cat_file(self._remote(key)).decode()
 
     def glob(self, pattern: str) -> list[str]:
@@ -399,7 +402,7 @@ class ArtifactStore:
         """A local folder for the files of `key`: the final folder on a local root, a
         scratch folder (removed afterwards) on an object store. Publish what you write."""
         if self.is_local:
-            folder = self.local_root / _check_key(key)
+            folder = self._local(key)
             folder.mkdir(parents=True, exist_ok=True)
             yield folder
             return
@@ -417,7 +420,7 @@ class ArtifactStore:
         if not local_file.is_file():
             raise StorageError(f"cannot publish {local_file}: no such file")
         if self.is_local:
-            target = self.local_root / _check_key(key)
+            target = self._local(key)
             if target.exists() and local_file.resolve() == target.resolve():
                 return str(target)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -459,7 +462,7 @@ class ArtifactStore:
 
     def delete(self, key: str) -> None:
         if self.is_local:
-            (self.local_root / _check_key(key)).unlink(missing_ok=True)
+            self._local(key).unlink(missing_ok=True)
             return
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._remote(key))

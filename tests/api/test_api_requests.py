@@ -159,6 +159,16 @@ def test_dataset_output_path_is_refused(client, teacher):
     assert answer.status_code == 422 and "output_path" in answer.json()["detail"]
 
 
+@pytest.mark.parametrize("name", ["../../../../../tmp/x/owned", "/tmp/x/owned", "../20/train", "a/b"])
+def test_a_split_name_that_is_a_path_is_refused_naming_the_field(client, teacher, name):
+    before = _job_count(client)
+    body = {**_dataset(teacher), "splits": {name: {"documents": ["one two three " * 40]}}}
+    answer = client.post("/datasets", json=body)
+    assert answer.status_code == 422, answer.text
+    assert "splits" in answer.json()["detail"] and "split name" in answer.json()["detail"]
+    assert _job_count(client) == before
+
+
 # --------------------------------------------------------------------------- POST /train
 
 
