@@ -12,9 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
+from gistnet.bounds import ModelBounds
+
 
 class GistEngine:
-    def __init__(self, *, model_id: int, checkpoint: Path, device: str, max_batch: int):
+    def __init__(
+        self,
+        *,
+        model_id: int,
+        checkpoint: Path,
+        device: str,
+        max_batch: int,
+        bounds: ModelBounds | None = None,
+    ):
         import torch
 
         from gistnet.inference import GistEncoder
@@ -22,7 +32,7 @@ class GistEngine:
         self.model_id = model_id
         self.max_batch = max_batch
         self._torch = torch
-        self._encoder = GistEncoder.from_checkpoint(checkpoint, device=device)
+        self._encoder = GistEncoder.from_checkpoint(checkpoint, device=device, bounds=bounds)
         self.block_size = self._encoder.block_size
         self.dim = self._encoder.dim
         self.gists_per_block = self._encoder.gists_per_block
@@ -63,8 +73,12 @@ class EngineCache:
     """At most `capacity` engines, least recently used dropped first. Loading happens once
     per model even when many requests ask for it at the same moment."""
 
-    def __init__(self, *, device: str, capacity: int, max_batch: int):
+    def __init__(
+        self, *, device: str, capacity: int, max_batch: int, bounds: ModelBounds | None = None
+    ):
         self.device, self.capacity, self.max_batch = device, capacity, max_batch
+        # The largest model a checkpoint may ask to be built (the service's POST /train bounds).
+        self.bounds = bounds
         self._engines: OrderedDict[int, GistEngine] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Lock] = {}
@@ -87,6 +101,7 @@ class EngineCache:
                 checkpoint=checkpoint,
                 device=self.device,
                 max_batch=self.max_batch,
+                bounds=self.bounds,
             )
             with self._lock:
                 self._engines[model_id] = engine

@@ -35,6 +35,7 @@ async def lifespan(app: FastAPI):
         device=settings.device,
         capacity=settings.gist_model_cache,
         max_batch=settings.gist_max_batch,
+        bounds=settings.model_bounds,
     )
     app.state.batcher = GistBatcher(
         max_batch=settings.gist_max_batch,

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from gistnet.bounds import ModelBounds
 from gistnet.errors import ConfigError, ShardError
 from gistnet.model import GistNet, GistNetConfig
 
@@ -77,9 +78,20 @@ def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
     return _info(_read(path))
 
 
-def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu"):
-    """-> (GistNet in eval mode on `device`, info dict as read_checkpoint_info gives)."""
+def load_checkpoint(
+    path: str | Path, *, device: str | torch.device = "cpu", bounds: ModelBounds | None = None
+):
+    """-> (GistNet in eval mode on `device`, info dict as read_checkpoint_info gives).
+
+    The model its config describes is held to `bounds` (by default the operator's, from
+    GISTNET_LIMITS) before any of it is built: the file says how large it is, not what a
+    trusted run made."""
     payload = _read(path)
+    model_config = payload.get("model_config")
+    if not isinstance(model_config, dict):
+        raise ShardError(f"{str(path)!r} is not a GistNet checkpoint: it has no model_config")
+    bounds = bounds if bounds is not None else ModelBounds.from_environment()
+    bounds.check(model_config, where=f"checkpoint {Path(path).name}: model_config")
     try:
         config = GistNetConfig(**payload["model_config"])
     except (TypeError, ConfigError) as err:

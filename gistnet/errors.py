@@ -29,3 +29,12 @@ class Cancelled(GistNetError):
 class StorageError(GistNetError):
     """An artifact location cannot be read or written: a missing bucket or file, refused
     credentials, an unreachable object store."""
+
+
+class BoundError(ConfigError):
+    """An input asks for more work than a bound allows (a line too long, a file that
+    expands too far, a model too large); the message names the bound and how to raise it."""
+
+
+class DiskFullError(StorageError):
+    """A write failed because its disk (or quota) is full."""

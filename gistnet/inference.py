@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from gistnet.bounds import ModelBounds
 from gistnet.checkpoint import load_checkpoint
 from gistnet.devices import resolve_device
 from gistnet.errors import ConfigError
@@ -48,11 +49,13 @@ class GistEncoder:
         device: str | torch.device = "cpu",
         teacher_model: str | None = None,
         tokenizer: str | None = None,
+        bounds: ModelBounds | None = None,
     ) -> GistEncoder:
         """The engine for a checkpoint; `teacher_model` / `tokenizer` stand in for what a
-        checkpoint trained on a dataset without metadata does not name (or override it)."""
+        checkpoint trained on a dataset without metadata does not name (or override it).
+        `bounds`: the largest model the checkpoint may ask for (load_checkpoint)."""
         device = device if isinstance(device, torch.device) else resolve_device(device)
-        model, info = load_checkpoint(path, device=device)
+        model, info = load_checkpoint(path, device=device, bounds=bounds)
         teacher_name = teacher_model or info["teacher"].get("model")
         if teacher_name is None:
             raise ConfigError(

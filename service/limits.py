@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gistnet.bounds import ModelBounds, SourceBounds
+
 INT32_MAX = 2**31 - 1  # an Integer column (ids, steps, block sizes)
 INT64_MAX = 2**63 - 1  # a 64-bit integer: numpy and torch take no more (seeds, caps)
 FLOAT_MAX = 1e300  # finite, with room to spare; infinities are refused everywhere
@@ -34,7 +36,7 @@ LIMITS: dict[str, Limit] = {
     limit.name: limit
     for limit in [
         # POST /datasets
-        Limit("block_size", "POST /datasets", 1024, INT32_MAX, "tokens per gist"),
+        Limit("block_size", "POST /datasets", ModelBounds.block_size, INT32_MAX, "tokens per gist"),
         Limit(
             "horizon", "POST /datasets", 8192, INT32_MAX, "also bounded by the teacher's context"
         ),
@@ -43,10 +45,51 @@ LIMITS: dict[str, Limit] = {
         ),
         Limit("splits.*.max_files", "POST /datasets", 1_000_000, INT64_MAX, "a cap, not work"),
         Limit("splits.*.max_tokens", "POST /datasets", 10**11, INT64_MAX, "a cap, not work"),
+        # What the files of a `source` or an upload may hold, checked as they are read.
+        Limit(
+            "sources.max_file_bytes",
+            "POST /datasets",
+            SourceBounds.max_file_bytes,
+            INT64_MAX,
+            "bytes one source file expands to (.gz, .zst decompressed)",
+        ),
+        Limit(
+            "sources.max_document_bytes",
+            "POST /datasets",
+            SourceBounds.max_document_bytes,
+            INT64_MAX,
+            "one line, .txt file or Parquet value; read and tokenized whole",
+        ),
+        Limit(
+            "uploads.max_text_bytes",
+            "POST /datasets",
+            256 * 2**20,
+            INT64_MAX,
+            "an upload's files together, decompressed",
+        ),
         # POST /train
-        Limit("model.num_heads", "POST /train", 256, INT32_MAX, "must divide the teacher's width"),
-        Limit("model.mlp_ratio", "POST /train", 16.0, FLOAT_MAX, "MLP width per hidden unit"),
-        Limit("model.num_layers", "POST /train", 64, INT32_MAX, "memory grows with each layer"),
+        # A checkpoint's model is held to these too (gistnet/bounds.py: ModelBounds).
+        Limit(
+            "model.num_heads",
+            "POST /train",
+            ModelBounds.num_heads,
+            INT32_MAX,
+            "must divide the teacher's width",
+        ),
+        Limit(
+            "model.mlp_ratio",
+            "POST /train",
+            ModelBounds.mlp_ratio,
+            FLOAT_MAX,
+            "MLP width per hidden unit",
+        ),
+        Limit(
+            "model.num_layers",
+            "POST /train",
+            ModelBounds.num_layers,
+            INT32_MAX,
+            "memory grows with each layer",
+        ),
         Limit("model.rope_base", "POST /train", 1e9, FLOAT_MAX, "rotary frequency base"),
         Limit("model.norm_eps", "POST /train", 1.0, FLOAT_MAX, "LayerNorm epsilon"),
         Limit("training.batch_size", "POST /train", 4096, INT32_MAX, "see the memory check"),

@@ -21,6 +21,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from gistnet.bounds import ModelBounds, SourceBounds
 from gistnet.config import describe_validation_errors, parse_device
 from gistnet.storage import DEFAULT_CACHE_MAX_BYTES, ArtifactStore, is_url
 from service.limits import resolve_limits
@@ -186,6 +187,16 @@ class Settings(BaseSettings):
     @property
     def request_limits(self) -> dict[str, int | float]:
         return resolve_limits(self.limits)
+
+    @property
+    def source_bounds(self) -> SourceBounds:
+        """What a source file, one of its documents and an upload may hold."""
+        return SourceBounds.from_limits(self.request_limits)
+
+    @property
+    def model_bounds(self) -> ModelBounds:
+        """The largest model a checkpoint may ask to be built: POST /train's bounds."""
+        return ModelBounds.from_limits(self.request_limits, memory_bytes=self.worker_memory)
 
     @property
     def worker_memory(self) -> int:

@@ -25,7 +25,7 @@ from api.validation import (
     gist_text_budget,
     text_blocks,
 )
-from gistnet.errors import GistNetError
+from gistnet.errors import BoundError, GistNetError
 from service.db.records import get_model, newest_model
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,8 @@ async def gist(
                 engine = await run_in_threadpool(
                     _load_engine, engines, settings, model_id, checkpoint
                 )
+            except BoundError as err:  # the checkpoint asks for a model past the bounds
+                raise HTTPException(422, f"model {model_id} cannot be served: {err}") from None
             except GistNetError as err:
                 raise HTTPException(503, f"model {model_id} cannot be loaded: {err}") from None
 
