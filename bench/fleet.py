@@ -126,10 +126,10 @@ def bench_training(work: Path, steps: int) -> list[list[object]]:
                 },
             }
         )
-        from gistnet.train import train_gistnet
+        from gistnet.launch import launch_training
 
         started = time.perf_counter()
-        result = train_gistnet(
+        result = launch_training(
             dataset_path=out / "train.arrow",
             run_config=config,
             output_dir=work / f"run-{processes}",

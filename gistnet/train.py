@@ -4,8 +4,8 @@
 task one that records progress in the database and a cancel check that reads it. With a
 `resume_path` it writes resume checkpoints and continues from one after a crash, and the
 resumed run gives the same losses as an uninterrupted one (batches depend only on the
-seed and the step). With `training.processes` > 1 the same loop runs in that many
-processes under DDP (`gistnet.distributed`) and gives the same losses.
+seed and the step). Under `gistnet.launch` the same loop runs in each of
+`training.processes` DDP processes (`gistnet.distributed.Ranks`) and gives the same losses.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from gistnet.checkpoint import save_checkpoint
 from gistnet.config import RunConfig, TrainingConfig
 from gistnet.devices import resolve_device
-from gistnet.distributed import Ranks, launch_training
+from gistnet.distributed import Ranks
 from gistnet.errors import Cancelled, ConfigError
 from gistnet.model import GistNet, GistNetConfig
 from gistnet.shards import (
@@ -319,19 +319,9 @@ def train_gistnet(
     cfg = run_config.training
     ranks = Ranks.from_env()
     if cfg.processes > 1 and not ranks.active:
-        return launch_training(
-            processes=cfg.processes,
-            dataset_path=dataset_path,
-            run_config=run_config,
-            output_dir=output_dir,
-            on_progress=on_progress,
-            should_cancel=should_cancel,
-            resume_path=resume_path,
-            checkpoint_every=checkpoint_every,
-            on_checkpoint=on_checkpoint,
-            tokenizer=tokenizer,
-            teacher_model=teacher_model,
-            split=split,
+        raise ConfigError(
+            f"training.processes is {cfg.processes}: train through "
+            f"gistnet.launch.launch_training, which starts the processes"
         )
     dataset_path = Path(dataset_path)
     paths = split_shard_paths(dataset_path, split, default_split="train")

@@ -18,8 +18,9 @@ import sys
 from gistnet.checkpoint import read_checkpoint_info
 from gistnet.config import load_run_config
 from gistnet.errors import GistNetError
+from gistnet.launch import launch_training
 from gistnet.storage import is_url, join, open_local_dataset, writing_to
-from gistnet.train import TrainProgress, train_gistnet
+from gistnet.train import TrainProgress
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         run = load_run_config(args.config)
         dataset = open_local_dataset(args.dataset, splits=[args.split or "train", "validation"])
         with writing_to(args.output_dir) as output:
-            result = train_gistnet(
+            result = launch_training(
                 dataset_path=dataset,
                 run_config=run,
                 output_dir=output,

@@ -57,7 +57,7 @@ def _import_library(**_) -> None:
     CUDA and nothing here touches a device, so a forked child can still use the GPU."""
     import gistnet.data  # noqa: F401
     import gistnet.evaluate  # noqa: F401
-    import gistnet.train  # noqa: F401
+    import gistnet.launch  # noqa: F401
 
 
 @worker_process_init.connect
@@ -478,7 +478,8 @@ def prepare_part_task(self, job_id: int) -> str:
 def _train(run: JobRun) -> Outcome:
     from gistnet.checkpoint import read_checkpoint_info
     from gistnet.config import validate_run_config
-    from gistnet.train import CHECKPOINT_NAME, train_gistnet
+    from gistnet.launch import launch_training
+    from gistnet.train import CHECKPOINT_NAME
 
     settings = run.settings
     store = settings.artifact_store()
@@ -523,7 +524,7 @@ def _train(run: JobRun) -> Outcome:
         # machine or another: it is published to the store) and continues it.
         resume = output / "resume.pt"
         store.download(resume_key, resume)
-        result = train_gistnet(
+        result = launch_training(
             dataset_path=folder,
             split=split,
             run_config=run_config,

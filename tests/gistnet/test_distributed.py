@@ -14,9 +14,8 @@ import torch
 
 from gistnet.checkpoint import load_checkpoint
 from gistnet.config import validate_run_config
-from gistnet.distributed import TrainingProcessFailed
 from gistnet.errors import Cancelled
-from gistnet.train import train_gistnet
+from gistnet.launch import TrainingProcessFailed, launch_training
 
 pytestmark = [pytest.mark.slow]
 
@@ -48,7 +47,7 @@ def rank_pids(rank: int) -> list[int]:
             environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"gistnet.distributed" in cmdline and f"RANK={rank}".encode() in environ:
+        if b"gistnet.launch" in cmdline and f"RANK={rank}".encode() in environ:
             if _descends_from(int(entry.name), os.getpid()):
                 found.append(int(entry.name))
     return found
@@ -67,13 +66,13 @@ def _descends_from(pid: int, ancestor: int) -> bool:
 
 
 def test_two_processes_give_the_losses_and_weights_of_one(small_dataset, tmp_path):
-    one = train_gistnet(
+    one = launch_training(
         dataset_path=small_dataset / "train.arrow",
         run_config=run_config(1),
         output_dir=tmp_path / "one",
     )
     seen = []
-    two = train_gistnet(
+    two = launch_training(
         dataset_path=small_dataset / "train.arrow",
         run_config=run_config(2),
         output_dir=tmp_path / "two",
@@ -100,7 +99,7 @@ def test_cancel_reaches_every_rank(small_dataset, tmp_path):
         return len(steps) >= 3
 
     with pytest.raises(Cancelled, match="cancelled at step"):
-        train_gistnet(
+        launch_training(
             dataset_path=small_dataset / "train.arrow",
             run_config=run_config(2, max_steps=100_000),
             output_dir=tmp_path,
@@ -124,7 +123,7 @@ def test_killed_rank_fails_the_run_and_the_next_run_resumes_to_the_same_losses(
                 os.kill(pid, signal.SIGKILL)
 
     with pytest.raises(TrainingProcessFailed, match="a training process died"):
-        train_gistnet(
+        launch_training(
             dataset_path=small_dataset / "train.arrow",
             run_config=run_config(2, max_steps=40),
             output_dir=tmp_path / "out",
@@ -135,7 +134,7 @@ def test_killed_rank_fails_the_run_and_the_next_run_resumes_to_the_same_losses(
         )
     assert resume.is_file() and published and published[0] == resume
 
-    resumed = train_gistnet(
+    resumed = launch_training(
         dataset_path=small_dataset / "train.arrow",
         run_config=run_config(2, max_steps=40),
         output_dir=tmp_path / "out",
@@ -143,7 +142,7 @@ def test_killed_rank_fails_the_run_and_the_next_run_resumes_to_the_same_losses(
         checkpoint_every=5,
     )
     assert resumed.resumed_from_step is not None and resumed.resumed_from_step >= 5
-    uninterrupted = train_gistnet(
+    uninterrupted = launch_training(
         dataset_path=small_dataset / "train.arrow",
         run_config=run_config(1, max_steps=40),
         output_dir=tmp_path / "uninterrupted",
@@ -165,7 +164,7 @@ def test_two_processes_train_a_token_only_split_of_several_shards_as_one_does(tm
     config["splits"]["train"]["shards"] = 3
     prepare_dataset(validate_dataset_config(config), output_dir=tmp_path / "data")
     runs = [
-        train_gistnet(
+        launch_training(
             dataset_path=tmp_path / "data",
             split="train",
             run_config=run_config(processes, max_steps=3, eval_every=3),

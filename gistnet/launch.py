@@ -1,0 +1,255 @@
+"""Training over N processes with PyTorch DDP, launched by `torch.distributed.run`.
+
+`launch_training` is the entry point that honours `training.processes`: with one it runs
+`train_gistnet` in this process; with N > 1 it starts
+`python -m torch.distributed.run --standalone --nproc-per-node N -m gistnet.launch RUN_DIR`
+and waits for it: each rank runs the same `train_gistnet` on its part of every batch (gloo
+on CPU, NCCL with one GPU per rank; see `gistnet.distributed.Ranks`) and DDP averages the
+gradients. The caller's callbacks keep working through files in RUN_DIR, so the CLI and a
+Celery task need not know how many processes train:
+
+    spec.json      what to train (paths, the run config, resume settings), written first
+    events.jsonl   rank 0's progress and resume-checkpoint events, one JSON object a line
+    cancel         created by the launcher when the caller's cancel check says stop
+    result.json    rank 0's result, written last; error-<rank>.json: a library error
+
+Results do not depend on N: the step's global batch is the one a single process draws.
+Only rank 0 reports progress, scores the validation split and writes checkpoints; every
+step it tells the others whether to stop. A rank that dies takes the launch down
+(`--max-restarts 0`) and the launcher raises `TrainingProcessFailed`, which the service
+treats like a lost worker: the job runs again and resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gistnet import errors
+from gistnet.config import validate_run_config
+from gistnet.devices import resolve_device
+from gistnet.distributed import Ranks
+from gistnet.errors import DeviceError, GistNetError
+from gistnet.train import TrainProgress, TrainResult, train_gistnet
+
+# torch.distributed.run's checks on its ranks: how often it looks (a dead rank is noticed
+# within this) and, once one failed, how long the others get to exit before SIGKILL.
+MONITOR_INTERVAL_S = 0.5
+
+
+class TrainingProcessFailed(GistNetError):
+    """A training process died (killed, out of memory, a crashed GPU). Running the job again
+    resumes from its last checkpoint, as after a lost worker."""
+
+    retryable = True
+
+
+def _append_event(run_dir: Path, event: dict[str, Any]) -> None:
+    with (run_dir / "events.jsonl").open("a") as fh:
+        fh.write(json.dumps(event) + "\n")
+
+
+def _relay(run_dir: Path, offset: int, on_progress, on_checkpoint) -> int:
+    """Hand the events written since `offset` to the caller's callbacks."""
+    path = run_dir / "events.jsonl"
+    if not path.exists():
+        return offset
+    with path.open() as fh:
+        fh.seek(offset)
+        while True:
+            line = fh.readline()
+            if not line.endswith("\n"):  # a line still being written: read it next time
+                return offset
+            offset += len(line.encode())
+            event = json.loads(line)
+            kind = event.pop("event")
+            if kind == "progress" and on_progress is not None:
+                on_progress(TrainProgress(**event))
+            elif kind == "checkpoint" and on_checkpoint is not None:
+                on_checkpoint(Path(event["path"]))
+
+
+def _raise_rank_error(run_dir: Path, returncode: int) -> None:
+    for path in sorted(run_dir.glob("error-*.json")):
+        error = json.loads(path.read_text())
+        kind = getattr(errors, error["type"], None)
+        if isinstance(kind, type) and issubclass(kind, GistNetError):
+            raise kind(error["message"])
+        raise GistNetError(f"{error['type']}: {error['message']}")
+    log = (
+        (run_dir / "launch.log").read_text(errors="replace")
+        if (run_dir / "launch.log").exists()
+        else ""
+    )
+    tail = "\n".join(log.strip().splitlines()[-15:])
+    raise TrainingProcessFailed(
+        f"a training process died (torch.distributed.run exited with {returncode}); the "
+        f"job resumes from its last checkpoint when run again. Launcher output:\n{tail}"
+    )
+
+
+def launch_training(
+    *,
+    dataset_path: str | Path,
+    run_config,
+    output_dir: str | Path,
+    max_steps: int | None = None,
+    on_progress: Callable | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    resume_path: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
+    tokenizer: str | None = None,
+    teacher_model: str | None = None,
+    split: str | None = None,
+    poll_s: float = 0.1,
+) -> TrainResult:
+    """Run `train_gistnet` over `training.processes` ranks and return rank 0's TrainResult."""
+    processes = run_config.training.processes
+    if processes == 1:
+        return train_gistnet(
+            dataset_path=dataset_path,
+            run_config=run_config,
+            output_dir=output_dir,
+            max_steps=max_steps,
+            on_progress=on_progress,
+            should_cancel=should_cancel,
+            resume_path=resume_path,
+            checkpoint_every=checkpoint_every,
+            on_checkpoint=on_checkpoint,
+            tokenizer=tokenizer,
+            teacher_model=teacher_model,
+            split=split,
+        )
+    # Said here, before any process starts: each rank takes the GPU of its local rank.
+    device = resolve_device(run_config.training.device)
+    if device.type == "cuda" and torch.cuda.device_count() < processes:
+        raise DeviceError(
+            f"training.processes is {processes} but this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s): one process per GPU"
+        )
+    run_dir = Path(tempfile.mkdtemp(prefix="gistnet-ddp-"))
+    spec = {
+        "dataset_path": str(Path(dataset_path).resolve()),
+        "split": split,
+        "run_config": run_config.model_dump(),
+        "output_dir": str(Path(output_dir).resolve()),
+        "max_steps": max_steps,
+        "resume_path": None if resume_path is None else str(Path(resume_path).resolve()),
+        "checkpoint_every": checkpoint_every,
+        "tokenizer": tokenizer,
+        "teacher_model": teacher_model,
+        "launcher_pid": os.getpid(),
+    }
+    (run_dir / "spec.json").write_text(json.dumps(spec))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",  # a rendezvous on this machine, on a free port
+        f"--nproc-per-node={processes}",
+        "--max-restarts=0",  # a dead rank fails the attempt; the job's retry resumes it
+        f"--monitor-interval={MONITOR_INTERVAL_S}",
+        "-m",
+        "gistnet.launch",
+        str(run_dir),
+    ]
+    with (run_dir / "launch.log").open("wb") as log:
+        launcher = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    offset, cancel_sent = 0, False
+    try:
+        while launcher.poll() is None:
+            offset = _relay(run_dir, offset, on_progress, on_checkpoint)
+            if not cancel_sent and should_cancel is not None and should_cancel():
+                (run_dir / "cancel").touch()
+                cancel_sent = True
+            time.sleep(poll_s)
+        _relay(run_dir, offset, on_progress, on_checkpoint)
+        result_file = run_dir / "result.json"
+        if launcher.returncode != 0 or not result_file.exists():
+            _raise_rank_error(run_dir, launcher.returncode)
+        result = json.loads(result_file.read_text())
+        result["checkpoint_path"] = Path(result["checkpoint_path"])
+        return TrainResult(**result)
+    finally:
+        if launcher.poll() is None:  # the caller gave up (an exception in a callback)
+            launcher.terminate()
+            try:
+                launcher.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                launcher.kill()
+                launcher.wait()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- a rank
+
+
+def _launcher_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def rank_main(run_dir: str | Path) -> int:
+    """One rank: train as the spec says; rank 0 writes events and the result."""
+    run_dir = Path(run_dir)
+    spec = json.loads((run_dir / "spec.json").read_text())
+    ranks = Ranks.from_env()
+    cancel_file = run_dir / "cancel"
+
+    def on_progress(p) -> None:
+        _append_event(run_dir, {"event": "progress", **asdict(p)})
+
+    def on_checkpoint(path: Path) -> None:
+        _append_event(run_dir, {"event": "checkpoint", "path": str(path)})
+
+    def should_cancel() -> bool:
+        # A launcher that is gone (its worker killed) cannot take the result: stop too.
+        return cancel_file.exists() or not _launcher_alive(spec["launcher_pid"])
+
+    try:
+        result = train_gistnet(
+            dataset_path=spec["dataset_path"],
+            split=spec.get("split"),
+            run_config=validate_run_config(spec["run_config"]),
+            output_dir=spec["output_dir"],
+            max_steps=spec["max_steps"],
+            on_progress=on_progress if ranks.is_main else None,
+            should_cancel=should_cancel if ranks.is_main else None,
+            resume_path=spec["resume_path"],
+            checkpoint_every=spec["checkpoint_every"],
+            on_checkpoint=on_checkpoint if ranks.is_main else None,
+            tokenizer=spec.get("tokenizer"),
+            teacher_model=spec.get("teacher_model"),
+        )
+    except GistNetError as err:
+        (run_dir / f"error-{ranks.rank}.json").write_text(
+            json.dumps({"type": type(err).__name__, "message": str(err)})
+        )
+        return 1
+    if ranks.is_main:
+        payload = {**asdict(result), "checkpoint_path": str(result.checkpoint_path)}
+        tmp = run_dir / "result.json.tmp"
+        tmp.write_text(json.dumps(payload))
+        os.replace(tmp, run_dir / "result.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(rank_main(sys.argv[1]))
