@@ -515,7 +515,11 @@ def missing_teacher_error(what: str, dataset: str | Path) -> ConfigError:
 
 
 def describe_dataset(
-    path: str | Path, *, tokenizer: str | None = None, teacher_model: str | None = None
+    path: str | Path,
+    *,
+    tokenizer: str | None = None,
+    teacher_model: str | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a dataset is, from a shard file or a dataset folder, in the form our
     preparation writes to metadata.yaml, whichever tool wrote it.
@@ -530,6 +534,7 @@ def describe_dataset(
       the shard's columns, the fingerprint from its bytes; tokenizer and teacher are
       unknown (None) unless given.
 
+    `metadata`: the folder's metadata.yaml when the caller has read it already.
     `tokenizer` and `teacher_model` supply or override what the metadata names. Split paths
     are relative to the dataset folder (`path`, or the shard's folder). `metadata_form`
     says which case applied: "gistnet", "seed" or "none".
@@ -541,8 +546,8 @@ def describe_dataset(
         root, shard = path.parent, path
     else:
         raise _missing_shard_error(path)
-    if (root / METADATA_FILE).is_file():
-        raw = read_metadata(root)
+    if metadata is not None or (root / METADATA_FILE).is_file():
+        raw = metadata if metadata is not None else read_metadata(root)
         if "fingerprint" in raw and "teacher_hidden_size" in raw:
             info = {**raw, "metadata_form": "gistnet"}
         else:

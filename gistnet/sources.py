@@ -48,10 +48,23 @@ def source_kind(path: str | Path) -> str:
     )
 
 
+def glob_files(pattern: str) -> list[Path]:
+    """The files a glob matches (`**` at any depth), sorted, each file once: a folder met
+    again through a symbolic link (a loop) yields the same files, kept once by resolved
+    path, under the shortest name that reaches them."""
+    shortest: dict[Path, Path] = {}
+    matches = sorted(glob.glob(pattern, recursive=True), key=lambda m: (m.count(os.sep), m))
+    for match in matches:
+        path = Path(match)
+        if path.is_file():
+            shortest.setdefault(path.resolve(), path)
+    return sorted(shortest.values())
+
+
 def source_files(split_name: str, split: SplitConfig, base_dir: Path) -> list[Path]:
     """The files of a split's `source` (a file or glob relative to `base_dir`), sorted."""
     pattern = split.source if os.path.isabs(split.source) else str(base_dir / split.source)
-    files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+    files = glob_files(pattern)
     if not files:
         raise ConfigError(
             f"split {split_name!r}: source {split.source!r} matches no file "

@@ -27,6 +27,8 @@ from gistnet.storage import DEFAULT_CACHE_MAX_BYTES, ArtifactStore, is_url
 from service.limits import resolve_limits
 
 ENV_PREFIX = "GISTNET_"
+# The sample teacher and corpus shipped with the code (tools/make_sample_teacher.py).
+SAMPLES_FOLDER = Path(__file__).resolve().parents[1] / "samples"
 
 
 class SettingsError(ValueError):
@@ -68,6 +70,10 @@ class Settings(BaseSettings):
     artifact_root: Location = Path("artifacts")
     # The only folder (or object-store prefix) a dataset's `source` may read from.
     data_root: Location = Path("data")
+    # The only folders a `teacher_model` or `tokenizer` that is a path may name (a Hugging
+    # Face id is always allowed), as JSON: ["/models"]. None: the data root, the artifact
+    # root, the shipped samples folder and the Hugging Face cache (see `model_folders`).
+    model_roots: list[Path] | None = None
     # fsspec options for object-store roots, as JSON: {"endpoint_url": "http://minio:9000"}
     # for MinIO; credentials come from the usual AWS_* variables or "key"/"secret" here.
     storage_options: dict[str, Any] = Field(default_factory=dict)
@@ -204,6 +210,16 @@ class Settings(BaseSettings):
         if self.worker_memory_bytes is not None:
             return self.worker_memory_bytes
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+    @property
+    def model_folders(self) -> list[Path]:
+        """The folders local teachers and tokenizers may lie in (GISTNET_MODEL_ROOTS)."""
+        if self.model_roots is not None:
+            return list(self.model_roots)
+        from huggingface_hub import constants
+
+        roots = [r for r in (self.data_root, self.artifact_root) if isinstance(r, Path)]
+        return [*roots, SAMPLES_FOLDER, Path(constants.HF_HUB_CACHE)]
 
     def artifact_path(self, relative: str | Path) -> Path:
         """Artifact paths are stored relative to the root, so the volume can move. Local

@@ -175,64 +175,30 @@ def _dataset_ready(run: JobRun, *, info: dict[str, Any], relative: str) -> Outco
 
 
 def _import(run: JobRun, config: dict[str, Any]) -> Outcome:
-    """A dataset another tool wrote (POST /datasets/import): its shards copied under the
-    artifact root (`<split>.arrow`, or a split's shard files under their own names), checked
-    by reading them, and metadata.yaml written in this platform's form (fingerprint, width,
-    tokenizer, teacher) last. Token-only shards and splits of several shards import alike."""
-    import shutil
-
-    import yaml
-
-    from gistnet.shards import describe_dataset, open_shard_set
+    """A dataset another tool wrote (POST /datasets/import), copied under the artifact root
+    by the library (gistnet/importing.py); metadata.yaml is published last."""
+    from gistnet.importing import import_dataset, inspect_import, local_import_folder
 
     settings = run.settings
     data, store = settings.data_store(), settings.artifact_store()
     key = config["import"]["path"]
     relative = dataset_dir(run.dataset_id)
-    with tempfile.TemporaryDirectory(prefix="gistnet-import-") as staging:
-        source = _fetch_import_source(data, key, Path(staging) / "source")
-        run.report(progress={"stage": "describing", "path": key})
-        info = describe_dataset(
-            source, tokenizer=config["tokenizer"], teacher_model=config["teacher_model"]
+    source = inspect_import(data, key)
+    with local_import_folder(data, source) as folder, store.writing(relative) as output:
+        info = import_dataset(
+            source,
+            folder=folder,
+            output_dir=output,
+            dataset_name=config["dataset_name"],
+            tokenizer=config["tokenizer"],
+            teacher_model=config["teacher_model"],
+            imported_from=key,
+            on_progress=lambda progress: run.report(progress=progress),
+            should_cancel=run.should_cancel,
         )
-        folder = source if source.is_dir() else source.parent
-        with store.writing(relative) as output:
-            splits = {}
-            for name, stats in info["splits"].items():
-                if run.should_cancel():
-                    raise Cancelled(f"import of {key!r} cancelled")
-                listed = stats.get("shards")
-                files = [folder / entry["path"] for entry in listed or [stats]]
-                # Opening checks the columns and every row's length before anything is kept.
-                examples = open_shard_set(files).num_examples
-                if listed:  # the shard files keep their names; the split's glob stays valid
-                    for file in files:
-                        shutil.copyfile(file, output / file.name)
-                    path = stats["path"]
-                else:
-                    shutil.copyfile(files[0], output / f"{name}.arrow")
-                    path = f"{name}.arrow"
-                splits[name] = {
-                    **stats,
-                    "path": path,
-                    "examples": examples,
-                    "bytes": sum(file.stat().st_size for file in files),
-                }
-                run.report(progress={"stage": "copied", "split": name, "examples": examples})
-            info = {
-                **{k: v for k, v in info.items() if k != "metadata_form"},
-                "dataset_name": config["dataset_name"],
-                "splits": splits,
-                "imported_from": {"path": key, "metadata_form": info.get("metadata_form")},
-            }
-            (output / "metadata.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
-            # Shards first, metadata.yaml last: a dataset folder with its metadata is complete.
-            store.publish_folder(output, relative)
-
-    def record(session: Session) -> None:
-        mark_dataset_prepared(session, dataset_id=run.dataset_id, path=relative, info=info)
-
-    return Outcome(record=record)
+        # Shards first, metadata.yaml last: a dataset folder with its metadata is complete.
+        store.publish_folder(output, relative)
+    return _dataset_ready(run, info=info, relative=relative)
 
 
 def _part_params(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -398,34 +364,6 @@ def _prepare_part(run: JobRun) -> Outcome:
         record_progress(session, job_id=run.job_id, attempt=run.attempt, progress=summary)
 
     return Outcome(record=record)
-
-
-def _fetch_import_source(data, key: str, staging: Path) -> Path:
-    """The dataset to import as local files: its folder (or shard) on a local data root,
-    else the shard, metadata.yaml and the shards the metadata names, downloaded."""
-    if data.is_local:
-        return data.local_root / key
-    is_shard = key.endswith(".arrow")
-    folder = key.rpartition("/")[0] if is_shard else key
-    prefix = f"{folder}/" if folder else ""
-    staging.mkdir(parents=True)
-    names = [key.rpartition("/")[2]] if is_shard else []
-    if data.exists(f"{prefix}metadata.yaml"):
-        import yaml
-
-        names.append("metadata.yaml")
-        metadata = yaml.safe_load(data.read_text(f"{prefix}metadata.yaml")) or {}
-        for split, entry in (metadata.get("splits") or {}).items():
-            entry = entry if isinstance(entry, dict) else {}
-            shards = [s.get("path") for s in entry.get("shards") or [] if isinstance(s, dict)]
-            if shards:
-                names.extend(p for p in shards if p)
-            else:
-                names.append(entry.get("path") or f"{split}.arrow")
-    for name in dict.fromkeys(names):
-        if data.exists(f"{prefix}{name}"):
-            data.download(f"{prefix}{name}", staging / name)
-    return staging / key.rpartition("/")[2] if is_shard else staging
 
 
 def _finish_parent_if_done(task, parent_id: int) -> str | None:

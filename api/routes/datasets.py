@@ -19,7 +19,8 @@ from api.idempotency import Idempotency, IdempotencyKeyHeader, check_key
 from api.jobs_queue import enqueue
 from api.schemas import DatasetAccepted, DatasetCreate, DatasetPublic, DatasetsPublic, RowId
 from api.uploads import dataset_config_of, is_multipart, parse_model, receive_upload
-from api.validation import check_dataset_request, check_limits
+from api.validation import check_limits
+from api.validation.datasets import check_dataset_request
 from api.views import dataset_public
 from service.db.parts import job_parts
 from service.db.records import create_dataset, dataset_job, get_dataset, list_datasets
@@ -75,13 +76,24 @@ _MULTIPART_BODY = {
 
 
 def _queue_dataset(
-    body: DatasetCreate, session: Session, settings: Settings, celery, idempotency: Idempotency
+    body: DatasetCreate,
+    session: Session,
+    settings: Settings,
+    celery,
+    idempotency: Idempotency,
+    own_upload: str | None = None,
 ) -> DatasetAccepted | JSONResponse:
-    """Check, record and queue; or the first answer, if this is a retry (Idempotency-Key)."""
+    """Check, record and queue; or the first answer, if this is a retry (Idempotency-Key).
+    `own_upload`: the data-root key of the request's uploaded files (multipart only)."""
     if (earlier := idempotency.replay(session)) is not None:
         return earlier
     check_limits(body, route=ROUTE, limits=settings.request_limits)
-    check_dataset_request(body, data_store=settings.data_store())
+    check_dataset_request(
+        body,
+        data_store=settings.data_store(),
+        model_roots=settings.model_folders,
+        own_upload=own_upload,
+    )
     dataset, job = create_dataset(
         session, name=body.dataset_name, config=body.model_dump(exclude_none=True)
     )
@@ -160,14 +172,16 @@ async def create_dataset_from_files(request: Request) -> Response:
         if (earlier := await run_in_threadpool(replay)) is not None:
             shutil.rmtree(upload.folder, ignore_errors=True)
             return earlier
+        key = upload.folder.relative_to(local_root.resolve()).as_posix()
         if remote:
-            key = upload.folder.relative_to(local_root.resolve()).as_posix()
             await run_in_threadpool(settings.data_store().publish_folder, upload.folder, key)
             shutil.rmtree(upload.folder, ignore_errors=True)
 
         def queue() -> DatasetAccepted | JSONResponse:
             with state.sessionmaker() as session:
-                return _queue_dataset(body, session, settings, state.celery, idempotency)
+                return _queue_dataset(
+                    body, session, settings, state.celery, idempotency, own_upload=key
+                )
 
         accepted = await run_in_threadpool(queue)
     except BaseException:

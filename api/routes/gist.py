@@ -17,7 +17,7 @@ from api.deps import BatcherDep, EnginesDep, SettingsDep
 from api.engine import GistEngine
 from api.errors import error_responses
 from api.schemas import GistRequest, GistResponse
-from api.validation import (
+from api.validation.gist import (
     blocks_array,
     check_gist_request,
     check_gist_text,

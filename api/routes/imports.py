@@ -16,7 +16,7 @@ from api.errors import error_responses
 from api.idempotency import Idempotency, IdempotencyKeyHeader
 from api.jobs_queue import enqueue
 from api.schemas import DatasetAccepted, DatasetImport
-from api.validation import check_import_request
+from api.validation.imports import check_import_request
 from service.db.records import create_dataset
 
 ROUTE = "POST /datasets/import"
@@ -45,7 +45,9 @@ def import_dataset_route(
     )
     if (earlier := idempotency.replay(session)) is not None:
         return earlier
-    source = check_import_request(body, data_store=settings.data_store())
+    source = check_import_request(
+        body, data_store=settings.data_store(), model_roots=settings.model_folders
+    )
     config = {
         "dataset_name": body.dataset_name,
         "tokenizer": source["tokenizer"],

@@ -9,7 +9,8 @@ from api.errors import error_responses
 from api.idempotency import Idempotency, IdempotencyKeyHeader
 from api.jobs_queue import enqueue
 from api.schemas import JobAccepted, TrainCreate
-from api.validation import check_limits, check_run_request
+from api.validation import check_limits
+from api.validation.train import check_run_request
 from gistnet.config import RunConfig
 from service.db.records import create_training_job, dataset_job, get_dataset
 from service.queue import ProductStatus

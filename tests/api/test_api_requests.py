@@ -141,6 +141,61 @@ def test_dataset_with_a_missing_tokenizer_is_refused_naming_it(client, teacher, 
     assert "no-such-tokenizer" in answer.json()["detail"]
 
 
+@pytest.mark.parametrize("field", ["teacher_model", "tokenizer"])
+def test_a_model_folder_outside_the_model_roots_gets_one_message_existing_or_not(
+    client, teacher, tmp_path, field
+):
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "exists" / "config.json").write_text("{}")
+    details = []
+    for name in ("exists", "missing"):
+        answer = client.post("/datasets", json={**_dataset(teacher), field: str(tmp_path / name)})
+        assert answer.status_code == 422
+        details.append(answer.json()["detail"].replace(name, "NAME"))
+    assert details[0] == details[1] and "GISTNET_MODEL_ROOTS" in details[0]
+    assert field in details[0]
+
+
+def test_a_hub_id_is_still_looked_up_on_the_hub(client, teacher):
+    answer = client.post("/datasets", json={**_dataset(teacher), "teacher_model": "no-org/no-model"})
+    assert answer.status_code == 422
+    assert "GISTNET_MODEL_ROOTS" not in answer.json()["detail"]
+    assert "no-org/no-model" in answer.json()["detail"]
+
+
+def test_a_recursive_glob_through_a_link_loop_reads_each_file_once(client, api_stack, teacher):
+    from api.validation.datasets import source_files
+
+    folder = api_stack.settings.data_root / "looped"
+    folder.mkdir()
+    (folder / "story.txt").write_text("Once upon a time. " * 40)
+    (folder / "again").symlink_to(folder)
+    found = source_files(
+        "looped/**/*.txt", data_store=api_stack.settings.data_store(), split="train"
+    )
+    assert found == ["looped/story.txt"]
+    answer = client.post("/datasets", json=_dataset(teacher, source="looped/**/*.txt"))
+    assert answer.status_code == 202, answer.text
+
+
+@pytest.mark.parametrize("source", ["uploads/*/train/*", "*/*/train/*.txt", "**/*.txt", "u*/x"])
+def test_a_source_cannot_read_the_uploads_area(client, api_stack, teacher, source):
+    upload = api_stack.settings.data_root / "uploads" / "someone" / "train"
+    upload.mkdir(parents=True, exist_ok=True)
+    (upload / "half.txt").write_text("half written " * 40)
+    answer = client.post("/datasets", json=_dataset(teacher, source=source))
+    assert answer.status_code == 422, answer.text
+    assert "uploads/" in answer.json()["detail"]
+
+
+def test_a_source_linked_into_the_uploads_area_is_refused(client, api_stack, teacher):
+    (api_stack.settings.data_root / "uploads" / "other" / "train").mkdir(parents=True, exist_ok=True)
+    (api_stack.settings.data_root / "uploads" / "other" / "train" / "a.txt").write_text("x " * 80)
+    (api_stack.settings.data_root / "peek").symlink_to(api_stack.settings.data_root / "uploads")
+    answer = client.post("/datasets", json=_dataset(teacher, source="peek/*/train/*.txt"))
+    assert answer.status_code == 422 and "uploads/" in answer.json()["detail"]
+
+
 def test_dataset_config_errors_name_the_key(client, teacher):
     unknown = {**_dataset(teacher), "blok_size": 32}
     assert "unknown key 'blok_size'" in client.post("/datasets", json=unknown).json()["detail"]

@@ -151,3 +151,85 @@ def test_a_token_only_dataset_of_several_shards_imports_and_trains(
     )
     assert accepted.status_code == 202, accepted.text
     assert wait_for_job(stack_client, accepted.json()["job_id"])["status"] == "succeeded"
+
+
+def _dataset_with_metadata(root, name: str, seed, change) -> str:
+    """A copy of the seed dataset under the data root whose metadata.yaml `change` edits."""
+    import shutil
+
+    import yaml
+
+    folder = root / "crafted" / name
+    shutil.copytree(seed / "small", folder)
+    metadata = yaml.safe_load((folder / "metadata.yaml").read_text())
+    change(metadata, folder)
+    (folder / "metadata.yaml").write_text(yaml.safe_dump(metadata))
+    return f"crafted/{name}"
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("absolute", "/other/dataset.arrow"),
+        ("secret", "/etc/shadow"),
+        ("artifacts", "../../artifacts/datasets/1/train.arrow"),
+    ],
+)
+def test_an_import_whose_metadata_names_a_file_outside_its_folder_is_refused(
+    stack, stack_client, seed_under_data_root, name, value
+):
+    def point_elsewhere(metadata, folder):
+        metadata["splits"]["validation"]["path"] = value
+
+    path = _dataset_with_metadata(stack.settings.data_root, name, seed_under_data_root, point_elsewhere)
+    before = stack_client.get("/jobs").json()["count"]
+    refused = stack_client.post("/datasets/import", json={"dataset_name": "x", "path": path})
+    assert refused.status_code == 422, refused.text
+    detail = refused.json()["detail"]
+    assert "splits.validation.path" in detail and "own folder" in detail
+    assert "Arrow" not in detail and "exist" not in detail  # nothing said of the file itself
+    assert stack_client.get("/jobs").json()["count"] == before
+
+
+def test_an_import_whose_shard_is_a_link_out_of_its_folder_is_refused_without_saying_where(
+    stack, stack_client, seed_under_data_root, tmp_path
+):
+    outside = tmp_path / "elsewhere.arrow"
+    outside.write_bytes(b"not yours")
+
+    def link_out(metadata, folder):
+        (folder / "validation.arrow").unlink()
+        (folder / "validation.arrow").symlink_to(outside)
+
+    path = _dataset_with_metadata(stack.settings.data_root, "linked", seed_under_data_root, link_out)
+    refused = stack_client.post("/datasets/import", json={"dataset_name": "x", "path": path})
+    assert refused.status_code == 422, refused.text
+    detail = refused.json()["detail"]
+    assert "validation.arrow" in detail and "symbolic link" in detail
+    assert str(tmp_path) not in detail and "elsewhere" not in detail
+
+
+def test_an_imported_split_name_that_is_a_path_is_refused(
+    stack, stack_client, seed_under_data_root
+):
+    def rename(metadata, folder):
+        metadata["splits"]["../20/train"] = metadata["splits"].pop("validation")
+
+    path = _dataset_with_metadata(stack.settings.data_root, "renamed", seed_under_data_root, rename)
+    refused = stack_client.post("/datasets/import", json={"dataset_name": "x", "path": path})
+    assert refused.status_code == 422, refused.text
+    assert "split name '../20/train' is not allowed" in refused.json()["detail"]
+
+
+def test_the_import_itself_refuses_a_link_out_of_the_folder(tmp_path):
+    from gistnet.errors import ShardError
+    from gistnet.importing import inspect_import
+    from gistnet.storage import ArtifactStore
+
+    (tmp_path / "root" / "d").mkdir(parents=True)
+    (tmp_path / "secret.arrow").write_bytes(b"x")
+    (tmp_path / "root" / "d" / "train.arrow").symlink_to(tmp_path / "secret.arrow")
+    store = ArtifactStore(tmp_path / "root", cache_dir=tmp_path / "cache")
+    with pytest.raises(ShardError, match="symbolic link") as err:
+        inspect_import(store, "d/train.arrow")
+    assert "secret" not in str(err.value)

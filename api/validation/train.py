@@ -1,0 +1,70 @@
+"""POST /train: the run fits its dataset and a worker's memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api.validation.common import RequestProblem
+from api.validation.models import teacher_config
+from gistnet.config import RunConfig
+from gistnet.errors import ConfigError
+
+
+def check_run_request(
+    run: RunConfig, *, dataset_info: dict[str, Any], split: str, worker_memory: int
+) -> None:
+    """The run must fit the dataset (its split exists, width and block size match) and a
+    worker's memory."""
+    from gistnet.train import model_config_for
+
+    splits = dataset_info.get("splits", {})
+    if split not in splits:
+        raise RequestProblem(
+            f"split: the dataset has no split {split!r}; it has {', '.join(sorted(splits))}"
+        )
+    try:
+        model_config = model_config_for(run, dataset_info)
+    except ConfigError as err:
+        raise RequestProblem(str(err)) from None
+    if model_config.teacher_layers and dataset_info.get("teacher_model"):
+        from gistnet.teacher import check_teacher_layers
+
+        try:  # the teacher's depth, from its config alone
+            check_teacher_layers(
+                teacher_config(dataset_info["teacher_model"]), model_config.teacher_layers
+            )
+        except ConfigError as err:
+            raise RequestProblem(f"model.{err}") from None
+    check_run_memory(run, model_config, dataset_info=dataset_info, worker_memory=worker_memory)
+
+
+def check_run_memory(
+    run: RunConfig, model_config, *, dataset_info: dict[str, Any], worker_memory: int
+) -> None:
+    """Refuse, with the estimate, a run whose model or batch would not fit a worker (one
+    training process: a GPU, with `training.processes` over several)."""
+    from gistnet.memory import TeacherShape, format_bytes, training_memory
+
+    teacher = None
+    if run.training.objective == "substitution":
+        try:
+            teacher = TeacherShape.from_hf_config(teacher_config(dataset_info["teacher_model"]))
+        except (RequestProblem, KeyError):  # a teacher gone since: the job will say so
+            teacher = None
+    # Each training process holds the whole model and its part of every batch.
+    per_process = -(-run.training.batch_size // run.training.processes)
+    estimate = training_memory(
+        model_config,
+        batch_size=per_process,
+        objective=run.training.objective,
+        horizon=dataset_info.get("horizon"),
+        teacher=teacher,
+    )
+    if estimate.total > worker_memory:
+        raise RequestProblem(
+            f"this run needs {estimate.describe()}, more than the {format_bytes(worker_memory)} "
+            f"a worker has (GISTNET_WORKER_MEMORY_BYTES): lower training.batch_size "
+            f"(now {run.training.batch_size}) or model.num_layers (now {model_config.num_layers})"
+        )
+
+
