@@ -16,6 +16,7 @@ import torch
 from gistnet.bounds import ModelBounds
 from gistnet.errors import ConfigError, ShardError
 from gistnet.model import GistNet, GistNetConfig
+from gistnet.storage import disk_full_named
 
 FORMAT = "gistnet-checkpoint/1"
 
@@ -49,7 +50,8 @@ def save_checkpoint(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
+    with disk_full_named(path.parent, what=f"the checkpoint {path.name}", partial=tmp):
+        torch.save(payload, tmp)
     os.replace(tmp, path)
     return path
 
@@ -99,6 +101,11 @@ def load_checkpoint(
             f"{str(path)!r} holds a model config this version cannot read: {err}"
         ) from None
     model = GistNet(config)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise ShardError(
+            f"{str(path)!r}: its weights do not fit the model its config describes: {err}"
+        ) from None
     model.to(device).eval()
     return model, _info(payload)

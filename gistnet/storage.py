@@ -27,6 +27,7 @@ GISTNET_STORAGE_OPTIONS (`store_for`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from gistnet.errors import StorageError
+from gistnet.errors import DiskFullError, StorageError
 from gistnet.paths import path_under, relative_key
 
 DEFAULT_CACHE_MAX_BYTES = 20 << 30
@@ -68,6 +69,48 @@ def join(location: str | Path, *parts: str) -> str:
 def _check_key(key: str) -> str:
     # Keys are joined by the store itself (`join("", name)`), hence the outer slashes go.
     return relative_key(str(key).strip("/"))
+
+
+# --------------------------------------------------------------------------- a full disk
+
+# A torch.save that failed on a filesystem with less than this left ran out of room.
+NEARLY_FULL_BYTES = 64 << 20
+
+
+def is_disk_full(err: BaseException, folder: str | Path | None = None) -> bool:
+    """Whether `err`, raised while writing into `folder`, means its disk is full: an OSError
+    ENOSPC or EDQUOT, or torch.save's writer failing (a RuntimeError from its C++ stream,
+    `[enforce fail at inline_container.cc...]`, which names no cause) where next to nothing
+    is left."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(err, RuntimeError) and folder is not None and "inline_container" in str(err):
+        try:
+            return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
+        except OSError:
+            return False
+    return False
+
+
+@contextlib.contextmanager
+def disk_full_named(
+    folder: str | Path, *, what: str, partial: Path | None = None
+) -> Iterator[None]:
+    """Write into `folder` in the block; a full disk raises DiskFullError saying so and what
+    was being written. `partial`, a file the block writes before renaming it, is removed on
+    any failure: on a full disk it holds the space that is missing."""
+    try:
+        yield
+    except BaseException as err:
+        if partial is not None:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+        if not is_disk_full(err, folder):
+            raise
+        raise DiskFullError(
+            f"the disk holding {folder} is full: {what} could not be written; free some space "
+            f"(or give it a larger disk) and run it again"
+        ) from err
 
 
 # --------------------------------------------------------------------------- locking

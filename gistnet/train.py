@@ -37,6 +37,7 @@ from gistnet.shards import (
     open_shard_set,
     split_shard_paths,
 )
+from gistnet.storage import disk_full_named
 
 CHECKPOINT_NAME = "gistnet.pt"
 
@@ -268,15 +269,16 @@ def _validation_set(train_paths: list[Path], metadata: dict[str, Any]) -> ShardS
 def _save_resume(path: Path, *, model, optimizer, step: int, history: list) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(
-        {
-            "step": step,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "history": history,
-        },
-        tmp,
-    )
+    with disk_full_named(path.parent, what=f"the resume checkpoint {path.name}", partial=tmp):
+        torch.save(
+            {
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "history": history,
+            },
+            tmp,
+        )
     os.replace(tmp, path)
 
 
