@@ -9,6 +9,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import sessionmaker
 
 from api.batching import GistBatcher, RefineLane
@@ -16,6 +17,7 @@ from api.engine import EngineCache
 from api.errors import ContainErrors, LimitBodySize, install_error_handlers
 from api.metrics import ApiMetrics, RequestMetricsMiddleware
 from api.routes import include_routers
+from api.uploads import arrival_root, sweep_orphaned_uploads
 from service.db.engine import make_engine
 from service.queue import celery_client
 from service.settings import Settings, get_settings
@@ -31,6 +33,8 @@ async def lifespan(app: FastAPI):
     engine = make_engine(settings.database_url)
     app.state.sessionmaker = sessionmaker(engine, expire_on_commit=False)
     app.state.celery = celery_client(settings)
+    # Uploads a stopped API left half-received.
+    await run_in_threadpool(sweep_orphaned_uploads, arrival_root(settings))
     app.state.engines = EngineCache(
         device=settings.device,
         capacity=settings.gist_model_cache,

@@ -5,17 +5,24 @@
 
 The `config` field is the dataset config as JSON (or YAML); every other field is a file
 for the split it names. The files go, as they arrive, to
-`<data root>/uploads/<random>/<split>/`, counted against GISTNET_UPLOAD_MAX_BYTES (413
-past it); each split then reads them through `source`, so an upload gets exactly the
-checks and the preparation a `source` gets. A refused upload leaves no file behind.
+`<data root>/uploads/.incoming-<random>/<split>/`, counted against GISTNET_UPLOAD_MAX_BYTES
+(413 past it), and the folder is renamed `uploads/<random>` once the body is whole: a glob
+never matches an upload still arriving (`*` skips dot-names), and an API stopped mid-upload
+leaves only an `.incoming-` folder, which `sweep_orphaned_uploads` removes once it has
+been still for ORPHAN_AGE_S. Each split then reads its folder through `source`, so an
+upload gets exactly the checks and the preparation a `source` gets. A refused upload
+leaves no file behind; a full data root is a 507.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +37,22 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.validation import RequestProblem
 from gistnet.paths import SPLIT_NAME_PATTERN
-from gistnet.sources import SOURCE_SUFFIXES
+from gistnet.sources import SOURCE_SUFFIXES, source_kind
+from gistnet.storage import is_disk_full
+from service.settings import Settings
 
 UPLOAD_FOLDER = "uploads"
+INCOMING = ".incoming-"  # prefix of an upload's folder while its body still arrives
+# An incoming folder nothing has been written to for this long was left by a stopped API.
+ORPHAN_AGE_S = 3600.0
+# The longest file name most file systems keep, in bytes.
+MAX_FILE_NAME_BYTES = 255
+# The stored name is shorter: a counter goes before it, and room is left beside it.
+STORED_NAME_CHARS = 200
+# A config nested deeper than this is not a dataset config; parsing it could recurse past
+# Python's stack.
+MAX_CONFIG_DEPTH = 32
+MAX_CONFIG_NODES = 1_000_000
 # Non-file fields (the config) are read into memory: a config is small.
 MAX_FIELD_BYTES = 1024 * 1024
 MAX_FILES = 1000
@@ -57,8 +77,12 @@ class Upload:
 
 
 def _safe_name(filename: str, index: int) -> str:
-    # The client's name, reduced to characters that are safe in a path and in a glob.
+    # The client's name, reduced to characters that are safe in a path and in a glob, and
+    # cut (keeping its suffix) to a length every file system takes.
     name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(filename.replace("\\", "/")).name) or "file"
+    if len(name) > STORED_NAME_CHARS:
+        suffix = source_kind(name)
+        name = name[: STORED_NAME_CHARS - len(suffix)] + suffix
     return f"{index:04d}-{name}"
 
 
@@ -108,6 +132,11 @@ class _Receiver:
         if b"filename" not in options:
             return
         filename = options[b"filename"].decode("utf-8", "replace")
+        if len(options[b"filename"]) > MAX_FILE_NAME_BYTES:
+            raise RequestProblem(
+                f"{name}: the file name {filename[:40]!r}... is {len(options[b'filename'])} "
+                f"bytes long; file names may have at most {MAX_FILE_NAME_BYTES}"
+            )
         if not SPLIT_NAME.match(name):
             raise RequestProblem(
                 f"file field {name!r}: a file's field names its split (letters, digits, _ or -)"
@@ -152,7 +181,8 @@ class _Receiver:
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            file, self.file = self.file, None
+            file.close()
 
 
 def too_large(max_bytes: int) -> str:
@@ -163,9 +193,61 @@ def too_large(max_bytes: int) -> str:
     )
 
 
+def arrival_root(settings: Settings) -> Path:
+    """Where uploads arrive: the data root, or for an object-store data root a local
+    staging folder, published under the same keys once the request is checked."""
+    return (
+        settings.data_root
+        if isinstance(settings.data_root, Path)
+        else (settings.cache_dir / "upload-staging")
+    )
+
+
+def data_root_full() -> RequestProblem:
+    return RequestProblem(
+        "the server's data root is full: the upload could not be stored; try again once the "
+        "operator has freed space, or send fewer or smaller files",
+        status_code=507,
+    )
+
+
+def sweep_orphaned_uploads(data_root: Path, *, max_age_s: float = ORPHAN_AGE_S) -> list[Path]:
+    """Remove the incoming folders of uploads that stopped arriving (an API killed mid-body)
+    more than `max_age_s` ago, judged by the newest write inside; returns those removed."""
+    uploads = data_root.resolve() / UPLOAD_FOLDER
+    removed = []
+    try:
+        folders = [p for p in uploads.iterdir() if p.name.startswith(INCOMING) and p.is_dir()]
+    except FileNotFoundError:
+        return removed
+    now = time.time()
+    for folder in folders:
+        try:
+            newest = max(
+                [folder.stat().st_mtime]
+                + [p.stat().st_mtime for p in folder.rglob("*") if not p.is_symlink()]
+            )
+        except FileNotFoundError:
+            continue  # renamed or removed meanwhile: not an orphan
+        if now - newest > max_age_s:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _renamed(upload: Upload, folder: Path) -> None:
+    """The whole upload takes its final folder name in one rename."""
+    os.rename(upload.folder, folder)
+    upload.files = {
+        split: [folder / p.relative_to(upload.folder) for p in paths]
+        for split, paths in upload.files.items()
+    }
+    upload.folder = folder
+
+
 async def receive_upload(request: Request, *, data_root: Path, max_bytes: int) -> Upload:
-    """Stream the multipart body into a fresh folder under the data root. On any problem
-    the folder is removed and the problem raised."""
+    """Stream the multipart body into a fresh folder under the data root, under a temporary
+    name until it is whole. On any problem the folder is removed and the problem raised."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes + MAX_FIELD_BYTES:
         raise RequestProblem(too_large(max_bytes), status_code=413)  # before reading a byte
@@ -173,8 +255,16 @@ async def receive_upload(request: Request, *, data_root: Path, max_bytes: int) -
     boundary = options.get(b"boundary")
     if not boundary:
         raise RequestProblem("multipart/form-data without a boundary: let the client set it")
-    upload = Upload(folder=data_root.resolve() / UPLOAD_FOLDER / uuid.uuid4().hex)
-    upload.folder.mkdir(parents=True)
+    sweep_orphaned_uploads(data_root)
+    name = uuid.uuid4().hex
+    uploads = data_root.resolve() / UPLOAD_FOLDER
+    upload = Upload(folder=uploads / f"{INCOMING}{name}")
+    try:
+        upload.folder.mkdir(parents=True)
+    except OSError as err:
+        if is_disk_full(err):
+            raise data_root_full() from None
+        raise
     receiver = _Receiver(upload, max_bytes)
     parser = MultipartParser(boundary, receiver.callbacks())
     try:
@@ -182,10 +272,17 @@ async def receive_upload(request: Request, *, data_root: Path, max_bytes: int) -
             async for chunk in request.stream():
                 parser.write(chunk)
             parser.finalize()
+            receiver.close()
+            _renamed(upload, uploads / name)
         except MultipartParseError as err:
             raise RequestProblem(f"the multipart/form-data body is malformed: {err}") from None
+        except OSError as err:
+            if is_disk_full(err):
+                raise data_root_full() from None
+            raise
     except BaseException:
-        receiver.close()
+        with contextlib.suppress(OSError):  # a full disk fails the close too
+            receiver.close()
         shutil.rmtree(upload.folder, ignore_errors=True)
         raise
     return upload
@@ -201,12 +298,16 @@ def dataset_config_of(upload: Upload, *, data_root: Path) -> dict[str, Any]:
             "teacher_model, ...); the files' field names give the splits"
         )
     try:
-        config = json.loads(text)
-    except json.JSONDecodeError:
         try:
-            config = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise RequestProblem(f"config: neither JSON nor YAML ({err})") from None
+            config = json.loads(text)
+        except json.JSONDecodeError:
+            try:
+                config = yaml.safe_load(text)
+            except yaml.YAMLError as err:
+                raise RequestProblem(f"config: neither JSON nor YAML ({err})") from None
+    except RecursionError:
+        raise RequestProblem(_too_deep()) from None
+    _check_config_shape(config)
     if not isinstance(config, dict):
         raise RequestProblem("config: must be an object of dataset settings")
     unknown = set(upload.fields) - {"config"}
@@ -231,6 +332,31 @@ def dataset_config_of(upload: Upload, *, data_root: Path) -> dict[str, Any]:
             raise RequestProblem(f"{split}: every uploaded file is empty")
         splits[split] = {**given, "source": f"{relative.as_posix()}/{split}/*"}
     return {**config, "splits": splits}
+
+
+def _too_deep() -> str:
+    return f"config: nested more than {MAX_CONFIG_DEPTH} levels deep; a dataset config is flat"
+
+
+def _check_config_shape(config: Any) -> None:
+    """Refuse a config nested past MAX_CONFIG_DEPTH or holding more than MAX_CONFIG_NODES
+    values, walked without recursion: YAML aliases can make a value that holds itself, or
+    one whose copies multiply, which everything after the parse would recurse through."""
+    stack, seen = [(config, 1)], 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if depth > MAX_CONFIG_DEPTH:
+            raise RequestProblem(_too_deep())
+        if seen > MAX_CONFIG_NODES:
+            raise RequestProblem(
+                f"config: more than {MAX_CONFIG_NODES} values; a dataset config is small "
+                f"(send large corpora as files)"
+            )
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
 
 
 def parse_model(model_class, data: dict[str, Any]):

@@ -18,7 +18,13 @@ from api.errors import error_responses
 from api.idempotency import Idempotency, IdempotencyKeyHeader, check_key
 from api.jobs_queue import enqueue
 from api.schemas import DatasetAccepted, DatasetCreate, DatasetPublic, DatasetsPublic, RowId
-from api.uploads import dataset_config_of, is_multipart, parse_model, receive_upload
+from api.uploads import (
+    arrival_root,
+    dataset_config_of,
+    is_multipart,
+    parse_model,
+    receive_upload,
+)
 from api.validation import check_limits
 from api.validation.datasets import check_dataset_request
 from api.views import dataset_public
@@ -149,7 +155,7 @@ async def create_dataset_from_files(request: Request) -> Response:
     # An object-store data root: the files arrive in a local folder and are published
     # under the same keys before the request's `source` is checked.
     remote = not isinstance(settings.data_root, Path)
-    local_root = settings.cache_dir / "upload-staging" if remote else settings.data_root
+    local_root = arrival_root(settings)
     upload = await receive_upload(
         request, data_root=local_root, max_bytes=settings.upload_max_bytes
     )

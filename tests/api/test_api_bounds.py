@@ -3,8 +3,19 @@ model is too large to build, a source line or an upload that expands too far."""
 
 from __future__ import annotations
 
+import glob
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
 import pytest
 import torch
+from fastapi.testclient import TestClient
+
+from tests.service_stack import served, wait_until
+from tests.small_disk import small_disk
 
 pytestmark = [pytest.mark.services]
 
@@ -70,3 +81,133 @@ def trained_model_block_size(trained_model: dict) -> int:
     from gistnet.checkpoint import read_checkpoint_info
 
     return int(read_checkpoint_info(trained_model["checkpoint"])["block_size"])
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def _app(api_stack, **overrides):
+    from api.main import create_app
+    from service.settings import load_settings
+
+    return create_app(
+        load_settings(**{**api_stack.settings.model_dump(exclude={"api_key"}), **overrides})
+    )
+
+
+def _config(teacher: str, **extra) -> str:
+    return json.dumps(
+        {"dataset_name": "uploaded", "tokenizer": teacher, "teacher_model": teacher, **extra}
+    )
+
+
+def _left_in(data_root: Path) -> set[Path]:
+    folder = data_root.resolve() / "uploads"
+    return set(folder.iterdir()) if folder.is_dir() else set()
+
+
+def test_a_file_name_past_255_bytes_is_422_and_a_long_one_is_kept_shorter(
+    client, api_stack, teacher
+):
+    before = _left_in(api_stack.settings.data_root)
+    too_long = "é" * 130 + ".txt"  # 264 bytes of UTF-8
+    answer = client.post(
+        "/datasets",
+        data={"config": _config(teacher)},
+        files=[("train", (too_long, b"Once upon a time. " * 40))],
+    )
+    assert answer.status_code == 422, answer.text
+    assert (
+        answer.json()["detail"].startswith("train: the file name")
+        and "255" in answer.json()["detail"]
+    )
+    assert _left_in(api_stack.settings.data_root) == before
+    long = "s" * 245 + ".jsonl"  # within 255 bytes, past what a counter beside it leaves
+    answer = client.post(
+        "/datasets",
+        data={"config": _config(teacher)},
+        files=[("train", (long, b'{"text": "Once upon a time."}\n' * 40))],
+    )
+    assert answer.status_code == 202, answer.text
+    (folder,) = _left_in(api_stack.settings.data_root) - before
+    (stored,) = (folder / "train").iterdir()
+    assert stored.name.endswith("sss.jsonl") and len(stored.name) <= 255
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "[" * 100_000 + "]" * 100_000,
+        "{" * 100_000,
+        "splits: &loop {train: *loop}",
+        # Seven levels of ten copies each: ten million values out of 300 bytes.
+        "\n".join(
+            f"{name}: &{name} [{', '.join([f'*{prev}' if prev else 'x'] * 10)}]"
+            for prev, name in zip(["", *"abcdef"], "abcdefg", strict=True)
+        ),
+    ],
+    ids=["brackets", "braces", "alias-loop", "alias-fan-out"],
+)
+def test_a_config_nested_without_end_is_422_naming_config(client, api_stack, config):
+    before = _left_in(api_stack.settings.data_root)
+    answer = client.post(
+        "/datasets", data={"config": config}, files=[("train", ("a.txt", b"Once upon a time."))]
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"].startswith("config: ")
+    assert _left_in(api_stack.settings.data_root) == before
+
+
+def test_a_full_data_root_is_507_and_keeps_no_partial_file(api_stack, teacher, tmp_path):
+    with small_disk(tmp_path / "data", size="512k") as data_root:
+        with TestClient(_app(api_stack, data_root=data_root)) as client:
+            answer = client.post(
+                "/datasets",
+                data={"config": _config(teacher)},
+                files=[("train", ("big.txt", b"Once upon a time. " * 60_000))],  # ~1 MiB
+            )
+        assert answer.status_code == 507, answer.text
+        assert "data root is full" in answer.json()["detail"]
+        assert _left_in(data_root) == set()
+
+
+def test_an_upload_still_arriving_is_hidden_from_globs_and_swept_once_orphaned(
+    api_stack, teacher, tmp_path
+):
+    data_root = tmp_path / "data"
+    app = _app(api_stack, data_root=data_root)
+    boundary = "xyzzy"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="config"\r\n\r\n'
+        f"{_config(teacher)}\r\n--{boundary}\r\n"
+        'Content-Disposition: form-data; name="train"; filename="a.txt"\r\n\r\n'
+    ).encode() + b"Once upon a time. " * 1000
+    with served(app) as (host, port), socket.create_connection((host, port)) as sock:
+        sock.sendall(
+            b"POST /datasets HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n"
+            + f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n".encode()
+            + head
+        )
+        wait_until(
+            lambda: any((data_root / "uploads").glob(".incoming-*/train/0001-a.txt")),
+            what="the upload's first bytes on disk",
+        )
+        # What a `source` glob over the uploads sees of it: nothing.
+        assert glob.glob(str(data_root / "uploads" / "*" / "train" / "*")) == []
+        assert glob.glob(str(data_root / "uploads" / "**"), recursive=True) == [
+            str(data_root / "uploads") + "/"
+        ]
+    # An API killed mid-upload leaves such a folder behind; the next one sweeps it once it
+    # has been still for an hour, and leaves a fresh one (another API's upload) alone.
+    stale, fresh = (
+        data_root / "uploads" / ".incoming-stale",
+        data_root / "uploads" / ".incoming-fresh",
+    )
+    for folder in (stale, fresh):
+        (folder / "train").mkdir(parents=True)
+        (folder / "train" / "0001-a.txt").write_text("Once upon")
+    hour_ago = time.time() - 3700
+    for path in (stale, stale / "train", stale / "train" / "0001-a.txt"):
+        os.utime(path, (hour_ago, hour_ago))
+    with TestClient(app):
+        assert not stale.exists() and fresh.exists()
