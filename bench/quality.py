@@ -28,7 +28,7 @@ from bench.report import replace_between_markers
 from gistnet.config import GistNetConfig, load_run_config
 from gistnet.evaluate import VECTORS, evaluate_gistnet, format_table, write_report
 from gistnet.memory import gistnet_parameters
-from gistnet.shards import file_sha256
+from gistnet.storage import file_sha256
 from gistnet.train import TrainProgress, train_gistnet
 
 RUNS = {

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gistnet.datasets import split_shard_paths
 from gistnet.evaluate import (
     evaluate_conditions,
     fit_oracle_vectors,
@@ -34,7 +35,8 @@ from gistnet.evaluate import (
 )
 from gistnet.inference import GistEncoder
 from gistnet.refine import RefineSettings, refine_gists
-from gistnet.shards import file_sha256, open_shard_set, split_shard_paths
+from gistnet.shards import open_shard_set
+from gistnet.storage import file_sha256
 from gistnet.substitution import drop_vector
 
 DOC = Path("docs/quality.md")

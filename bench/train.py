@@ -117,7 +117,7 @@ def project_training(path: Path, run, steps: int, out: Path) -> float:
 def main() -> None:
     from gistnet.config import validate_dataset_config, validate_run_config
     from gistnet.data import prepare_dataset
-    from gistnet.shards import describe_dataset
+    from gistnet.datasets import describe_dataset
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=1000)

@@ -36,11 +36,11 @@ import torch
 import yaml
 
 from gistnet.config import DatasetConfig, SplitConfig
+from gistnet.datasets import METADATA_FILE, resolve_model_ref
 from gistnet.devices import resolve_device
 from gistnet.errors import Cancelled, ConfigError, ShardError
 from gistnet.paths import path_under
 from gistnet.shards import (
-    METADATA_FILE,
     make_record_batch,
     make_token_batch,
     shard_file_name,
@@ -50,6 +50,7 @@ from gistnet.shards import (
     with_stride,
 )
 from gistnet.sources import count_documents, document_range, planned_name, source_files
+from gistnet.storage import file_sha256
 from gistnet.teacher import block_hidden_states, hidden_size_of, load_teacher, load_tokenizer
 
 _TOKENIZE_CHUNK = 256  # documents tokenized per call: fast batch encoding, bounded memory
@@ -129,12 +130,6 @@ def _hash_file(h, path: Path) -> None:
             h.update(chunk)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    _hash_file(h, path)
-    return h.hexdigest()
-
-
 def _model_identity(name: str) -> str:
     """Content hash of a local model folder's small files plus weight sizes; the id otherwise."""
     path = Path(name)
@@ -184,15 +179,6 @@ def dataset_fingerprint(config: DatasetConfig, base_dir: Path) -> str:
 
 
 # --------------------------------------------------------------------------- what is loaded
-
-
-def resolve_model_ref(name: str, base_dir: Path) -> str:
-    """A local folder named relative to the config file (or the working directory) becomes
-    an absolute path, so workers and later runs find it; a hub id stays as it is."""
-    for candidate in (base_dir / name, Path(name).expanduser()):
-        if candidate.is_dir():
-            return str(candidate.resolve())
-    return name
 
 
 def resolve_dataset_config(

@@ -475,8 +475,8 @@ def _plain(value: Any) -> Any:
 
 def resolve_shard_path(dataset_path: str | Path, split: str | None = None) -> Path:
     """A shard file as given, or the first shard of `split` (default validation) in a
-    dataset folder. `gistnet.shards.split_shard_paths` gives all of a split's shards."""
-    from gistnet.shards import split_shard_paths
+    dataset folder. `gistnet.datasets.split_shard_paths` gives all of a split's shards."""
+    from gistnet.datasets import split_shard_paths
 
     path = Path(dataset_path)
     if not path.exists() and not any(c in str(path) for c in "*?["):
@@ -551,19 +551,15 @@ def evaluate_gistnet(
     refined at gist time from the block alone, and `swapped_refined` (the refined gist of
     the same other-document example `swapped` reads), with the same comparisons and bars
     as the gist's, in the oracle section too.
-    Intervals resample documents (the shard's `doc_id`, else `Shard.document_ids()`).
+    Intervals resample documents (the shard's `doc_id`, else `ShardSet.document_ids()`).
     `on_progress(done, total)` counts scored examples; `should_cancel()` is polled between
     batches and stops the work with `Cancelled`.
     """
     from gistnet.checkpoint import load_checkpoint
+    from gistnet.datasets import describe_dataset, missing_teacher_error, split_shard_paths
     from gistnet.devices import resolve_device
-    from gistnet.shards import (
-        describe_dataset,
-        file_sha256,
-        missing_teacher_error,
-        open_shard_set,
-        split_shard_paths,
-    )
+    from gistnet.shards import open_shard_set
+    from gistnet.storage import file_sha256
     from gistnet.teacher import (
         check_teacher_layers,
         hidden_size_of,

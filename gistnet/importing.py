@@ -21,9 +21,10 @@ from typing import Any
 
 import yaml
 
+from gistnet.datasets import METADATA_FILE, describe_dataset
 from gistnet.errors import Cancelled, ShardError
 from gistnet.paths import PathOutsideRoot, check_split_name, path_under, relative_key
-from gistnet.shards import METADATA_FILE, describe_dataset, open_shard_set
+from gistnet.shards import open_shard_set
 from gistnet.storage import ArtifactStore
 
 _GLOB_CHARS = ("*", "?", "[")

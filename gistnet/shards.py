@@ -1,31 +1,24 @@
-"""The Arrow shard format: schema, record-batch building, zero-copy reading, and the
-description of a dataset whatever tool wrote it.
+"""The Arrow shard format: schema, record-batch building and zero-copy reading.
 
 Every column we write is a fixed-size list, so a reader that memory-maps the file sees
 each column as one contiguous buffer and can view teacher_hidden as an (N, T, D) array
 without copying. The seed's `tools/prepare_dataset.py` wrote variable-length lists: their
 values are just as contiguous, so they are read the same way once the offsets show that
 every row has the same length.
+
+A split is read as a `ShardSet`, whatever its number of files: a one-file split is a set
+of one. What a dataset is (its metadata, fingerprint and splits) is `gistnet.datasets`.
 """
 
 from __future__ import annotations
 
-import functools
-import glob
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import yaml
 
-from gistnet.errors import ConfigError, ShardError
-
-METADATA_FILE = "metadata.yaml"
-# Dtypes our loaders take a teacher in; the seed also wrote "auto" or nothing.
-TEACHER_DTYPES = ("float32", "float16", "bfloat16")
+from gistnet.errors import ShardError
 
 
 def shard_schema(block_size: int, horizon: int, hidden_size: int) -> pa.Schema:
@@ -48,7 +41,7 @@ STRIDE_KEY = b"gistnet.stride"
 def with_stride(schema: pa.Schema, stride: int, block_size: int) -> pa.Schema:
     """The schema carrying the windows' stride when it is not one block (the default, which
     shards written before the setting existed imply), so a shard alone tells where its
-    documents start (`Shard.document_ids`)."""
+    documents start (`ShardSet.document_ids`)."""
     if stride == block_size:
         return schema
     return schema.with_metadata({STRIDE_KEY: str(stride).encode()})
@@ -253,321 +246,6 @@ def _column_array(
     return ChunkedRows(parts) if chunked else np.concatenate(parts)
 
 
-@dataclass
-class Shard:
-    """A shard's columns as numpy arrays (views into the memory-mapped file when possible)."""
-
-    path: Path
-    input_ids: np.ndarray  # (N, T) int32
-    context_input_ids: np.ndarray  # (N, H) int32
-    teacher_hidden: np.ndarray | ChunkedRows  # (N, T, D) float32
-    gist_target: np.ndarray  # (N, D) float32
-    table: pa.Table  # keeps the memory map alive
-
-    @property
-    def num_examples(self) -> int:
-        return self.input_ids.shape[0]
-
-    @property
-    def stride(self) -> int:
-        """Tokens between successive windows of a document (one block unless prepared with
-        a smaller `stride`)."""
-        return stride_of(self.table.schema, self.block_size)
-
-    @property
-    def block_size(self) -> int:
-        return self.input_ids.shape[1]
-
-    @property
-    def horizon(self) -> int:
-        return self.context_input_ids.shape[1]
-
-    @property
-    def hidden_size(self) -> int:
-        return self.teacher_hidden.shape[2]
-
-    def document_ids(self) -> np.ndarray:
-        """(N,) int64 index of the document each example came from.
-
-        Examples are written in document order, and inside a document the next example's
-        window starts `stride` tokens into this example's window (one block, by default),
-        so the two overlap. Where that chain breaks a new document starts. Windows that do
-        not overlap (a horizon of one block at the default stride) cannot be chained: then
-        every example counts as its own document.
-        """
-        s, ctx = self.stride, self.context_input_ids
-        if self.num_examples == 0:
-            return np.zeros(0, dtype=np.int64)
-        if s >= self.horizon:
-            return np.arange(self.num_examples, dtype=np.int64)
-        follows = _follows(ctx[:-1], ctx[1:], s)
-        return np.concatenate([[0], np.cumsum(~follows)]).astype(np.int64)
-
-
-def _missing_shard_error(path: Path) -> ShardError:
-    tmp = path.with_name(path.name + ".tmp")
-    hint = (
-        " (an unfinished .tmp file is there: its preparation did not complete)"
-        if tmp.exists()
-        else ""
-    )
-    return ShardError(
-        f"shard {str(path)!r} does not exist{hint}; run the dataset preparation first"
-    )
-
-
-def open_shard(path: str | Path) -> Shard:
-    """Memory-map a shard and view its columns as arrays; fixed-size (ours) and
-    variable-length (the seed's) list columns alike. A row whose length differs from the
-    others raises ShardError naming the row and the column."""
-    path = Path(path)
-    if not path.is_file():
-        raise _missing_shard_error(path)
-    try:
-        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-    except pa.ArrowInvalid as err:
-        raise ShardError(f"{str(path)!r} is not an Arrow IPC file: {err}") from None
-    missing = [
-        c
-        for c in ("input_ids", "context_input_ids", "teacher_hidden", "gist_target")
-        if c not in table.column_names
-    ]
-    if missing:
-        raise ShardError(f"shard {str(path)!r} lacks column(s) {', '.join(missing)}")
-    where = f"shard {str(path)!r}"
-    if table.num_rows and all(len(c.flatten()) == 0 for c in table.column("teacher_hidden").chunks):
-        # The seed wrote empty rows when its config had no teacher_model.
-        raise ShardError(
-            f"{where}: teacher_hidden is empty: the shard was prepared without a teacher; "
-            f"prepare it again with teacher_model set"
-        )
-    # The block's length fixes the states' token axis; the states' width fixes the target's.
-    input_ids = _column_array(table, "input_ids", np.int32, expected=(None,), where=where)
-    block_size = input_ids.shape[1]
-    teacher_hidden = _column_array(
-        table, "teacher_hidden", np.float32, expected=(block_size, None), where=where, chunked=True
-    )
-    shard = Shard(
-        path=path,
-        input_ids=input_ids,
-        context_input_ids=_column_array(
-            table, "context_input_ids", np.int32, expected=(None,), where=where
-        ),
-        teacher_hidden=teacher_hidden,
-        gist_target=_column_array(
-            table, "gist_target", np.float32, expected=(teacher_hidden.shape[2],), where=where
-        ),
-        table=table,
-    )
-    return shard
-
-
-def metadata_path(path: str | Path) -> Path:
-    """metadata.yaml for a dataset folder, or for the folder holding a shard."""
-    path = Path(path)
-    return (path if path.is_dir() else path.parent) / METADATA_FILE
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata.yaml beside a shard or in a dataset folder, as written (any form).
-
-    Most callers want `describe_dataset`, which also reads the seed's form and shards
-    without metadata, and gives every dataset the same keys.
-    """
-    meta = metadata_path(path)
-    if not meta.is_file():
-        raise ShardError(
-            f"no {METADATA_FILE} beside {str(path)!r}: the dataset preparation writes it next to "
-            f"the shards; prepare the dataset again or copy it along"
-        )
-    try:
-        data = yaml.safe_load(meta.read_text())
-    except yaml.YAMLError as err:
-        raise ShardError(f"{str(meta)!r} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ShardError(f"{str(meta)!r} must hold a mapping of keys to values")
-    return data
-
-
-def split_path(metadata: dict[str, Any], dataset_dir: str | Path, split: str) -> Path:
-    splits = metadata.get("splits", {})
-    if split not in splits:
-        raise ShardError(f"dataset has no split {split!r}; it has {', '.join(splits) or 'none'}")
-    return Path(dataset_dir) / splits[split]["path"]
-
-
-# --------------------------------------------------------------------------- describing
-
-
-@functools.lru_cache(maxsize=64)
-def _file_digest(path: str, size: int, mtime_ns: int) -> bytes:
-    # Keyed by size and mtime too, so a rewritten file is hashed again.
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.digest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, streamed; cached per (path, size, mtime) in-process."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    return _file_digest(str(path), stat.st_size, stat.st_mtime_ns).hex()
-
-
-def shards_fingerprint(paths: list[Path]) -> str:
-    """A dataset fingerprint from its shards' bytes, for datasets whose metadata has none.
-
-    The full content is hashed (at disk speed, about a second per GB when cached):
-    sampling a few bytes would miss a re-preparation with another teacher of the same
-    width, which changes the states but not the file's size or layout.
-    """
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(bytes.fromhex(file_sha256(path)))
-    return digest.hexdigest()[:16]
-
-
-def _model_ref(name: str | None) -> str | None:
-    """A local folder becomes an absolute path so a checkpoint names it from anywhere."""
-    if name is None:
-        return None
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.is_dir() else name
-
-
-def _positive_int(raw: dict[str, Any], key: str, where: Path) -> int:
-    value = raw.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ShardError(f"{str(where)!r}: {key} must be a positive whole number; got {value!r}")
-    return value
-
-
-def _seed_splits(raw: dict[str, Any], shard: Path | None) -> dict[str, dict[str, Any]]:
-    """The seed's per-split statistics with the shard path it left out.
-
-    The seed wrote shards wherever each split's output_path said, usually
-    data/<dataset_name>/<split>.arrow beside the metadata: that name is assumed. A shard
-    given by path that is none of those is the dataset's only split, or a split of its own.
-    """
-    splits = {
-        str(name): {**(stats or {}), "path": f"{name}.arrow"}
-        for name, stats in (raw.get("splits") or {}).items()
-    }
-    if shard is not None and shard.name not in {s["path"] for s in splits.values()}:
-        if len(splits) == 1:
-            next(iter(splits.values()))["path"] = shard.name
-        else:
-            splits[shard.stem] = {"path": shard.name}
-    return splits
-
-
-def _describe_seed(raw: dict[str, Any], root: Path, shard: Path | None) -> dict[str, Any]:
-    meta_file = root / METADATA_FILE
-    splits = _seed_splits(raw, shard)
-    if not splits:
-        raise ShardError(f"{str(meta_file)!r} names no split; give the shard file itself")
-    widths = {
-        s["teacher_hidden_size"]
-        for s in splits.values()
-        if isinstance(s.get("teacher_hidden_size"), int) and s["teacher_hidden_size"] > 0
-    }
-    if len(widths) != 1:  # no teacher recorded, or splits that disagree: the shard says
-        first = shard or split_path({"splits": splits}, root, next(iter(splits)))
-        widths = {open_shard(first).hidden_size}
-    dtype = raw.get("teacher_dtype")
-    return {
-        "dataset_name": str(raw.get("dataset_name") or root.name),
-        "tokenizer": raw.get("tokenizer"),
-        "teacher_model": raw.get("teacher_model"),
-        # The seed's "auto" chose a dtype on the machine at hand: float32 is always safe.
-        "teacher_dtype": dtype if dtype in TEACHER_DTYPES else "float32",
-        "block_size": _positive_int(raw, "block_size", meta_file),
-        "horizon": _positive_int(raw, "horizon", meta_file),
-        "teacher_hidden_size": widths.pop(),
-        "splits": splits,
-    }
-
-
-def _describe_shard(shard_path: Path) -> dict[str, Any]:
-    shard = open_shard(shard_path)
-    return {
-        "dataset_name": shard_path.parent.name or shard_path.stem,
-        "tokenizer": None,
-        "teacher_model": None,
-        "teacher_dtype": "float32",  # the states are float32 whatever the teacher ran in
-        "block_size": shard.block_size,
-        "horizon": shard.horizon,
-        "stride": shard.stride,
-        "teacher_hidden_size": shard.hidden_size,
-        "splits": {shard_path.stem: {"path": shard_path.name, "examples": shard.num_examples}},
-    }
-
-
-def missing_teacher_error(what: str, dataset: str | Path) -> ConfigError:
-    """The error for a teacher that is needed but that the dataset does not name."""
-    return ConfigError(
-        f"{what} runs the teacher, but the dataset at {str(dataset)!r} does not name one (no "
-        f"teacher_model in a metadata.yaml beside it): give the teacher its states came from "
-        f"with --teacher (teacher_model= in the library), or add teacher_model to metadata.yaml"
-    )
-
-
-def describe_dataset(
-    path: str | Path,
-    *,
-    tokenizer: str | None = None,
-    teacher_model: str | None = None,
-    metadata: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """What a dataset is, from a shard file or a dataset folder, in the form our
-    preparation writes to metadata.yaml, whichever tool wrote it.
-
-    - Our metadata: returned as written.
-    - The seed's (`dataset_name, tokenizer, block_size, horizon, teacher_model,
-      teacher_dtype` and per split `documents, blocks, examples, teacher_hidden_size`):
-      teacher_hidden_size is lifted from the splits (or read from the shard), each split's
-      shard is `<split>.arrow` beside the metadata, and the fingerprint is computed from
-      the shards' bytes.
-    - No metadata beside a shard: block_size, horizon and teacher_hidden_size come from
-      the shard's columns, the fingerprint from its bytes; tokenizer and teacher are
-      unknown (None) unless given.
-
-    `metadata`: the folder's metadata.yaml when the caller has read it already.
-    `tokenizer` and `teacher_model` supply or override what the metadata names. Split paths
-    are relative to the dataset folder (`path`, or the shard's folder). `metadata_form`
-    says which case applied: "gistnet", "seed" or "none".
-    """
-    path = Path(path)
-    if path.is_dir():
-        root, shard = path, None
-    elif path.is_file():
-        root, shard = path.parent, path
-    else:
-        raise _missing_shard_error(path)
-    if metadata is not None or (root / METADATA_FILE).is_file():
-        raw = metadata if metadata is not None else read_metadata(root)
-        if "fingerprint" in raw and "teacher_hidden_size" in raw:
-            info = {**raw, "metadata_form": "gistnet"}
-        else:
-            info = {**_describe_seed(raw, root, shard), "metadata_form": "seed"}
-    elif shard is not None:
-        info = {**_describe_shard(shard), "metadata_form": "none"}
-    else:
-        raise ShardError(
-            f"dataset folder {str(root)!r} has no {METADATA_FILE}: give the shard file itself "
-            f"(its block size, horizon and width are read from its columns)"
-        )
-    if "fingerprint" not in info:
-        shards = [root / s["path"] for s in info["splits"].values()]
-        info["fingerprint"] = shards_fingerprint([p for p in shards if p.is_file()])
-    if tokenizer is not None:
-        info["tokenizer"] = _model_ref(tokenizer)
-    if teacher_model is not None:
-        info["teacher_model"] = _model_ref(teacher_model)
-    return info
-
 
 # --------------------------------------------------------------------------- token-only shards
 
@@ -599,9 +277,8 @@ def make_token_batch(*, input_ids: np.ndarray, context_input_ids: np.ndarray) ->
     return pa.RecordBatch.from_arrays(columns, schema=token_schema(t, h))
 
 
-# --------------------------------------------------------------------------- many-shard splits
 
-_GLOB_CHARS = ("*", "?", "[")
+# --------------------------------------------------------------------------- shard files
 
 
 def shard_file_name(stem: str, index: int, count: int) -> str:
@@ -614,6 +291,18 @@ def shard_glob(stem: str, count: int) -> str:
     return f"{stem}.arrow" if count == 1 else f"{stem}-*-of-{count:05d}.arrow"
 
 
+def missing_shard_error(path: Path) -> ShardError:
+    tmp = path.with_name(path.name + ".tmp")
+    hint = (
+        " (an unfinished .tmp file is there: its preparation did not complete)"
+        if tmp.exists()
+        else ""
+    )
+    return ShardError(
+        f"shard {str(path)!r} does not exist{hint}; run the dataset preparation first"
+    )
+
+
 _SET_COLUMNS = {
     "input_ids": np.int32,
     "context_input_ids": np.int32,
@@ -622,25 +311,35 @@ _SET_COLUMNS = {
 }
 
 
+def _missing_columns(table: pa.Table, *, with_states: bool) -> list[str]:
+    wanted = ("input_ids", "context_input_ids", "teacher_hidden", "gist_target")
+    if not with_states:
+        wanted = wanted[:2]
+    return [c for c in wanted if c not in table.column_names]
+
+
 def _file_pieces(path: Path) -> tuple[dict[str, list[np.ndarray]], pa.Table]:
-    """One shard file's columns as lists of views, one per record batch (any layout
-    `open_shard` reads, token-only ones too), and the table that keeps the map alive.
-    An empty file gives no pieces."""
+    """One shard file's columns as lists of views, one per record batch (fixed-size (ours)
+    and variable-length (the seed's) list columns alike, token-only ones too), and the
+    table that keeps the map alive. An empty file gives no pieces. A row whose length
+    differs from the others raises ShardError naming the row and the column."""
     try:
         table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
     except (pa.ArrowInvalid, OSError) as err:
         raise ShardError(f"{str(path)!r} is not an Arrow IPC file: {err}") from None
     where = f"shard {str(path)!r}"
-    for column in ("input_ids", "context_input_ids"):
-        if column not in table.column_names:
-            raise ShardError(f"{where} lacks column {column!r}")
     with_states = "teacher_hidden" in table.column_names
-    if with_states and "gist_target" not in table.column_names:
-        raise ShardError(f"{where} lacks column 'gist_target'")
+    missing = _missing_columns(table, with_states=with_states)
+    if missing:
+        raise ShardError(f"{where} lacks column(s) {', '.join(missing)}")
     if table.num_rows == 0:
         return {}, table
     if with_states and all(len(c.flatten()) == 0 for c in table.column("teacher_hidden").chunks):
-        open_shard(path)  # the seed's shards prepared without a teacher: its error says so
+        # The seed wrote empty rows when its config had no teacher_model.
+        raise ShardError(
+            f"{where}: teacher_hidden is empty: the shard was prepared without a teacher; "
+            f"prepare it again with teacher_model set"
+        )
 
     def pieces(name: str, expected: tuple[int | None, ...]) -> list[np.ndarray]:
         array = _column_array(
@@ -648,6 +347,7 @@ def _file_pieces(path: Path) -> tuple[dict[str, list[np.ndarray]], pa.Table]:
         )
         return array.parts if isinstance(array, ChunkedRows) else [array]
 
+    # The block's length fixes the states' token axis; the states' width fixes the target's.
     columns = {"input_ids": pieces("input_ids", (None,))}
     columns["context_input_ids"] = pieces("context_input_ids", (None,))
     if with_states:
@@ -658,25 +358,41 @@ def _file_pieces(path: Path) -> tuple[dict[str, list[np.ndarray]], pa.Table]:
     return columns, table
 
 
+def _pieces_of(column: np.ndarray | ChunkedRows) -> list[np.ndarray]:
+    return column.parts if isinstance(column, ChunkedRows) else [column]
+
+
 @dataclass
 class ShardSet:
-    """A split as a list of memory-mapped shard files behind one row index.
+    """A split as a list of memory-mapped shard files behind one row index (one file is a
+    set of one).
 
     Exposes the columns training and evaluation read (`input_ids`, `context_input_ids`,
-    and for a dataset with cached states `teacher_hidden`, `gist_target`) as ChunkedRows:
+    and for a dataset with cached states `teacher_hidden`, `gist_target`) as numpy views
+    into the mapped file where a column is one record batch, else as ChunkedRows:
     indexing gathers the rows from whichever shard and record batch hold them, without a
     concatenating copy. `teacher_hidden` is None for a token-only dataset.
     """
 
     paths: list[Path]
     rows_per_file: list[int]
-    input_ids: ChunkedRows  # (N, T) int32
-    context_input_ids: ChunkedRows  # (N, H) int32
-    teacher_hidden: ChunkedRows | None  # (N, T, D) float32, None: token-only
-    gist_target: ChunkedRows | None  # (N, D) float32, None: token-only
+    input_ids: np.ndarray | ChunkedRows  # (N, T) int32
+    context_input_ids: np.ndarray | ChunkedRows  # (N, H) int32
+    teacher_hidden: np.ndarray | ChunkedRows | None  # (N, T, D) float32, None: token-only
+    gist_target: np.ndarray | ChunkedRows | None  # (N, D) float32, None: token-only
     piece_file: list[int]  # the file each piece (record batch) comes from
-    keep_alive: list[Any]
+    keep_alive: list[pa.Table]  # the tables that keep the memory maps alive
     stride: int  # tokens between successive windows of a document (block_size by default)
+
+    @property
+    def path(self) -> Path:
+        """The first (for a one-file split, the only) shard file."""
+        return self.paths[0]
+
+    @property
+    def table(self) -> pa.Table:
+        """The first shard file's table: its schema and metadata as written."""
+        return self.keep_alive[0]
 
     @property
     def num_examples(self) -> int:
@@ -702,9 +418,11 @@ class ShardSet:
     def document_ids(self) -> np.ndarray:
         """(N,) int64 index of the document each example came from.
 
-        Inside a shard, examples follow in document order and the next example's window
-        starts `stride` tokens into this example's window; where that chain breaks a new
-        document starts (see `Shard.document_ids`). A shard file always starts a document:
+        Examples are written in document order, and inside a document the next example's
+        window starts `stride` tokens into this example's window (one block, by default),
+        so the two overlap; where that chain breaks a new document starts. Windows that do
+        not overlap (a horizon of one block at the default stride) cannot be chained: then
+        every example counts as its own document. A shard file always starts a document:
         parts are cut at document boundaries. Computed piece by piece, in bounded memory.
         """
         n, s = self.num_examples, self.stride
@@ -713,13 +431,14 @@ class ShardSet:
         if s >= self.horizon:
             return np.arange(n, dtype=np.int64)
         starts_doc = np.ones(n, dtype=bool)
-        ctx = self.context_input_ids
-        for p, window in enumerate(ctx.parts):
-            first = int(ctx.starts[p])
+        first = 0
+        pieces = _pieces_of(self.context_input_ids)
+        for p, window in enumerate(pieces):
             starts_doc[first + 1 : first + len(window)] = ~_follows(window[:-1], window[1:], s)
             if p > 0 and self.piece_file[p] == self.piece_file[p - 1] and len(window):
-                previous = ctx.parts[p - 1][-1:]
+                previous = pieces[p - 1][-1:]
                 starts_doc[first] = not _follows(previous, window[:1], s)[0]
+            first += len(window)
         return np.cumsum(starts_doc).astype(np.int64) - 1
 
 
@@ -733,11 +452,11 @@ def open_shard_set(paths: list[str | Path]) -> ShardSet:
     columns: dict[str, list[np.ndarray]] = {}
     piece_file: list[int] = []
     rows_per_file: list[int] = []
-    keep: list[Any] = []
+    keep: list[pa.Table] = []
     first: tuple[Path, dict[str, tuple[int, ...]]] | None = None
     for index, path in enumerate(paths):
         if not path.is_file():
-            open_shard(path)  # raises the missing-shard error, with its .tmp hint
+            raise missing_shard_error(path)
         pieces, handle = _file_pieces(path)
         keep.append(handle)
         rows_per_file.append(sum(len(v) for v in pieces.get("input_ids", [])))
@@ -758,10 +477,14 @@ def open_shard_set(paths: list[str | Path]) -> ShardSet:
             columns[c].extend(p)
         piece_file.extend([index] * len(pieces["input_ids"]))
     if first is None:
+        if len(paths) == 1:
+            raise ShardError(f"shard {str(paths[0])!r} holds no examples")
         raise ShardError(f"{str(paths[0])!r} and the other shards of its split hold no examples")
 
-    def rows(name: str) -> ChunkedRows | None:
-        return ChunkedRows(columns[name]) if name in columns else None
+    def rows(name: str) -> np.ndarray | ChunkedRows | None:
+        if name not in columns:
+            return None
+        return columns[name][0] if len(columns[name]) == 1 else ChunkedRows(columns[name])
 
     return ShardSet(
         paths=paths,
@@ -776,53 +499,16 @@ def open_shard_set(paths: list[str | Path]) -> ShardSet:
     )
 
 
+def open_shard(path: str | Path) -> ShardSet:
+    """One shard file with cached teacher states, as a set of one."""
+    shards = open_shard_set([path])
+    if not shards.has_teacher_states:
+        raise ShardError(f"shard {str(path)!r} lacks column(s) teacher_hidden, gist_target")
+    return shards
+
+
 def _describe_shapes(shapes: dict[str, tuple[int, ...]]) -> str:
     block, horizon = shapes["input_ids"][0], shapes["context_input_ids"][0]
     width = shapes.get("teacher_hidden", (None, None))[1]
     states = f"states {width} wide" if width else "no teacher states"
     return f"blocks of {block}, horizon {horizon}, stride {shapes['stride'][0]}, {states}"
-
-
-def split_shard_paths(
-    path: str | Path, split: str | None = None, *, default_split: str = "train"
-) -> list[Path]:
-    """The shard files of a split, from any of: a dataset folder (then `split`, default
-    `default_split`, names the split and metadata.yaml lists its shards), a glob of shard
-    files (`data/x/train-*.arrow`), or one shard file."""
-    text = str(path)
-    path = Path(path)
-    if path.is_dir():
-        metadata = describe_dataset(path)  # our metadata or the seed's
-        name = split or default_split
-        splits = metadata.get("splits") or {}
-        if name not in splits:
-            raise ShardError(
-                f"dataset {str(path)!r} has no split {name!r}; it has {', '.join(splits) or 'none'}"
-            )
-        listed = splits[name].get("shards")
-        if not listed:
-            return split_shard_paths(path / splits[name]["path"])
-        files = [path / entry["path"] for entry in listed]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise ShardError(
-                f"split {name!r} of {str(path)!r} has {len(files) - len(missing)} of its "
-                f"{len(files)} shards: {', '.join(missing[:3])} missing; copy the whole folder"
-            )
-        return files
-    if path.is_file():
-        return [path]
-    if any(c in text for c in _GLOB_CHARS):
-        files = sorted(Path(m) for m in glob.glob(text) if Path(m).is_file())
-        if not files:
-            raise ShardError(f"{text!r} matches no shard file")
-        return files
-    open_shard(path)  # raises the missing-shard error
-    return [path]
-
-
-def open_split(
-    path: str | Path, split: str | None = None, *, default_split: str = "train"
-) -> ShardSet:
-    """`open_shard_set(split_shard_paths(...))`: a folder, a glob or a file."""
-    return open_shard_set(split_shard_paths(path, split, default_split=default_split))

@@ -113,6 +113,18 @@ def disk_full_named(
         ) from err
 
 
+# --------------------------------------------------------------------------- files
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, streamed in 1 MiB reads."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 # --------------------------------------------------------------------------- locking
 
 

@@ -26,17 +26,12 @@ import torch.nn.functional as F
 
 from gistnet.checkpoint import save_checkpoint
 from gistnet.config import RunConfig, TrainingConfig
+from gistnet.datasets import describe_dataset, missing_teacher_error, split_shard_paths
 from gistnet.devices import resolve_device
 from gistnet.distributed import Ranks
 from gistnet.errors import Cancelled, ConfigError
 from gistnet.model import GistNet, GistNetConfig
-from gistnet.shards import (
-    ShardSet,
-    describe_dataset,
-    missing_teacher_error,
-    open_shard_set,
-    split_shard_paths,
-)
+from gistnet.shards import ShardSet, open_shard_set
 from gistnet.storage import disk_full_named
 
 CHECKPOINT_NAME = "gistnet.pt"

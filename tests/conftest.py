@@ -43,6 +43,15 @@ def sample_teacher_dir() -> Path:
     return SAMPLE_TEACHER
 
 
+def sharded_config(shards: int, **overrides):
+    """small_dataset_config with its train split written as `shards` files, validated."""
+    from gistnet.config import validate_dataset_config
+
+    config = small_dataset_config(**overrides)
+    config["splits"]["train"]["shards"] = shards
+    return validate_dataset_config(config)
+
+
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory) -> Path:
     """A prepared dataset folder (train + validation shards, metadata.yaml), built once."""
@@ -51,6 +60,16 @@ def small_dataset(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("small_dataset")
     prepare_dataset(validate_dataset_config(small_dataset_config()), output_dir=out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def cached_in_4(tmp_path_factory) -> Path:
+    """small_dataset's documents with the train split in 4 shards (validation in one)."""
+    from gistnet.data import prepare_dataset
+
+    out = tmp_path_factory.mktemp("cached_in_4")
+    prepare_dataset(sharded_config(4), output_dir=out)
     return out
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-from gistnet.shards import open_shard, read_metadata
+from gistnet.datasets import read_metadata
+from gistnet.shards import open_shard
 
 
 def write_seed_shard(rows: dict[str, list], path: Path) -> Path:

@@ -10,8 +10,9 @@ import yaml
 
 from gistnet.config import load_dataset_config, validate_dataset_config
 from gistnet.data import document_examples, prepare_dataset
-from gistnet.errors import Cancelled, ConfigError, ShardError, TeacherLoadError
-from gistnet.shards import open_shard, read_metadata
+from gistnet.datasets import read_metadata
+from gistnet.errors import Cancelled, ConfigError, TeacherLoadError
+from gistnet.shards import open_shard
 from tests.conftest import ROOT, SAMPLE_TEACHER, small_dataset_config
 
 
@@ -37,32 +38,6 @@ def test_shard_has_exactly_the_documented_fixed_size_columns(small_dataset):
     assert masks.shape == (table.num_rows, 32) and masks.min() == 1
     ctx_masks = np.stack(table.column("context_attention_mask").to_numpy(zero_copy_only=False))
     assert ctx_masks.shape == (table.num_rows, 64) and ctx_masks.min() == 1
-
-
-def test_shard_opens_memory_mapped_without_copying(small_dataset):
-    shard = open_shard(small_dataset / "train.arrow")
-    n = shard.num_examples
-    assert shard.teacher_hidden.shape == (n, 32, shard.hidden_size)
-    assert shard.input_ids.shape == (n, 32) and shard.context_input_ids.shape == (n, 64)
-    # views into the mapped file (one per record batch the preparation wrote), not copies
-    parts = getattr(shard.teacher_hidden, "parts", [shard.teacher_hidden])
-    assert len(parts) > 1  # the fixture's shard was written in several batches
-    assert all(not p.flags.owndata and not p.flags.writeable for p in parts)
-    gathered = shard.teacher_hidden[[0, n // 2, n - 1]]
-    np.testing.assert_array_equal(gathered[2], parts[-1][-1])
-
-
-def test_chunked_rows_index_like_the_concatenated_array():
-    from gistnet.shards import ChunkedRows
-
-    parts = [np.arange(n * 6, dtype=np.float32).reshape(n, 2, 3) + 100 * n for n in (3, 1, 4)]
-    rows, whole = ChunkedRows(parts), np.concatenate(parts)
-    assert rows.shape == whole.shape == (8, 2, 3) and len(rows) == 8
-    for key in (0, 3, -1, slice(2, 7), slice(None, None, -2), [7, 0, 3, 3], whole[:, 0, 0] > 300):
-        np.testing.assert_array_equal(rows[key], whole[key])
-    np.testing.assert_array_equal(np.asarray(rows), whole)
-    with pytest.raises(IndexError):
-        rows[[8]]
 
 
 def test_teacher_states_equal_a_plain_full_window_forward(small_dataset):
@@ -230,34 +205,6 @@ def test_cancelled_preparation_leaves_no_shard_that_looks_finished(tmp_path):
     with pytest.raises(Cancelled):
         prepare_dataset(config, output_dir=tmp_path, should_cancel=cancel_after_two_batches)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
-
-
-def test_unfinished_shard_is_refused_with_the_reason(tmp_path):
-    (tmp_path / "train.arrow.tmp").write_bytes(b"partial")
-    with pytest.raises(ShardError, match="did not complete"):
-        open_shard(tmp_path / "train.arrow")
-
-
-def test_reads_shards_with_variable_length_list_columns(tmp_path, small_dataset):
-    shard = open_shard(small_dataset / "validation.arrow")
-    n = 5
-    table = pa.table(
-        {
-            "input_ids": pa.array(shard.input_ids[:n].tolist(), pa.list_(pa.int64())),
-            "context_input_ids": pa.array(
-                shard.context_input_ids[:n].tolist(), pa.list_(pa.int64())
-            ),
-            "teacher_hidden": pa.array(
-                shard.teacher_hidden[:n].tolist(), pa.list_(pa.list_(pa.float32()))
-            ),
-            "gist_target": pa.array(shard.gist_target[:n].tolist(), pa.list_(pa.float32())),
-        }
-    )
-    with pa.ipc.new_file(str(tmp_path / "other.arrow"), table.schema) as writer:
-        writer.write_table(table)
-    other = open_shard(tmp_path / "other.arrow")
-    np.testing.assert_array_equal(other.input_ids, shard.input_ids[:n])
-    np.testing.assert_allclose(other.teacher_hidden, shard.teacher_hidden[:n])
 
 
 def test_shipped_sample_config_is_valid():

@@ -5,7 +5,6 @@ training and evaluation take a dataset folder, a glob of shards or a single shar
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -18,23 +17,10 @@ from gistnet.data import (
     prepare_dataset,
     prepare_part,
 )
+from gistnet.datasets import open_split, read_metadata
 from gistnet.errors import ConfigError, ShardError
-from gistnet.shards import open_shard_set, open_split, read_metadata, split_shard_paths
 from gistnet.train import train_gistnet
-from tests.conftest import small_dataset_config
-
-
-def sharded_config(shards: int, **overrides):
-    config = small_dataset_config(**overrides)
-    config["splits"]["train"]["shards"] = shards
-    return validate_dataset_config(config)
-
-
-@pytest.fixture(scope="module")
-def cached_in_4(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cached_in_4")
-    prepare_dataset(sharded_config(4), output_dir=out)
-    return out
+from tests.conftest import sharded_config, small_dataset_config
 
 
 def test_a_split_in_4_parts_holds_the_rows_of_1_part_and_the_same_fingerprint(
@@ -124,41 +110,6 @@ def test_max_tokens_cannot_be_combined_with_shards():
     config["splits"]["train"].update(shards=2, max_tokens=1000)
     with pytest.raises(ConfigError, match=r"max_tokens .* cannot be combined with shards \(2\)"):
         validate_dataset_config(config)
-
-
-def test_a_shard_set_gathers_rows_across_shards_from_views_of_the_files(cached_in_4):
-    data = open_split(cached_in_4)
-    for pieces in (data.input_ids.parts, data.teacher_hidden.parts):
-        assert all(not p.flags.owndata and not p.flags.writeable for p in pieces)
-    everything = data.teacher_hidden[:]
-    rows = np.array([data.num_examples - 1, 0, 5, 5, int(data.rows_per_file[0])])
-    np.testing.assert_array_equal(data.teacher_hidden[rows], everything[rows])
-    np.testing.assert_array_equal(data.input_ids[-1], data.input_ids[:][-1])
-
-
-def test_a_split_is_found_from_a_folder_a_glob_or_a_file(cached_in_4):
-    shards = [cached_in_4 / f"train-{i:05d}-of-00004.arrow" for i in range(4)]
-    assert split_shard_paths(cached_in_4) == shards
-    assert split_shard_paths(cached_in_4 / "train-*.arrow") == shards
-    assert split_shard_paths(shards[2]) == [shards[2]]
-    assert split_shard_paths(cached_in_4, "validation") == [cached_in_4 / "validation.arrow"]
-    with pytest.raises(ShardError, match="has no split 'test'; it has train, validation"):
-        split_shard_paths(cached_in_4, "test")
-
-
-def test_a_folder_whose_split_lost_a_shard_says_which(tmp_path):
-    prepare_dataset(sharded_config(2, teacher_states="none"), output_dir=tmp_path)
-    os.remove(tmp_path / "train-00001-of-00002.arrow")
-    with pytest.raises(
-        ShardError, match=r"has 1 of its 2 shards: train-00001-of-00002.arrow missing"
-    ):
-        open_split(tmp_path)
-
-
-def test_shards_of_different_preparations_are_not_mixed(cached_in_4, tmp_path):
-    prepare_dataset(sharded_config(1, teacher_states="none"), output_dir=tmp_path)
-    with pytest.raises(ShardError, match="no teacher states"):
-        open_shard_set([cached_in_4 / "train-00000-of-00004.arrow", tmp_path / "train.arrow"])
 
 
 @pytest.mark.parametrize("form", ["folder", "glob", "file"])

@@ -10,10 +10,11 @@ import torch
 
 from gistnet.checkpoint import load_checkpoint, read_checkpoint_info
 from gistnet.config import validate_run_config
+from gistnet.datasets import describe_dataset
 from gistnet.errors import ConfigError, ShardError
 from gistnet.evaluate import evaluate_gistnet
 from gistnet.inference import GistEncoder
-from gistnet.shards import describe_dataset, open_shard, read_metadata
+from gistnet.shards import open_shard
 from gistnet.train import train_gistnet
 from tests.conftest import SAMPLE_TEACHER
 from tests.seed_layout import seed_rows, write_seed_shard
@@ -80,52 +81,6 @@ def test_a_shard_prepared_without_a_teacher_is_refused_with_the_reason(small_dat
     path = write_seed_shard(rows, tmp_path / "no_teacher.arrow")
     with pytest.raises(ShardError, match="prepared without a teacher"):
         open_shard(path)
-
-
-# --- describing ------------------------------------------------------------------------
-
-
-def test_seed_metadata_is_read_into_our_form(seed_dataset, small_dataset):
-    ours = read_metadata(small_dataset)
-    info = describe_dataset(seed_dataset)
-    assert info["metadata_form"] == "seed"
-    assert info["teacher_hidden_size"] == ours["teacher_hidden_size"]
-    assert (info["block_size"], info["horizon"]) == (32, 64)
-    assert info["tokenizer"] == ours["tokenizer"] and info["teacher_model"] == ours["teacher_model"]
-    assert info["teacher_dtype"] == "float32"  # the seed's "auto"
-    assert info["splits"]["train"]["path"] == "train.arrow"
-    assert info["splits"]["validation"]["examples"] == ours["splits"]["validation"]["examples"]
-    assert len(info["fingerprint"]) == 16
-    # the same dataset whether named by its folder or by one of its shards
-    assert describe_dataset(seed_dataset / "train.arrow")["fingerprint"] == info["fingerprint"]
-
-
-def test_fingerprint_of_a_dataset_without_one_follows_the_shards_bytes(seed_dataset, tmp_path):
-    rows = seed_rows(seed_dataset / "validation.arrow", limit=6)
-    first = describe_dataset(write_seed_shard(rows, tmp_path / "a" / "train.arrow"))
-    rows["teacher_hidden"][0][0][0] += 1.0
-    second = describe_dataset(write_seed_shard(rows, tmp_path / "b" / "train.arrow"))
-    assert first["fingerprint"] != second["fingerprint"]
-
-
-def test_a_shard_without_metadata_is_described_by_its_columns(seed_shard_alone):
-    info = describe_dataset(seed_shard_alone)
-    assert info["metadata_form"] == "none"
-    assert (info["block_size"], info["horizon"], info["teacher_hidden_size"]) == (32, 64, 128)
-    assert info["tokenizer"] is None and info["teacher_model"] is None
-    assert info["splits"] == {
-        "train": {"path": "train.arrow", "examples": open_shard(seed_shard_alone).num_examples}
-    }
-    given = describe_dataset(
-        seed_shard_alone, tokenizer=str(SAMPLE_TEACHER), teacher_model=str(SAMPLE_TEACHER)
-    )
-    assert given["teacher_model"] == str(SAMPLE_TEACHER.resolve())
-    assert given["fingerprint"] == info["fingerprint"]
-
-
-def test_a_folder_without_metadata_says_to_name_the_shard(seed_shard_alone):
-    with pytest.raises(ShardError, match="give the shard file itself"):
-        describe_dataset(seed_shard_alone.parent)
 
 
 # --- training, evaluating, serving -------------------------------------------------------

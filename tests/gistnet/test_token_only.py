@@ -10,8 +10,8 @@ import torch
 
 from gistnet.config import validate_dataset_config, validate_run_config
 from gistnet.data import prepare_dataset
+from gistnet.datasets import open_split, read_metadata
 from gistnet.evaluate import evaluate_gistnet
-from gistnet.shards import open_split, read_metadata
 from gistnet.substitution import full_log_probs_and_block_states, horizon_log_probs
 from gistnet.teacher import load_teacher
 from gistnet.train import train_gistnet

@@ -8,10 +8,11 @@ import torch
 
 from gistnet.checkpoint import load_checkpoint, read_checkpoint_info
 from gistnet.config import validate_run_config
+from gistnet.datasets import read_metadata
 from gistnet.errors import Cancelled, ConfigError, DeviceError, ShardError
 from gistnet.inference import GistEncoder
 from gistnet.model import GistNet, GistNetConfig
-from gistnet.shards import open_shard, read_metadata
+from gistnet.shards import open_shard
 from gistnet.train import batch_indices, model_config_for, train_gistnet
 
 

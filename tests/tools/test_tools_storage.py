@@ -89,7 +89,7 @@ def test_prepare_train_on_two_processes_and_evaluate_with_s3_urls(
 def test_datasets_of_the_seeds_tool_are_fetched_by_url_with_or_without_metadata(
     s3, seed_dataset, seed_shard_alone, tmp_path, monkeypatch
 ):
-    from gistnet.shards import describe_dataset
+    from gistnet.datasets import describe_dataset
     from gistnet.storage import open_local_dataset
 
     bucket = s3.new_bucket()

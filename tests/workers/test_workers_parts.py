@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gistnet.shards import open_split
+from gistnet.datasets import open_split
 from tests.service_stack import dataset_body, start_worker, train_body, wait_for_job
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
