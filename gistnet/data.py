@@ -9,14 +9,15 @@ With `teacher_states: none` no teacher runs: the shards hold the token columns a
 (`gistnet.shards.token_schema`, a few hundred bytes an example whatever the teacher's
 width) and training runs the teacher inside its steps.
 
-A split with `shards: N` is written as N files, each from a contiguous range of the
-split's documents, in three steps that different machines may run:
+A split is written as `shards: N` files (one by default), each from a contiguous range of
+the split's documents, in three steps that different machines may run:
 
     plan_dataset      the fingerprint, the documents of every source file, each part's range
     prepare_part      one part's shard, and its manifest (rows, bytes, sha256) under .parts/
     finalize_dataset  checks every part against its manifest, then writes metadata.yaml
 
-`prepare_dataset` runs the three in one process; the service runs each part as a task.
+`prepare_dataset` runs the three in one process, whatever the number of shards; the
+service runs each part of a split of several shards as a task.
 """
 
 from __future__ import annotations
@@ -72,12 +73,6 @@ class PrepProgress:
 
 
 # --------------------------------------------------------------------------- reading text
-
-
-def _documents(split_name: str, split: SplitConfig, base_dir: Path) -> Iterator[str]:
-    if split.documents is not None:
-        return iter(split.documents)
-    return document_range(split_name, split, base_dir)
 
 
 def _chunks(texts: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -348,59 +343,6 @@ def _examples_of(
         yield document_examples(ids, config.block_size, config.horizon, config.stride)
 
 
-def _prepare_split(
-    *,
-    name: str,
-    split: SplitConfig,
-    config: DatasetConfig,
-    base_dir: Path,
-    out_path: Path,
-    resources: PrepResources,
-    bar,
-    on_progress: Callable[[PrepProgress], None] | None,
-    should_cancel: Callable[[], bool] | None,
-) -> dict[str, Any]:
-    started = time.perf_counter()
-    counters = {"documents": 0, "tokens": 0, "blocks": 0, "examples": 0}
-    if bar is not None:
-        bar.set_description(name)
-
-    def report() -> None:
-        if on_progress is not None:
-            on_progress(
-                PrepProgress(name, counters["documents"], counters["tokens"], counters["examples"])
-            )
-
-    windows = _examples_of(
-        _documents(name, split, base_dir),
-        split=split,
-        config=config,
-        tokenizer=resources.tokenizer,
-        counters=counters,
-        bar=bar,
-    )
-    _write_shard(
-        what=f"split {name!r}",
-        windows=windows,
-        out_path=out_path,
-        config=config,
-        resources=resources,
-        counters=counters,
-        on_batch=report,
-        should_cancel=should_cancel,
-    )
-    if counters["examples"] == 0:
-        out_path.unlink(missing_ok=True)
-        raise _no_examples(name, config)
-    report()
-    return {
-        "path": str(out_path),
-        **counters,
-        "bytes": out_path.stat().st_size,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-
-
 def _metadata(
     config: DatasetConfig,
     *,
@@ -437,7 +379,8 @@ def prepare_dataset(
     show_progress: bool = False,
 ) -> dict[str, Any]:
     """Tokenize, cut into blocks, run the teacher (unless `teacher_states: none`) and write
-    each split as one Arrow shard, or as `shards` of them.
+    each split as one Arrow shard, or as `shards` of them: the plan, every part in turn,
+    then the finalizer, the same steps the service's tasks run on many workers.
 
     Relative `source` and `output_path` values are read from `config_dir` (the config
     file's folder). With `output_dir`, every split goes to `<output_dir>/<split>.arrow`
@@ -446,80 +389,41 @@ def prepare_dataset(
     """
     config, base_dir = resolve_dataset_config(config, config_dir)
     out_dir = Path(output_dir).resolve() if output_dir is not None else None
+    for name, split in config.splits.items():
+        shard_paths(name, split, base_dir, out_dir)  # a split without a place fails first
+    plan = plan_dataset(config, config_dir=base_dir)
+    resources = load_prep_resources(config)
     bar = None
     if show_progress:
         from tqdm import tqdm
 
         bar = tqdm(unit="tok", unit_scale=True, dynamic_ncols=True)
     try:
-        if any(split.shards > 1 for split in config.splits.values()):
-            return _prepare_in_parts(
-                config,
-                base_dir=base_dir,
-                out_dir=out_dir,
-                bar=bar,
-                on_progress=on_progress,
-                should_cancel=should_cancel,
-            )
-        outputs = {n: [_output_path(n, s, base_dir, out_dir)] for n, s in config.splits.items()}
-        fingerprint = dataset_fingerprint(config, base_dir)  # also checks every source exists
-        resources = load_prep_resources(config)
-        split_stats = {
-            name: _prepare_split(
-                name=name,
-                split=split,
-                config=config,
-                base_dir=base_dir,
-                out_path=outputs[name][0],
-                resources=resources,
-                bar=bar,
-                on_progress=on_progress,
-                should_cancel=should_cancel,
-            )
-            for name, split in config.splits.items()
-        }
+        for name, split_plan in plan["splits"].items():
+            manifests = []
+            for part in split_plan["parts"]:
+                if bar is not None:
+                    count = part["count"]
+                    bar.set_description(name if count == 1 else f"{name} {part['index'] + 1}/{count}")
+                manifests.append(
+                    prepare_part(
+                        config,
+                        plan=plan,
+                        split=name,
+                        index=part["index"],
+                        config_dir=base_dir,
+                        output_dir=out_dir,
+                        resources=resources,
+                        on_progress=on_progress,
+                        should_cancel=should_cancel,
+                        _bar=bar,
+                    )
+                )
+            if not any(m["examples"] for m in manifests):
+                raise _no_examples(name, config)  # before the teacher runs on the next split
     finally:
         if bar is not None:
             bar.close()
-    metadata = _metadata(
-        config,
-        fingerprint=fingerprint,
-        hidden_size=resources.hidden_size,
-        vocab_size=resources.vocab_size,
-        splits=split_stats,
-    )
-    _write_metadata(metadata, outputs)
-    return metadata
-
-
-def _prepare_in_parts(
-    config: DatasetConfig,
-    *,
-    base_dir: Path,
-    out_dir: Path | None,
-    bar,
-    on_progress: Callable[[PrepProgress], None] | None,
-    should_cancel: Callable[[], bool] | None,
-) -> dict[str, Any]:
-    """All parts of every split in this process, one after the other, then the finalizer:
-    the same shards and metadata the service's tasks write from many workers."""
-    plan = plan_dataset(config, config_dir=base_dir)
-    resources = load_prep_resources(config)
-    for part in plan_parts(plan):
-        if bar is not None:
-            bar.set_description(f"{part['split']} {part['index'] + 1}/{part['count']}")
-        prepare_part(
-            config,
-            plan=plan,
-            split=part["split"],
-            index=part["index"],
-            config_dir=base_dir,
-            output_dir=out_dir,
-            resources=resources,
-            on_progress=on_progress,
-            should_cancel=should_cancel,
-            _bar=bar,
-        )
     return finalize_dataset(config, plan=plan, config_dir=base_dir, output_dir=out_dir)
 
 
@@ -663,7 +567,7 @@ def prepare_part(
                     counters["documents"],
                     counters["tokens"],
                     counters["examples"],
-                    part=index,
+                    part=index if part["count"] > 1 else None,
                 )
             )
 
