@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from api.validation import unstorable_text
 from gistnet.config import DatasetConfig, GistNetConfig, SplitConfig, TrainingConfig
+from gistnet.eval.request import EvalSettings
 from gistnet.refine import MAX_SAMPLES as REFINE_MAX_SAMPLES
 from gistnet.refine import MAX_STEPS as REFINE_MAX_STEPS
 from gistnet.refine import MAX_TEMPERATURE as REFINE_MAX_TEMPERATURE
@@ -385,6 +386,16 @@ class EvaluationCreate(_In):
     # Adds the `refined` condition: every gist refined from its block alone (gistnet.refine)
     # and scored beside the gist, in the oracle section too. None leaves it out.
     refine: RefineOptions | None = None
+
+    def settings(self) -> EvalSettings:
+        """What the job scores, as the job row stores it and the worker reads it back."""
+        return EvalSettings(
+            max_examples=self.max_examples,
+            bootstrap_samples=self.bootstrap_samples,
+            seed=self.seed,
+            oracle_examples=self.oracle_examples,
+            refine=None if self.refine is None else self.refine.settings(),
+        )
 
 
 class EvaluationAccepted(JobAccepted):

@@ -86,16 +86,19 @@ def train(dataset: Path, device: str, steps: int, out: Path) -> dict:
 
 
 def evaluate(checkpoint: str, dataset: Path, device: str, examples: int) -> dict:
-    from gistnet.evaluate import evaluate_gistnet
+    from gistnet.eval.request import EvalRequest, EvalSettings
+    from gistnet.eval.run import evaluate_gistnet
 
     started = time.perf_counter()
+    settings = EvalSettings(max_examples=examples, bootstrap_samples=200)
     report = evaluate_gistnet(
-        checkpoint_path=checkpoint,
-        dataset_path=dataset,
-        split="validation",
-        device=device,
-        max_examples=examples,
-        bootstrap_samples=200,
+        EvalRequest(
+            checkpoint=checkpoint,
+            dataset=dataset,
+            split="validation",
+            settings=settings,
+            device=device,
+        )
     )
     return {
         "seconds": round(time.perf_counter() - started, 2),

@@ -26,7 +26,10 @@ import torch
 
 from bench.report import replace_between_markers
 from gistnet.config import GistNetConfig, load_run_config
-from gistnet.evaluate import VECTORS, evaluate_gistnet, format_table, write_report
+from gistnet.eval.conditions import VECTORS
+from gistnet.eval.report import format_table, write_report
+from gistnet.eval.request import EvalRequest, EvalSettings
+from gistnet.eval.run import evaluate_gistnet
 from gistnet.memory import gistnet_parameters
 from gistnet.storage import file_sha256
 from gistnet.train import TrainProgress, train_gistnet
@@ -193,11 +196,13 @@ def train_and_evaluate(
         checkpoint = result.checkpoint_path
     started = time.perf_counter()
     report = evaluate_gistnet(
-        checkpoint_path=checkpoint,
-        dataset_path=dataset,
-        split="validation",
-        device="cpu",
-        oracle_examples=oracle_examples,
+        EvalRequest(
+            checkpoint=checkpoint,
+            dataset=dataset,
+            split="validation",
+            settings=EvalSettings(oracle_examples=oracle_examples),
+            device="cpu",
+        )
     )
     report["bench"] = {
         "run_config": config_path,
@@ -487,14 +492,17 @@ def run_probe(
         dataset_path=train_on, split="train", run_config=run, output_dir=out / "probes" / name
     )
     train_seconds = time.perf_counter() - started
+    settings = EvalSettings(
+        max_examples=examples, bootstrap_samples=200, oracle_examples=oracle_examples
+    )
     report = evaluate_gistnet(
-        checkpoint_path=result.checkpoint_path,
-        dataset_path=dataset,
-        split="validation",
-        device=device,
-        max_examples=examples,
-        bootstrap_samples=200,
-        oracle_examples=oracle_examples,
+        EvalRequest(
+            checkpoint=result.checkpoint_path,
+            dataset=dataset,
+            split="validation",
+            settings=settings,
+            device=device,
+        )
     )
     gist = report["conditions"]["gist"]
     oracle = report.get("oracle") or {}

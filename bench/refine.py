@@ -26,13 +26,10 @@ import numpy as np
 import torch
 
 from gistnet.datasets import split_shard_paths
-from gistnet.evaluate import (
-    evaluate_conditions,
-    fit_oracle_vectors,
-    oracle_subset,
-    resolve_shard_path,
-    summarize,
-)
+from gistnet.eval.conditions import evaluate_conditions
+from gistnet.eval.oracle import fit_oracle_vectors, oracle_subset
+from gistnet.eval.run import resolve_shard_path
+from gistnet.eval.stats import summarize
 from gistnet.inference import GistEncoder
 from gistnet.refine import RefineSettings, refine_gists
 from gistnet.shards import open_shard_set

@@ -10,18 +10,12 @@ from pathlib import Path
 import torch
 
 from gistnet.bounds import ModelBounds
-from gistnet.checkpoint import load_checkpoint
 from gistnet.devices import resolve_device
 from gistnet.errors import ConfigError
+from gistnet.loading import load_gistnet
 from gistnet.refine import RefineSettings, refine_gists
 from gistnet.substitution import drop_token_id, drop_vector
-from gistnet.teacher import (
-    check_teacher_layers,
-    gistnet_inputs,
-    hidden_size_of,
-    load_teacher,
-    load_tokenizer,
-)
+from gistnet.teacher import gistnet_inputs
 
 
 class GistEncoder:
@@ -55,32 +49,32 @@ class GistEncoder:
         checkpoint trained on a dataset without metadata does not name (or override it).
         `bounds`: the largest model the checkpoint may ask for (load_checkpoint)."""
         device = device if isinstance(device, torch.device) else resolve_device(device)
-        model, info = load_checkpoint(path, device=device, bounds=bounds)
-        teacher_name = teacher_model or info["teacher"].get("model")
-        if teacher_name is None:
-            raise ConfigError(
+
+        def missing_teacher() -> ConfigError:
+            return ConfigError(
                 f"checkpoint {str(path)!r} does not name its teacher (it was trained on a "
                 f"dataset whose metadata did not): train it again with --teacher and "
                 f"--tokenizer (train_gistnet(teacher_model=..., tokenizer=...)), or pass "
                 f"teacher_model= and tokenizer= to GistEncoder.from_checkpoint"
             )
-        teacher = load_teacher(teacher_name, dtype=info["teacher"]["dtype"], device=device)
-        if hidden_size_of(teacher) != model.config.hidden_size:
-            raise ConfigError(
-                f"teacher {teacher_name!r} has width {hidden_size_of(teacher)} but the "
-                f"checkpoint's gists are {model.config.hidden_size} wide: name the teacher "
-                f"it was trained for"
-            )
-        check_teacher_layers(teacher.config, model.config.teacher_layers)
-        tokenizer_name = tokenizer or info["tokenizer"]
+
         # Token ids need no tokenizer; text does, and `tokenize` says how to give one.
-        loaded = load_tokenizer(tokenizer_name) if tokenizer_name is not None else None
-        info = {**info, "teacher": {**info["teacher"], "model": teacher_name}}
+        loaded = load_gistnet(
+            path,
+            device=device,
+            teacher_model=teacher_model,
+            tokenizer=tokenizer,
+            missing_teacher=missing_teacher,
+            remedy="name the teacher it was trained for",
+            bounds=bounds,
+        )
+        info = loaded.info
+        info = {**info, "teacher": {**info["teacher"], "model": loaded.teacher_name}}
         return cls(
-            model=model,
-            teacher=teacher,
-            tokenizer=loaded,
-            info={**info, "tokenizer": tokenizer_name},
+            model=loaded.model,
+            teacher=loaded.teacher,
+            tokenizer=loaded.tokenizer,
+            info={**info, "tokenizer": loaded.tokenizer_name},
             device=device,
         )
 

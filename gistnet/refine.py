@@ -8,7 +8,7 @@ generator), and Adam moves the gist, from GistNet's vector, to minimise the same
 substitution objective trains, averaged over those continuations: the teacher reading
 the gist should predict each continuation as it does after reading the block. Nothing
 but the block is used, so a refined gist is as available as a plain one; the oracle of
-`gistnet.evaluate` differs in being fitted to the one true continuation.
+`gistnet.eval.oracle` differs in being fitted to the one true continuation.
 
 The cost is about `samples` x `steps` teacher forward and backward passes of
 block + continuation per block, against one forward for GistNet's vector.

@@ -16,7 +16,7 @@ the input at position T-1 predicts h_0, the one at T-1+i predicts h_i. With a `s
 GistNet trained with `bos_sink`) the teacher's BOS embedding comes first, as it would at
 the start of any sequence the gists are read in: the teacher's attention heads park on
 that first position, so the vectors need not act as the sink themselves. This module is
-the one place that builds those inputs; the evaluation (`gistnet.evaluate`) and the
+the one place that builds those inputs; the evaluation (`gistnet.eval`) and the
 training objective share it.
 """
 

@@ -136,7 +136,7 @@ class _Objective:
         self.teacher = None
         self.substitution = None
         if self.kind == "substitution" or not cached_states or self.reads_teacher:
-            from gistnet.teacher import check_teacher_layers, hidden_size_of, load_teacher
+            from gistnet.loading import load_teacher_for
 
             what = (
                 "the substitution objective"
@@ -152,15 +152,15 @@ class _Objective:
             # float32 on the CPU for the gradient's sake (and because half precision is slow
             # there), whatever dtype the states were cached in
             dtype = "float32" if device.type == "cpu" else metadata["teacher_dtype"]
-            self.teacher = load_teacher(metadata["teacher_model"], dtype=dtype, device=device)
-            width = int(metadata["teacher_hidden_size"])
-            if hidden_size_of(self.teacher) != width:
-                raise ConfigError(
-                    f"teacher {metadata['teacher_model']!r} reads inputs of width "
-                    f"{hidden_size_of(self.teacher)} but the dataset's states are {width} wide: "
-                    f"name the teacher the dataset was prepared with (--teacher)"
-                )
-            check_teacher_layers(self.teacher.config, model_config.teacher_layers)
+            self.teacher = load_teacher_for(
+                metadata["teacher_model"],
+                dtype=dtype,
+                device=device,
+                width=int(metadata["teacher_hidden_size"]),
+                width_of="the dataset's states",
+                remedy="name the teacher the dataset was prepared with (--teacher)",
+                teacher_layers=model_config.teacher_layers,
+            )
         if self.kind == "substitution":
             from gistnet.substitution import SubstitutionLoss
 

@@ -12,7 +12,9 @@ import argparse
 import sys
 
 from gistnet.errors import GistNetError
-from gistnet.evaluate import evaluate_gistnet, format_table, write_report
+from gistnet.eval.report import format_table, write_report
+from gistnet.eval.request import EvalRequest, EvalSettings
+from gistnet.eval.run import evaluate_gistnet
 from gistnet.refine import RefineSettings
 from gistnet.storage import is_url, join, open_local, open_local_dataset, writing_to
 
@@ -82,21 +84,24 @@ def main(argv: list[str] | None = None) -> int:
                 temperature=args.refine_temperature,
                 seed=args.seed,
             )
-        report = evaluate_gistnet(
-            checkpoint_path=open_local(args.checkpoint),
-            dataset_path=open_local_dataset(args.dataset, splits=[args.split or "validation"]),
-            split=args.split,
-            device=args.device,
-            batch_size=args.batch_size,
+        settings = EvalSettings(
             max_examples=args.max_examples,
             bootstrap_samples=args.bootstrap_samples,
             seed=args.seed,
             oracle_examples=args.oracle_examples,
             refine=refine,
-            on_progress=progress,
+        )
+        request = EvalRequest(
+            checkpoint=open_local(args.checkpoint),
+            dataset=open_local_dataset(args.dataset, splits=[args.split or "validation"]),
+            split=args.split,
+            settings=settings,
+            device=args.device,
+            batch_size=args.batch_size,
             tokenizer=args.tokenizer,
             teacher_model=args.teacher,
         )
+        report = evaluate_gistnet(request, on_progress=progress)
     except GistNetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -56,7 +56,7 @@ def _import_library(**_) -> None:
     the pool forks, so no task waits for the imports. Importing torch does not initialise
     CUDA and nothing here touches a device, so a forked child can still use the GPU."""
     import gistnet.data  # noqa: F401
-    import gistnet.evaluate  # noqa: F401
+    import gistnet.eval.run  # noqa: F401
     import gistnet.launch  # noqa: F401
 
 
@@ -513,8 +513,9 @@ def train_task(self, job_id: int) -> str:
 
 
 def _evaluate(run: JobRun) -> Outcome:
-    from gistnet.evaluate import evaluate_gistnet, write_report
-    from gistnet.refine import RefineSettings
+    from gistnet.eval.report import write_report
+    from gistnet.eval.request import EvalRequest, EvalSettings
+    from gistnet.eval.run import evaluate_gistnet
 
     settings = run.settings
     store = settings.artifact_store()
@@ -532,18 +533,14 @@ def _evaluate(run: JobRun) -> Outcome:
             step=done, max_steps=total, progress={"examples_scored": done, "examples": total}
         )
 
-    params = dict(run.params)
-    if params.get("refine") is not None:  # stored as the request's JSON object
-        params["refine"] = RefineSettings(**params["refine"])
-    report = evaluate_gistnet(
-        checkpoint_path=checkpoint,
-        dataset_path=dataset_path,
+    request = EvalRequest(
+        checkpoint=checkpoint,
+        dataset=dataset_path,
         split=split,
+        settings=EvalSettings.from_dict(run.params),  # as the API stored them
         device=settings.device,
-        on_progress=on_progress,
-        should_cancel=run.should_cancel,
-        **params,
     )
+    report = evaluate_gistnet(request, on_progress=on_progress, should_cancel=run.should_cancel)
     # The report as JSON and its per-position NLL plot, beside the other artifacts; the
     # recorded report names them relative to the artifact root.
     with store.writing(relative) as output:

@@ -93,9 +93,7 @@ def create_evaluation_route(
         model_id=model.id,
         dataset_id=dataset.id,
         split=body.split,
-        options=body.model_dump(
-            include={"max_examples", "bootstrap_samples", "seed", "oracle_examples", "refine"}
-        ),
+        options=body.settings().to_dict(),
     )
     accepted = EvaluationAccepted(
         evaluation_id=evaluation.id,

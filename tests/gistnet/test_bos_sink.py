@@ -9,7 +9,7 @@ import torch
 
 from gistnet.checkpoint import read_checkpoint_info
 from gistnet.errors import ConfigError
-from gistnet.evaluate import evaluate_conditions, evaluate_gistnet
+from gistnet.eval.conditions import evaluate_conditions
 from gistnet.inference import GistEncoder
 from gistnet.model import GistNetConfig
 from gistnet.shards import open_shard
@@ -22,6 +22,7 @@ from gistnet.substitution import (
 )
 from gistnet.teacher import load_tokenizer
 from gistnet.train import train_gistnet
+from tests.gistnet.evaluation import evaluate
 from tests.gistnet.test_substitution import BLOCK, HORIZON, make_teacher, short_substitution_run
 
 
@@ -99,8 +100,8 @@ def test_a_sink_model_records_it_and_is_evaluated_and_served_that_way(small_data
     assert encoder.bos_sink is True
     assert encoder.sink_token_id == tokenizer.bos_token_id
 
-    report = evaluate_gistnet(
-        checkpoint_path=result.checkpoint_path, dataset_path=small_dataset,
+    report = evaluate(
+        result.checkpoint_path, small_dataset,
         split="validation", max_examples=12, bootstrap_samples=20, oracle_examples=4,
     )  # fmt: skip
     assert report["bos_sink"] is True

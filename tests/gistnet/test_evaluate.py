@@ -13,15 +13,11 @@ import pytest
 import torch
 
 from gistnet.errors import Cancelled, ConfigError
-from gistnet.evaluate import (
-    evaluate_conditions,
-    evaluate_gistnet,
-    format_table,
-    summarize,
-    swap_partners,
-    write_report,
-)
+from gistnet.eval.conditions import evaluate_conditions, swap_partners
+from gistnet.eval.report import format_table, write_report
+from gistnet.eval.stats import summarize
 from gistnet.substitution import horizon_nll, mean_block_embedding
+from tests.gistnet.evaluation import evaluate
 from tests.gistnet.test_substitution import make_teacher
 
 VOCAB = 61
@@ -275,9 +271,9 @@ def test_evaluate_gistnet_scores_a_checkpoint_on_a_prepared_split(prepared):
     shard = open_shard(prepared["data"] / "validation.arrow")
     progress = []
 
-    report = evaluate_gistnet(
-        checkpoint_path=prepared["checkpoint"],
-        dataset_path=prepared["data"],
+    report = evaluate(
+        prepared["checkpoint"],
+        prepared["data"],
         split="validation",
         device="cpu",
         batch_size=8,
@@ -299,9 +295,9 @@ def test_evaluate_gistnet_scores_a_checkpoint_on_a_prepared_split(prepared):
 
 def test_evaluate_gistnet_on_a_subset_stops_when_cancelled(prepared):
     shard_path = prepared["data"] / "validation.arrow"
-    report = evaluate_gistnet(
-        checkpoint_path=prepared["checkpoint"],
-        dataset_path=shard_path,
+    report = evaluate(
+        prepared["checkpoint"],
+        shard_path,
         device="cpu",
         max_examples=6,
         bootstrap_samples=20,
@@ -309,9 +305,9 @@ def test_evaluate_gistnet_on_a_subset_stops_when_cancelled(prepared):
     assert report["n_examples"] == 6
 
     with pytest.raises(Cancelled):
-        evaluate_gistnet(
-            checkpoint_path=prepared["checkpoint"],
-            dataset_path=shard_path,
+        evaluate(
+            prepared["checkpoint"],
+            shard_path,
             device="cpu",
             should_cancel=lambda: True,
         )
@@ -362,7 +358,7 @@ def test_evaluate_gistnet_refuses_gists_of_another_width(prepared):
         tokenizer="another-teacher",
     )
     with pytest.raises(ConfigError, match="width 64"):
-        evaluate_gistnet(checkpoint_path=wide, dataset_path=prepared["data"], device="cpu")
+        evaluate(wide, prepared["data"], device="cpu")
 
 
 # --- document resampling, GR past the first tokens, the oracle ---------------------------
@@ -422,7 +418,7 @@ def test_gap_recovered_from_token_2_and_over_the_rest_leave_out_the_first_tokens
 
 
 def test_the_oracle_lowers_the_kl_below_its_start_and_stops_on_a_plateau(teacher, context):
-    from gistnet.evaluate import fit_oracle_vectors
+    from gistnet.eval.oracle import fit_oracle_vectors
     from gistnet.substitution import horizon_log_probs
 
     def kl(vectors):
@@ -452,15 +448,13 @@ def test_the_oracle_lowers_the_kl_below_its_start_and_stops_on_a_plateau(teacher
 
 
 def test_evaluate_gistnet_reports_the_oracle_on_a_seeded_subset(prepared):
-    kwargs = dict(
-        checkpoint_path=prepared["checkpoint"],
-        dataset_path=prepared["data"],
-        device="cpu",
-        batch_size=8,
-        bootstrap_samples=50,
-        oracle_examples=5,
-    )
-    report = evaluate_gistnet(**kwargs)
+    def run(oracle_examples=5):
+        return evaluate(
+            prepared["checkpoint"], prepared["data"], device="cpu", batch_size=8,
+            bootstrap_samples=50, oracle_examples=oracle_examples,
+        )  # fmt: skip
+
+    report = run()
 
     oracle = report["oracle"]
     assert oracle["n_examples"] == 5
@@ -477,10 +471,10 @@ def test_evaluate_gistnet_reports_the_oracle_on_a_seeded_subset(prepared):
     assert "oracle" in format_table(report) and "GR(gist) / GR(oracle)" in format_table(report)
     json.dumps(report, allow_nan=False)
     # seeded: the same subset and the same vectors again
-    again = evaluate_gistnet(**kwargs)["oracle"]["conditions"]["oracle"]["nll"]["value"]
+    again = run()["oracle"]["conditions"]["oracle"]["nll"]["value"]
     assert again == oracle["conditions"]["oracle"]["nll"]["value"]
     with pytest.raises(ConfigError, match="oracle_examples"):
-        evaluate_gistnet(**{**kwargs, "oracle_examples": 0})
+        run(oracle_examples=0)
 
 
 def test_evaluate_cli_takes_the_oracle_size(prepared, capsys):
@@ -510,9 +504,9 @@ def test_evaluate_gistnet_scores_k_vectors_per_block(prepared):
         teacher={"model": str(prepared["root"] / "teacher"), "dtype": "float32"},
         tokenizer=str(prepared["root"] / "teacher"),
     )
-    one = evaluate_gistnet(checkpoint_path=prepared["checkpoint"], dataset_path=prepared["data"],
+    one = evaluate(prepared["checkpoint"], prepared["data"],
                            device="cpu", bootstrap_samples=20)  # fmt: skip
-    two = evaluate_gistnet(checkpoint_path=checkpoint, dataset_path=prepared["data"],
+    two = evaluate(checkpoint, prepared["data"],
                            device="cpu", bootstrap_samples=20, oracle_examples=2)  # fmt: skip
     assert two["gists_per_block"] == 2 and two["compression"] == "4:1"
     assert one["gists_per_block"] == 1 and one["compression"] == "8:1"

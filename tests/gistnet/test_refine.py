@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from gistnet.errors import ConfigError
-from gistnet.evaluate import evaluate_gistnet, format_table
+from gistnet.eval.report import format_table
 from gistnet.inference import GistEncoder
 from gistnet.refine import RefineSettings, refine_gists, sample_continuations
 from gistnet.shards import open_shard
 from gistnet.substitution import drop_token_id, drop_vector, horizon_log_probs, horizon_nll
 from gistnet.train import train_gistnet
+from tests.gistnet.evaluation import evaluate
 from tests.gistnet.test_substitution import BLOCK, short_substitution_run
 
 
@@ -123,8 +124,8 @@ def test_the_evaluation_scores_refined_gists_beside_the_gist(small_dataset, tmp_
         output_dir=tmp_path,
     )  # fmt: skip
     settings = RefineSettings(samples=2, steps=5, seed=0)
-    report = evaluate_gistnet(
-        checkpoint_path=result.checkpoint_path, dataset_path=small_dataset, split="validation",
+    report = evaluate(
+        result.checkpoint_path, small_dataset, split="validation",
         max_examples=10, bootstrap_samples=20, oracle_examples=4, refine=settings,
     )  # fmt: skip
     conditions = report["conditions"]

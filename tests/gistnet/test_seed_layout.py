@@ -12,11 +12,11 @@ from gistnet.checkpoint import load_checkpoint, read_checkpoint_info
 from gistnet.config import validate_run_config
 from gistnet.datasets import describe_dataset
 from gistnet.errors import ConfigError, ShardError
-from gistnet.evaluate import evaluate_gistnet
 from gistnet.inference import GistEncoder
 from gistnet.shards import open_shard
 from gistnet.train import train_gistnet
 from tests.conftest import SAMPLE_TEACHER
+from tests.gistnet.evaluation import evaluate
 from tests.seed_layout import seed_rows, write_seed_shard
 
 
@@ -107,9 +107,9 @@ def test_training_on_a_seed_dataset_with_its_metadata(seed_dataset, tmp_path):
     from_tokens = encoder.encode(torch.from_numpy(shard.input_ids[:4]).long())
     torch.testing.assert_close(from_tokens, expected, atol=1e-5, rtol=1e-5)
 
-    report = evaluate_gistnet(
-        checkpoint_path=result.checkpoint_path,
-        dataset_path=seed_dataset,
+    report = evaluate(
+        result.checkpoint_path,
+        seed_dataset,
         device="cpu",
         max_examples=16,
         bootstrap_samples=20,
@@ -140,9 +140,9 @@ def test_substitution_without_metadata_needs_the_teacher_and_names_how_to_give_i
     assert info["teacher"]["model"] == str(SAMPLE_TEACHER.resolve())
     assert info["metrics"]["objective"] == "substitution"
     # evaluation finds the teacher in the checkpoint when the dataset names none
-    report = evaluate_gistnet(
-        checkpoint_path=result.checkpoint_path,
-        dataset_path=seed_shard_alone,
+    report = evaluate(
+        result.checkpoint_path,
+        seed_shard_alone,
         device="cpu",
         max_examples=8,
         bootstrap_samples=10,
@@ -161,8 +161,8 @@ def test_mse_without_metadata_trains_and_the_engine_asks_for_the_teacher(
     with pytest.raises(ConfigError, match="--teacher and --tokenizer"):
         GistEncoder.from_checkpoint(result.checkpoint_path)
     with pytest.raises(ConfigError, match="--teacher"):
-        evaluate_gistnet(
-            checkpoint_path=result.checkpoint_path, dataset_path=seed_shard_alone, device="cpu"
+        evaluate(
+            result.checkpoint_path, seed_shard_alone, device="cpu"
         )
 
     encoder = GistEncoder.from_checkpoint(result.checkpoint_path, teacher_model=str(SAMPLE_TEACHER))

@@ -11,10 +11,10 @@ from gistnet.config import validate_dataset_config, validate_run_config
 from gistnet.data import dataset_fingerprint, document_examples, prepare_dataset
 from gistnet.datasets import open_split
 from gistnet.errors import ConfigError
-from gistnet.evaluate import evaluate_gistnet
 from gistnet.shards import open_shard
 from gistnet.train import train_gistnet
 from tests.conftest import ROOT, small_dataset_config
+from tests.gistnet.evaluation import evaluate
 
 
 def test_a_stride_cuts_a_window_every_stride_tokens_inside_the_document():
@@ -86,9 +86,9 @@ def test_training_on_dense_windows_is_scored_on_the_plain_split(small_dataset, t
         }
     )
     result = train_gistnet(dataset_path=dense, run_config=run, output_dir=tmp_path / "run")
-    report = evaluate_gistnet(
-        checkpoint_path=result.checkpoint_path,
-        dataset_path=small_dataset,
+    report = evaluate(
+        result.checkpoint_path,
+        small_dataset,
         split="validation",
         device="cpu",
         bootstrap_samples=20,

@@ -11,7 +11,6 @@ import torch
 from gistnet.checkpoint import read_checkpoint_info
 from gistnet.config import validate_run_config
 from gistnet.errors import ConfigError
-from gistnet.evaluate import evaluate_gistnet
 from gistnet.inference import GistEncoder
 from gistnet.memory import gistnet_parameters
 from gistnet.model import GistNet, GistNetConfig
@@ -19,6 +18,7 @@ from gistnet.shards import open_shard
 from gistnet.substitution import full_log_probs_and_block_states, horizon_nll
 from gistnet.teacher import check_teacher_layers, gistnet_inputs
 from gistnet.train import train_gistnet
+from tests.gistnet.evaluation import evaluate
 from tests.gistnet.test_substitution import BLOCK, short_substitution_run
 
 
@@ -104,8 +104,8 @@ def test_a_layers_model_is_trained_recorded_evaluated_and_served_alike(small_dat
 
     encoder = GistEncoder.from_checkpoint(result.checkpoint_path)
     assert encoder.model.config.teacher_layers == (0, 2)
-    report = evaluate_gistnet(
-        checkpoint_path=result.checkpoint_path, dataset_path=small_dataset,
+    report = evaluate(
+        result.checkpoint_path, small_dataset,
         split="validation", max_examples=12, bootstrap_samples=20, oracle_examples=4,
     )  # fmt: skip
     # the report's gist NLL is the encoder's gists read by the teacher, computed by hand

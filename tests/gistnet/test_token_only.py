@@ -11,11 +11,11 @@ import torch
 from gistnet.config import validate_dataset_config, validate_run_config
 from gistnet.data import prepare_dataset
 from gistnet.datasets import open_split, read_metadata
-from gistnet.evaluate import evaluate_gistnet
 from gistnet.substitution import full_log_probs_and_block_states, horizon_log_probs
 from gistnet.teacher import load_teacher
 from gistnet.train import train_gistnet
 from tests.conftest import SAMPLE_TEACHER, small_dataset_config
+from tests.gistnet.evaluation import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +98,9 @@ def test_evaluation_scores_a_token_only_dataset_as_its_cached_twin(
         dataset_path=small_dataset, run_config=run_config("mse"), output_dir=tmp_path
     )
     reports = [
-        evaluate_gistnet(
-            checkpoint_path=trained.checkpoint_path,
-            dataset_path=folder,
+        evaluate(
+            trained.checkpoint_path,
+            folder,
             device="cpu",
             max_examples=12,
             bootstrap_samples=10,

@@ -1,0 +1,79 @@
+"""What an evaluation is asked to do, as one typed request.
+
+`EvalSettings` is what the evaluation scores and how (the part a job row stores, as the
+JSON object `to_dict` gives); `EvalRequest` adds which checkpoint, which data and where
+to run. Both are checked when they are built, so whoever builds one from a CLI or an API
+body gets the error there, and everything below reads a request that holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from gistnet.errors import ConfigError
+from gistnet.refine import RefineSettings
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    # A seeded random subset of the split; None scores every example.
+    max_examples: int | None = None
+    # Resamples for the 95% intervals; 0 leaves the intervals out.
+    bootstrap_samples: int = 1000
+    # Seeds the subsets, the swap partners and the bootstrap.
+    seed: int = 0
+    # Adds the `oracle` on a seeded subset of this many scored examples; None leaves it out.
+    oracle_examples: int | None = None
+    # Adds the `refined` condition, each gist refined from its block alone; None leaves it out.
+    refine: RefineSettings | None = None
+
+    def __post_init__(self):
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ConfigError(f"max_examples must be at least 1; got {self.max_examples}")
+        if self.bootstrap_samples < 0:
+            raise ConfigError(f"bootstrap_samples must be 0 or more; got {self.bootstrap_samples}")
+        if self.oracle_examples is not None and self.oracle_examples < 1:
+            raise ConfigError(f"oracle_examples must be at least 1; got {self.oracle_examples}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data, as a job row stores it (`refine` as its own object)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalSettings:
+        """The settings `to_dict` wrote; a key this version does not know is an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown evaluation settings: {', '.join(unknown)}")
+        refine = data.get("refine")
+        if refine is not None and not isinstance(refine, RefineSettings):
+            data = {**data, "refine": RefineSettings(**refine)}
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    # A GistNet checkpoint file.
+    checkpoint: Path
+    # A shard (.arrow), a glob of a split's shards, or a prepared dataset folder.
+    dataset: Path
+    # The split of a dataset folder; None: validation.
+    split: str | None = None
+    settings: EvalSettings = field(default_factory=EvalSettings)
+    # "auto", "cpu", "cuda", "cuda:1", ...
+    device: str = "auto"
+    # Examples per teacher pass.
+    batch_size: int = 64
+    # The tokenizer and teacher, in place of the dataset's (a seed shard without metadata
+    # names neither) or, failing that, the checkpoint's.
+    tokenizer: str | None = None
+    teacher_model: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "checkpoint", Path(self.checkpoint))
+        object.__setattr__(self, "dataset", Path(self.dataset))
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1; got {self.batch_size}")
