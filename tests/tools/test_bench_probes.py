@@ -1,4 +1,4 @@
-"""The probe names of `bench.quality` and their table: what a sweep's reader relies on."""
+"""The probe names of `bench.probes` and their table: what a sweep's reader relies on."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.quality import probe_changes, probe_train_dataset, probes_section
+from bench.probes import probe_changes, probe_train_dataset, probes_section
 
 
 def test_a_probe_name_spells_its_changes():
