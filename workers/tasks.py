@@ -139,25 +139,12 @@ def _prepare(run: JobRun, *, app) -> Outcome:
     relative = dataset_dir(run.dataset_id)
     if any(split.get("shards", 1) > 1 for split in config["splits"].values()):
         return _prepare_in_parts(run, config=config, relative=relative, app=app)
-    meter = metrics.PrepMeter()
-
-    def on_progress(p) -> None:
-        meter(p.split, p.tokens)
-        run.report(
-            progress={
-                "split": p.split,
-                "documents": p.documents,
-                "tokens": p.tokens,
-                "examples": p.examples,
-            }
-        )
-
     with store.writing(relative) as output, _source_folder(settings, config) as sources:
         metadata = prepare_dataset(
             validate_dataset_config(config),
             config_dir=sources,
             output_dir=output,
-            on_progress=on_progress,
+            on_progress=_prep_progress(run),
             should_cancel=run.should_cancel,
         )
         # Shards first, metadata.yaml last: a dataset folder with its metadata is complete.
@@ -165,6 +152,26 @@ def _prepare(run: JobRun, *, app) -> Outcome:
         # Shard paths relative to the dataset folder, as metadata.yaml has them.
         info = relative_metadata(metadata, output)
     return _dataset_ready(run, info=info, relative=relative)
+
+
+def _prep_progress(run: JobRun, **where: str) -> Callable[[Any], None]:
+    """The library's progress callback while a dataset (or a part, `where` naming its
+    shard) is prepared: the worker's token meter and the job's progress fields."""
+    meter = metrics.PrepMeter()
+
+    def on_progress(p) -> None:
+        meter(p.split, p.tokens)
+        run.report(
+            progress={
+                "split": p.split,
+                **where,
+                "documents": p.documents,
+                "tokens": p.tokens,
+                "examples": p.examples,
+            }
+        )
+
+    return on_progress
 
 
 def _dataset_ready(run: JobRun, *, info: dict[str, Any], relative: str) -> Outcome:
@@ -312,20 +319,6 @@ def _prepare_part(run: JobRun) -> Outcome:
     part = plan["splits"][split]["parts"][index]
     relative = dataset_dir(run.dataset_id)
     shard_key, manifest_key = f"{relative}/{shard}", f"{relative}/{PARTS_DIR}/{shard}.json"
-    meter = metrics.PrepMeter()
-
-    def on_progress(p) -> None:
-        meter(p.split, p.tokens)
-        run.report(
-            progress={
-                "split": p.split,
-                "shard": shard,
-                "documents": p.documents,
-                "tokens": p.tokens,
-                "examples": p.examples,
-            }
-        )
-
     counts = plan["splits"][split]["files"]
     needed = (
         None if counts is None else {split: files_in_range(counts, part["start"], part["stop"])}
@@ -345,7 +338,7 @@ def _prepare_part(run: JobRun) -> Outcome:
             config_dir=sources,
             output_dir=output,
             resources=_prep_resources(config),
-            on_progress=on_progress,
+            on_progress=_prep_progress(run, shard=shard),
             should_cancel=run.should_cancel,
         )
         if not store.is_local and not manifest.get("reused"):
