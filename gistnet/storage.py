@@ -522,6 +522,32 @@ class ArtifactStore:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._remote(key))
 
+    def delete_folder(self, key: str) -> None:
+        """Delete `key` and everything under it (nothing if it is not there)."""
+        if self.is_local:
+            shutil.rmtree(self.local_root / _check_key(key), ignore_errors=True)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self._remote(key), recursive=True)
+        self.fs.invalidate_cache(self._remote(key))
+
+    def folders(self, key: str) -> list[str]:
+        """The names of the folders directly under `key`."""
+        if self.is_local:
+            root = self.local_root / _check_key(key)
+            return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        remote = self._remote(key)
+        self.fs.invalidate_cache(remote)
+        try:
+            entries = self.fs.ls(remote, detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(
+            entry["name"].rstrip("/").rpartition("/")[2]
+            for entry in entries
+            if entry.get("type") == "directory"
+        )
+
     # ------------------------------------------------------------------ start-up check
 
     def check(self, *, write: bool = False) -> None:

@@ -30,3 +30,14 @@ def remove_resume_checkpoint(store: ArtifactStore, job_id: int) -> None:
     keeps it (a folder or a bucket), and a save of it that was cut short."""
     store.delete(resume_checkpoint(job_id))
     store.delete(resume_checkpoint(job_id) + ".tmp")
+
+
+def remove_dataset_files(store: ArtifactStore, dataset_id: int) -> None:
+    """Delete everything a dataset's jobs wrote (shards, part manifests, metadata): for a
+    dataset that failed or was cancelled, or one that is deleted."""
+    store.delete_folder(dataset_dir(dataset_id))
+
+
+def datasets_with_files(store: ArtifactStore) -> list[int]:
+    """The ids of the datasets that have a folder under the artifact root."""
+    return [int(name) for name in store.folders("datasets") if name.isdigit()]

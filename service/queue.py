@@ -134,3 +134,26 @@ def send_job(app: Celery, *, job_id: int, kind: str) -> None:
     """Enqueue a job whose row is committed. The message carries only the id."""
     kind = JobKind(kind)
     app.send_task(TASK_OF_KIND[kind], args=[job_id], queue=QUEUE_OF_KIND[kind].value)
+
+
+# A queue nobody consumes, holding one message the workers' sweep leaves there. A broker that
+# restarted without saving (or was emptied) has lost it along with every job's message.
+MARK_QUEUE = "gistnet.mark"
+
+
+def _marks(queue) -> int:
+    # Declared, not looked up passively: with a key prefix, Redis's passive look-up misses.
+    return queue.queue.queue_declare().message_count
+
+
+def broker_kept_its_messages(app: Celery) -> bool:
+    """Whether the mark left by `leave_mark` is still in the broker."""
+    with app.connection_for_write() as connection, connection.SimpleQueue(MARK_QUEUE) as queue:
+        return _marks(queue) > 0
+
+
+def leave_mark(app: Celery) -> None:
+    """Leave the mark (once every job's message that the broker lost was sent again)."""
+    with app.connection_for_write() as connection, connection.SimpleQueue(MARK_QUEUE) as queue:
+        if _marks(queue) == 0:
+            queue.put({"mark": True})

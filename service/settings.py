@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(default=1.0, ge=0)
     # How often a running job looks at its row for a cancel request.
     cancel_poll_s: float = Field(default=1.0, ge=0)
+    # The commit that ends a run (its result and status) is tried again for this long while
+    # the database is unreachable (a restart, a failover), with a doubling wait: the work is
+    # done, and giving up would leave it to the heartbeat timeout and a rerun.
+    final_commit_retry_s: float = Field(default=60.0, ge=0)
     # Redis (and SQS) hand an unacknowledged message to another worker after this long; it must
     # outlast the longest job, or a healthy job would run twice.
     visibility_timeout_s: int = Field(default=7 * 24 * 3600, ge=60)

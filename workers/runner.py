@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from service.db.engine import session_scope
@@ -229,10 +231,13 @@ def run_claimed(run: JobRun, *, work: Callable[[JobRun], Outcome], app=None) -> 
                 if detach_job(session, job_id=job_id, attempt=run.attempt):
                     return DETACHED
             raise Cancelled("cancelled before its parts ran")
-        with session_scope(settings.database_url) as session:
+
+        def succeed(session: Session) -> None:
             if outcome.record is not None:
                 outcome.record(session)
             finish_job(session, job_id=job_id, attempt=run.attempt, status=JobStatus.SUCCEEDED)
+
+        commit_final(settings, succeed)
         run.ended()
         return JobStatus.SUCCEEDED
     except LostJob:
@@ -266,15 +271,17 @@ def run_claimed(run: JobRun, *, work: Callable[[JobRun], Outcome], app=None) -> 
         except Exception:
             log.exception("could not record the last progress of job %s", job_id)
         try:
-            with session_scope(settings.database_url) as session:
-                finish_job(
-                    session,
+            commit_final(
+                settings,
+                partial(
+                    finish_job,
                     job_id=job_id,
                     attempt=run.attempt,
                     status=status,
                     error=message,
                     error_type=type(exc).__name__,
-                )
+                ),
+            )
         except LostJob:
             return "lost"
         # A failed or cancelled job does not run again.
@@ -282,6 +289,30 @@ def run_claimed(run: JobRun, *, work: Callable[[JobRun], Outcome], app=None) -> 
         return status
     finally:
         run.stop_heartbeat()
+
+
+def commit_final(settings: Settings, write: Callable[[Session], None]) -> None:
+    """Commit the transaction that ends a run, trying it again while the database is
+    unreachable (a restart, a failover) for up to GISTNET_FINAL_COMMIT_RETRY_S, with a
+    doubling wait. The work is done: giving up at once would leave the job `running` until
+    its heartbeat times out, then run it again. LostJob and every other error end it."""
+    deadline = time.monotonic() + settings.final_commit_retry_s
+    wait = 0.5
+    while True:
+        try:
+            with session_scope(settings.database_url) as session:
+                write(session)
+            return
+        except (OperationalError, InterfaceError) as err:
+            if time.monotonic() + wait > deadline:
+                raise
+            log.warning(
+                "the database is unreachable (%s): the run's last commit is tried again in %gs",
+                type(err.orig).__name__ if err.orig is not None else type(err).__name__,
+                wait,
+            )
+            time.sleep(wait)
+            wait = min(wait * 2, 10.0)
 
 
 def _requeue(settings: Settings, app, run: JobRun, exc: Exception) -> bool:

@@ -53,7 +53,7 @@ def create_job(
         params=params or {},
         # The caller sends the message right after the commit. If it never gets there (the
         # process dies in between), the job looks like one whose message was lost, and the
-        # sweep sends it (`service.db.recovery.resend_queued_jobs`).
+        # sweep sends it (`service.db.recovery.queued_jobs_to_send`).
         sends=1,
         sent_at=utcnow(),
         parent_id=parent_id,

@@ -5,6 +5,7 @@ so two sweepers racing move a job once; the caller sends the messages after comm
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -12,17 +13,19 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from service.db.jobs import settle_product
-from service.db.models import Job, utcnow
+from service.db.models import Dataset, Job, utcnow
 from service.db.parts import is_waiting_parent
-from service.queue import TERMINAL, JobStatus
+from service.queue import TERMINAL, JobStatus, ProductStatus
 
 
 @dataclass
 class Recovery:
     requeued: list[Job]
     failed: list[Job]
-    # Queued jobs sent again because their message may be lost (`resend_queued_jobs`).
+    # Queued jobs sent again because their message may be lost (`queued_jobs_to_send`).
     resent: list[Job] = field(default_factory=list)
+    # Failed or cancelled datasets whose files were removed (`datasets_to_clean`).
+    cleaned: list[int] = field(default_factory=list)
 
 
 def recover_stale_jobs(
@@ -86,48 +89,51 @@ def recover_stale_jobs(
     return outcome
 
 
-def resend_queued_jobs(
-    session: Session, *, first_wait_s: float, max_wait_s: float, limit: int = 100
-) -> list[Job]:
-    """Queued jobs that nobody claimed within their wait: their message may be lost.
+def queued_jobs_to_send(
+    session: Session,
+    *,
+    first_wait_s: float,
+    lost_before: datetime | None = None,
+    limit: int = 100,
+) -> Sequence[Job]:
+    """Queued jobs whose message may be lost: nobody claimed them within their wait, or
+    (`lost_before`) their last message went out before the broker was found to have
+    forgotten its messages.
 
     A message can vanish without a trace: a broker that restarts without saving, or a
     process that dies between committing a job and sending it. The claim is conditional, so
-    a second message for a job whose first one still waits is harmless; each resend doubles
-    the wait before the next (up to `max_wait_s`), so a job that merely waits its turn
-    behind a long run collects a handful of duplicates, not one per sweep.
-
-    Returns the jobs to send (the caller sends them after committing). Conditional on the
-    number of sends read, so two sweepers never both send the same round.
+    a second message for a job whose first one still waits is harmless; each send doubles
+    the wait before the next (up to the maximum, see `count_send`), so a job that merely
+    waits its turn behind a long run collects a handful of duplicates, not one per sweep.
     """
     now = utcnow()
-    due = session.scalars(
-        select(Job)
-        .where(
-            Job.status == JobStatus.QUEUED,
-            or_(
-                Job.resend_at <= now,
-                and_(
-                    Job.resend_at.is_(None),
-                    Job.sent_at <= now - timedelta(seconds=first_wait_s),
-                ),
-            ),
-        )
-        .order_by(Job.id)
-        .limit(limit)
+    due = or_(
+        Job.resend_at <= now,
+        and_(Job.resend_at.is_(None), Job.sent_at <= now - timedelta(seconds=first_wait_s)),
+    )
+    if lost_before is not None:
+        due = or_(due, Job.sent_at < lost_before)
+    return session.scalars(
+        select(Job).where(Job.status == JobStatus.QUEUED, due).order_by(Job.id).limit(limit)
     ).all()
-    resent = []
-    for job in due:
-        wait = min(first_wait_s * 2 ** min(job.sends, 30), max_wait_s)
-        moved = session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.status == JobStatus.QUEUED, Job.sends == job.sends)
-            .values(sends=Job.sends + 1, sent_at=now, resend_at=now + timedelta(seconds=wait))
-            .execution_options(synchronize_session=False)
-        )
-        if moved.rowcount == 1:
-            resent.append(session.get(Job, job.id, populate_existing=True))
-    return resent
+
+
+def count_send(session: Session, *, job: Job, first_wait_s: float, max_wait_s: float) -> Job | None:
+    """Count one more message for a job `queued_jobs_to_send` found, and set its next wait;
+    the caller sends the message before committing, so a send that fails counts nothing.
+    Returns None when another sweeper counted this round first (conditional on the number
+    of sends read, and the row stays locked until that sweeper commits): it sends it."""
+    now = utcnow()
+    wait = min(first_wait_s * 2 ** min(job.sends, 30), max_wait_s)
+    counted = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == JobStatus.QUEUED, Job.sends == job.sends)
+        .values(sends=Job.sends + 1, sent_at=now, resend_at=now + timedelta(seconds=wait))
+        .execution_options(synchronize_session=False)
+    )
+    if counted.rowcount != 1:
+        return None
+    return session.get(Job, job.id, populate_existing=True)
 
 
 def _wake_forgotten_parents(session: Session, *, stale_before: datetime) -> list[Job]:
@@ -155,3 +161,24 @@ def _wake_forgotten_parents(session: Session, *, stale_before: datetime) -> list
         if moved.rowcount == 1:
             woken.append(session.get(Job, job.id, populate_existing=True))
     return woken
+
+
+def datasets_to_clean(session: Session, *, dataset_ids: Iterable[int]) -> list[int]:
+    """Of these datasets (those with files), the ones that failed or were cancelled and that
+    no job of theirs still works on: a part asked to stop may still be writing its shard.
+    Their files are only taking space; nothing will ever read them."""
+    ids = list(dataset_ids)
+    if not ids:
+        return []
+    working = select(Job.id).where(Job.dataset_id == Dataset.id, Job.status.not_in(list(TERMINAL)))
+    return list(
+        session.scalars(
+            select(Dataset.id)
+            .where(
+                Dataset.id.in_(ids),
+                Dataset.status.in_([ProductStatus.FAILED, ProductStatus.CANCELLED]),
+                ~working.exists(),
+            )
+            .order_by(Dataset.id)
+        )
+    )
