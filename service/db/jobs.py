@@ -326,6 +326,7 @@ def request_cancel(session: Session, *, job_id: int) -> Job | None:
 
 
 # --------------------------------------------------------------------------- parents
+# A parent's own run: making its parts, leaving them the work, being taken over to finish.
 
 
 def create_parts(
