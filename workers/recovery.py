@@ -74,8 +74,8 @@ def sweep(*, settings: Settings, app: Celery) -> Recovery:
         # It will not resume: its resume checkpoint is only taking space.
         if job.kind == JobKind.TRAIN:
             remove_resume_checkpoint(settings.artifact_store(), job.id)
-    outcome.cleaned = remove_failed_datasets_files(settings)
     outcome.resent = resend_unclaimed(settings=settings, app=app)
+    outcome.cleaned = remove_failed_datasets_files(settings)
     return outcome
 
 
