@@ -147,13 +147,18 @@ def _marks(queue) -> int:
 
 
 def broker_kept_its_messages(app: Celery) -> bool:
-    """Whether the mark left by `leave_mark` is still in the broker."""
+    """Whether the mark left by `leave_mark` is still in the broker. A SQL broker keeps its
+    messages in its database, which restarts with them: nothing to look at there."""
+    if is_sql_broker(app.conf.broker_url):
+        return True
     with app.connection_for_write() as connection, connection.SimpleQueue(MARK_QUEUE) as queue:
         return _marks(queue) > 0
 
 
 def leave_mark(app: Celery) -> None:
     """Leave the mark (once every job's message that the broker lost was sent again)."""
+    if is_sql_broker(app.conf.broker_url):
+        return
     with app.connection_for_write() as connection, connection.SimpleQueue(MARK_QUEUE) as queue:
         if _marks(queue) == 0:
             queue.put({"mark": True})
