@@ -248,8 +248,9 @@ _SHORT = {
     "batch_size": lambda v: f"batch {v}",
     "warmup": lambda v: f"warm-up {v}",
     "final_lr_ratio": lambda v: f"decay to {v:g}",
-    "horizon_weighting": lambda v: f"KL weighting {v}",
     "nll_weight": lambda v: f"NLL weight {v:g}",
+    # the next three name removed options, for the recorded probes that measured them
+    "horizon_weighting": lambda v: f"KL weighting {v}",
     "reconstruction_steps": lambda v: f"{v} reconstruction steps first",
     "reconstruction_weight": lambda v: f"reconstruction weight {v:g}",
     "rest_weight": lambda v: f"KL of tokens 9+ weighted {v:g}",

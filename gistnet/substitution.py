@@ -39,7 +39,6 @@ __all__ = [
     "horizon_nll",
     "horizon_targets",
     "mean_block_embedding",
-    "reconstruction_nll",
     "substituted_inputs",
 ]
 
@@ -191,31 +190,6 @@ def horizon_log_probs(
     return F.log_softmax(logits.float(), dim=-1)  # (B, L, V)
 
 
-def reconstruction_nll(
-    teacher: torch.nn.Module,
-    block_input_ids: torch.Tensor,
-    *,
-    vectors: torch.Tensor,
-    sink: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Float32 NLL in nats (B, T) of each token of the block, the teacher reading the
-    vectors (after `sink`) and then the block's tokens before it: how much of the block the
-    vectors hold. Positions run 0, 1, ... from the first input."""
-    batch, block_size = block_input_ids.shape
-    embed = teacher.get_input_embeddings()
-    slots = _after_sink(
-        _as_slots(vectors, batch, _embedding_weight(teacher).shape[1], block_size), sink, block_size
-    )
-    tokens = embed(block_input_ids[:, :-1])  # the last token is only predicted
-    inputs_embeds = torch.cat([slots.to(dtype=tokens.dtype), tokens], dim=1)
-    positions = torch.arange(inputs_embeds.shape[1], device=block_input_ids.device)
-    logits = teacher(
-        inputs_embeds=inputs_embeds, position_ids=positions[None].expand(batch, -1), use_cache=False
-    ).logits[:, slots.shape[1] - 1 :]  # the last vector predicts the block's first token
-    log_probs = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
-    return -log_probs.gather(-1, block_input_ids[..., None]).squeeze(-1)
-
-
 def full_log_probs_and_block_states(
     teacher: torch.nn.Module,
     context_input_ids: torch.Tensor,
@@ -315,45 +289,23 @@ class SubstitutionLoss:
         *,
         block_size: int,
         nll_weight: float = 0.0,
-        horizon_weighting: str = "uniform",
         bos_sink: bool = False,
-        reconstruction_weight: float = 0.0,
         rest_weight: float = 1.0,
         early_tokens: int = EARLY_TOKENS,
     ):
         if nll_weight < 0:
             raise ConfigError(f"nll_weight must be >= 0; got {nll_weight}")
-        if horizon_weighting not in ("uniform", "block_dependence"):
-            raise ConfigError(
-                f"horizon_weighting must be uniform or block_dependence; got {horizon_weighting!r}"
-            )
         self.teacher = teacher.eval().requires_grad_(False)
         self.block_size = block_size
         self.nll_weight = float(nll_weight)
-        self.horizon_weighting = horizon_weighting
-        # Only what is asked for needs a BOS (or EOS): a teacher with neither trains without.
-        needs_bos = horizon_weighting == "block_dependence" or bos_sink
-        bos = drop_vector(teacher, drop_token_id(None, teacher)) if needs_bos else None
-        self.dropped = bos if horizon_weighting == "block_dependence" else None
-        # The gists are read after the BOS embedding (GistNetConfig.bos_sink).
-        self.sink = bos if bos_sink else None
-        self.reconstruction_weight = float(reconstruction_weight)
+        # The gists are read after the BOS embedding (GistNetConfig.bos_sink); only then is
+        # a BOS (or EOS) needed: a teacher with neither trains without.
+        self.sink = drop_vector(teacher, drop_token_id(None, teacher)) if bos_sink else None
         if rest_weight <= 0:
             raise ConfigError(f"rest_weight must be > 0; got {rest_weight}")
         # The KL at horizon tokens past the first `early_tokens` counts rest_weight times.
         self.rest_weight = float(rest_weight)
         self.early_tokens = int(early_tokens)
-
-    def _token_weights(self, context_input_ids: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
-        """(B, L) weights with mean 1 at every horizon position: KL(full || drop) of each
-        token over its position's mean, so positions keep their share of the loss."""
-        batch = context_input_ids.shape[0]
-        vectors = self.dropped.to(full.device).expand(batch, -1)
-        drop = horizon_log_probs(
-            self.teacher, context_input_ids, block_size=self.block_size, vectors=vectors
-        )
-        dependence = F.kl_div(drop, full, reduction="none", log_target=True).sum(-1)  # (B, L)
-        return dependence / dependence.mean(0, keepdim=True).clamp_min(1e-6)
 
     def full_and_states(
         self, context_input_ids: torch.Tensor, layers: tuple[int, ...] = ()
@@ -374,17 +326,9 @@ class SubstitutionLoss:
         context_input_ids: torch.Tensor,
         *,
         full: torch.Tensor | None = None,
-        reconstruct_only: bool = False,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         if self.teacher.training:
             self.teacher.eval()
-        reconstruction = None
-        if self.reconstruction_weight or reconstruct_only:
-            reconstruction = reconstruction_nll(
-                self.teacher, context_input_ids[:, : self.block_size], vectors=gists, sink=self.sink
-            ).mean()
-            if reconstruct_only:
-                return reconstruction, {"reconstruction": reconstruction.item()}
         if full is None:
             with torch.no_grad():
                 full = horizon_log_probs(
@@ -402,19 +346,11 @@ class SubstitutionLoss:
         kl = per_token.mean()
         targets = horizon_targets(context_input_ids, block_size=self.block_size)
         nll = -gist.gather(-1, targets[..., None]).mean()
-        weights = None
-        if self.dropped is not None:
-            with torch.no_grad():
-                weights = self._token_weights(context_input_ids, full)
+        objective = kl
         if self.rest_weight != 1.0:
             rest = torch.ones(per_token.shape[1], device=per_token.device)
             rest[self.early_tokens :] = self.rest_weight
             rest = rest / rest.mean()  # mean 1: the loss stays in nats per token
-            weights = rest if weights is None else weights * rest
-        objective = kl if weights is None else (weights * per_token).mean()
+            objective = (rest * per_token).mean()
         loss = objective + self.nll_weight * nll if self.nll_weight else objective
-        stats = {"kl": kl.item(), "nll": nll.item()}
-        if reconstruction is not None:
-            loss = loss + self.reconstruction_weight * reconstruction
-            stats["reconstruction"] = reconstruction.item()
-        return loss, stats
+        return loss, {"kl": kl.item(), "nll": nll.item()}

@@ -168,9 +168,7 @@ class _Objective:
                 self.teacher,
                 block_size=int(metadata["block_size"]),
                 nll_weight=cfg.nll_weight,
-                horizon_weighting=cfg.horizon_weighting,
                 bos_sink=model_config.bos_sink,
-                reconstruction_weight=cfg.reconstruction_weight,
                 rest_weight=cfg.rest_weight,
             )
 
@@ -199,7 +197,7 @@ class _Objective:
         return model(**inputs)
 
     def __call__(
-        self, model: GistNet, data: ShardSet, idx: np.ndarray, *, reconstruct_only: bool = False
+        self, model: GistNet, data: ShardSet, idx: np.ndarray
     ) -> tuple[torch.Tensor, dict[str, float]]:
         layers = self.model_config.teacher_layers
         # Cached states hold the last layer only: a model reading more takes all of them
@@ -213,7 +211,7 @@ class _Objective:
             else:
                 full, states, layer_states = self.substitution.full_and_states(context, layers)
             gists = self._gists(model, data, idx, states, layer_states)  # -> (B, [k,] D)
-            return self.substitution(gists, context, full=full, reconstruct_only=reconstruct_only)
+            return self.substitution(gists, context, full=full)
         if cached:
             states = self._rows(data.teacher_hidden, idx)
             target = self._rows(data.gist_target, idx)
@@ -370,10 +368,7 @@ def train_gistnet(
             group["lr"] = lr
         idx = batch_indices(step, cfg.batch_size, data.num_examples, cfg.seed)
         idx, weight = ranks.part(idx)  # all of it in one process
-        # GistNet through its DDP wrapper; a reconstruction stage first, where one is asked
-        loss, stats = objective(
-            trained, data, idx, reconstruct_only=step < cfg.reconstruction_steps
-        )
+        loss, stats = objective(trained, data, idx)  # GistNet through its DDP wrapper
         optimizer.zero_grad(set_to_none=True)
         (loss * weight if ranks.active else loss).backward()
         if cfg.grad_clip is not None:

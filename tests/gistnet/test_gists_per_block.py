@@ -81,21 +81,6 @@ def test_the_substitution_loss_trains_k_vectors(teacher, context):
     assert vectors.grad[:, 0].abs().sum() > 0 and vectors.grad[:, 1].abs().sum() > 0
 
 
-def test_block_dependence_weighting_keeps_each_positions_weight(teacher, context):
-    loss_fn = SubstitutionLoss(teacher, block_size=BLOCK, horizon_weighting="block_dependence")
-    from gistnet.substitution import horizon_log_probs
-
-    with torch.no_grad():
-        full = horizon_log_probs(teacher, context, block_size=BLOCK)
-        weights = loss_fn._token_weights(context, full)
-    assert weights.shape == (4, HORIZON - BLOCK)
-    torch.testing.assert_close(weights.mean(0), torch.ones(HORIZON - BLOCK))
-    loss, stats = loss_fn(torch.zeros(4, 32, requires_grad=True), context)
-    assert loss.item() != stats["kl"]  # weighted differently from the plain KL
-    with pytest.raises(ConfigError, match="horizon_weighting"):
-        SubstitutionLoss(teacher, block_size=BLOCK, horizon_weighting="late")
-
-
 def _run(**model):
     return validate_run_config(
         {
