@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from api.deps import CeleryDep, SessionDep, SettingsDep, require_api_key
 from api.errors import error_responses
 from api.idempotency import Idempotency, IdempotencyKeyHeader, check_key
-from api.jobs_queue import enqueue
+from api.jobs import Accepted, accept_job
 from api.schemas import DatasetAccepted, DatasetCreate, DatasetPublic, DatasetsPublic, RowId
 from api.uploads import (
     arrival_root,
@@ -25,7 +25,6 @@ from api.uploads import (
     parse_model,
     receive_upload,
 )
-from api.validation import check_limits
 from api.validation.datasets import check_dataset_request
 from api.views import dataset_public
 from service.db.parts import job_parts
@@ -83,37 +82,47 @@ _MULTIPART_BODY = {
 
 def _queue_dataset(
     body: DatasetCreate,
+    *,
     session: Session,
     settings: Settings,
     celery,
-    idempotency: Idempotency,
+    idempotency_key: str | None,
+    idempotency: Idempotency | None = None,
+    response: Response | None = None,
     own_upload: str | None = None,
 ) -> DatasetAccepted | JSONResponse:
     """Check, record and queue; or the first answer, if this is a retry (Idempotency-Key).
     `own_upload`: the data-root key of the request's uploaded files (multipart only)."""
-    if (earlier := idempotency.replay(session)) is not None:
-        return earlier
-    check_limits(body, route=ROUTE, limits=settings.request_limits)
-    check_dataset_request(
-        body,
-        data_store=settings.data_store(),
-        model_roots=settings.model_folders,
-        own_upload=own_upload,
+
+    def record() -> Accepted:
+        check_dataset_request(
+            body,
+            data_store=settings.data_store(),
+            model_roots=settings.model_folders,
+            own_upload=own_upload,
+        )
+        dataset, job = create_dataset(
+            session, name=body.dataset_name, config=body.model_dump(exclude_none=True)
+        )
+        accepted = DatasetAccepted(
+            dataset_id=dataset.id,
+            job_id=job.id,
+            status_url=f"/jobs/{job.id}",
+            dataset_url=f"/datasets/{dataset.id}",
+        )
+        return Accepted(job=job, body=accepted, location=accepted.dataset_url)
+
+    return accept_job(
+        route=ROUTE,
+        request=body,
+        idempotency_key=idempotency_key,
+        idempotency=idempotency,
+        settings=settings,
+        session=session,
+        celery=celery,
+        record=record,
+        response=response,
     )
-    dataset, job = create_dataset(
-        session, name=body.dataset_name, config=body.model_dump(exclude_none=True)
-    )
-    accepted = DatasetAccepted(
-        dataset_id=dataset.id,
-        job_id=job.id,
-        status_url=f"/jobs/{job.id}",
-        dataset_url=f"/datasets/{dataset.id}",
-    )
-    location = accepted.dataset_url
-    if earlier := idempotency.commit(session, status_code=202, body=accepted, location=location):
-        return earlier
-    enqueue(session, celery, job, on_refused=idempotency.forget)
-    return accepted
 
 
 @router.post(
@@ -135,13 +144,14 @@ def create_dataset_route(
 
     As multipart/form-data: a `config` field and .txt / .jsonl files, each under the name
     of its split; they are stored under the data root and read as that split's `source`."""
-    idempotency = Idempotency.of(
-        route=ROUTE, key=idempotency_key, body=body, ttl_s=settings.idempotency_ttl_s
+    return _queue_dataset(
+        body,
+        session=session,
+        settings=settings,
+        celery=celery,
+        idempotency_key=idempotency_key,
+        response=response,
     )
-    accepted = _queue_dataset(body, session, settings, celery, idempotency)
-    if isinstance(accepted, DatasetAccepted):
-        response.headers["Location"] = accepted.dataset_url
-    return accepted
 
 
 async def create_dataset_from_files(request: Request) -> Response:
@@ -186,7 +196,13 @@ async def create_dataset_from_files(request: Request) -> Response:
         def queue() -> DatasetAccepted | JSONResponse:
             with state.sessionmaker() as session:
                 return _queue_dataset(
-                    body, session, settings, state.celery, idempotency, own_upload=key
+                    body,
+                    session=session,
+                    settings=settings,
+                    celery=state.celery,
+                    idempotency_key=idempotency_key,
+                    idempotency=idempotency,
+                    own_upload=key,
                 )
 
         accepted = await run_in_threadpool(queue)

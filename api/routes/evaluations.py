@@ -7,8 +7,8 @@ from fastapi.responses import FileResponse
 
 from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.errors import error_responses
-from api.idempotency import Idempotency, IdempotencyKeyHeader
-from api.jobs_queue import enqueue
+from api.idempotency import IdempotencyKeyHeader
+from api.jobs import Accepted, accept_job
 from api.schemas import (
     EvaluationAccepted,
     EvaluationCreate,
@@ -16,7 +16,7 @@ from api.schemas import (
     EvaluationsPublic,
     RowId,
 )
-from api.validation import RequestProblem, check_limits
+from api.validation import RequestProblem
 from api.views import evaluation_public
 from gistnet.errors import StorageError
 from service.db.records import (
@@ -73,40 +73,42 @@ def create_evaluation_route(
     idempotency_key: IdempotencyKeyHeader = None,
 ):
     """Queue an evaluation of a model on a prepared dataset split."""
-    idempotency = Idempotency.of(
-        route=ROUTE, key=idempotency_key, body=body, ttl_s=settings.idempotency_ttl_s
+
+    def record() -> Accepted:
+        model = get_model(session, model_id=body.model_id)
+        if model is None:
+            raise HTTPException(404, f"model {body.model_id} does not exist")
+        dataset = get_dataset(session, dataset_id=body.dataset_id)
+        if dataset is None:
+            raise HTTPException(404, f"dataset {body.dataset_id} does not exist")
+        if dataset.status != ProductStatus.READY:
+            raise HTTPException(409, f"dataset {dataset.id} is {dataset.status}, not ready")
+        _check_pairing(model, dataset, body.split)
+        evaluation, job = create_evaluation(
+            session,
+            model_id=model.id,
+            dataset_id=dataset.id,
+            split=body.split,
+            options=body.settings().to_dict(),
+        )
+        accepted = EvaluationAccepted(
+            evaluation_id=evaluation.id,
+            job_id=job.id,
+            status_url=f"/jobs/{job.id}",
+            evaluation_url=f"/evaluations/{evaluation.id}",
+        )
+        return Accepted(job=job, body=accepted, location=f"/evaluations/{evaluation.id}")
+
+    return accept_job(
+        route=ROUTE,
+        request=body,
+        idempotency_key=idempotency_key,
+        settings=settings,
+        session=session,
+        celery=celery,
+        record=record,
+        response=response,
     )
-    if (earlier := idempotency.replay(session)) is not None:
-        return earlier
-    check_limits(body, route=ROUTE, limits=settings.request_limits)
-    model = get_model(session, model_id=body.model_id)
-    if model is None:
-        raise HTTPException(404, f"model {body.model_id} does not exist")
-    dataset = get_dataset(session, dataset_id=body.dataset_id)
-    if dataset is None:
-        raise HTTPException(404, f"dataset {body.dataset_id} does not exist")
-    if dataset.status != ProductStatus.READY:
-        raise HTTPException(409, f"dataset {dataset.id} is {dataset.status}, not ready")
-    _check_pairing(model, dataset, body.split)
-    evaluation, job = create_evaluation(
-        session,
-        model_id=model.id,
-        dataset_id=dataset.id,
-        split=body.split,
-        options=body.settings().to_dict(),
-    )
-    accepted = EvaluationAccepted(
-        evaluation_id=evaluation.id,
-        job_id=job.id,
-        status_url=f"/jobs/{job.id}",
-        evaluation_url=f"/evaluations/{evaluation.id}",
-    )
-    location = f"/evaluations/{evaluation.id}"
-    if earlier := idempotency.commit(session, status_code=202, body=accepted, location=location):
-        return earlier
-    enqueue(session, celery, job, on_refused=idempotency.forget)
-    response.headers["Location"] = location
-    return accepted
 
 
 @router.get("", response_model=EvaluationsPublic, responses=error_responses(422, 503))

@@ -13,8 +13,8 @@ from fastapi import APIRouter, Response
 
 from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.errors import error_responses
-from api.idempotency import Idempotency, IdempotencyKeyHeader
-from api.jobs_queue import enqueue
+from api.idempotency import IdempotencyKeyHeader
+from api.jobs import Accepted, accept_job
 from api.schemas import DatasetAccepted, DatasetImport
 from api.validation.imports import check_import_request
 from service.db.records import create_dataset
@@ -40,31 +40,33 @@ def import_dataset_route(
 ):
     """Check where the dataset is and that its tokenizer and teacher are known, record
     it, and queue the copy on `prep`."""
-    idempotency = Idempotency.of(
-        route=ROUTE, key=idempotency_key, body=body, ttl_s=settings.idempotency_ttl_s
+
+    def record() -> Accepted:
+        source = check_import_request(
+            body, data_store=settings.data_store(), model_roots=settings.model_folders
+        )
+        config = {
+            "dataset_name": body.dataset_name,
+            "tokenizer": source["tokenizer"],
+            "teacher_model": source["teacher_model"],
+            "import": {"path": source["path"]},
+        }
+        dataset, job = create_dataset(session, name=body.dataset_name, config=config)
+        accepted = DatasetAccepted(
+            dataset_id=dataset.id,
+            job_id=job.id,
+            status_url=f"/jobs/{job.id}",
+            dataset_url=f"/datasets/{dataset.id}",
+        )
+        return Accepted(job=job, body=accepted, location=accepted.dataset_url)
+
+    return accept_job(
+        route=ROUTE,
+        request=body,
+        idempotency_key=idempotency_key,
+        settings=settings,
+        session=session,
+        celery=celery,
+        record=record,
+        response=response,
     )
-    if (earlier := idempotency.replay(session)) is not None:
-        return earlier
-    source = check_import_request(
-        body, data_store=settings.data_store(), model_roots=settings.model_folders
-    )
-    config = {
-        "dataset_name": body.dataset_name,
-        "tokenizer": source["tokenizer"],
-        "teacher_model": source["teacher_model"],
-        "import": {"path": source["path"]},
-    }
-    dataset, job = create_dataset(session, name=body.dataset_name, config=config)
-    accepted = DatasetAccepted(
-        dataset_id=dataset.id,
-        job_id=job.id,
-        status_url=f"/jobs/{job.id}",
-        dataset_url=f"/datasets/{dataset.id}",
-    )
-    if earlier := idempotency.commit(
-        session, status_code=202, body=accepted, location=accepted.dataset_url
-    ):
-        return earlier
-    enqueue(session, celery, job, on_refused=idempotency.forget)
-    response.headers["Location"] = accepted.dataset_url
-    return accepted

@@ -6,10 +6,9 @@ from fastapi import APIRouter, HTTPException, Response
 
 from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.errors import error_responses
-from api.idempotency import Idempotency, IdempotencyKeyHeader
-from api.jobs_queue import enqueue
+from api.idempotency import IdempotencyKeyHeader
+from api.jobs import Accepted, accept_job
 from api.schemas import JobAccepted, TrainCreate
-from api.validation import check_limits
 from api.validation.train import check_run_request
 from gistnet.config import RunConfig
 from service.db.records import create_training_job, dataset_job, get_dataset
@@ -36,32 +35,34 @@ def start_training(
 ):
     """Check the run against the bounds, the dataset and a worker's memory (404, 409, 422
     before anything is queued), then queue it on `train`."""
-    idempotency = Idempotency.of(
-        route=ROUTE, key=idempotency_key, body=body, ttl_s=settings.idempotency_ttl_s
-    )
-    if (earlier := idempotency.replay(session)) is not None:
-        return earlier
-    check_limits(body, route=ROUTE, limits=settings.request_limits)
-    dataset = get_dataset(session, dataset_id=body.dataset_id)
-    if dataset is None:
-        raise HTTPException(404, f"dataset {body.dataset_id} does not exist")
-    if dataset.status != ProductStatus.READY:
-        job = dataset_job(session, dataset_id=dataset.id)
-        hint = f"; follow job {job.id} at /jobs/{job.id}" if job else ""
-        raise HTTPException(
-            409, f"dataset {dataset.id} is {dataset.status}, not ready: train once it is{hint}"
+
+    def record() -> Accepted:
+        dataset = get_dataset(session, dataset_id=body.dataset_id)
+        if dataset is None:
+            raise HTTPException(404, f"dataset {body.dataset_id} does not exist")
+        if dataset.status != ProductStatus.READY:
+            job = dataset_job(session, dataset_id=dataset.id)
+            hint = f"; follow job {job.id} at /jobs/{job.id}" if job else ""
+            raise HTTPException(
+                409, f"dataset {dataset.id} is {dataset.status}, not ready: train once it is{hint}"
+            )
+        run = RunConfig(model=body.model, training=body.training)
+        check_run_request(
+            run, dataset_info=dataset.info, split=body.split, worker_memory=settings.worker_memory
         )
-    run = RunConfig(model=body.model, training=body.training)
-    check_run_request(
-        run, dataset_info=dataset.info, split=body.split, worker_memory=settings.worker_memory
+        job = create_training_job(
+            session, dataset_id=dataset.id, split=body.split, run_config=run.model_dump(mode="json")
+        )
+        accepted = JobAccepted(job_id=job.id, status_url=f"/jobs/{job.id}")
+        return Accepted(job=job, body=accepted, location=f"/jobs/{job.id}")
+
+    return accept_job(
+        route=ROUTE,
+        request=body,
+        idempotency_key=idempotency_key,
+        settings=settings,
+        session=session,
+        celery=celery,
+        record=record,
+        response=response,
     )
-    job = create_training_job(
-        session, dataset_id=dataset.id, split=body.split, run_config=run.model_dump(mode="json")
-    )
-    accepted = JobAccepted(job_id=job.id, status_url=f"/jobs/{job.id}")
-    location = f"/jobs/{job.id}"
-    if earlier := idempotency.commit(session, status_code=202, body=accepted, location=location):
-        return earlier
-    enqueue(session, celery, job, on_refused=idempotency.forget)
-    response.headers["Location"] = location
-    return accepted
