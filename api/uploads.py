@@ -10,7 +10,10 @@ for the split it names. The files go, as they arrive, to
 never matches an upload still arriving (`*` skips dot-names), and an API stopped mid-upload
 leaves only an `.incoming-` folder, which `sweep_orphaned_uploads` removes once it has
 been still for ORPHAN_AGE_S. Each split then reads its folder through `source`, so an
-upload gets exactly the checks and the preparation a `source` gets. A refused upload
+upload gets exactly the checks and the preparation a `source` gets. Before that, the files
+are read once as a stream (`check_upload_text`): what they expand to, together, and each
+line are held to their bounds (uploads.max_text_bytes, sources.*), so a small compressed
+file that would expand past them is a 413 now, not a failed job later. A refused upload
 leaves no file behind; a full data root is a 507.
 """
 
@@ -36,8 +39,10 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.validation import RequestProblem
+from gistnet.bounds import SourceBounds
+from gistnet.errors import BoundError, ConfigError
 from gistnet.paths import SPLIT_NAME_PATTERN
-from gistnet.sources import SOURCE_SUFFIXES, source_kind
+from gistnet.sources import SOURCE_SUFFIXES, source_kind, text_bytes
 from gistnet.storage import is_disk_full
 from service.settings import Settings
 
@@ -332,6 +337,36 @@ def dataset_config_of(upload: Upload, *, data_root: Path) -> dict[str, Any]:
             raise RequestProblem(f"{split}: every uploaded file is empty")
         splits[split] = {**given, "source": f"{relative.as_posix()}/{split}/*"}
     return {**config, "splits": splits}
+
+
+def check_upload_text(
+    upload: Upload, text_columns: dict[str, str], *, bounds: SourceBounds, max_text_bytes: int
+) -> None:
+    """Every uploaded file read once as a stream, decompressed: each within the source
+    bounds, all together within `max_text_bytes` (uploads.max_text_bytes); past one, a 413
+    naming it, before any byte more is read. `text_columns`: each split's text_column."""
+    total = 0
+    for split, paths in upload.files.items():
+        for path in paths:
+            try:
+                total += text_bytes(
+                    path,
+                    text_column=text_columns.get(split, "text"),
+                    bounds=bounds,
+                    at_most=max_text_bytes - total,
+                )
+            except BoundError as err:
+                raise RequestProblem(f"{split}: {err}", status_code=413) from None
+            except ConfigError as err:
+                raise RequestProblem(f"{split}: {err}") from None
+            if total > max_text_bytes:
+                raise RequestProblem(
+                    f"the uploaded files hold more than {max_text_bytes} bytes of text once "
+                    f"decompressed (uploads.max_text_bytes): send fewer or smaller files, or put "
+                    f"the corpus under the data root and name it as `source`; the operator can "
+                    f"raise the bound: GISTNET_LIMITS='{{\"uploads.max_text_bytes\": ...}}'",
+                    status_code=413,
+                )
 
 
 def _too_deep() -> str:

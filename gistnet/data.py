@@ -36,6 +36,7 @@ import pyarrow as pa
 import torch
 import yaml
 
+from gistnet.bounds import SourceBounds
 from gistnet.config import DatasetConfig, SplitConfig
 from gistnet.datasets import METADATA_FILE, resolve_model_ref
 from gistnet.devices import resolve_device
@@ -377,6 +378,7 @@ def prepare_dataset(
     on_progress: Callable[[PrepProgress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     show_progress: bool = False,
+    source_bounds: SourceBounds | None = None,
 ) -> dict[str, Any]:
     """Tokenize, cut into blocks, run the teacher (unless `teacher_states: none`) and write
     each split as one Arrow shard, or as `shards` of them: the plan, every part in turn,
@@ -385,13 +387,14 @@ def prepare_dataset(
     Relative `source` and `output_path` values are read from `config_dir` (the config
     file's folder). With `output_dir`, every split goes to `<output_dir>/<split>.arrow`
     (`<split>-00000-of-0000N.arrow`, ... with several shards). Returns the metadata, also
-    written as metadata.yaml beside the shards, with absolute shard paths.
+    written as metadata.yaml beside the shards, with absolute shard paths. `source_bounds`
+    (by default the defaults with GISTNET_LIMITS) holds what each source file may expand to.
     """
     config, base_dir = resolve_dataset_config(config, config_dir)
     out_dir = Path(output_dir).resolve() if output_dir is not None else None
     for name, split in config.splits.items():
         shard_paths(name, split, base_dir, out_dir)  # a split without a place fails first
-    plan = plan_dataset(config, config_dir=base_dir)
+    plan = plan_dataset(config, config_dir=base_dir, source_bounds=source_bounds)
     resources = load_prep_resources(config)
     bar = None
     if show_progress:
@@ -416,6 +419,7 @@ def prepare_dataset(
                         resources=resources,
                         on_progress=on_progress,
                         should_cancel=should_cancel,
+                        source_bounds=source_bounds,
                         _bar=bar,
                     )
                 )
@@ -430,7 +434,12 @@ def prepare_dataset(
 # --------------------------------------------------------------------------- parts
 
 
-def plan_dataset(config: DatasetConfig, *, config_dir: str | Path | None = None) -> dict[str, Any]:
+def plan_dataset(
+    config: DatasetConfig,
+    *,
+    config_dir: str | Path | None = None,
+    source_bounds: SourceBounds | None = None,
+) -> dict[str, Any]:
     """What each part of each split reads, as JSON-able data handed to every part.
 
     Part p of a split of N shards takes documents [p*D//N, (p+1)*D//N) of the split's D
@@ -449,7 +458,10 @@ def plan_dataset(config: DatasetConfig, *, config_dir: str | Path | None = None)
             total = None  # one part reads the whole split
         else:
             counts = [
-                [planned_name(f, base_dir), count_documents(f, text_column=split.text_column)]
+                [
+                    planned_name(f, base_dir),
+                    count_documents(f, text_column=split.text_column, bounds=source_bounds),
+                ]
                 for f in source_files(name, split, base_dir)
             ]
             total = sum(count for _, count in counts)
@@ -529,6 +541,7 @@ def prepare_part(
     resources: PrepResources | None = None,
     on_progress: Callable[[PrepProgress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    source_bounds: SourceBounds | None = None,
     _bar=None,
 ) -> dict[str, Any]:
     """Write part `index` of `split` (its range of documents from `plan`) as one shard, and
@@ -578,6 +591,7 @@ def prepare_part(
         start=part["start"],
         stop=part["stop"],
         counts=[tuple(entry) for entry in plan["splits"][split]["files"] or []] or None,
+        bounds=source_bounds,
     )
     _write_shard(
         what=_part_name(part, out_path),

@@ -8,7 +8,10 @@ read in order:
     .parquet                      one document per row, its `text_column` column
 
 Compressed files are decompressed as a stream and Parquet is read a few thousand rows at
-a time, so memory depends on the longest document, not on the file.
+a time, so memory depends on the longest document, not on the file. Both are bounded
+(`SourceBounds`): a line is read at most `max_document_bytes` at a time and a file's text
+is counted as it is decompressed, so a small file that expands to a huge line or corpus
+fails with a `BoundError` naming the bound before the memory is taken.
 
 A document's place in that stream is what parallel preparation cuts by: part p of N takes
 documents [p*D//N, (p+1)*D//N) (`document_range`), so a document never spans two parts
@@ -27,8 +30,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from gistnet.bounds import SourceBounds
 from gistnet.config import SplitConfig
-from gistnet.errors import ConfigError
+from gistnet.errors import BoundError, ConfigError
 
 SOURCE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
 # Parquet rows decoded at a time: a batch of long documents stays a few MB.
@@ -98,15 +102,66 @@ def _open_binary(path: Path) -> BinaryIO:
     return path.open("rb")
 
 
-def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, line) of every non-blank line: the documents of a JSON-lines file."""
+def _bounds(bounds: SourceBounds | None) -> SourceBounds:
+    # The CLIs pass none: the defaults with the operator's GISTNET_LIMITS, as the service.
+    return bounds if bounds is not None else SourceBounds.from_environment()
+
+
+def file_too_large(path: Path, bounds: SourceBounds) -> BoundError:
+    return BoundError(
+        f"{path.name}: its text is longer than {bounds.max_file_bytes} bytes once decompressed "
+        f"(sources.max_file_bytes); cut the corpus into several files, or the operator can "
+        f"raise the bound: GISTNET_LIMITS='{{\"sources.max_file_bytes\": ...}}'"
+    )
+
+
+def document_too_long(where: str, bounds: SourceBounds) -> BoundError:
+    return BoundError(
+        f"{where}: a document longer than {bounds.max_document_bytes} bytes "
+        f"(sources.max_document_bytes); cut it into shorter documents, or the operator can "
+        f"raise the bound: GISTNET_LIMITS='{{\"sources.max_document_bytes\": ...}}'"
+    )
+
+
+def _lines(path: Path, bounds: SourceBounds) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of every line of a JSON-lines file, blank ones too. A line is
+    read at most one byte past the document bound, so a longer one is never held, and the
+    bytes read are counted against the file bound as they are decompressed."""
+    longest, read = bounds.max_document_bytes, 0
     with _open_binary(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                yield lineno, line
+        lineno = 0
+        while line := fh.readline(longest + 1):
+            lineno += 1
+            read += len(line)
+            if read > bounds.max_file_bytes:
+                raise file_too_large(path, bounds)
+            if len(line.rstrip(b"\r\n")) > longest:
+                raise document_too_long(f"{path.name}:{lineno}", bounds)
+            yield lineno, line
 
 
-def _parquet_file(path: Path, text_column: str):
+def _jsonl_lines(path: Path, bounds: SourceBounds) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of every non-blank line: the documents of a JSON-lines file."""
+    for lineno, line in _lines(path, bounds):
+        if line.strip():
+            yield lineno, line
+
+
+def _txt_bytes(path: Path, bounds: SourceBounds) -> bytes:
+    """A .txt file, one document: refused by its size before it is read."""
+    longest = min(bounds.max_document_bytes, bounds.max_file_bytes)
+    with path.open("rb") as fh:
+        data = fh.read(longest + 1)  # not its size alone: the file may grow meanwhile
+    if len(data) > longest:
+        if longest == bounds.max_file_bytes:
+            raise file_too_large(path, bounds)
+        raise document_too_long(path.name, bounds)
+    return data
+
+
+def _parquet_file(path: Path, text_column: str, bounds: SourceBounds):
+    """The open Parquet file, its text column checked, and refused from its footer when
+    that column decompresses past the file bound."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -123,22 +178,66 @@ def _parquet_file(path: Path, text_column: str):
     kind = schema.field(text_column).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise ConfigError(f"{path}: column {text_column!r} holds {kind}, not text")
+    if parquet_text_bytes(parquet, text_column) > bounds.max_file_bytes:
+        raise file_too_large(path, bounds)
     return parquet
 
 
-def count_documents(path: str | Path, *, text_column: str = "text") -> int:
-    """Documents in one source file, without decoding JSON (Parquet: from its footer)."""
-    path = Path(path)
+def parquet_text_bytes(parquet, text_column: str) -> int:
+    """Bytes the text column takes decompressed, as the footer records them."""
+    column = parquet.schema_arrow.get_field_index(text_column)
+    metadata = parquet.metadata
+    return sum(
+        metadata.row_group(g).column(column).total_uncompressed_size
+        for g in range(metadata.num_row_groups)
+    )
+
+
+def count_documents(
+    path: str | Path, *, text_column: str = "text", bounds: SourceBounds | None = None
+) -> int:
+    """Documents in one source file, without decoding JSON (Parquet: from its footer); the
+    bounds are checked on the way (BoundError)."""
+    path, bounds = Path(path), _bounds(bounds)
     kind = source_kind(path)
     if kind == ".txt":
+        _txt_bytes(path, bounds)
         return 1
     if kind == ".parquet":
-        return _parquet_file(path, text_column).metadata.num_rows
-    return sum(1 for _ in _jsonl_lines(path))
+        return _parquet_file(path, text_column, bounds).metadata.num_rows
+    return sum(1 for _ in _jsonl_lines(path, bounds))
 
 
-def _parquet_documents(path: Path, text_column: str, skip: int, limit: int | None) -> Iterator[str]:
-    parquet = _parquet_file(path, text_column)
+def text_bytes(
+    path: str | Path,
+    *,
+    text_column: str = "text",
+    bounds: SourceBounds | None = None,
+    at_most: int | None = None,
+) -> int:
+    """Bytes of text one source file holds once decompressed, each bound checked as it
+    streams (BoundError); reading stops once past `at_most`, the caller's own budget.
+    Parquet's figure is its footer's: its values are checked as they are read."""
+    path, bounds = Path(path), _bounds(bounds)
+    kind = source_kind(path)
+    if kind == ".txt":
+        return len(_txt_bytes(path, bounds))
+    if kind == ".parquet":
+        return parquet_text_bytes(_parquet_file(path, text_column, bounds), text_column)
+    total = 0
+    for _, line in _lines(path, bounds):
+        total += len(line)
+        if at_most is not None and total > at_most:
+            break
+    return total
+
+
+def _parquet_documents(
+    path: Path, text_column: str, skip: int, limit: int | None, bounds: SourceBounds
+) -> Iterator[str]:
+    import pyarrow.compute as pc
+
+    parquet = _parquet_file(path, text_column, bounds)
     # Row groups wholly before the range are never read.
     groups, before = [], 0
     for g in range(parquet.metadata.num_row_groups):
@@ -150,10 +249,16 @@ def _parquet_documents(path: Path, text_column: str, skip: int, limit: int | Non
     skip -= before
     if not groups:
         return
-    left = limit
+    left, row = limit, before
     for batch in parquet.iter_batches(
         batch_size=PARQUET_BATCH_ROWS, row_groups=groups, columns=[text_column]
     ):
+        # Checked on the Arrow column, before any value becomes a Python string.
+        lengths = pc.binary_length(batch.column(0))
+        if len(batch) and (pc.max(lengths).as_py() or 0) > bounds.max_document_bytes:
+            longest = pc.index(lengths, pc.max(lengths)).as_py()
+            raise document_too_long(f"{path.name}: row {row + longest}", bounds)
+        row += len(batch)
         texts = batch.column(0).to_pylist()
         if skip:
             dropped = min(skip, len(texts))
@@ -166,9 +271,11 @@ def _parquet_documents(path: Path, text_column: str, skip: int, limit: int | Non
             yield text or ""  # a null row is an empty document: it still counts as one
 
 
-def _jsonl_documents(path: Path, text_column: str, skip: int, limit: int | None) -> Iterator[str]:
+def _jsonl_documents(
+    path: Path, text_column: str, skip: int, limit: int | None, bounds: SourceBounds
+) -> Iterator[str]:
     left = limit
-    for index, (lineno, line) in enumerate(_jsonl_lines(path)):
+    for index, (lineno, line) in enumerate(_jsonl_lines(path, bounds)):
         if index < skip:
             continue  # skipped lines are never decoded
         if left is not None:
@@ -188,19 +295,25 @@ def _jsonl_documents(path: Path, text_column: str, skip: int, limit: int | None)
 
 
 def file_documents(
-    path: str | Path, *, text_column: str = "text", skip: int = 0, limit: int | None = None
+    path: str | Path,
+    *,
+    text_column: str = "text",
+    skip: int = 0,
+    limit: int | None = None,
+    bounds: SourceBounds | None = None,
 ) -> Iterator[str]:
-    """The documents of one file, from the `skip`-th, at most `limit` of them."""
-    path = Path(path)
+    """The documents of one file, from the `skip`-th, at most `limit` of them, held to the
+    bounds as they are read (BoundError)."""
+    path, bounds = Path(path), _bounds(bounds)
     kind = source_kind(path)
     if kind == ".txt":
         if skip == 0 and limit != 0:
-            yield path.read_text(encoding="utf-8")
+            yield _txt_bytes(path, bounds).decode("utf-8")
         return
     if kind == ".parquet":
-        yield from _parquet_documents(path, text_column, skip, limit)
+        yield from _parquet_documents(path, text_column, skip, limit, bounds)
         return
-    yield from _jsonl_documents(path, text_column, skip, limit)
+    yield from _jsonl_documents(path, text_column, skip, limit, bounds)
 
 
 # --------------------------------------------------------------------------- a split's stream
@@ -233,8 +346,10 @@ def document_range(
     start: int = 0,
     stop: int | None = None,
     counts: Sequence[tuple[str, int]] | None = None,
+    bounds: SourceBounds | None = None,
 ) -> Iterator[str]:
-    """Documents [start, stop) of a split, in order.
+    """Documents [start, stop) of a split, in order, each file held to `bounds` (the
+    defaults with GISTNET_LIMITS when none are given).
 
     With `counts` ((file name, documents) from the split's plan) the planned files are
     read, not the glob's matches now: files outside the range are never opened, nor need
@@ -244,14 +359,18 @@ def document_range(
     if split.documents is not None:
         yield from split.documents[start:stop]
         return
+    bounds = _bounds(bounds)
     if counts is None and (start > 0 or stop is not None):
         counts = [
-            (planned_name(f, base_dir), count_documents(f, text_column=split.text_column))
+            (
+                planned_name(f, base_dir),
+                count_documents(f, text_column=split.text_column, bounds=bounds),
+            )
             for f in source_files(split_name, split, base_dir)
         ]
     if counts is None:  # the whole split, in one pass: no need to count first
         for path in source_files(split_name, split, base_dir):
-            yield from file_documents(path, text_column=split.text_column)
+            yield from file_documents(path, text_column=split.text_column, bounds=bounds)
         return
     first = 0  # index of the file's first document in the split
     for name, count in counts:
@@ -270,7 +389,10 @@ def document_range(
         # Read to the file's end when the range goes on past it, so a changed count shows.
         limit = None if stop is None or stop >= first + count else stop - first - skip
         read = 0
-        for text in file_documents(path, text_column=split.text_column, skip=skip, limit=limit):
+        texts = file_documents(
+            path, text_column=split.text_column, skip=skip, limit=limit, bounds=bounds
+        )
+        for text in texts:
             if limit is None and skip + read == count:
                 read += 1  # one more than planned: the file grew
                 break

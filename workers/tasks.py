@@ -146,6 +146,7 @@ def _prepare(run: JobRun, *, app) -> Outcome:
             output_dir=output,
             on_progress=_prep_progress(run),
             should_cancel=run.should_cancel,
+            source_bounds=settings.source_bounds,
         )
         # Shards first, metadata.yaml last: a dataset folder with its metadata is complete.
         store.publish_folder(output, relative)
@@ -233,7 +234,11 @@ def _prepare_in_parts(run: JobRun, *, config: dict[str, Any], relative: str, app
     if plan is None:  # the first run: counts every source's documents, hashes every input
         run.report(progress={"stage": "planning"})
         with _source_folder(settings, config) as sources:
-            plan = plan_dataset(validate_dataset_config(config), config_dir=sources)
+            plan = plan_dataset(
+                validate_dataset_config(config),
+                config_dir=sources,
+                source_bounds=settings.source_bounds,
+            )
     with session_scope(settings.database_url) as session:
         parts = create_parts(
             session, parent_id=run.job_id, attempt=run.attempt, plan=plan, parts=_part_params(plan)
@@ -340,6 +345,7 @@ def _prepare_part(run: JobRun) -> Outcome:
             resources=_prep_resources(config),
             on_progress=_prep_progress(run, shard=shard),
             should_cancel=run.should_cancel,
+            source_bounds=settings.source_bounds,
         )
         if not store.is_local and not manifest.get("reused"):
             # The shard first: a manifest in the store vouches for a shard that is there.

@@ -20,6 +20,7 @@ from api.jobs import Accepted, accept_job
 from api.schemas import DatasetAccepted, DatasetCreate, DatasetPublic, DatasetsPublic, RowId
 from api.uploads import (
     arrival_root,
+    check_upload_text,
     dataset_config_of,
     is_multipart,
     parse_model,
@@ -171,6 +172,13 @@ async def create_dataset_from_files(request: Request) -> Response:
     )
     try:
         body = parse_model(DatasetCreate, dataset_config_of(upload, data_root=local_root))
+        await run_in_threadpool(
+            check_upload_text,
+            upload,
+            {name: split.text_column for name, split in body.splits.items()},
+            bounds=settings.source_bounds,
+            max_text_bytes=settings.request_limits["uploads.max_text_bytes"],
+        )
         # The same request is the same config and the same files: the upload's folder is
         # new each time, so it is left out.
         idempotency = Idempotency.of_digest(

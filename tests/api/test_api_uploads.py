@@ -3,6 +3,7 @@ the splits' `source`, refused with a message (and nothing left behind) when wron
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -112,3 +113,63 @@ def test_a_source_preparation_cannot_read_is_refused_up_front(client, api_stack,
     answer = client.post("/datasets", json=body)
     assert answer.status_code == 422
     assert "stories.csv" in answer.json()["detail"] and ".jsonl" in answer.json()["detail"]
+
+
+def _long_line_zst(line_bytes: int) -> bytes:
+    import io
+
+    import zstandard
+
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor(level=1).stream_writer(out, closefd=False) as writer:
+        writer.write(b'{"text": "short"}\n{"text": "')
+        for _ in range(line_bytes // 65536):
+            writer.write(b"a" * 65536)
+        writer.write(b'"}\n')
+    return out.getvalue()
+
+
+def _bounded_app(api_stack, **limits):
+    settings = load_settings(
+        **{**api_stack.settings.model_dump(exclude={"api_key"}), "limits": limits}
+    )
+    return create_app(settings)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        # A few KB holding one 8 MiB line: past the document bound.
+        (
+            "long.jsonl.zst",
+            _long_line_zst(8 << 20),
+            "train: 0001-long.jsonl.zst:2: a document longer than 1048576 bytes "
+            "(sources.max_document_bytes)",
+        ),
+        # 10 KB of gzip holding 10 MB of text: past what an upload may expand to.
+        (
+            "bomb.jsonl.gz",
+            gzip.compress(b'{"text": "spam spam spam"}\n' * 400_000),
+            "the uploaded files hold more than 4194304 bytes of text once decompressed "
+            "(uploads.max_text_bytes)",
+        ),
+    ],
+    ids=["long-line", "expansion"],
+)
+def test_an_upload_that_expands_past_its_bounds_is_413_naming_the_bound(
+    api_stack, teacher, name, content, message
+):
+    assert len(content) < 64 * 1024
+    before = _uploads(api_stack)
+    app = _bounded_app(
+        api_stack,
+        **{"sources.max_document_bytes": 1 << 20, "uploads.max_text_bytes": 4 << 20},
+    )
+    with TestClient(app) as client:
+        answer = client.post(
+            "/datasets", data={"config": _config(teacher)}, files=[("train", (name, content))]
+        )
+    assert answer.status_code == 413, answer.text
+    detail = answer.json()["detail"]
+    assert message in detail and "GISTNET_LIMITS" in detail
+    assert _uploads(api_stack) == before

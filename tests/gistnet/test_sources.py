@@ -5,21 +5,26 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from gistnet.bounds import SourceBounds
 from gistnet.config import SplitConfig
-from gistnet.errors import ConfigError
+from gistnet.errors import BoundError, ConfigError
 from gistnet.sources import (
     count_documents,
     document_range,
     file_documents,
     files_in_range,
     planned_name,
+    text_bytes,
 )
+from tests.service_stack import REPO
 
 DOCS = [f"document {i}: " + "word " * (i % 7) + "\u00e9t\u00e9 \u2014 end" for i in range(23)]
 
@@ -130,3 +135,116 @@ def test_a_format_we_do_not_read_is_refused_naming_the_ones_we_do(tmp_path):
     (tmp_path / "notes.csv").write_text("a,b\n")
     with pytest.raises(ConfigError, match=r"notes\.csv.*\.jsonl\.zst.*\.parquet"):
         list(document_range("s", SplitConfig(source="*.csv"), tmp_path))
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def write_long_line_zst(path, *, line_bytes: int, chunk: int = 1 << 20) -> None:
+    """A .jsonl.zst of one short document, then one of `line_bytes` bytes, compressed as a
+    stream: the file stays a few KB, the line is never held here."""
+    with path.open("wb") as raw, zstandard.ZstdCompressor(level=1).stream_writer(raw) as out:
+        out.write(b'{"text": "short"}\n{"text": "')
+        left = line_bytes
+        while left > 0:
+            out.write(b"a" * min(chunk, left))
+            left -= chunk
+        out.write(b'"}\n')
+
+
+SMALL = SourceBounds(max_file_bytes=4096, max_document_bytes=1024)
+
+
+def test_a_line_past_the_document_bound_is_refused_naming_the_setting(tmp_path):
+    path = tmp_path / "long.jsonl.zst"
+    write_long_line_zst(path, line_bytes=100_000)
+    assert path.stat().st_size < 1000
+    roomy = SourceBounds(max_file_bytes=1 << 30, max_document_bytes=1024)
+    documents = file_documents(path, bounds=roomy)
+    assert next(documents) == "short"  # the documents before it are read as usual
+    with pytest.raises(
+        BoundError,
+        match=r"long\.jsonl\.zst:2: .*longer than 1024 bytes "
+        r"\(sources\.max_document_bytes\).*GISTNET_LIMITS",
+    ):
+        next(documents)
+    with pytest.raises(BoundError, match="sources.max_document_bytes"):
+        count_documents(path, bounds=roomy)
+    # A line of exactly the bound is a document.
+    exact = tmp_path / "exact.jsonl"
+    exact.write_text(json.dumps({"text": "b" * 1000})[:1024].ljust(1024) + "\n")
+    assert count_documents(exact, bounds=roomy) == 1
+
+
+def test_a_file_that_expands_past_the_file_bound_is_refused_as_it_streams(tmp_path):
+    path = tmp_path / "bomb.jsonl.gz"
+    line = _jsonl_bytes(["x" * 100])
+    path.write_bytes(gzip.compress(line * 1000, compresslevel=9))  # 126 KB of text
+    assert path.stat().st_size < 4096
+    with pytest.raises(
+        BoundError,
+        match=r"bomb\.jsonl\.gz: .*longer than 4096 bytes once "
+        r"decompressed \(sources\.max_file_bytes\)",
+    ):
+        count_documents(path, bounds=SMALL)
+    with pytest.raises(BoundError, match="sources.max_file_bytes"):
+        list(file_documents(path, bounds=SMALL))
+    assert text_bytes(path, bounds=SourceBounds()) == len(line) * 1000
+    assert text_bytes(path, bounds=SourceBounds(), at_most=5000) <= 5000 + len(line)
+
+
+def test_a_txt_file_or_a_parquet_value_past_the_bounds_is_refused_before_it_is_read(tmp_path):
+    (tmp_path / "big.txt").write_text("y" * 2000)
+    with pytest.raises(BoundError, match=r"big\.txt: a document longer than 1024 bytes"):
+        list(file_documents(tmp_path / "big.txt", bounds=SMALL))
+    table = pa.table({"text": ["fine", "z" * 2000, "fine"]})
+    pq.write_table(table, tmp_path / "rows.parquet")
+    with pytest.raises(BoundError, match=r"rows\.parquet: row 1: .*sources\.max_document_bytes"):
+        list(file_documents(tmp_path / "rows.parquet", bounds=SMALL))
+    pq.write_table(
+        pa.table({"text": [f"{i}" + "w" * 999 for i in range(10)]}), tmp_path / "wide.parquet"
+    )
+    with pytest.raises(BoundError, match=r"wide\.parquet: .*sources\.max_file_bytes"):
+        count_documents(tmp_path / "wide.parquet", bounds=SMALL)
+
+
+def test_gistnet_limits_moves_the_bounds_of_a_reader_given_none(tmp_path, monkeypatch):
+    path = tmp_path / "long.jsonl.zst"
+    write_long_line_zst(path, line_bytes=5000)
+    assert count_documents(path) == 2
+    monkeypatch.setenv("GISTNET_LIMITS", '{"sources.max_document_bytes": 1000}')
+    with pytest.raises(BoundError, match="longer than 1000 bytes"):
+        count_documents(path)
+
+
+_PEAK_MEMORY = """
+import resource, sys
+from gistnet.errors import BoundError
+from gistnet.sources import count_documents, file_documents
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for read in (count_documents, lambda p: list(file_documents(p))):
+    try:
+        read(sys.argv[1])
+    except BoundError as err:
+        assert "sources.max_document_bytes" in str(err), err
+    else:
+        raise SystemExit("the 1 GiB line was read")
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_a_one_gib_line_is_refused_with_the_default_bounds_without_ever_being_held(tmp_path):
+    path = tmp_path / "gib.jsonl.zst"
+    write_long_line_zst(path, line_bytes=1 << 30, chunk=16 << 20)
+    assert path.stat().st_size < 200_000
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_MEMORY, str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    grown = int(done.stdout.split()[-1])
+    # The default document bound is 16 MiB: a line buffer or two of it, never the GiB.
+    assert grown < 3 * SourceBounds().max_document_bytes, grown

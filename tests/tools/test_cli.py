@@ -14,14 +14,19 @@ from tools.evaluate_gistnet import main as evaluate_main
 from tools.train_gistnet import main as train_main
 
 
-def run(*args: str, cwd) -> subprocess.CompletedProcess:
+def run(*args: str, cwd, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=300,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+        env={
+            "PYTHONPATH": str(ROOT),
+            "PATH": "/usr/bin:/bin",
+            "HF_HUB_OFFLINE": "1",
+            **(env or {}),
+        },
     )
 
 
@@ -78,6 +83,32 @@ def test_bad_config_exits_with_a_message_not_a_traceback(tmp_path):
     assert result.returncode == 2
     assert "horizon (40) must be a multiple of block_size (32)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_source_that_expands_past_its_bound_fails_naming_the_bound(tmp_path):
+    import gzip
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "bomb.jsonl.gz").write_bytes(gzip.compress(b'{"text": "spam spam"}\n' * 50_000))
+    config = tmp_path / "data.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "dataset_name": "bomb",
+                "tokenizer": str(SAMPLE_TEACHER),
+                "teacher_model": str(SAMPLE_TEACHER),
+                "teacher_states": "none",
+                "splits": {"train": {"source": "corpus/*.jsonl.gz", "output_path": "t.arrow"}},
+            }
+        )
+    )
+    limits = {"GISTNET_LIMITS": json.dumps({"sources.max_file_bytes": 100_000})}
+    result = run("tools.prepare_dataset", "--config", str(config), cwd=tmp_path, env=limits)
+    assert result.returncode == 2, result.stderr
+    assert "bomb.jsonl.gz: its text is longer than 100000 bytes once decompressed" in result.stderr
+    assert "GISTNET_LIMITS='{\"sources.max_file_bytes\": ...}'" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "t.arrow").exists()
 
 
 def test_a_compressed_corpus_prepared_token_only_in_shards_trains_from_a_glob(tmp_path):
