@@ -122,9 +122,9 @@ def run_probe(
     """Train the base config with the probe's changes (`probe_changes`), score it on the
     validation split (a seeded subset of `examples`, or all); append one line to
     <out>/probes.jsonl and return it."""
-    from gistnet.config import read_yaml, validate_run_config
+    from gistnet.config import read_run_yaml, validate_run_config
 
-    data = read_yaml(base_config)
+    data, _ = read_run_yaml(base_config)
     changes = probe_changes(name)
     for section in ("model", "training"):
         data[section] = {**data.get(section, {}), **changes[section]}

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from bench.report import replace_between_markers
-from gistnet.config import load_run_config
+from gistnet.config import load_run_file
 from gistnet.eval.conditions import VECTORS
 from gistnet.eval.report import format_table, write_report
 from gistnet.eval.request import EvalRequest, EvalSettings
@@ -161,8 +161,7 @@ def train_and_evaluate(
         trained_on = earlier.get("bench", {}).get("train_dataset")
         train_dataset = Path(trained_on) if trained_on else train_dataset
     if not skip_train or not checkpoint.is_file():
-        run = load_run_config(config_path)
-        log_every = run.training.log_every
+        run, log_every = load_run_file(config_path)
 
         def log(p: TrainProgress) -> None:
             if p.step % log_every == 0 or p.step == p.max_steps:

@@ -131,6 +131,9 @@ def load_run_config(path: str | Path) -> dict[str, Any]:
     config = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(config, dict):
         raise GistNetError(f"{path}: a run config must be a mapping with model / training")
+    # A file may name the command line's log cadence; a run sent to the service has none.
+    if isinstance(config.get("training"), dict):
+        config["training"].pop("log_every", None)
     return config
 
 

@@ -133,6 +133,11 @@ REMOVED_OPTIONS: dict[tuple[str, str | None], str] = {
 def _refuse_removed_options(data: Any) -> Any:
     if not isinstance(data, dict):
         return data
+    if "log_every" in data:
+        raise ValueError(
+            "log_every is how often the command line prints a line, not a setting of the run: "
+            "the service records every step (GET /jobs/{id}/metrics); remove it"
+        )
     for (key, value), why in REMOVED_OPTIONS.items():
         if key in data and (value is None or data[key] == value):
             named = key if value is None else f"{key}: {value}"
@@ -174,8 +179,6 @@ class TrainingConfig(_Strict):
     eval_every: int = Field(default=200, ge=1)
     # Examples of the validation split used per evaluation (None: all).
     eval_examples: int | None = Field(default=2048, ge=1)
-    # Print a log line every this many steps.
-    log_every: int = Field(default=20, ge=1)
     # Training processes (DDP, one GPU each, or gloo on the CPU). Each takes its part of
     # every batch of batch_size, so the results do not depend on this number.
     processes: int = Field(default=1, ge=1)
@@ -382,5 +385,32 @@ def load_dataset_config(path: str | Path) -> DatasetConfig:
     return validate_dataset_config(read_yaml(path))
 
 
+# How often the command line prints a training line: a setting of the terminal, not of
+# the run, so a run (and POST /train) takes none. A run config file may name it as
+# training.log_every, where the seed's tool reads it.
+DEFAULT_LOG_EVERY = 20
+
+
+def read_run_yaml(path: str | Path) -> tuple[dict[str, Any], int]:
+    """A run config file's keys without training.log_every, and that log cadence."""
+    data = read_yaml(path)
+    training = data.get("training")
+    if not isinstance(training, dict) or "log_every" not in training:
+        return data, DEFAULT_LOG_EVERY
+    log_every = training.pop("log_every")
+    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+        raise ConfigError(
+            f"invalid run config: training.log_every must be a whole number of steps >= 1; "
+            f"got {log_every!r}"
+        )
+    return data, log_every
+
+
+def load_run_file(path: str | Path) -> tuple[RunConfig, int]:
+    """A run config file: the run, and how often the command line prints a line."""
+    data, log_every = read_run_yaml(path)
+    return validate_run_config(data), log_every
+
+
 def load_run_config(path: str | Path) -> RunConfig:
-    return validate_run_config(read_yaml(path))
+    return load_run_file(path)[0]

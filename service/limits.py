@@ -115,7 +115,6 @@ LIMITS: dict[str, Limit] = {
             INT64_MAX,
             "examples scored per evaluation",
         ),
-        Limit("training.log_every", "POST /train", 1_000_000, INT32_MAX, "steps, like max_steps"),
         Limit(
             "training.seed",
             "POST /train",

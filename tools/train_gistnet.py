@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from gistnet.checkpoint import read_checkpoint_info
-from gistnet.config import load_run_config
+from gistnet.config import load_run_file
 from gistnet.errors import GistNetError
 from gistnet.launch import launch_training
 from gistnet.storage import is_url, join, open_local_dataset, writing_to
@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", default="artifacts/gistnet", help="where gistnet.pt goes")
     parser.add_argument("--max-steps", type=int, help="override training.max_steps")
     parser.add_argument(
+        "--log-every",
+        type=int,
+        help="print a line every N steps (default: training.log_every in the config, else 20)",
+    )
+    parser.add_argument(
         "--teacher",
         help="teacher model (hub id or folder) the shard's states came from, for shards whose "
         "metadata does not name it; the substitution objective runs it",
@@ -45,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         help="tokenizer (hub id or folder) of the shard's token ids, recorded in the checkpoint",
     )
     args = parser.parse_args(argv)
+    if args.log_every is not None and args.log_every < 1:
+        parser.error(f"--log-every must be at least 1; got {args.log_every}")
 
     def log(p: TrainProgress) -> None:
-        log_every = run.training.log_every
         if p.step % log_every == 0 or p.step == p.max_steps or p.val_loss is not None:
             line = (
                 f"step {p.step:>6}/{p.max_steps}  loss {p.loss:.5f}  running {p.running_loss:.5f}"
@@ -59,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             print(line, flush=True)
 
     try:
-        run = load_run_config(args.config)
+        run, log_every = load_run_file(args.config)
+        log_every = args.log_every or log_every
         dataset = open_local_dataset(args.dataset, splits=[args.split or "train", "validation"])
         with writing_to(args.output_dir) as output:
             result = launch_training(

@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from gistnet.config import REMOVED_IN_COMMIT, load_run_config, validate_run_config
+from gistnet.config import (
+    DEFAULT_LOG_EVERY,
+    REMOVED_IN_COMMIT,
+    load_run_config,
+    load_run_file,
+    validate_run_config,
+)
 from gistnet.errors import ConfigError
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize(
@@ -42,3 +49,19 @@ def test_uniform_horizon_weighting_is_still_accepted_and_other_values_are_not():
     assert validate_run_config({"training": {"horizon_weighting": "uniform"}})
     with pytest.raises(ConfigError, match="horizon_weighting"):
         validate_run_config({"training": {"horizon_weighting": "late"}})
+
+
+def test_a_run_files_log_cadence_is_the_command_lines_not_the_runs(tmp_path):
+    run, log_every = load_run_file(ROOT / "configs/runs/gistnet_example.yaml")
+    assert log_every == 50 and "log_every" not in run.training.model_dump()
+    path = tmp_path / "run.yaml"
+    path.write_text("training:\n  max_steps: 5\n")
+    assert load_run_file(path)[1] == DEFAULT_LOG_EVERY
+    path.write_text("training:\n  log_every: 0\n")
+    with pytest.raises(ConfigError, match="training.log_every must be a whole number"):
+        load_run_file(path)
+
+
+def test_a_run_given_as_data_takes_no_log_cadence():
+    with pytest.raises(ConfigError, match="log_every is how often the command line prints"):
+        validate_run_config({"training": {"log_every": 10}})

@@ -67,10 +67,13 @@ def test_prepare_then_train_from_the_command_line(tmp_path):
         str(ROOT / "configs" / "runs" / "gistnet_example.yaml"),
         "--max-steps",
         "10",
+        "--log-every",
+        "5",  # the flag wins over the file's training.log_every (50)
         cwd=tmp_path,
     )
     assert train.returncode == 0, train.stderr
     assert "step     10/10" in train.stdout and "examples/s" in train.stdout
+    assert "step      5/10" in train.stdout and "step      4/10" not in train.stdout
     assert "val_loss" in train.stdout
     info = read_checkpoint_info(tmp_path / "artifacts" / "gistnet" / "gistnet.pt")
     assert info["metrics"]["steps"] == 10
