@@ -215,9 +215,10 @@ def load_prep_resources(config: DatasetConfig) -> PrepResources:
         hidden_size = hidden_size_of(teacher)
         vocab_size = int(teacher.get_input_embeddings().weight.shape[0])
     else:
-        from gistnet.teacher import config_hidden_size, load_teacher_config
+        from gistnet.teacher import check_teacher_family, config_hidden_size, load_teacher_config
 
         teacher_config = load_teacher_config(config.teacher_model)
+        check_teacher_family(teacher_config)  # training on the ids would run it
         hidden_size = config_hidden_size(teacher_config)
         vocab_size = int(teacher_config.vocab_size)
     if len(tokenizer) > vocab_size:

@@ -205,9 +205,10 @@ def full_log_probs_and_block_states(
     the tokens after them, so they are the states of the block read alone: what a dataset
     with cached states holds (`gistnet.teacher.block_hidden_states`). A token-only dataset
     thus gets its states without a second forward. The last-layer ones are taken from the
-    base model's output, as the cached ones are, by a hook for the length of this call.
+    output of the module the LM head reads (`gistnet.teacher.trunk_of`), as the cached
+    ones are, by a hook for the length of this call.
     """
-    from gistnet.teacher import select_layers
+    from gistnet.teacher import select_layers, trunk_of
 
     horizon_tokens = _horizon_length(context_input_ids, block_size)
     captured: list[torch.Tensor] = []
@@ -215,7 +216,7 @@ def full_log_probs_and_block_states(
     def keep_states(_module, _inputs, output) -> None:
         captured.append(output[0])  # last_hidden_state: (B, H - 1, D)
 
-    handle = teacher.base_model.register_forward_hook(keep_states)
+    handle = trunk_of(teacher).register_forward_hook(keep_states)
     try:
         out = _full_forward(teacher, context_input_ids, horizon_tokens, hidden_states=bool(layers))
     finally:
@@ -262,9 +263,13 @@ def drop_token_id(tokenizer: Any = None, teacher: torch.nn.Module | None = None)
 
 
 def drop_vector(teacher: torch.nn.Module, token_id: int) -> torch.Tensor:
-    """The teacher's input embedding of `token_id`, (D,) float32."""
-    weight = _embedding_weight(teacher)
-    return weight[token_id].detach().float()
+    """The teacher's input embedding of `token_id`, (D,) float32: what its embedding module
+    gives for the token, as the token-id path reads it (Gemma's scales its table's row by
+    sqrt(hidden size), so the row alone would be another vector)."""
+    embed = teacher.get_input_embeddings()
+    token = torch.tensor([token_id], device=embed.weight.device)
+    with torch.no_grad():
+        return embed(token)[0].float()
 
 
 def mean_block_embedding(teacher: torch.nn.Module, block_input_ids: torch.Tensor) -> torch.Tensor:

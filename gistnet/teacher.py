@@ -7,6 +7,7 @@ fails at once, with the advice to point at a local folder, instead of hanging in
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 from pathlib import Path
@@ -67,9 +68,12 @@ def _resolve(name_or_path: str, what: str) -> tuple[str, bool]:
 
 def load_teacher_config(name_or_path: str):
     """The teacher's Hugging Face config, without its weights: a cheap check before queueing."""
+    return _read_config(name_or_path, *_resolve(name_or_path, "teacher model"))
+
+
+def _read_config(name_or_path: str, name: str, local_only: bool):
     from transformers import AutoConfig
 
-    name, local_only = _resolve(name_or_path, "teacher model")
     try:
         return AutoConfig.from_pretrained(
             name, local_files_only=local_only, trust_remote_code=False
@@ -78,6 +82,46 @@ def load_teacher_config(name_or_path: str):
         raise TeacherLoadError(
             f"could not read the config of teacher {name_or_path!r}: {err}"
         ) from err
+
+
+# The families whose tiny random models tests/gistnet/test_families.py takes through every
+# path (the substitution invariants, preparation, training, evaluation, /gist), by their
+# Hugging Face model_type; docs/teachers.md lists them.
+TESTED_FAMILIES = ("llama", "mistral", "qwen2", "gemma", "phi3", "gpt_neox", "opt", "gpt2")
+
+# What the substituted-input path hands the teacher (gistnet.substitution): vectors where
+# the block's embeddings were, at the block's positions.
+_SUBSTITUTION_INPUTS = ("inputs_embeds", "position_ids")
+
+
+def check_teacher_family(config) -> None:
+    """A clear error for a teacher (its Hugging Face config) that cannot read a gist in
+    place of a block: one transformers has no causal LM for, or whose causal LM's forward
+    takes no `inputs_embeds` or no `position_ids`. Without position ids such a model would
+    number the vectors and the horizon from 0 (learned positions) or ignore the number
+    altogether, and every substituted condition would come out a wrong number instead of
+    an error."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    family = getattr(config, "model_type", None) or type(config).__name__
+    tested = ", ".join(TESTED_FAMILIES)
+    try:
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError:
+        raise ConfigError(
+            f"teacher family {family!r} has no causal language model in transformers, so it "
+            f"cannot be a teacher; bring a causal LM (tested families: {tested}; see "
+            f"docs/teachers.md)"
+        ) from None
+    accepted = inspect.signature(model_class.forward).parameters
+    missing = [name for name in _SUBSTITUTION_INPUTS if name not in accepted]
+    if missing:
+        raise ConfigError(
+            f"teacher family {family!r} ({model_class.__name__}) is not supported: its forward "
+            f"takes no {' and no '.join(missing)}, so the teacher cannot read a gist at its "
+            f"block's positions. Supported are causal LMs that take inputs_embeds and "
+            f"position_ids; tested families: {tested} (docs/teachers.md)"
+        )
 
 
 def load_tokenizer(name_or_path: str):
@@ -113,10 +157,16 @@ def load_teacher(name_or_path: str, *, dtype: str = "float32", device: str | tor
     from transformers import AutoModelForCausalLM
 
     name, local_only = _resolve(name_or_path, "teacher model")
+    config = _read_config(name_or_path, name, local_only)
+    check_teacher_family(config)  # before the weights: a refused family loads nothing
     device = device if isinstance(device, torch.device) else resolve_device(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=torch_dtype(dtype), local_files_only=local_only, trust_remote_code=False
+            name,
+            config=config,
+            dtype=torch_dtype(dtype),
+            local_files_only=local_only,
+            trust_remote_code=False,
         )
     except Exception as err:
         raise TeacherLoadError(f"could not load teacher model {name_or_path!r}: {err}") from err
@@ -128,6 +178,13 @@ def load_teacher(name_or_path: str, *, dtype: str = "float32", device: str | tor
 
 def hidden_size_of(teacher) -> int:
     return int(teacher.get_input_embeddings().weight.shape[1])
+
+
+def trunk_of(teacher) -> torch.nn.Module:
+    """The module whose `last_hidden_state` the LM head reads: the base model for most
+    families (GPT2Model in GPT2LMHeadModel), but OPT's causal LM calls the decoder inside
+    its base model directly, so a hook on the base model would never fire there."""
+    return teacher.get_decoder()
 
 
 def _config_number(config, attributes: tuple[str, ...], purpose: str) -> int:
@@ -143,9 +200,16 @@ def _config_number(config, attributes: tuple[str, ...], purpose: str) -> int:
     )
 
 
+_LAYER_WIDTHS = ("hidden_size", "n_embd", "d_model")
+
+
 def config_hidden_size(config) -> int:
-    """The teacher's width from its Hugging Face config, without loading the weights."""
-    return _config_number(config, ("hidden_size", "n_embd", "d_model"), "the width of its states")
+    """The teacher's width from its Hugging Face config, without loading the weights: that
+    of its input embeddings and last-layer states. OPT may project both (word_embed_proj_dim)
+    to and from wider layers (hidden_size)."""
+    return _config_number(
+        config, ("word_embed_proj_dim", *_LAYER_WIDTHS), "the width of its states"
+    )
 
 
 def layer_count(config) -> int:
@@ -161,9 +225,20 @@ def layer_count(config) -> int:
 
 def check_teacher_layers(config, layers) -> None:
     """A clear error where `teacher_layers` names a hidden state the teacher of this
-    Hugging Face config (`teacher.config`, or read without weights) lacks."""
+    Hugging Face config (`teacher.config`, or read without weights) lacks, or one of
+    another width than the gists."""
     count = layer_count(config)
-    if layers and max(layers) > count:
+    if not layers:
+        return
+    width = config_hidden_size(config)
+    layer_width = _config_number(config, _LAYER_WIDTHS, "the width of its layers")
+    if layer_width != width:
+        raise ConfigError(
+            f"teacher_layers {list(layers)} cannot be read from this teacher: its layers are "
+            f"{layer_width} wide but its embeddings and last-layer states (what the gists "
+            f"match) {width}; leave teacher_layers empty for it"
+        )
+    if max(layers) > count:
         raise ConfigError(
             f"teacher_layers {list(layers)} names hidden state {max(layers)}, but this teacher "
             f"has {count} layers, so its hidden states are numbered 0 to {count}: pick "
@@ -186,8 +261,9 @@ def _block_states(
     teacher, input_ids: torch.Tensor, layers=()
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     device = teacher.get_input_embeddings().weight.device
-    base = teacher.base_model  # e.g. GPT2Model inside GPT2LMHeadModel
-    out = base(input_ids=input_ids.to(device), use_cache=False, output_hidden_states=bool(layers))
+    out = trunk_of(teacher)(
+        input_ids=input_ids.to(device), use_cache=False, output_hidden_states=bool(layers)
+    )
     states = out.last_hidden_state.float()
     if not layers:
         return states, None
