@@ -1,6 +1,9 @@
 """Every error the API answers has one shape (`ErrorPublic`), and no error breaks a connection.
 
-- Request validation, `RequestProblem`s and `HTTPException`s answer `{detail, errors}`.
+- Request validation, `RequestProblem`s and `HTTPException`s answer `{detail, errors}`;
+  under /v1/ (the OpenAI-compatible routes) they answer OpenAI's shape instead,
+  `{error: {message, type, param, code}}`, and a request that fails validation is 400
+  there, as it is on OpenAI's API, so that OpenAI's clients raise what they would.
 - A database that is briefly away (restarting, refusing connections) answers 503 with
   `Retry-After`, not 500: the client should simply try again.
 - Anything unforeseen answers a JSON 500 from `ContainErrors`, which does not re-raise:
@@ -25,7 +28,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.schemas import ErrorPublic
+from api.schemas import ErrorPublic, OpenAIError, OpenAIErrorPublic
 from api.validation import RequestProblem
 from gistnet.config import describe_validation_errors
 
@@ -35,7 +38,7 @@ log = logging.getLogger(__name__)
 DATABASE_RETRY_AFTER_S = 3
 
 _WHAT = {
-    400: "the body is not JSON text",
+    400: "the body is not JSON text (under /v1/: any invalid request, as on OpenAI's API)",
     401: "missing or wrong API key",
     404: "no such record",
     409: "the record is not in a state that allows it",
@@ -47,11 +50,15 @@ _WHAT = {
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}}
 
 
-def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI declarations of the error statuses a route answers, all with ErrorPublic."""
+# The routes that speak OpenAI's API, errors included.
+OPENAI_PREFIX = "/v1/"
+
+
+def error_responses(*codes: int, model: type = ErrorPublic) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI declarations of the error statuses a route answers, all with one model."""
     declared: dict[int | str, dict[str, Any]] = {}
     for code in codes:
-        declared[code] = {"model": ErrorPublic, "description": _WHAT[code]}
+        declared[code] = {"model": model, "description": _WHAT[code]}
         if code in (429, 503):
             declared[code]["headers"] = _RETRY_AFTER
     return declared
@@ -64,14 +71,37 @@ class ErrorResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
 
 
+def _openai_type(status_code: int) -> str:
+    if status_code == 429:
+        return "rate_limit_error"
+    return "server_error" if status_code >= 500 else "invalid_request_error"
+
+
 def error_response(
     status_code: int,
     detail: str,
     *,
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
+    path: str = "",
 ) -> ErrorResponse:
-    body = ErrorPublic(detail=detail, errors=errors or [])
+    if path.startswith(OPENAI_PREFIX):
+        if status_code == 422:
+            status_code = 400
+        # The top-level field of the first problem: the parameter, as OpenAI names it.
+        loc = errors[0]["loc"] if errors else ()
+        fields = [p for p in loc if p not in ("body", "query", "path")]
+        param = str(fields[0]) if fields else None
+        body = OpenAIErrorPublic(
+            error=OpenAIError(
+                message=detail,
+                type=_openai_type(status_code),
+                param=param,
+                code="invalid_api_key" if status_code == 401 else None,
+            )
+        )
+    else:
+        body = ErrorPublic(detail=detail, errors=errors or [])
     return ErrorResponse(body.model_dump(mode="json"), status_code=status_code, headers=headers)
 
 
@@ -90,7 +120,7 @@ def _is_database_away(err: sa_exc.DBAPIError) -> bool:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _invalid_request(_request: Request, exc: RequestValidationError):
+    async def _invalid_request(request: Request, exc: RequestValidationError):
         errors = exc.errors()
         return error_response(
             422,
@@ -103,37 +133,44 @@ def install_error_handlers(app: FastAPI) -> None:
                 }
                 for e in errors
             ],
+            path=request.url.path,
         )
 
     @app.exception_handler(RequestProblem)
-    async def _request_problem(_request: Request, exc: RequestProblem):
-        return error_response(exc.status_code, str(exc))
+    async def _request_problem(request: Request, exc: RequestProblem):
+        return error_response(exc.status_code, str(exc), path=request.url.path)
 
     @app.exception_handler(HTTPException)
-    async def _http_error(_request: Request, exc: HTTPException):
-        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+    async def _http_error(request: Request, exc: HTTPException):
+        return error_response(
+            exc.status_code, str(exc.detail), headers=exc.headers, path=request.url.path
+        )
 
     @app.exception_handler(sa_exc.DBAPIError)
-    async def _database_error(_request: Request, exc: sa_exc.DBAPIError):
+    async def _database_error(request: Request, exc: sa_exc.DBAPIError):
         if _is_database_away(exc):
             log.warning("database unavailable: %s", exc.orig)
             return error_response(
                 503,
                 f"the database is unavailable ({type(exc.orig).__name__}); retry in a few seconds",
                 headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+                path=request.url.path,
             )
         if isinstance(exc, sa_exc.DataError):
             # Checks come first; this is the backstop for a value they did not foresee.
             log.warning("database refused a value: %s", exc.orig)
-            return error_response(422, f"a value does not fit the database: {exc.orig}")
+            return error_response(
+                422, f"a value does not fit the database: {exc.orig}", path=request.url.path
+            )
         raise exc
 
     @app.exception_handler(sa_exc.TimeoutError)
-    async def _pool_exhausted(_request: Request, _exc: sa_exc.TimeoutError):
+    async def _pool_exhausted(request: Request, _exc: sa_exc.TimeoutError):
         return error_response(
             503,
             "every database connection is busy; retry in a few seconds",
             headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+            path=request.url.path,
         )
 
 
@@ -164,7 +201,9 @@ class ContainErrors:
                 # Half an answer is out: only closing the connection can tell the client.
                 raise
             response = error_response(
-                500, f"internal error ({type(exc).__name__}); it has been logged"
+                500,
+                f"internal error ({type(exc).__name__}); it has been logged",
+                path=scope.get("path", ""),
             )
             await response(scope, receive, send)
 
@@ -196,7 +235,7 @@ class LimitBodySize:
         )
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await error_response(413, message)(scope, receive, send)
+            await error_response(413, message, path=scope["path"])(scope, receive, send)
             return
         received, started = 0, False
 
@@ -220,4 +259,6 @@ class LimitBodySize:
             if started:
                 raise
             # Read outside a route (a middleware, a dependency): answered here instead.
-            await error_response(413, str(err.detail))(scope, receive, send)
+            await error_response(413, str(err.detail), path=scope["path"])(
+                scope, receive, send
+            )

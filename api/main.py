@@ -6,6 +6,7 @@ Run it with `gistnet serve`, or `uvicorn --factory api.main:create_app`.
 
 from __future__ import annotations
 
+import json
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -14,7 +15,7 @@ from sqlalchemy.orm import sessionmaker
 
 from api.batching import GistBatcher, RefineLane
 from api.engine import EngineCache
-from api.errors import ContainErrors, LimitBodySize, install_error_handlers
+from api.errors import OPENAI_PREFIX, ContainErrors, LimitBodySize, install_error_handlers
 from api.metrics import ApiMetrics, RequestMetricsMiddleware
 from api.routes import include_routers
 from api.uploads import arrival_root, sweep_orphaned_uploads
@@ -62,8 +63,8 @@ async def lifespan(app: FastAPI):
 
 def body_limit_of(settings: Settings):
     """Each route's largest body: inline documents on POST /datasets (files, streamed to
-    disk, have their own bound), a text or blocks on POST /gist, a small JSON document
-    anywhere else."""
+    disk, have their own bound), a text or blocks on POST /gist (and its OpenAI form,
+    POST /v1/embeddings), a small JSON document anywhere else."""
     from api.uploads import MAX_FIELD_BYTES
 
     def limit_of(path: str, content_type: str) -> tuple[int, str]:
@@ -73,11 +74,31 @@ def body_limit_of(settings: Settings):
             return settings.upload_max_bytes + MAX_FIELD_BYTES, "GISTNET_UPLOAD_MAX_BYTES"
         if path == "/datasets":
             return settings.dataset_max_body_bytes, "GISTNET_DATASET_MAX_BODY_BYTES"
-        if path == "/gist":
+        if path in ("/gist", "/v1/embeddings"):
             return settings.gist_max_body_bytes, "GISTNET_GIST_MAX_BODY_BYTES"
         return settings.max_body_bytes, "GISTNET_MAX_BODY_BYTES"
 
     return limit_of
+
+
+def _openapi_of(app: FastAPI):
+    """The schema FastAPI builds, less the 422 it declares on every route with a body:
+    the OpenAI-compatible routes answer 400 for an invalid request instead."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            for path, operations in schema["paths"].items():
+                if path.startswith(OPENAI_PREFIX):
+                    for operation in operations.values():
+                        operation["responses"].pop("422", None)
+            if "#/components/schemas/HTTPValidationError" not in json.dumps(schema["paths"]):
+                for unused in ("HTTPValidationError", "ValidationError"):
+                    schema["components"]["schemas"].pop(unused, None)
+        return app.openapi_schema
+
+    return openapi
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -91,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = ApiMetrics()
     app.state.metrics.watch(app)
     include_routers(app)
+    app.openapi = _openapi_of(app)
     install_error_handlers(app)
     # The last added runs first: errors are contained around everything (the metrics
     # included, which count a 500 as it passes), then every request is counted, and

@@ -18,9 +18,11 @@ from api.routes import (
     jobs,
     metrics,
     models,
+    openai_compat,
     train,
     ui,
 )
+from api.schemas import OpenAIErrorPublic
 
 GUARDED: list[APIRouter] = [
     gist.router,
@@ -38,4 +40,9 @@ def include_routers(app: FastAPI) -> None:
     app.include_router(health.router)
     for router in GUARDED:
         app.include_router(router, dependencies=[AuthDep], responses=error_responses(401))
+    app.include_router(
+        openai_compat.router,
+        dependencies=[AuthDep],
+        responses=error_responses(401, model=OpenAIErrorPublic),
+    )
     ui.mount_dashboard(app)

@@ -72,6 +72,27 @@ def _load_engine(engines, settings, model_id: int, checkpoint: str):
     return engines.get(model_id, settings.artifact_store().open_local(checkpoint))
 
 
+async def engine_for(request: Request, settings, engines, model_id: int | None) -> GistEngine:
+    """The engine of a model (None: the newest), loaded if it is not yet. A loaded model
+    needs no database or thread hand-off: the hot path stays on the event loop."""
+    engine = engines.loaded_engine(model_id) if model_id is not None else None
+    if engine is not None:
+        return engine
+    if model_id is None:
+        found = await run_in_threadpool(_newest_engine, request, engines)
+    else:
+        found = await run_in_threadpool(_find_model, request, model_id)
+    if isinstance(found, GistEngine):
+        return found
+    model_id, checkpoint = found
+    try:
+        return await run_in_threadpool(_load_engine, engines, settings, model_id, checkpoint)
+    except BoundError as err:  # the checkpoint asks for a model past the bounds
+        raise HTTPException(422, f"model {model_id} cannot be served: {err}") from None
+    except GistNetError as err:
+        raise HTTPException(503, f"model {model_id} cannot be loaded: {err}") from None
+
+
 def _encoded(gists: np.ndarray, encoding: str) -> list:
     if encoding == "base64":  # little-endian float32 bytes, one string per block (k x D, row-major)
         return [
@@ -112,25 +133,7 @@ async def gist(
     """Gists of token blocks (or of a text cut into blocks), batched with other requests."""
     max_blocks = settings.gist_max_blocks
     check_gist_request(body.blocks, body.text, max_blocks=max_blocks)
-    # A loaded model needs no database or thread hand-off: the hot path stays on the loop.
-    engine = engines.loaded_engine(body.model_id) if body.model_id is not None else None
-    if engine is None:
-        if body.model_id is None:
-            found = await run_in_threadpool(_newest_engine, request, engines)
-        else:
-            found = await run_in_threadpool(_find_model, request, body.model_id)
-        if isinstance(found, GistEngine):
-            engine = found
-        else:
-            model_id, checkpoint = found
-            try:
-                engine = await run_in_threadpool(
-                    _load_engine, engines, settings, model_id, checkpoint
-                )
-            except BoundError as err:  # the checkpoint asks for a model past the bounds
-                raise HTTPException(422, f"model {model_id} cannot be served: {err}") from None
-            except GistNetError as err:
-                raise HTTPException(503, f"model {model_id} cannot be loaded: {err}") from None
+    engine = await engine_for(request, settings, engines, body.model_id)
 
     tokens = unused = block_texts = None
     if body.text is not None:
