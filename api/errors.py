@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -112,6 +113,17 @@ def _where(loc) -> str:
     return ".".join(str(p) for p in loc if p not in ("body", "query", "path", "header"))
 
 
+def _too_deep(path: str) -> ErrorResponse:
+    # FastAPI answers 400 "error parsing the body" to a JSON body nested past the parser's
+    # depth (Python's recursion limit): a value no route takes, and it can say so.
+    return error_response(
+        422,
+        f"body: JSON nested more than {sys.getrecursionlimit()} levels deep; no field of "
+        f"a request holds more than a few levels of lists or objects",
+        path=path,
+    )
+
+
 def _is_database_away(err: sa_exc.DBAPIError) -> bool:
     return isinstance(err, sa_exc.OperationalError | sa_exc.InterfaceError) or bool(
         err.connection_invalidated
@@ -142,6 +154,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            return _too_deep(request.url.path)
         return error_response(
             exc.status_code, str(exc.detail), headers=exc.headers, path=request.url.path
         )

@@ -211,3 +211,20 @@ def test_an_upload_still_arriving_is_hidden_from_globs_and_swept_once_orphaned(
         os.utime(path, (hour_ago, hour_ago))
     with TestClient(app):
         assert not stale.exists() and fresh.exists()
+
+
+@pytest.mark.parametrize(
+    "route", ["/train", "/datasets", "/evaluations", "/gist", "/datasets/import"]
+)
+def test_a_json_body_nested_without_end_is_422_naming_the_nesting(client, route):
+    for body in ["[" * 10_000 + "]" * 10_000, '{"a":' * 5_000 + "1" + "}" * 5_000]:
+        answer = client.post(route, content=body, headers={"content-type": "application/json"})
+        assert answer.status_code == 422, (route, body[:8], answer.text)
+        assert answer.json()["detail"].startswith("body: JSON nested more than"), answer.text
+    # Past a route's body size it is a 413 first; where the body may be that large, a 422.
+    answer = client.post(
+        route, content="[" * 100_000 + "]" * 100_000, headers={"content-type": "application/json"}
+    )
+    assert answer.status_code in (413, 422), answer.text
+    assert answer.status_code == 413 or answer.json()["detail"].startswith("body: JSON nested")
+
