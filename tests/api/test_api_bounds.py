@@ -228,3 +228,13 @@ def test_a_json_body_nested_without_end_is_422_naming_the_nesting(client, route)
     assert answer.status_code in (413, 422), answer.text
     assert answer.status_code == 413 or answer.json()["detail"].startswith("body: JSON nested")
 
+
+def test_a_json_body_nested_without_end_on_openais_route_is_its_400_naming_the_nesting(client):
+    body = "[" * 10_000 + "]" * 10_000
+    answer = client.post(
+        "/v1/embeddings", content=body, headers={"content-type": "application/json"}
+    )
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].startswith("body: JSON nested more than")
