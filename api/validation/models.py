@@ -48,6 +48,17 @@ def teacher_config(name: str):
         raise RequestProblem(str(err)) from None
 
 
+def check_family(config, *, field: str) -> None:
+    """The teacher of this Hugging Face config can read a gist in place of a block."""
+    from gistnet.errors import ConfigError
+    from gistnet.teacher import check_teacher_family
+
+    try:
+        check_teacher_family(config)
+    except ConfigError as err:
+        raise RequestProblem(f"{field}: {err}") from None
+
+
 def check_teacher_pair(
     tokenizer_name: str,
     teacher_name: str,
@@ -56,7 +67,8 @@ def check_teacher_pair(
     model_roots: Sequence[Path] | None = None,
 ) -> None:
     """The tokenizer and teacher are allowed (`model_roots`), load (without weights) and
-    belong together, and a horizon fits the teacher's context."""
+    belong together, the teacher's family can read gists, and a horizon fits the teacher's
+    context."""
     from gistnet.teacher import load_tokenizer
 
     check_model_location(tokenizer_name, field="tokenizer", roots=model_roots)
@@ -66,6 +78,7 @@ def check_teacher_pair(
     except GistNetError as err:
         raise RequestProblem(f"tokenizer: {err}") from None
     teacher = teacher_config(teacher_name)
+    check_family(teacher, field="teacher_model")
     positions = getattr(teacher, "n_positions", None) or getattr(
         teacher, "max_position_embeddings", None
     )

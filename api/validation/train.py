@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from api.validation.common import RequestProblem
-from api.validation.models import teacher_config
+from api.validation.models import check_family, teacher_config
 from gistnet.config import RunConfig
 from gistnet.errors import ConfigError
 
@@ -13,8 +13,8 @@ from gistnet.errors import ConfigError
 def check_run_request(
     run: RunConfig, *, dataset_info: dict[str, Any], split: str, worker_memory: int
 ) -> None:
-    """The run must fit the dataset (its split exists, width and block size match) and a
-    worker's memory."""
+    """The run must fit the dataset (its split exists, width and block size match), its
+    teacher's family must read gists, and the run must fit a worker's memory."""
     from gistnet.train import model_config_for
 
     splits = dataset_info.get("splits", {})
@@ -26,6 +26,13 @@ def check_run_request(
         model_config = model_config_for(run, dataset_info)
     except ConfigError as err:
         raise RequestProblem(str(err)) from None
+    if dataset_info.get("teacher_model"):
+        try:  # an imported dataset, or one prepared elsewhere, may name any teacher
+            family_config = teacher_config(dataset_info["teacher_model"])
+        except RequestProblem:  # a teacher gone since: the job will say so
+            family_config = None
+        if family_config is not None:
+            check_family(family_config, field="the dataset's teacher_model")
     if model_config.teacher_layers and dataset_info.get("teacher_model"):
         from gistnet.teacher import check_teacher_layers
 
