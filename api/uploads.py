@@ -41,9 +41,9 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from api.validation import RequestProblem
 from gistnet.bounds import SourceBounds
 from gistnet.errors import BoundError, ConfigError
+from gistnet.files import is_disk_full
 from gistnet.paths import SPLIT_NAME_PATTERN
 from gistnet.sources import SOURCE_SUFFIXES, source_kind, text_bytes
-from gistnet.storage import is_disk_full
 from service.settings import Settings
 
 UPLOAD_FOLDER = "uploads"

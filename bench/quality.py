@@ -29,7 +29,7 @@ from gistnet.eval.conditions import VECTORS
 from gistnet.eval.report import format_table, write_report
 from gistnet.eval.request import EvalRequest, EvalSettings
 from gistnet.eval.run import evaluate_gistnet
-from gistnet.storage import file_sha256
+from gistnet.files import file_sha256
 from gistnet.train import TrainProgress, train_gistnet
 
 RUNS = {

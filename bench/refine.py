@@ -30,10 +30,10 @@ from gistnet.eval.conditions import evaluate_conditions
 from gistnet.eval.oracle import fit_oracle_vectors, oracle_subset
 from gistnet.eval.run import resolve_shard_path
 from gistnet.eval.stats import summarize
+from gistnet.files import file_sha256
 from gistnet.inference import GistEncoder
 from gistnet.refine import RefineSettings, refine_gists
 from gistnet.shards import open_shard_set
-from gistnet.storage import file_sha256
 from gistnet.substitution import drop_vector
 
 DOC = Path("docs/quality.md")

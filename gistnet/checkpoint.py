@@ -6,7 +6,6 @@ back with `weights_only=True`, so loading one never unpickles code.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,8 @@ import torch
 
 from gistnet.bounds import ModelBounds
 from gistnet.errors import ConfigError, ShardError
+from gistnet.files import atomic_write
 from gistnet.model import GistNet, GistNetConfig
-from gistnet.storage import disk_full_named
 
 FORMAT = "gistnet-checkpoint/1"
 
@@ -49,10 +48,8 @@ def save_checkpoint(
         "tokenizer": tokenizer,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    with disk_full_named(path.parent, what=f"the checkpoint {path.name}", partial=tmp):
+    with atomic_write(path, what=f"the checkpoint {path.name}") as tmp:
         torch.save(payload, tmp)
-    os.replace(tmp, path)
     return path
 
 

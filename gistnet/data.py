@@ -41,6 +41,7 @@ from gistnet.config import DatasetConfig, SplitConfig
 from gistnet.datasets import METADATA_FILE, resolve_model_ref
 from gistnet.devices import resolve_device
 from gistnet.errors import Cancelled, ConfigError, ShardError
+from gistnet.files import atomic_write, file_sha256
 from gistnet.paths import path_under
 from gistnet.shards import (
     make_record_batch,
@@ -52,7 +53,6 @@ from gistnet.shards import (
     with_stride,
 )
 from gistnet.sources import count_documents, document_range, planned_name, source_files
-from gistnet.storage import file_sha256
 from gistnet.teacher import block_hidden_states, hidden_size_of, load_teacher, load_tokenizer
 
 _TOKENIZE_CHUNK = 256  # documents tokenized per call: fast batch encoding, bounded memory
@@ -279,8 +279,6 @@ def _write_shard(
     """Write the examples of `windows` ((E, horizon) arrays) as one shard, atomically."""
     t, teacher = config.block_size, resources.teacher
     rows = config.teacher_batch_size if teacher is not None else _TOKEN_BATCH_ROWS
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
     schema = _schema_of(config, resources.hidden_size)
     pending: list[np.ndarray] = []
     pending_rows = 0
@@ -305,19 +303,19 @@ def _write_shard(
             counters["examples"] += len(ctx)
             on_batch()
 
-    try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            for win in windows:
-                if len(win):
-                    pending.append(win)
-                    pending_rows += len(win)
-                if pending_rows >= rows:
-                    flush(writer)
-            if pending_rows:
+    with (
+        atomic_write(out_path) as tmp,
+        pa.OSFile(str(tmp), "wb") as sink,
+        pa.ipc.new_file(sink, schema) as writer,
+    ):
+        for win in windows:
+            if len(win):
+                pending.append(win)
+                pending_rows += len(win)
+            if pending_rows >= rows:
                 flush(writer)
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        if pending_rows:
+            flush(writer)
 
 
 def _no_examples(name: str, config: DatasetConfig) -> ConfigError:
@@ -624,10 +622,8 @@ def prepare_part(
         "hidden_size": resources.hidden_size,
         "vocab_size": resources.vocab_size,
     }
-    manifest_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = manifest_path.with_name(manifest_path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, manifest_path)
+    with atomic_write(manifest_path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -735,6 +731,5 @@ def relative_metadata(metadata: dict[str, Any], folder: str | Path) -> dict[str,
 def _write_metadata(metadata: dict[str, Any], outputs: dict[str, list[Path]]) -> None:
     """metadata.yaml in every folder that holds a shard; shard paths relative to it."""
     for folder in sorted({p.parent for paths in outputs.values() for p in paths}):
-        tmp = folder / (METADATA_FILE + ".tmp")
-        tmp.write_text(yaml.safe_dump(relative_metadata(metadata, folder), sort_keys=False))
-        os.replace(tmp, folder / METADATA_FILE)
+        with atomic_write(folder / METADATA_FILE) as tmp:
+            tmp.write_text(yaml.safe_dump(relative_metadata(metadata, folder), sort_keys=False))

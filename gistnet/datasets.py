@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from gistnet.errors import ConfigError, ShardError
+from gistnet.files import file_sha256
 from gistnet.shards import ShardSet, missing_shard_error, open_shard, open_shard_set
-from gistnet.storage import file_sha256
 
 METADATA_FILE = "metadata.yaml"
 # Dtypes our loaders take a teacher in; the seed also wrote "auto" or nothing.

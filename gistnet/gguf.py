@@ -12,8 +12,6 @@ weights, and that model and the tokenizer saved side by side: `config.json`,
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import torch
 
 from gistnet.devices import torch_dtype
 from gistnet.errors import ConfigError, TeacherLoadError
+from gistnet.files import atomic_write
 
 __all__ = ["IMPORT_DTYPES", "ImportedTeacher", "gguf_architecture", "import_gguf_teacher"]
 
@@ -148,16 +147,10 @@ def import_gguf_teacher(
     except Exception as err:
         raise TeacherLoadError(f"could not build the tokenizer of {path.name}: {err}") from err
 
-    partial = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    # The rename replaces an empty `out_dir` (checked above) whole.
+    with atomic_write(out_dir, shared=True) as partial:
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        os.replace(partial, out_dir)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return ImportedTeacher(
         path=out_dir,
         architecture=architecture,

@@ -41,6 +41,7 @@ from gistnet.config import validate_run_config
 from gistnet.devices import resolve_device
 from gistnet.distributed import Ranks
 from gistnet.errors import DeviceError, GistNetError
+from gistnet.files import atomic_write
 from gistnet.train import TrainProgress, TrainResult, train_gistnet
 
 # torch.distributed.run's checks on its ranks: how often it looks (a dead rank is noticed
@@ -245,9 +246,8 @@ def rank_main(run_dir: str | Path) -> int:
         return 1
     if ranks.is_main:
         payload = {**asdict(result), "checkpoint_path": str(result.checkpoint_path)}
-        tmp = run_dir / "result.json.tmp"
-        tmp.write_text(json.dumps(payload))
-        os.replace(tmp, run_dir / "result.json")
+        with atomic_write(run_dir / "result.json") as tmp:
+            tmp.write_text(json.dumps(payload))
     return 0
 
 

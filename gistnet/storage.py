@@ -1,4 +1,4 @@
-"""Artifacts on a local disk or in an object store, and a local cache for reading them.
+"""Artifacts on a local disk or in an object store.
 
 A location is a local folder or an fsspec URL (`s3://bucket/prefix` with s3fs; `gs://` and
 `az://` work the same once gcsfs / adlfs are installed). `ArtifactStore` names artifacts by
@@ -12,14 +12,12 @@ platform needs:
   is copied under a temporary name and renamed, or left alone when it is already there.
 - `open_local(key) -> Path`: readers that memory-map (training, evaluation, the gist
   engines) need a local file. A local root gives its own file; an object store's object is
-  downloaded into the `LocalCache` (checked against the object's ETag, size and time on
-  every open, bounded in size, least recently used evicted, safe with many processes).
+  downloaded into the `LocalCache` (gistnet/cache.py: checked against the object's ETag,
+  size and time on every open, bounded in size, safe with many processes).
 - `writing(key)`: a local folder to write into before publishing: the final folder on a
   local root (no copy at all), a scratch folder on an object store.
 
-The cache mirrors the store's layout (`<cache>/objects/s3/bucket/datasets/3/train.arrow`),
-so files of one dataset lie in one local folder and `metadata.yaml` is found beside its
-shards as on a local disk. Nothing here knows of the service: it passes its settings in;
+Nothing here knows of the service: it passes its settings in;
 the CLIs take theirs from GISTNET_CACHE_DIR, GISTNET_CACHE_MAX_BYTES and
 GISTNET_STORAGE_OPTIONS (`store_for`).
 """
@@ -27,9 +25,6 @@ GISTNET_STORAGE_OPTIONS (`store_for`).
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -37,13 +32,14 @@ import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from gistnet.errors import DiskFullError, StorageError
+from gistnet.cache import DEFAULT_CACHE_MAX_BYTES, LocalCache
+from gistnet.errors import StorageError
+from gistnet.files import atomic_write
 from gistnet.paths import path_under, relative_key
 
-DEFAULT_CACHE_MAX_BYTES = 20 << 30
 UPLOADING = ".uploading-"  # infix of the temporary keys a publish writes before the copy
 
 
@@ -69,235 +65,6 @@ def join(location: str | Path, *parts: str) -> str:
 def _check_key(key: str) -> str:
     # Keys are joined by the store itself (`join("", name)`), hence the outer slashes go.
     return relative_key(str(key).strip("/"))
-
-
-# --------------------------------------------------------------------------- a full disk
-
-# A torch.save that failed on a filesystem with less than this left ran out of room.
-NEARLY_FULL_BYTES = 64 << 20
-
-
-def is_disk_full(err: BaseException, folder: str | Path | None = None) -> bool:
-    """Whether `err`, raised while writing into `folder`, means its disk is full: an OSError
-    ENOSPC or EDQUOT, or torch.save's writer failing (a RuntimeError from its C++ stream,
-    `[enforce fail at inline_container.cc...]`, which names no cause) where next to nothing
-    is left."""
-    if isinstance(err, OSError):
-        return err.errno in (errno.ENOSPC, errno.EDQUOT)
-    if isinstance(err, RuntimeError) and folder is not None and "inline_container" in str(err):
-        try:
-            return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
-        except OSError:
-            return False
-    return False
-
-
-@contextlib.contextmanager
-def disk_full_named(
-    folder: str | Path, *, what: str, partial: Path | None = None
-) -> Iterator[None]:
-    """Write into `folder` in the block; a full disk raises DiskFullError saying so and what
-    was being written. `partial`, a file the block writes before renaming it, is removed on
-    any failure: on a full disk it holds the space that is missing."""
-    try:
-        yield
-    except BaseException as err:
-        if partial is not None:
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)
-        if not is_disk_full(err, folder):
-            raise
-        raise DiskFullError(
-            f"the disk holding {folder} is full: {what} could not be written; free some space "
-            f"(or give it a larger disk) and run it again"
-        ) from err
-
-
-# --------------------------------------------------------------------------- files
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, streamed in 1 MiB reads."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------- locking
-
-
-@contextlib.contextmanager
-def _flock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
-    """An exclusive lock on `path` held for the block; yields False when non-blocking and
-    taken by someone else. Lock files are never removed: a process waiting on a removed
-    file would lock a different inode than the next comer."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomic(path: Path, value: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def object_identity(info: dict[str, Any]) -> str:
-    """What changes when an object is replaced: its ETag (or checksum), size and time."""
-    tag = next(
-        (info[k] for k in ("ETag", "etag", "md5Hash", "content_md5", "checksum") if info.get(k)),
-        "",
-    )
-    when = next(
-        (info[k] for k in ("LastModified", "last_modified", "updated", "mtime") if info.get(k)),
-        "",
-    )
-    return f"{str(tag).strip(chr(34))}|{int(info.get('size') or 0)}|{when}"
-
-
-# --------------------------------------------------------------------------- the cache
-
-
-@dataclass
-class CacheEntry:
-    url: str
-    path: Path
-    size: int
-    last_used: float
-
-
-class LocalCache:
-    """Downloaded objects under `root`, at most `max_bytes` in all.
-
-    Layout: `objects/<protocol>/<bucket>/<key>` holds the data, `meta/<same>.json` its
-    URL, identity and size (its mtime is the last use), `locks/<hash>.lock` serialises the
-    processes that fill one entry. A fill downloads to a temporary file and renames it, so
-    a reader never opens half a file; a process that has a file memory-mapped keeps its
-    pages when the entry is evicted or replaced (the inode lives until it lets go).
-    """
-
-    def __init__(self, root: str | Path, *, max_bytes: int = DEFAULT_CACHE_MAX_BYTES):
-        self.root = Path(root).expanduser().resolve()
-        self.max_bytes = int(max_bytes)
-
-    def _paths(self, url: str) -> tuple[Path, Path, Path]:
-        protocol, _, rest = url.partition("://")
-        relative = PurePosixPath(protocol, *[p for p in rest.split("/") if p not in ("", ".")])
-        digest = hashlib.sha256(url.encode()).hexdigest()[:32]
-        return (
-            self.root / "objects" / relative,
-            self.root / "meta" / f"{relative}.json",
-            self.root / "locks" / f"{digest}.lock",
-        )
-
-    def fetch(self, fs, remote_path: str, *, url: str) -> Path:
-        """The object as a local file, downloaded unless the cached copy is the same object."""
-        try:
-            fs.invalidate_cache(remote_path)
-            info = fs.info(remote_path)
-        except FileNotFoundError:
-            raise StorageError(
-                f"{url} does not exist (it was never published, or was removed)"
-            ) from None
-        except Exception as err:
-            raise StorageError(f"cannot read {url}: {type(err).__name__}: {err}") from None
-        if info.get("type") not in (None, "file"):
-            raise StorageError(f"{url} is a folder, not a file")
-        identity = object_identity(info)
-        data, meta, lock = self._paths(url)
-        with _flock(lock):
-            known = _read_json(meta)
-            if (
-                known is not None
-                and known.get("identity") == identity
-                and data.is_file()
-                and data.stat().st_size == int(info.get("size") or 0)
-            ):
-                os.utime(meta)  # the entry's last use, for LRU eviction
-                return data
-            data.parent.mkdir(parents=True, exist_ok=True)
-            part = data.with_name(f".{data.name}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            try:
-                fs.get_file(remote_path, str(part))
-                size = part.stat().st_size
-                if size != int(info.get("size") or 0):
-                    raise StorageError(
-                        f"{url}: downloaded {size} bytes but the object has {info.get('size')}; "
-                        f"it changed while being read, try again"
-                    )
-                os.replace(part, data)
-            except StorageError:
-                raise
-            except Exception as err:
-                raise StorageError(f"cannot download {url}: {type(err).__name__}: {err}") from None
-            finally:
-                part.unlink(missing_ok=True)
-            _write_json_atomic(meta, {"url": url, "identity": identity, "size": size})
-        self.evict(keep=meta)
-        return data
-
-    def entries(self) -> list[CacheEntry]:
-        """Every complete entry, least recently used first."""
-        out = []
-        for meta in (self.root / "meta").rglob("*.json"):
-            record = _read_json(meta)
-            if record is None:
-                continue
-            data, _, _ = self._paths(record["url"])
-            try:
-                used = meta.stat().st_mtime
-                size = data.stat().st_size
-            except FileNotFoundError:
-                continue
-            out.append(CacheEntry(url=record["url"], path=data, size=size, last_used=used))
-        return sorted(out, key=lambda e: e.last_used)
-
-    def total_bytes(self) -> int:
-        return sum(e.size for e in self.entries())
-
-    def evict(self, *, keep: Path | None = None) -> list[str]:
-        """Remove least recently used entries until the cache fits; returns their URLs.
-
-        An entry being filled right now (its lock is held) is skipped, and so is `keep`
-        (the entry just fetched, even when it alone is larger than the bound)."""
-        entries = self.entries()
-        total = sum(e.size for e in entries)
-        evicted: list[str] = []
-        for entry in entries:
-            if total <= self.max_bytes:
-                break
-            data, meta, lock = self._paths(entry.url)
-            if keep is not None and meta == keep:
-                continue
-            with _flock(lock, blocking=False) as got:
-                if not got:
-                    continue
-                meta.unlink(missing_ok=True)
-                data.unlink(missing_ok=True)
-            total -= entry.size
-            evicted.append(entry.url)
-        return evicted
 
 
 # --------------------------------------------------------------------------- the store
@@ -407,8 +174,8 @@ class ArtifactStore:
     def download(self, key: str, destination: str | Path) -> bool:
         """Copy an artifact to a local file (not through the cache); False when absent."""
         destination = Path(destination)
-        destination.parent.mkdir(parents=True, exist_ok=True)
         if self.is_local:
+            destination.parent.mkdir(parents=True, exist_ok=True)
             source = self._local(key)
             if not source.is_file():
                 return False
@@ -416,15 +183,12 @@ class ArtifactStore:
                 shutil.copyfile(source, destination)
             return True
         path = self._remote(key)
-        tmp = destination.with_name(f".{destination.name}.part-{uuid.uuid4().hex[:8]}")
         try:
             self.fs.invalidate_cache(path)
-            self.fs.get_file(path, str(tmp))
-            os.replace(tmp, destination)  # only a whole download takes the name
+            with atomic_write(destination, shared=True) as tmp:
+                self.fs.get_file(path, str(tmp))
         except FileNotFoundError:
             return False
-        finally:
-            tmp.unlink(missing_ok=True)
         return True
 
     def read_text(self, key: str) -> str:
@@ -478,13 +242,8 @@ class ArtifactStore:
             target = self._local(key)
             if target.exists() and local_file.resolve() == target.resolve():
                 return str(target)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}{UPLOADING}{uuid.uuid4().hex[:8]}")
-            try:
+            with atomic_write(target, shared=True) as tmp:
                 shutil.copyfile(local_file, tmp)
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
             return str(target)
         target = self._remote(key)
         parent, _, name = target.rpartition("/")

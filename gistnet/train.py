@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,9 +29,9 @@ from gistnet.datasets import describe_dataset, missing_teacher_error, split_shar
 from gistnet.devices import resolve_device
 from gistnet.distributed import Ranks
 from gistnet.errors import Cancelled, ConfigError
+from gistnet.files import atomic_write
 from gistnet.model import GistNet, GistNetConfig
 from gistnet.shards import ShardSet, open_shard_set
-from gistnet.storage import disk_full_named
 
 CHECKPOINT_NAME = "gistnet.pt"
 
@@ -261,8 +260,7 @@ def _validation_set(train_paths: list[Path], metadata: dict[str, Any]) -> ShardS
 
 def _save_resume(path: Path, *, model, optimizer, step: int, history: list) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with disk_full_named(path.parent, what=f"the resume checkpoint {path.name}", partial=tmp):
+    with atomic_write(path, what=f"the resume checkpoint {path.name}") as tmp:
         torch.save(
             {
                 "step": step,
@@ -272,7 +270,6 @@ def _save_resume(path: Path, *, model, optimizer, step: int, history: list) -> N
             },
             tmp,
         )
-    os.replace(tmp, path)
 
 
 def train_gistnet(

@@ -22,8 +22,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 from gistnet.bounds import ModelBounds, SourceBounds
+from gistnet.cache import DEFAULT_CACHE_MAX_BYTES
 from gistnet.config import describe_validation_errors, parse_device
-from gistnet.storage import DEFAULT_CACHE_MAX_BYTES, ArtifactStore, is_url
+from gistnet.storage import ArtifactStore, is_url
 from service.limits import resolve_limits
 
 ENV_PREFIX = "GISTNET_"

@@ -328,7 +328,7 @@ def _provenance(
     scoring: _Scoring, request: EvalRequest, *, total: int, refine_report: dict | None
 ) -> dict[str, Any]:
     """What was scored, with what, and how: the report's fields after the numbers."""
-    from gistnet.storage import file_sha256
+    from gistnet.files import file_sha256
 
     metadata, block_size = scoring.metadata, scoring.block_size
     config = scoring.loaded.model.config

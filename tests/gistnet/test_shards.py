@@ -21,8 +21,8 @@ from gistnet.datasets import (
     split_shard_paths,
 )
 from gistnet.errors import ShardError
+from gistnet.files import file_sha256
 from gistnet.shards import ChunkedRows, ShardSet, make_token_batch, open_shard, open_shard_set
-from gistnet.storage import file_sha256
 from tests.conftest import SAMPLE_TEACHER, sharded_config
 from tests.seed_layout import seed_rows, write_seed_shard
 

@@ -142,7 +142,7 @@ def test_two_processes_filling_one_entry_at_once_both_get_the_whole_file(s3, tmp
     assert results[0][0] == results[1][0]
     assert results[0][1] == results[1][1] == payload
     folder = os.path.dirname(results[0][0])
-    assert [n for n in os.listdir(folder) if ".part-" in n] == []  # no half-written files
+    assert [n for n in os.listdir(folder) if ".tmp-" in n] == []  # no half-written files
 
 
 def test_missing_bucket_is_named_by_the_check(s3, tmp_path):
