@@ -18,7 +18,13 @@ from pydantic import (
 )
 
 from api.validation import unstorable_text
-from gistnet.config import DatasetConfig, GistNetConfig, SplitConfig, TrainingConfig
+from gistnet.config import (
+    DatasetConfig,
+    GistNetConfig,
+    SplitConfig,
+    TrainingConfig,
+    apply_preset,
+)
 from gistnet.eval.request import EvalSettings
 from gistnet.refine import MAX_SAMPLES as REFINE_MAX_SAMPLES
 from gistnet.refine import MAX_STEPS as REFINE_MAX_STEPS
@@ -283,8 +289,16 @@ class DatasetsPublic(_Out):
 class TrainCreate(_In):
     dataset_id: RowId
     split: SplitName = "train"
+    # A named preset (gistnet.config.PRESETS, e.g. "substitution") filling in the model and
+    # training keys the request leaves out.
+    preset: str | None = None
     model: GistNetConfig = GistNetConfig()
     training: TrainingConfig = TrainingConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        return apply_preset(data)
 
 
 class EvaluationSummary(_Out):

@@ -235,8 +235,8 @@ class Client:
         **training: Any,
     ) -> dict[str, Any]:
         """Queue a training run: {job_id, status_url}. `config` is a run config (dict or
-        YAML file with `model` and `training`); keyword arguments override `training`
-        keys, e.g. `max_steps=200`."""
+        YAML file with `preset`, `model` and `training`); keyword arguments override
+        `training` keys, e.g. `max_steps=200`."""
         if isinstance(config, str | Path):
             config = load_run_config(config)
         config = dict(config or {})
@@ -246,6 +246,8 @@ class Client:
             "model": dict(config.get("model") or {}),
             "training": {**(config.get("training") or {}), **training},
         }
+        if config.get("preset") is not None:
+            body["preset"] = config["preset"]
         return self.request("POST", "/train", json=body)
 
     def models(self, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:

@@ -289,6 +289,21 @@ def test_train_naming_what_is_not_a_run_setting_is_422_saying_why(
     assert answer.status_code == 422 and expected in answer.json()["detail"]
 
 
+def test_train_takes_a_named_preset_under_the_keys_it_sets_and_refuses_an_unknown_one(
+    client, ready_dataset
+):
+    body = {"dataset_id": ready_dataset["id"], "preset": "substitution"}
+    assert client.post("/train", json=body).status_code == 202
+    # the preset's bos_sink reaches the checks: BOS and 32 gists do not fit a block of 32
+    crowded = client.post("/train", json={**body, "model": {"gists_per_block": 32}})
+    assert crowded.status_code == 422 and "bos_sink puts BOS" in crowded.json()["detail"]
+    fits = {**body, "model": {"gists_per_block": 32, "bos_sink": False}}
+    assert client.post("/train", json=fits).status_code == 202
+    unknown = client.post("/train", json={**body, "preset": "fastest"})
+    assert unknown.status_code == 422
+    assert "unknown preset 'fastest': the presets are substitution" in unknown.json()["detail"]
+
+
 def test_train_that_fits_is_queued_on_the_train_queue(client, ready_dataset):
     answer = client.post("/train", json=_train(ready_dataset["id"], hidden_size=128))
     assert answer.status_code == 202

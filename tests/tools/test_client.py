@@ -106,11 +106,9 @@ def test_client_uploads_prepares_trains_evaluates_and_gists(client, tmp_path):
     assert refined.shape == exact.shape and not np.allclose(refined, exact)
     assert layout.model_id == model_id and layout.gists_per_block == 1
     assert layout.bos_sink is False and layout.sink_token_id is None  # the example config
-    # a model whose gists are read after BOS says so, and which token that is
-    sunk = client.train(
-        dataset["id"], {"model": {"bos_sink": True, "teacher_layers": [0]}},
-        max_steps=2, batch_size=8,
-    )  # fmt: skip
+    # a model whose gists are read after BOS (the substitution preset's) says so, and
+    # which token that is
+    sunk = client.train(dataset["id"], {"preset": "substitution"}, max_steps=2, batch_size=8)
     sunk_id = client.wait(sunk["job_id"], timeout=180)["result"]["model_id"]
     layout = client.gist_answer(blocks, model_id=sunk_id)
     assert layout.bos_sink is True and layout.vectors.shape == (2, answer["dim"])
