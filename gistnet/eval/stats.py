@@ -227,7 +227,7 @@ def _quality_bars(conditions: Mapping, comparisons: Mapping) -> dict[str, bool |
             continue
         gr = value(conditions[vector]["gap_recovered"])
         bars[f"{vector}_gap_recovered_at_least_0.5"] = None if gr is None else gr >= 0.5
-        # The targets of issue 12 (docs/quality.md, "Quality bars").
+        # The stricter targets docs/quality.md sets ("Quality bars").
         bars[f"{vector}_gap_recovered_at_least_0.7"] = None if gr is None else gr >= 0.7
         rest = value(conditions[vector].get("gap_recovered_rest"))
         bars[f"{vector}_gap_recovered_rest_at_least_0.4"] = None if rest is None else rest >= 0.4
