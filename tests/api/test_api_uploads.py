@@ -57,6 +57,17 @@ def test_uploaded_files_become_the_splits_sources(client, api_stack, teacher):
         (None, [("train", ("a.txt", b"x" * 10))], 422, "missing field 'config'"),
         ("valid", [("train", ("a.csv", b"x"))], 422, "cannot read 'a.csv'"),
         ("valid", [("tr ain", ("a.txt", b"x"))], 422, "names its split"),
+        # The one split-name rule, as for a JSON body, a YAML config and an import.
+        ("valid", [("../../tmp/x/owned", ("a.txt", b"x"))], 422, "names its split"),
+        ("valid", [("/tmp/x", ("a.txt", b"x"))], 422, "names its split"),
+        ("valid", [("a/b", ("a.txt", b"x"))], 422, "names its split"),
+        ("valid", [("x" * 65, ("a.txt", b"x"))], 422, "names its split"),
+        (
+            "path-in-config",
+            [("train", ("a.txt", b"x"))],
+            422,
+            "split name '../20/train' is not allowed",
+        ),
         ("valid", [("train", ("a.txt", b""))], 422, "every uploaded file is empty"),
         (
             '{"dataset_name": "x"}',
@@ -75,6 +86,8 @@ def test_a_wrong_upload_is_refused_and_leaves_nothing(
         **{**api_stack.settings.model_dump(exclude={"api_key"}), "upload_max_bytes": 4096}
     )
     before = _uploads(api_stack)
+    if config == "path-in-config":
+        config = _config(teacher, splits={"../20/train": {"documents": ["x " * 80]}})
     data = {} if config is None else {"config": _config(teacher) if config == "valid" else config}
     with TestClient(create_app(settings)) as client:
         answer = client.post("/datasets", data=data, files=files)
@@ -173,3 +186,22 @@ def test_an_upload_that_expands_past_its_bounds_is_413_naming_the_bound(
     detail = answer.json()["detail"]
     assert message in detail and "GISTNET_LIMITS" in detail
     assert _uploads(api_stack) == before
+
+
+def test_each_upload_sweeps_the_incoming_folders_left_an_hour_ago(client, api_stack, teacher):
+    import os
+    import time
+
+    stale = api_stack.settings.data_root.resolve() / "uploads" / ".incoming-left-behind"
+    (stale / "train").mkdir(parents=True)
+    (stale / "train" / "0001-a.txt").write_text("Once upon")
+    hour_ago = time.time() - 3700
+    for path in (stale, stale / "train", stale / "train" / "0001-a.txt"):
+        os.utime(path, (hour_ago, hour_ago))
+    answer = client.post(
+        "/datasets",
+        data={"config": _config(teacher)},
+        files=[("train", ("a.txt", b"Once upon a time. " * 40))],
+    )
+    assert answer.status_code == 202, answer.text
+    assert not stale.exists()
