@@ -148,9 +148,9 @@ class _Receiver:
             )
         if not filename.endswith(SOURCE_SUFFIXES):
             raise RequestProblem(
-                f"{name}: cannot read {filename!r}: upload .txt (one document per file), "
-                f".jsonl, .jsonl.gz or .jsonl.zst (one JSON object per line) or .parquet "
-                f"(one document per row) files"
+                f"{name}: cannot read {filename!r}: upload .txt or .html (one document per "
+                f"file), .jsonl, .jsonl.gz or .jsonl.zst (one JSON object per line) or "
+                f".parquet (one document per row) files"
             )
         self.count += 1
         if self.count > MAX_FILES:

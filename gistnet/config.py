@@ -26,11 +26,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
+class HoldOut(_Strict):
+    """Whole files of a split's source kept apart by a hash of each file's path: every file
+    lands on one side, the same on every machine, whatever else the glob matches. Two
+    splits that read the same source with the same `share` and `seed`, one taking
+    `held_out` and the other `rest`, divide its files (pages) between them."""
+
+    # The share of the files held out, e.g. 0.1.
+    share: float = Field(gt=0, lt=1)
+    # Which side this split reads: the held-out files or the rest.
+    take: Literal["held_out", "rest"]
+    # Another seed holds out another set of files.
+    seed: int = Field(default=0, ge=0)
+
+
 class SplitConfig(_Strict):
     # Accepted for configs written for the seed's tool; must equal the split's key.
     name: str | None = None
-    # A file or glob of .txt (one document per file) or .jsonl (one {"text": ...} per line),
-    # relative to the config file. Either this or `documents`.
+    # A file or glob of .txt or .html (one document per file), .jsonl (one {"text": ...}
+    # per line) or .parquet, relative to the config file. Either this or `documents`.
     source: str | None = None
     # Inline documents (the service's POST /datasets); used instead of `source`.
     documents: list[str] | None = None
@@ -46,11 +60,19 @@ class SplitConfig(_Strict):
     # (`train-00000-of-00008.arrow`, ...). The service prepares each shard as a task of its
     # own, so N workers prepare one split together. The rows do not depend on this number.
     shards: int = Field(default=1, ge=1, le=100_000)
+    # Read only one side of the source's files, held out whole by a hash of their paths
+    # (HoldOut): a validation split of pages the training split never saw.
+    holdout: HoldOut | None = None
+    # Tokens between window starts in this split, instead of the dataset's `stride`: a
+    # densely cut training split beside a validation split of one window per block.
+    stride: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _one_text_source(self) -> SplitConfig:
         if (self.source is None) == (self.documents is None):
             raise ValueError("give exactly one of `source` (a file or glob) or `documents`")
+        if self.holdout is not None and self.source is None:
+            raise ValueError("holdout divides the files of a `source`: inline documents have none")
         if self.shards > 1 and self.max_tokens is not None:
             raise ValueError(
                 f"max_tokens caps one pass over the split in order, so it cannot be combined "
@@ -112,8 +134,18 @@ class DatasetConfig(_Strict):
         for key, split in self.splits.items():
             if split.name is not None and split.name != key:
                 raise ValueError(f"split {key!r} carries name {split.name!r}; they must match")
+            if split.stride is not None and split.stride > self.block_size:
+                raise ValueError(
+                    f"splits.{key}.stride ({split.stride}) must be at most block_size "
+                    f"({self.block_size}): a longer stride would skip text between blocks"
+                )
         parse_device(self.teacher_device)
         return self
+
+    def split_stride(self, name: str) -> int:
+        """Tokens between window starts in split `name`: its own stride, else the dataset's,
+        else one block."""
+        return self.splits[name].stride or self.stride or self.block_size
 
 
 # Options that measured no help and were taken out: a config naming one is told why and

@@ -164,6 +164,10 @@ def dataset_fingerprint(config: DatasetConfig, base_dir: Path) -> str:
         h.update(json.dumps([name, split.max_files, split.max_tokens]).encode())
         if split.text_column != "text":
             h.update(json.dumps(["text_column", split.text_column]).encode())
+        if split.stride is not None:
+            h.update(json.dumps(["stride", config.split_stride(name)]).encode())
+        if split.holdout is not None:
+            h.update(json.dumps(["holdout", split.holdout.model_dump()]).encode())
         if split.documents is not None:
             for doc in split.documents:
                 h.update(hashlib.sha256(doc.encode()).digest())
@@ -257,17 +261,18 @@ def shard_paths(
     ]
 
 
-def _schema_of(config: DatasetConfig, hidden_size: int) -> pa.Schema:
+def _schema_of(config: DatasetConfig, split: str, hidden_size: int) -> pa.Schema:
     if config.teacher_states == "none":
         schema = token_schema(config.block_size, config.horizon)
     else:
         schema = shard_schema(config.block_size, config.horizon, hidden_size)
-    return with_stride(schema, config.stride or config.block_size, config.block_size)
+    return with_stride(schema, config.split_stride(split), config.block_size)
 
 
 def _write_shard(
     *,
     what: str,
+    split: str,
     windows: Iterator[np.ndarray],
     out_path: Path,
     config: DatasetConfig,
@@ -279,7 +284,7 @@ def _write_shard(
     """Write the examples of `windows` ((E, horizon) arrays) as one shard, atomically."""
     t, teacher = config.block_size, resources.teacher
     rows = config.teacher_batch_size if teacher is not None else _TOKEN_BATCH_ROWS
-    schema = _schema_of(config, resources.hidden_size)
+    schema = _schema_of(config, split, resources.hidden_size)
     pending: list[np.ndarray] = []
     pending_rows = 0
 
@@ -328,19 +333,20 @@ def _no_examples(name: str, config: DatasetConfig) -> ConfigError:
 def _examples_of(
     texts: Iterator[str],
     *,
-    split: SplitConfig,
+    split: str,
     config: DatasetConfig,
     tokenizer,
     counters: dict[str, int],
     bar,
 ) -> Iterator[np.ndarray]:
-    for ids in _token_documents(texts, tokenizer, split.max_tokens):
+    stride = config.split_stride(split)
+    for ids in _token_documents(texts, tokenizer, config.splits[split].max_tokens):
         counters["documents"] += 1
         counters["tokens"] += len(ids)
         counters["blocks"] += len(ids) // config.block_size
         if bar is not None:
             bar.update(len(ids))
-        yield document_examples(ids, config.block_size, config.horizon, config.stride)
+        yield document_examples(ids, config.block_size, config.horizon, stride)
 
 
 def _metadata(
@@ -560,7 +566,7 @@ def prepare_part(
     done = _read_manifest(manifest_path)
     if done is not None and done.get("fingerprint") == plan["fingerprint"]:
         try:
-            verify_part(done, out_path, _schema_of(config, int(done["hidden_size"])))
+            verify_part(done, out_path, _schema_of(config, split, int(done["hidden_size"])))
             return {**done, "reused": True}
         except (ShardError, KeyError, TypeError, ValueError):
             pass  # not what its part wrote: write it again
@@ -594,9 +600,10 @@ def prepare_part(
     )
     _write_shard(
         what=_part_name(part, out_path),
+        split=split,
         windows=_examples_of(
             texts,
-            split=spec,
+            split=split,
             config=config,
             tokenizer=resources.tokenizer,
             counters=counters,
@@ -660,7 +667,7 @@ def finalize_dataset(
                     f"(fingerprint {manifest.get('fingerprint')}, not {plan['fingerprint']})"
                 )
             width = int(manifest.get("hidden_size") or 0)
-            verify_part(manifest, path, _schema_of(config, width))
+            verify_part(manifest, path, _schema_of(config, name, width))
             facts.add((width, int(manifest.get("vocab_size") or 0)))
             manifests.append(manifest)
         totals = {
@@ -674,6 +681,8 @@ def finalize_dataset(
             **totals,
             "seconds": round(sum(float(m["seconds"]) for m in manifests), 3),
         }
+        if spec.stride is not None:  # a split cut otherwise than the dataset's stride says
+            stats["stride"] = config.split_stride(name)
         if len(paths) > 1:
             stats["path"] = str(paths[0].parent / shard_glob(_stem_of(paths[0]), len(paths)))
             stats["shards"] = [

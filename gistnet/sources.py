@@ -4,6 +4,7 @@ A split's documents are those of the files its `source` matches, sorted by path,
 read in order:
 
     .txt                          the whole file is one document
+    .html, .htm                   one document per page: its content text (gistnet/html_text.py)
     .jsonl, .jsonl.gz, .jsonl.zst one document per non-blank line, its `text_column` key
     .parquet                      one document per row, its `text_column` column
 
@@ -17,12 +18,17 @@ A document's place in that stream is what parallel preparation cuts by: part p o
 documents [p*D//N, (p+1)*D//N) (`document_range`), so a document never spans two parts
 and the examples do not depend on N. `count_documents` counts a file without decoding its
 JSON, and reading a range skips whole files before it (and whole Parquet row groups).
+
+A split's `holdout` keeps whole files apart (pages of a site, books of a collection): each
+file goes to one side by a hash of its path under the source's folder (`is_held_out`), so
+a validation split can hold pages the training split never saw.
 """
 
 from __future__ import annotations
 
 import glob
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -31,10 +37,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gistnet.bounds import SourceBounds
-from gistnet.config import SplitConfig
+from gistnet.config import HoldOut, SplitConfig
 from gistnet.errors import BoundError, ConfigError
+from gistnet.html_text import page_text
 
-SOURCE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
+SOURCE_SUFFIXES = (".txt", ".html", ".htm", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
+# Kinds whose every file is one document.
+_WHOLE_FILE = (".txt", ".html", ".htm")
 # Parquet rows decoded at a time: a batch of long documents stays a few MB.
 PARQUET_BATCH_ROWS = 1024
 _JSONL = (".jsonl", ".jsonl.gz", ".jsonl.zst")
@@ -47,8 +56,8 @@ def source_kind(path: str | Path) -> str:
         if name.endswith(suffix):
             return suffix
     raise ConfigError(
-        f"cannot read {name}: sources must be .txt (one document per file), .jsonl, .jsonl.gz "
-        f"or .jsonl.zst (one JSON object per line) or .parquet (one document per row)"
+        f"cannot read {name}: sources must be .txt or .html (one document per file), .jsonl, "
+        f".jsonl.gz or .jsonl.zst (one JSON object per line) or .parquet (one document per row)"
     )
 
 
@@ -65,8 +74,35 @@ def glob_files(pattern: str) -> list[Path]:
     return sorted(shortest.values())
 
 
+def _glob_root(pattern: str) -> Path:
+    """The folder a glob's matches lie under: its leading parts that hold no wildcard (a
+    plain file's folder)."""
+    fixed: list[str] = []
+    for part in Path(pattern).parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    root = Path(*fixed) if fixed else Path(".")
+    return root if len(fixed) < len(Path(pattern).parts) else root.parent
+
+
+def is_held_out(relative_name: str, holdout: HoldOut) -> bool:
+    """Whether the file named `relative_name` (its path under the source's folder) is on the
+    held-out side: a hash of the name and seed read as a number in [0, 1) below `share`."""
+    digest = hashlib.sha256(f"{holdout.seed}:{relative_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < holdout.share
+
+
+def _holdout_side(files: list[Path], pattern: str, holdout: HoldOut) -> list[Path]:
+    # Named from the glob's fixed folder, so the sides are the same wherever it lies.
+    root = _glob_root(pattern)
+    held = [is_held_out(path.relative_to(root).as_posix(), holdout) for path in files]
+    return [p for p, h in zip(files, held, strict=True) if h == (holdout.take == "held_out")]
+
+
 def source_files(split_name: str, split: SplitConfig, base_dir: Path) -> list[Path]:
-    """The files of a split's `source` (a file or glob relative to `base_dir`), sorted."""
+    """The files of a split's `source` (a file or glob relative to `base_dir`), sorted;
+    with a `holdout`, those of its side only."""
     pattern = split.source if os.path.isabs(split.source) else str(base_dir / split.source)
     files = glob_files(pattern)
     if not files:
@@ -74,6 +110,15 @@ def source_files(split_name: str, split: SplitConfig, base_dir: Path) -> list[Pa
             f"split {split_name!r}: source {split.source!r} matches no file "
             f"(looked for {pattern!r}; relative sources are read from the config file's folder)"
         )
+    if split.holdout is not None:
+        matched = len(files)
+        files = _holdout_side(files, pattern, split.holdout)
+        if not files:
+            raise ConfigError(
+                f"split {split_name!r}: holdout (share {split.holdout.share}, take "
+                f"{split.holdout.take}) leaves none of the {matched} files {split.source!r} "
+                f"matches: give more files or another share"
+            )
     for path in files:
         try:
             source_kind(path)
@@ -148,7 +193,7 @@ def _jsonl_lines(path: Path, bounds: SourceBounds) -> Iterator[tuple[int, bytes]
 
 
 def _txt_bytes(path: Path, bounds: SourceBounds) -> bytes:
-    """A .txt file, one document: refused by its size before it is read."""
+    """A .txt or .html file, one document: refused by its size before it is read."""
     longest = min(bounds.max_document_bytes, bounds.max_file_bytes)
     with path.open("rb") as fh:
         data = fh.read(longest + 1)  # not its size alone: the file may grow meanwhile
@@ -200,7 +245,7 @@ def count_documents(
     bounds are checked on the way (BoundError)."""
     path, bounds = Path(path), _bounds(bounds)
     kind = source_kind(path)
-    if kind == ".txt":
+    if kind in _WHOLE_FILE:
         _txt_bytes(path, bounds)
         return 1
     if kind == ".parquet":
@@ -220,7 +265,7 @@ def text_bytes(
     Parquet's figure is its footer's: its values are checked as they are read."""
     path, bounds = Path(path), _bounds(bounds)
     kind = source_kind(path)
-    if kind == ".txt":
+    if kind in _WHOLE_FILE:  # a page's markup: more than its text, never less
         return len(_txt_bytes(path, bounds))
     if kind == ".parquet":
         return parquet_text_bytes(_parquet_file(path, text_column, bounds), text_column)
@@ -294,6 +339,14 @@ def _jsonl_documents(
         yield text
 
 
+def _whole_file_text(path: Path, kind: str, bounds: SourceBounds) -> str:
+    try:
+        text = _txt_bytes(path, bounds).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return text if kind == ".txt" else page_text(text)
+
+
 def file_documents(
     path: str | Path,
     *,
@@ -306,9 +359,9 @@ def file_documents(
     bounds as they are read (BoundError)."""
     path, bounds = Path(path), _bounds(bounds)
     kind = source_kind(path)
-    if kind == ".txt":
+    if kind in _WHOLE_FILE:
         if skip == 0 and limit != 0:
-            yield _txt_bytes(path, bounds).decode("utf-8")
+            yield _whole_file_text(path, kind, bounds)
         return
     if kind == ".parquet":
         yield from _parquet_documents(path, text_column, skip, limit, bounds)

@@ -248,3 +248,76 @@ def test_a_one_gib_line_is_refused_with_the_default_bounds_without_ever_being_he
     grown = int(done.stdout.split()[-1])
     # The default document bound is 16 MiB: a line buffer or two of it, never the GiB.
     assert grown < 3 * SourceBounds().max_document_bytes, grown
+
+
+PAGE = """<!DOCTYPE html>
+<html><head><title>Loops</title><style>p { color: red }</style>
+<script>var menu = "Home | Index";</script></head>
+<body>
+<header><a href="/">Site home</a></header>
+<nav class="menu"><ul><li>Tutorial</li><li>Library</li></ul></nav>
+<div class="related" role="navigation"><a href="prev.html">previous</a></div>
+<div class="body" role="main">
+  <h1>4. Loops<a class="headerlink" href="#loops">&para;</a></h1>
+  <p>The <code>for</code> statement
+     iterates over the items of a sequence &mdash; in order.<br>Each one once.</p>
+  <pre>for w in words:
+    print(w)</pre>
+  <p>A stray end tag</span> changes nothing.</p>
+  <noscript>Enable scripts</noscript>
+</div>
+<div class="sphinxsidebar" role="navigation"><h3>Table of contents</h3></div>
+<aside>Related: while loops</aside>
+<footer>&copy; Copyright 2001-2023</footer>
+</body></html>
+"""
+
+
+def test_an_html_page_is_one_document_of_its_content_text(tmp_path):
+    (tmp_path / "pages").mkdir()
+    (tmp_path / "pages" / "loops.html").write_text(PAGE, encoding="utf-8")
+    (tmp_path / "pages" / "empty.htm").write_text("<html><body><nav>x</nav></body></html>")
+    split = SplitConfig(source="pages/*.htm*")
+    assert count_documents(tmp_path / "pages" / "loops.html") == 1
+    empty, page = list(document_range("s", split, tmp_path))  # sorted: empty.htm first
+    assert empty == ""
+    assert page == (
+        "4. Loops\n\n"
+        "The for statement iterates over the items of a sequence \u2014 in order.\n"
+        "Each one once.\n\n"
+        "for w in words:\n    print(w)\n\n"
+        "A stray end tag changes nothing."
+    )
+
+
+def test_an_html_page_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "latin.html").write_bytes("<p>caf\u00e9</p>".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin\.html: not UTF-8"):
+        list(document_range("s", SplitConfig(source="latin.html"), tmp_path))
+
+
+def test_a_holdout_divides_whole_files_between_two_splits_by_their_paths(tmp_path):
+    pages = tmp_path / "site"
+    for section in ("guide", "library"):
+        (pages / section).mkdir(parents=True)
+        for i in range(30):
+            (pages / section / f"p{i:02d}.txt").write_text(f"{section} {i}")
+
+    def side(take, seed=0, source="site/*/*.txt"):
+        split = SplitConfig(source=source, holdout={"share": 0.2, "take": take, "seed": seed})
+        return list(document_range("s", split, tmp_path))
+
+    held, rest = side("held_out"), side("rest")
+    assert sorted(held + rest) == sorted(f"{s} {i}" for s in ("guide", "library") for i in range(30))
+    assert not set(held) & set(rest) and 4 <= len(held) <= 20
+    assert side("held_out", seed=1) != held
+    # the sides depend on the paths under the glob's folder, not on where that folder is
+    moved = tmp_path / "elsewhere"
+    pages.rename(moved)
+    assert side("held_out", source=str(moved / "*" / "*.txt")) == held
+    with pytest.raises(ValueError, match="inline documents have none"):
+        SplitConfig(documents=["a"], holdout={"share": 0.2, "take": "rest"})
+    # one file, and the split asks for the side it is not on
+    other_side = "rest" if "guide 0" in held else "held_out"
+    with pytest.raises(ConfigError, match=r"leaves none of the 1 files"):
+        side(other_side, source="elsewhere/guide/p00.txt")

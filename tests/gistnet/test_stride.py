@@ -103,3 +103,27 @@ def test_documents_are_found_when_the_horizon_is_one_block(tmp_path):
     prepare_dataset(validate_dataset_config(config), output_dir=tmp_path)
     doc_ids = open_split(tmp_path, "validation").document_ids()
     assert doc_ids[-1] + 1 == len(config["splits"]["validation"]["documents"])
+
+
+def test_a_split_of_its_own_stride_is_cut_densely_beside_one_window_per_block(tmp_path):
+    config = small_dataset_config(teacher_states="none")
+    config["splits"]["train"]["stride"] = 8
+    meta = prepare_dataset(validate_dataset_config(config), output_dir=tmp_path)
+    train, validation = open_split(tmp_path, "train"), open_split(tmp_path, "validation")
+    assert (train.stride, validation.stride) == (8, 32)
+    assert meta["stride"] == 32 and meta["splits"]["train"]["stride"] == 8
+    assert "stride" not in meta["splits"]["validation"]
+    plain = prepare_dataset(
+        validate_dataset_config(small_dataset_config(teacher_states="none")),
+        output_dir=tmp_path / "plain",
+    )
+    assert meta["splits"]["validation"]["examples"] == plain["splits"]["validation"]["examples"]
+    assert meta["splits"]["train"]["examples"] > 3 * plain["splits"]["train"]["examples"]
+    assert meta["fingerprint"] != plain["fingerprint"]
+
+
+def test_a_split_stride_longer_than_a_block_is_refused_naming_the_split():
+    config = small_dataset_config()
+    config["splits"]["train"]["stride"] = 40
+    with pytest.raises(ConfigError, match=r"splits.train.stride \(40\) must be at most block_size"):
+        validate_dataset_config(config)
