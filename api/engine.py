@@ -7,6 +7,7 @@ token ids into (N, D) gists ((N, k, D) for a model with k gists per block), and 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -30,6 +31,8 @@ class GistEngine:
         from gistnet.inference import GistEncoder
 
         self.model_id = model_id
+        # When the database last said the model exists (time.monotonic()).
+        self.checked_at = time.monotonic()
         self.max_batch = max_batch
         self._torch = torch
         self._encoder = GistEncoder.from_checkpoint(checkpoint, device=device, bounds=bounds)
@@ -117,6 +120,11 @@ class EngineCache:
             if engine is not None:
                 self._engines.move_to_end(model_id)
             return engine
+
+    def drop(self, model_id: int) -> None:
+        """Forget a model's engine (the model was deleted)."""
+        with self._lock:
+            self._engines.pop(model_id, None)
 
     def loaded(self) -> list[int]:
         with self._lock:

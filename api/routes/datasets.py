@@ -1,8 +1,9 @@
 """POST /datasets (a JSON config, or files as multipart/form-data), GET /datasets,
-GET /datasets/{id}."""
+GET /datasets/{id}, DELETE /datasets/{id}."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from api.idempotency import Idempotency, IdempotencyKeyHeader, check_key
 from api.jobs import Accepted, accept_job
 from api.schemas import DatasetAccepted, DatasetCreate, DatasetPublic, DatasetsPublic, RowId
 from api.uploads import (
+    UPLOAD_FOLDER,
     arrival_root,
     check_upload_text,
     dataset_config_of,
@@ -28,6 +30,8 @@ from api.uploads import (
 )
 from api.validation.datasets import check_dataset_request
 from api.views import dataset_public
+from gistnet.paths import PathOutsideRoot, path_under
+from service.db.deletion import InUse, delete_dataset
 from service.db.parts import job_parts
 from service.db.records import create_dataset, dataset_job, get_dataset, list_datasets
 from service.limits import INT32_MAX
@@ -244,3 +248,33 @@ def get_dataset_route(dataset_id: RowId, session: SessionDep) -> DatasetPublic:
     job = dataset_job(session, dataset_id=dataset.id)
     parts = job_parts(session, job_id=job.id) if job is not None else None
     return dataset_public(dataset, parts=parts)
+
+
+def _remove_uploads(settings: Settings, config: dict) -> None:
+    """The upload folders a dataset's splits read (`uploads/<upload>/<split>/*`)."""
+    for split in (config.get("splits") or {}).values():
+        source = split.get("source") if isinstance(split, dict) else None
+        parts = source.split("/") if isinstance(source, str) else []
+        if len(parts) == 4 and parts[0] == UPLOAD_FOLDER:
+            with contextlib.suppress(PathOutsideRoot):
+                shutil.rmtree(path_under(settings.data_root, *parts[:2]), ignore_errors=True)
+
+
+@router.delete("/{dataset_id}", status_code=204, responses=error_responses(404, 409, 422, 503))
+def delete_dataset_route(dataset_id: RowId, session: SessionDep, settings: SettingsDep) -> Response:
+    """The dataset, its jobs, the evaluations measured on it, its shards and its uploaded
+    files. 409 while a job works on it or models trained on it exist."""
+    dataset = get_dataset(session, dataset_id=dataset_id)
+    if dataset is None:
+        raise HTTPException(404, f"dataset {dataset_id} does not exist")
+    config = dataset.config
+    try:
+        removed = delete_dataset(session, dataset)
+    except InUse as err:
+        raise HTTPException(409, str(err)) from None
+    session.commit()
+    store = settings.artifact_store()
+    for folder in removed.folders:
+        store.delete_folder(folder)
+    _remove_uploads(settings, config)
+    return Response(status_code=204)

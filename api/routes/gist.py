@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
@@ -72,25 +73,42 @@ def _load_engine(engines, settings, model_id: int, checkpoint: str):
     return engines.get(model_id, settings.artifact_store().open_local(checkpoint))
 
 
+# How long a loaded engine serves its model without asking the database whether the model
+# still exists: a model deleted through another API process stops being served within it.
+RECHECK_S = 30.0
+
+
 async def engine_for(request: Request, settings, engines, model_id: int | None) -> GistEngine:
     """The engine of a model (None: the newest), loaded if it is not yet. A loaded model
-    needs no database or thread hand-off: the hot path stays on the event loop."""
+    checked recently needs no database or thread hand-off: the hot path stays on the event
+    loop; while the database is away, a loaded model goes on being served."""
     engine = engines.loaded_engine(model_id) if model_id is not None else None
-    if engine is not None:
+    if engine is not None and time.monotonic() - engine.checked_at < RECHECK_S:
         return engine
-    if model_id is None:
-        found = await run_in_threadpool(_newest_engine, request, engines)
-    else:
-        found = await run_in_threadpool(_find_model, request, model_id)
+    try:
+        if model_id is None:
+            found = await run_in_threadpool(_newest_engine, request, engines)
+        else:
+            found = await run_in_threadpool(_find_model, request, model_id)
+    except SQLAlchemyError:
+        if engine is None:
+            raise
+        return engine
+    except HTTPException:
+        if model_id is not None:
+            engines.drop(model_id)  # deleted since it was loaded
+        raise
     if isinstance(found, GistEngine):
         return found
     model_id, checkpoint = found
     try:
-        return await run_in_threadpool(_load_engine, engines, settings, model_id, checkpoint)
+        engine = await run_in_threadpool(_load_engine, engines, settings, model_id, checkpoint)
     except BoundError as err:  # the checkpoint asks for a model past the bounds
         raise HTTPException(422, f"model {model_id} cannot be served: {err}") from None
     except GistNetError as err:
         raise HTTPException(503, f"model {model_id} cannot be loaded: {err}") from None
+    engine.checked_at = time.monotonic()
+    return engine
 
 
 def _encoded(gists: np.ndarray, encoding: str) -> list:

@@ -165,20 +165,19 @@ def _wake_forgotten_parents(session: Session, *, stale_before: datetime) -> list
 
 def datasets_to_clean(session: Session, *, dataset_ids: Iterable[int]) -> list[int]:
     """Of these datasets (those with files), the ones that failed or were cancelled and that
-    no job of theirs still works on: a part asked to stop may still be writing its shard.
-    Their files are only taking space; nothing will ever read them."""
+    no job of theirs still works on (a part asked to stop may still be writing its shard),
+    and those whose row is gone (deleted, the removal of their files cut short). Their
+    files are only taking space; nothing will ever read them."""
     ids = list(dataset_ids)
     if not ids:
         return []
     working = select(Job.id).where(Job.dataset_id == Dataset.id, Job.status.not_in(list(TERMINAL)))
-    return list(
-        session.scalars(
-            select(Dataset.id)
-            .where(
-                Dataset.id.in_(ids),
-                Dataset.status.in_([ProductStatus.FAILED, ProductStatus.CANCELLED]),
-                ~working.exists(),
-            )
-            .order_by(Dataset.id)
+    finished = session.scalars(
+        select(Dataset.id).where(
+            Dataset.id.in_(ids),
+            Dataset.status.in_([ProductStatus.FAILED, ProductStatus.CANCELLED]),
+            ~working.exists(),
         )
     )
+    recorded = set(session.scalars(select(Dataset.id).where(Dataset.id.in_(ids))))
+    return sorted({*finished, *(i for i in ids if i not in recorded)})
