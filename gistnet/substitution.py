@@ -16,8 +16,8 @@ the input at position T-1 predicts h_0, the one at T-1+i predicts h_i. With a `s
 GistNet trained with `bos_sink`) the teacher's BOS embedding comes first, as it would at
 the start of any sequence the gists are read in: the teacher's attention heads park on
 that first position, so the vectors need not act as the sink themselves. This module is
-the one place that builds those inputs; the evaluation (`gistnet.eval`) and the
-training objective share it.
+where the evaluation (`gistnet.eval`) and the training objective get those inputs; it lays
+them out with `gistnet.context`, whose one-block case they are.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from gistnet.context import CompressedSpan, RawTokens, context_inputs, teacher_forward
 from gistnet.errors import ConfigError
 
 __all__ = [
@@ -88,20 +89,14 @@ def _as_slots(vectors: torch.Tensor, batch: int, width: int, block_size: int) ->
     return slots
 
 
-def _after_sink(slots: torch.Tensor, sink: torch.Tensor | None, block_size: int) -> torch.Tensor:
-    """(B, k, D) slots with the `sink` (D,) before them, (B, k + 1, D); unchanged without one."""
-    if sink is None:
-        return slots
-    batch, k, width = slots.shape
-    if sink.shape != (width,):
-        raise ConfigError(f"sink must be one vector of width {width}; got {tuple(sink.shape)}")
-    if k + 1 > block_size:
-        raise ConfigError(
-            f"{k} vectors after a sink need {k + 1} positions; a block of {block_size} has "
-            f"{block_size}"
-        )
-    first = sink.to(dtype=slots.dtype, device=slots.device).expand(batch, 1, -1)
-    return torch.cat([first, slots], dim=1)
+def _single_block_context(
+    context_input_ids: torch.Tensor, slots: torch.Tensor, block_size: int, horizon_end: int | None
+) -> list[RawTokens | CompressedSpan]:
+    """The block as one compressed block of k vectors (B, k, D), then h up to `horizon_end`."""
+    return [
+        CompressedSpan(slots[:, None], block_size=block_size),  # (B, k, D) -> (B, 1, k, D)
+        RawTokens(context_input_ids[:, block_size:horizon_end]),
+    ]
 
 
 def substituted_inputs(
@@ -118,22 +113,14 @@ def substituted_inputs(
     teacher's dtype, the vectors first and then the embeddings of h, and `position_ids`
     (B, k + L): T-k, ..., T-1, T, ..., H-1. A `sink` (D,) is read before the vectors, at
     T-k-1 (one more position). Gradients flow from `inputs_embeds` back into `vectors`.
+    Built by `gistnet.context.context_inputs`, of which this is the one-block case.
     """
-    horizon_tokens = _horizon_length(context_input_ids, block_size)
+    _horizon_length(context_input_ids, block_size)
     batch = context_input_ids.shape[0]
-    slots = _after_sink(
-        _as_slots(vectors, batch, _embedding_weight(teacher).shape[1], block_size), sink, block_size
-    )
-    k = slots.shape[1]
-    embed = teacher.get_input_embeddings()
-    horizon_embeds = embed(context_input_ids[:, block_size:])  # (B, L, D)
-    slots = slots.to(dtype=horizon_embeds.dtype, device=horizon_embeds.device)
-    inputs_embeds = torch.cat([slots, horizon_embeds], dim=1)  # (B, k + L, D)
-    positions = torch.arange(
-        block_size - k, block_size + horizon_tokens, device=context_input_ids.device
-    )
-    position_ids = positions[None, :].expand(batch, -1)
-    return inputs_embeds, position_ids
+    slots = _as_slots(vectors, batch, _embedding_weight(teacher).shape[1], block_size)
+    context = _single_block_context(context_input_ids, slots, block_size, None)
+    inputs = context_inputs(teacher, [context], sink=sink)
+    return inputs.inputs_embeds, inputs.position_ids
 
 
 def _keeps_last_logits(teacher: torch.nn.Module) -> bool:
@@ -180,13 +167,12 @@ def horizon_log_probs(
         logits = _full_forward(teacher, context_input_ids, horizon_tokens).logits
         logits = logits[:, -horizon_tokens:]
     else:
-        inputs_embeds, position_ids = substituted_inputs(
-            teacher, context_input_ids, block_size=block_size, vectors=vectors, sink=sink
-        )
-        slots = inputs_embeds.shape[1] - horizon_tokens
-        logits = teacher(
-            inputs_embeds=inputs_embeds[:, :-1], position_ids=position_ids[:, :-1], use_cache=False
-        ).logits[:, slots - 1 :]  # the last vector predicts h_0: (B, k-1+L, V) -> (B, L, V)
+        batch = context_input_ids.shape[0]
+        slots = _as_slots(vectors, batch, _embedding_weight(teacher).shape[1], block_size)
+        context = _single_block_context(context_input_ids, slots, block_size, -1)
+        logits = teacher_forward(teacher, context_inputs(teacher, [context], sink=sink)).logits
+        # the last vector predicts h_0: (B, [1+] k + L - 1, V) -> (B, L, V)
+        logits = logits[:, -horizon_tokens:]
     return F.log_softmax(logits.float(), dim=-1)  # (B, L, V)
 
 
