@@ -180,7 +180,8 @@ def _lines(path: Path, bounds: SourceBounds) -> Iterator[tuple[int, bytes]]:
             read += len(line)
             if read > bounds.max_file_bytes:
                 raise file_too_large(path, bounds)
-            if len(line.rstrip(b"\r\n")) > longest:
+            # A line cut at the limit ends without its newline: longer than the bound.
+            if len(line) > longest and not line.endswith(b"\n"):
                 raise document_too_long(f"{path.name}:{lineno}", bounds)
             yield lineno, line
 

@@ -105,6 +105,7 @@ def _queue_dataset(
             data_store=settings.data_store(),
             model_roots=settings.model_folders,
             own_upload=own_upload,
+            source_bounds=settings.source_bounds,
         )
         dataset, job = create_dataset(
             session, name=body.dataset_name, config=body.model_dump(exclude_none=True)

@@ -10,10 +10,17 @@ from pathlib import Path, PurePosixPath
 from api.uploads import UPLOAD_FOLDER
 from api.validation.common import RequestProblem, data_root_key
 from api.validation.models import check_teacher_pair
+from gistnet.bounds import SourceBounds
 from gistnet.config import DatasetConfig
-from gistnet.errors import ConfigError, StorageError
+from gistnet.errors import BoundError, ConfigError, StorageError
 from gistnet.paths import is_under
-from gistnet.sources import glob_files, source_kind
+from gistnet.sources import (
+    count_documents,
+    document_too_long,
+    file_too_large,
+    glob_files,
+    source_kind,
+)
 from gistnet.storage import ArtifactStore
 
 
@@ -74,15 +81,28 @@ def source_files(
     return found
 
 
-def _check_text_column(key: str, *, data_store: ArtifactStore, split: str, text_column: str):
-    """A Parquet source holds the text column (read from its footer). On an object store
-    the check waits for the job: reading the footer there means fetching the file."""
-    from gistnet.sources import count_documents
-
-    if source_kind(key) != ".parquet" or not data_store.is_local:
+def _check_file(
+    key: str, *, data_store: ArtifactStore, split: str, text_column: str, bounds: SourceBounds
+) -> None:
+    """What a local source file shows without being read: a Parquet file's text column
+    and its text's size (its footer), an uncompressed file's size against the bounds. A
+    compressed file's text is counted by the job as it streams; on an object store the
+    checks wait for the job too (reading a footer there means fetching the file)."""
+    if not data_store.is_local:
         return
+    path = data_store.local_root / key
+    kind = source_kind(key)
     try:
-        count_documents(data_store.local_root / key, text_column=text_column)
+        if kind == ".parquet":
+            count_documents(path, text_column=text_column, bounds=bounds)
+        elif kind in (".txt", ".jsonl"):
+            size = path.stat().st_size
+            if size > bounds.max_file_bytes:
+                raise file_too_large(path, bounds)
+            if kind == ".txt" and size > bounds.max_document_bytes:
+                raise document_too_long(path.name, bounds)
+    except BoundError as err:
+        raise RequestProblem(f"splits.{split}.source: {err}") from None
     except ConfigError as err:
         raise RequestProblem(f"splits.{split}.text_column: {err}") from None
 
@@ -93,8 +113,11 @@ def check_dataset_request(
     data_store: ArtifactStore,
     model_roots: Sequence[Path] | None = None,
     own_upload: str | None = None,
+    source_bounds: SourceBounds | None = None,
 ) -> None:
-    """Everything about a dataset request that can be known before running it."""
+    """Everything about a dataset request that can be known before running it.
+    `source_bounds`: the server's (by default the defaults with GISTNET_LIMITS)."""
+    bounds = source_bounds or SourceBounds.from_environment()
     for name, split in config.splits.items():
         if split.output_path is not None:
             raise RequestProblem(
@@ -105,8 +128,12 @@ def check_dataset_request(
                 split.source, data_store=data_store, split=name, own_upload=own_upload
             )
             for key in keys:
-                _check_text_column(
-                    key, data_store=data_store, split=name, text_column=split.text_column
+                _check_file(
+                    key,
+                    data_store=data_store,
+                    split=name,
+                    text_column=split.text_column,
+                    bounds=bounds,
                 )
         elif not any(doc.strip() for doc in split.documents):
             raise RequestProblem(f"splits.{name}.documents: every document is empty")

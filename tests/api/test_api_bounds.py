@@ -238,3 +238,25 @@ def test_a_json_body_nested_without_end_on_openais_route_is_its_400_naming_the_n
     error = answer.json()["error"]
     assert error["type"] == "invalid_request_error"
     assert error["message"].startswith("body: JSON nested more than")
+
+
+def test_a_source_whose_size_shows_it_past_a_bound_is_422_before_a_job(api_stack, teacher):
+    corpus = api_stack.settings.data_root / "sized"
+    corpus.mkdir(exist_ok=True)
+    (corpus / "long.txt").write_text("Once upon a time. " * 100)  # 1,800 bytes: one document
+    (corpus / "many.jsonl").write_text('{"text": "Once upon a time."}\n' * 200)  # 6,200 bytes
+    limits = {"sources.max_document_bytes": 1024, "sources.max_file_bytes": 4096}
+    with TestClient(_app(api_stack, limits=limits)) as client:
+        for source, named in [
+            ("sized/long.txt", "long.txt: a document longer than 1024 bytes"),
+            (
+                "sized/many.jsonl",
+                "many.jsonl: its text is longer than 4096 bytes once decompressed",
+            ),
+        ]:
+            body = json.loads(_config(teacher, splits={"train": {"source": source}}))
+            answer = client.post("/datasets", json=body)
+            assert answer.status_code == 422, answer.text
+            detail = answer.json()["detail"]
+            assert detail.startswith("splits.train.source: ") and named in detail
+            assert "GISTNET_LIMITS" in detail
