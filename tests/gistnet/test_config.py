@@ -1,5 +1,5 @@
-"""Run and dataset configs (gistnet/config.py): loading, validation, presets, and the
-options that were taken out."""
+"""Run and dataset configs (gistnet/config.py): loading and validation, presets, the
+command line's log cadence, and the options that were taken out."""
 
 from __future__ import annotations
 
@@ -9,13 +9,120 @@ from gistnet.config import (
     DEFAULT_LOG_EVERY,
     REMOVED_IN_COMMIT,
     GistNetConfig,
+    load_dataset_config,
     load_run_config,
     load_run_file,
+    validate_dataset_config,
     validate_run_config,
 )
 from gistnet.errors import ConfigError
 from gistnet.model import GistNet
-from tests.conftest import ROOT
+from tests.conftest import ROOT, small_dataset_config
+
+# --------------------------------------------------------------------------- dataset configs
+
+
+def test_the_shipped_sample_dataset_config_is_valid():
+    config = load_dataset_config(ROOT / "configs" / "data" / "sample_text.yaml")
+    assert set(config.splits) == {"train", "validation"}
+    assert config.block_size == 32 and config.horizon == 64
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"colour": "blue"}, "unknown key 'colour'"),
+        ({"horizon": 48}, "horizon (48) must be a multiple of block_size (32)"),
+        ({"teacher_dtype": "float8"}, "teacher_dtype"),
+        ({"teacher_device": "gpu"}, "device 'gpu' is not one of"),
+        ({"splits": {"train": {"name": "valid", "documents": ["x"]}}}, "must match"),
+        ({"splits": {"train": {"source": "a.txt", "documents": ["x"]}}}, "exactly one of"),
+    ],
+)
+def test_a_bad_dataset_config_names_the_problem(change, message):
+    with pytest.raises(ConfigError) as err:
+        validate_dataset_config(small_dataset_config(**change))
+    assert message in str(err.value)
+
+
+def test_a_stride_longer_than_a_block_is_refused():
+    with pytest.raises(ConfigError, match=r"stride \(40\) must be at most block_size \(32\)"):
+        validate_dataset_config(small_dataset_config(stride=40))
+    with pytest.raises(ConfigError, match="stride"):
+        validate_dataset_config(small_dataset_config(stride=0))
+
+
+def test_a_split_stride_longer_than_a_block_is_refused_naming_the_split():
+    config = small_dataset_config()
+    config["splits"]["train"]["stride"] = 40
+    with pytest.raises(ConfigError, match=r"splits.train.stride \(40\) must be at most block_size"):
+        validate_dataset_config(config)
+
+
+def test_max_tokens_cannot_be_combined_with_shards():
+    config = small_dataset_config()
+    config["splits"]["train"].update(shards=2, max_tokens=1000)
+    with pytest.raises(ConfigError, match=r"max_tokens .* cannot be combined with shards \(2\)"):
+        validate_dataset_config(config)
+
+
+@pytest.mark.parametrize("name", ["../../x/owned", "/abs", "../20/train", "a/b", "x" * 65, ""])
+def test_a_split_name_that_is_a_path_is_refused(name):
+    config = {
+        "dataset_name": "d",
+        "tokenizer": "t",
+        "teacher_model": "t",
+        "splits": {name: {"documents": ["x"]}},
+    }
+    with pytest.raises(ConfigError, match="split name .* is not allowed"):
+        validate_dataset_config(config)
+
+
+# --------------------------------------------------------------------------- run configs
+
+
+def test_a_model_section_is_checked_as_the_models_config():
+    run = validate_run_config({"model": {"num_heads": 2, "num_layers": 2}})
+    assert isinstance(run.model, GistNetConfig) and run.model.hidden_size is None
+    with pytest.raises(ConfigError, match="unknown key 'model.num_head'"):
+        validate_run_config({"model": {"num_head": 2}})
+    with pytest.raises(ConfigError, match=r"model: hidden_size \(100\) is not divisible"):
+        validate_run_config({"model": {"hidden_size": 100, "num_heads": 8}})
+    with pytest.raises(ConfigError, match="num_layers must be at least 1"):
+        validate_run_config({"model": {"num_layers": 0}})
+
+
+def test_a_width_not_divisible_by_the_heads_names_both_numbers():
+    with pytest.raises(
+        ConfigError, match=r"hidden_size \(100\) is not divisible by num_heads \(8\)"
+    ):
+        GistNetConfig(hidden_size=100, num_heads=8)
+
+
+def test_more_vectors_than_tokens_are_refused():
+    with pytest.raises(ConfigError, match="gists_per_block"):
+        GistNetConfig(hidden_size=64, block_size=4, num_heads=4, gists_per_block=5)
+    with pytest.raises(ConfigError, match="gists_per_block"):
+        validate_run_config({"model": {"gists_per_block": 0}})
+
+
+def test_bad_teacher_layer_lists_are_refused():
+    for layers, message in (([-1], ">= 0"), ([1, 1], "twice")):
+        with pytest.raises(ConfigError, match=message):
+            validate_run_config({"model": {"teacher_layers": layers}})
+    assert validate_run_config({"model": {"teacher_layers": [2, 0]}}).model.teacher_layers == (2, 0)
+
+
+def test_a_rest_weight_needs_the_substitution_objective_and_a_positive_value():
+    with pytest.raises(ConfigError, match="needs objective: substitution"):
+        validate_run_config({"training": {"objective": "mse", "rest_weight": 2.0}})
+    with pytest.raises(ConfigError, match="rest_weight"):
+        validate_run_config({"training": {"objective": "substitution", "rest_weight": 0}})
+    shipped = validate_run_config({"training": {"objective": "substitution", "rest_weight": 2.5}})
+    assert shipped.training.rest_weight == 2.5
+
+
+# --------------------------------------------------------------------------- removed options
 
 
 @pytest.mark.parametrize(
@@ -53,6 +160,9 @@ def test_uniform_horizon_weighting_is_still_accepted_and_other_values_are_not():
         validate_run_config({"training": {"horizon_weighting": "late"}})
 
 
+# --------------------------------------------------------------------------- log cadence
+
+
 def test_a_run_files_log_cadence_is_the_command_lines_not_the_runs(tmp_path):
     run, log_every = load_run_file(ROOT / "configs/runs/gistnet_example.yaml")
     assert log_every == 50 and "log_every" not in run.training.model_dump()
@@ -68,6 +178,8 @@ def test_a_run_given_as_data_takes_no_log_cadence():
     with pytest.raises(ConfigError, match="log_every is how often the command line prints"):
         validate_run_config({"training": {"log_every": 10}})
 
+
+# --------------------------------------------------------------------------- presets
 
 # The five model flags the substitution configs set by hand before the preset named them.
 HAND_WRITTEN_SUBSTITUTION_MODEL = {

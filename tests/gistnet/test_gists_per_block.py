@@ -37,13 +37,6 @@ def test_one_vector_per_block_keeps_the_old_shape():
     assert model(torch.randn(3, 32, 64)).shape == (3, 64)
 
 
-def test_more_vectors_than_tokens_are_refused():
-    with pytest.raises(ConfigError, match="gists_per_block"):
-        GistNetConfig(hidden_size=64, block_size=4, num_heads=4, gists_per_block=5)
-    with pytest.raises(ConfigError, match="gists_per_block"):
-        validate_run_config({"model": {"gists_per_block": 0}})
-
-
 def test_k_vectors_stand_at_the_blocks_last_k_positions(teacher, context):
     vectors = torch.randn(4, 3, 32)
     embeds, positions = substituted_inputs(teacher, context, block_size=BLOCK, vectors=vectors)

@@ -41,13 +41,6 @@ def test_gist_depends_on_token_order_through_rotary_positions():
     assert (a - b).abs().max() > 1e-2 * a.abs().max()
 
 
-def test_width_not_divisible_by_heads_names_both_numbers():
-    with pytest.raises(
-        ConfigError, match=r"hidden_size \(100\) is not divisible by num_heads \(8\)"
-    ):
-        GistNetConfig(hidden_size=100, num_heads=8)
-
-
 def test_states_of_the_wrong_width_are_refused_with_both_widths():
     with pytest.raises(ConfigError, match="width 32 but this GistNet was built for hidden_size 64"):
         make()(torch.randn(1, 32, 32))

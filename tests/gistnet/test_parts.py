@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from gistnet.config import validate_dataset_config, validate_run_config
+from gistnet.config import validate_run_config
 from gistnet.data import (
     finalize_dataset,
     plan_dataset,
@@ -18,9 +18,9 @@ from gistnet.data import (
     prepare_part,
 )
 from gistnet.datasets import open_split, read_metadata
-from gistnet.errors import ConfigError, ShardError
+from gistnet.errors import ShardError
 from gistnet.train import train_gistnet
-from tests.conftest import sharded_config, small_dataset_config
+from tests.conftest import sharded_config
 
 
 def test_a_split_in_4_parts_holds_the_rows_of_1_part_and_the_same_fingerprint(
@@ -103,13 +103,6 @@ def test_finalize_fails_naming_a_damaged_or_unfinished_part(tmp_path):
         ShardError, match=r"part 2 of 3 \(train-00001-of-00003.arrow\) does not match the checksum"
     ):
         finalize_dataset(config, plan=plan, output_dir=tmp_path)
-
-
-def test_max_tokens_cannot_be_combined_with_shards():
-    config = small_dataset_config()
-    config["splits"]["train"].update(shards=2, max_tokens=1000)
-    with pytest.raises(ConfigError, match=r"max_tokens .* cannot be combined with shards \(2\)"):
-        validate_dataset_config(config)
 
 
 @pytest.mark.parametrize("form", ["folder", "glob", "file"])

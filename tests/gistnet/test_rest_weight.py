@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gistnet.config import validate_run_config
 from gistnet.errors import ConfigError
 from gistnet.substitution import SubstitutionLoss, horizon_log_probs, horizon_targets
 from tests.gistnet.test_substitution import BLOCK, HORIZON
@@ -48,12 +47,6 @@ def test_weight_one_is_the_plain_kl_and_the_nll_adds_on_top(teacher, context):
     torch.testing.assert_close(both, (per_token * weights / weights.mean()).mean() + 0.5 * nll)
 
 
-def test_a_rest_weight_needs_the_substitution_objective_and_a_positive_value(teacher):
-    with pytest.raises(ConfigError, match="needs objective: substitution"):
-        validate_run_config({"training": {"objective": "mse", "rest_weight": 2.0}})
-    with pytest.raises(ConfigError, match="rest_weight"):
-        validate_run_config({"training": {"objective": "substitution", "rest_weight": 0}})
+def test_the_loss_refuses_a_rest_weight_that_is_not_positive(teacher):
     with pytest.raises(ConfigError, match="rest_weight must be > 0"):
         SubstitutionLoss(teacher, block_size=BLOCK, rest_weight=-1.0)
-    shipped = validate_run_config({"training": {"objective": "substitution", "rest_weight": 2.5}})
-    assert shipped.training.rest_weight == 2.5

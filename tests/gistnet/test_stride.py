@@ -10,7 +10,6 @@ import yaml
 from gistnet.config import validate_dataset_config, validate_run_config
 from gistnet.data import dataset_fingerprint, document_examples, prepare_dataset
 from gistnet.datasets import open_split
-from gistnet.errors import ConfigError
 from gistnet.shards import open_shard
 from gistnet.train import train_gistnet
 from tests.conftest import ROOT, small_dataset_config
@@ -56,13 +55,6 @@ def test_the_stride_enters_the_fingerprint_only_when_it_changes_the_data():
     dense = validate_dataset_config(small_dataset_config(stride=4))
     assert dataset_fingerprint(plain, ROOT) == dataset_fingerprint(one_block, ROOT)
     assert dataset_fingerprint(plain, ROOT) != dataset_fingerprint(dense, ROOT)
-
-
-def test_a_stride_longer_than_a_block_is_refused():
-    with pytest.raises(ConfigError, match=r"stride \(40\) must be at most block_size \(32\)"):
-        validate_dataset_config(small_dataset_config(stride=40))
-    with pytest.raises(ConfigError, match="stride"):
-        validate_dataset_config(small_dataset_config(stride=0))
 
 
 def test_training_on_dense_windows_is_scored_on_the_plain_split(small_dataset, tmp_path):
@@ -120,10 +112,3 @@ def test_a_split_of_its_own_stride_is_cut_densely_beside_one_window_per_block(tm
     assert meta["splits"]["validation"]["examples"] == plain["splits"]["validation"]["examples"]
     assert meta["splits"]["train"]["examples"] > 3 * plain["splits"]["train"]["examples"]
     assert meta["fingerprint"] != plain["fingerprint"]
-
-
-def test_a_split_stride_longer_than_a_block_is_refused_naming_the_split():
-    config = small_dataset_config()
-    config["splits"]["train"]["stride"] = 40
-    with pytest.raises(ConfigError, match=r"splits.train.stride \(40\) must be at most block_size"):
-        validate_dataset_config(config)
