@@ -342,28 +342,32 @@ def train_body(dataset_id: int, *, max_steps: int = 12, **training: Any) -> dict
     }
 
 
-def record_ready_dataset(settings: Settings, teacher: str) -> dict[str, Any]:
+def record_ready_dataset(
+    settings: Settings, teacher: str, *, config: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A dataset prepared in-process with the library and recorded `ready`, as a worker
-    would record it: {id, info}."""
+    would record it: {id, info}. `config` replaces the default: a few sample stories
+    through `teacher`."""
     from gistnet.config import validate_dataset_config
     from gistnet.data import prepare_dataset
     from service.db.engine import session_scope
     from service.db.models import Dataset, Job
     from service.queue import JobKind, JobStatus, ProductStatus, QueueName
 
-    documents = tiny_documents(6)
-    config = {
-        "dataset_name": "ready",
-        "tokenizer": teacher,
-        "teacher_model": teacher,
-        "teacher_device": "cpu",
-        "splits": {
-            "train": {"documents": documents[:4]},
-            "validation": {"documents": documents[4:]},
-        },
-    }
+    if config is None:
+        documents = tiny_documents(6)
+        config = {
+            "dataset_name": "ready",
+            "tokenizer": teacher,
+            "teacher_model": teacher,
+            "teacher_device": "cpu",
+            "splits": {
+                "train": {"documents": documents[:4]},
+                "validation": {"documents": documents[4:]},
+            },
+        }
     with session_scope(settings.database_url) as session:
-        dataset = Dataset(name="ready", config=config, status=ProductStatus.READY)
+        dataset = Dataset(name=config["dataset_name"], config=config, status=ProductStatus.READY)
         session.add(dataset)
         session.flush()
         dataset_id = dataset.id
@@ -385,10 +389,16 @@ def record_ready_dataset(settings: Settings, teacher: str) -> dict[str, Any]:
 
 
 def record_trained_model(
-    settings: Settings, dataset: dict[str, Any], *, model: dict[str, Any] | None = None
+    settings: Settings,
+    dataset: dict[str, Any],
+    *,
+    model: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A model trained in-process for a few steps and recorded: {id, checkpoint, job_id}.
-    `model` is the run config's model section (default: the defaults)."""
+    """A model trained in-process for a few steps and recorded: {id, checkpoint, job_id,
+    result} (`result`: train_gistnet's).
+    `model` is the run config's model section (default: the defaults); `training` adds to
+    its training section (3 steps of 4 on the CPU)."""
     from gistnet.checkpoint import read_checkpoint_info
     from gistnet.config import validate_run_config
     from gistnet.train import train_gistnet
@@ -413,7 +423,12 @@ def record_trained_model(
         run_config=validate_run_config(
             {
                 "model": model or {},
-                "training": {"max_steps": 3, "batch_size": 4, "device": "cpu"},
+                "training": {
+                    "max_steps": 3,
+                    "batch_size": 4,
+                    "device": "cpu",
+                    **(training or {}),
+                },
             }
         ),
         output_dir=output,
@@ -430,7 +445,12 @@ def record_trained_model(
             final_loss=result.final_loss,
             val_loss=result.val_loss,
         )
-        return {"id": recorded.id, "checkpoint": result.checkpoint_path, "job_id": job_id}
+        return {
+            "id": recorded.id,
+            "checkpoint": result.checkpoint_path,
+            "job_id": job_id,
+            "result": result,
+        }
 
 
 @contextmanager
