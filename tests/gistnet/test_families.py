@@ -176,24 +176,30 @@ def datasets(family, tmp_path_factory) -> dict[str, str]:
     return out
 
 
-SUBSTITUTION = validate_run_config(
-    {
-        "model": {"num_heads": HEADS},
-        "training": {
-            "objective": "substitution", "batch_size": 4, "lr": 3e-3, "max_steps": 3,
-            "device": "cpu", "eval_every": 3, "eval_examples": 8,
-        },
-    }
-)  # fmt: skip
+def substitution_run(family: str):
+    """3 steps of the shipped substitution preset: GistNet reads the block's token
+    embeddings and the teacher's hidden state 0 beside its last-layer states, and the
+    teacher reads the gists after its BOS. The wide-layered OPT is refused hidden state 0
+    (see below), so it reads the last layer's states only."""
+    model = {"num_heads": HEADS, **({"teacher_layers": []} if family == "opt" else {})}
+    return validate_run_config(
+        {
+            "preset": "substitution",
+            "model": model,
+            "training": {
+                "batch_size": 4, "max_steps": 3, "device": "cpu", "eval_every": 3,
+                "eval_examples": 8,
+            },
+        }
+    )  # fmt: skip
 
 
 def test_the_family_prepares_trains_evaluates_and_serves_gists(family, datasets, tmp_path):
     cached = open_split(datasets["cache"])
     assert cached.hidden_size == WIDTH and cached.num_examples >= 4
+    run = substitution_run(family[0])
     runs = {
-        states: train_gistnet(
-            dataset_path=path, run_config=SUBSTITUTION, output_dir=tmp_path / states
-        )
+        states: train_gistnet(dataset_path=path, run_config=run, output_dir=tmp_path / states)
         for states, path in datasets.items()
     }
     # The token-only run takes its states from the window's forward (a hook on the module
@@ -213,6 +219,7 @@ def test_the_family_prepares_trains_evaluates_and_serves_gists(family, datasets,
 
     encoder = GistEncoder.from_checkpoint(checkpoint)
     assert encoder.info["teacher"]["model"] == family[1]
+    assert encoder.bos_sink and encoder.sink_token_id == SPECIAL["bos_token_id"]
     blocks = torch.tensor(cached.input_ids[:4], dtype=torch.long)
     gists = encoder.encode(blocks)
     assert gists.shape == (4, WIDTH) and torch.isfinite(gists).all()
