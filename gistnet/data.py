@@ -1,9 +1,9 @@
 """Dataset preparation: text -> token blocks -> (teacher states) -> Arrow shards.
 
-The work streams: documents are read (`gistnet.sources`) and tokenized a chunk at a
-time, blocks are run through the teacher in batches of `teacher_batch_size`, and each
-batch is written as a record batch, so peak memory depends on the batch, not on the
-corpus. A shard is written under a temporary name and renamed only when complete.
+The work streams: documents are read (`gistnet.sources`), and each part's shard is
+written by `gistnet.examples` (tokenized a chunk at a time, the teacher run in batches,
+a record batch written per batch, the shard renamed only when complete), so peak memory
+depends on the batch, not on the corpus.
 
 With `teacher_states: none` no teacher runs: the shards hold the token columns alone
 (`gistnet.shards.token_schema`, a few hundred bytes an example whatever the teacher's
@@ -26,39 +26,34 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import torch
 import yaml
 
 from gistnet.bounds import SourceBounds
 from gistnet.config import DatasetConfig, SplitConfig
 from gistnet.datasets import METADATA_FILE, resolve_model_ref
-from gistnet.devices import resolve_device
-from gistnet.errors import Cancelled, ConfigError, ShardError
+from gistnet.errors import ConfigError, ShardError
+from gistnet.examples import (
+    PrepResources,
+    examples_of,
+    load_prep_resources,
+    no_examples,
+    shard_schema_of,
+    write_shard,
+)
 from gistnet.files import atomic_write, file_sha256
 from gistnet.paths import path_under
 from gistnet.shards import (
-    make_record_batch,
-    make_token_batch,
     shard_file_name,
     shard_glob,
-    shard_schema,
-    token_schema,
-    with_stride,
 )
 from gistnet.sources import count_documents, document_range, planned_name, source_files
-from gistnet.teacher import block_hidden_states, hidden_size_of, load_teacher, load_tokenizer
 
-_TOKENIZE_CHUNK = 256  # documents tokenized per call: fast batch encoding, bounded memory
-# Rows per record batch of a token-only shard: there is no teacher batch to follow, and a
-# few MB a batch keeps the file's per-batch overhead negligible.
-_TOKEN_BATCH_ROWS = 8192
 # Beside a split's shards: one manifest per part, the record finalize_dataset checks.
 PARTS_DIR = ".parts"
 
@@ -71,50 +66,6 @@ class PrepProgress:
     examples: int
     # The part's index in its split, when the split is prepared in parts.
     part: int | None = None
-
-
-# --------------------------------------------------------------------------- reading text
-
-
-def _chunks(texts: Iterator[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for text in texts:
-        chunk.append(text)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _token_documents(
-    texts: Iterator[str], tokenizer, max_tokens: int | None
-) -> Iterator[list[int]]:
-    """Token ids per document, in order; stops after `max_tokens` tokens in all."""
-    budget = max_tokens if max_tokens is not None else float("inf")
-    for chunk in _chunks(texts, _TOKENIZE_CHUNK):
-        for ids in tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]:
-            if budget <= 0:
-                return
-            ids = ids[: int(min(len(ids), budget))]
-            budget -= len(ids)
-            yield ids
-
-
-def document_examples(
-    ids: list[int] | np.ndarray, block_size: int, horizon: int, stride: int | None = None
-) -> np.ndarray:
-    """(E, horizon) windows of one document: window e starts at token e * stride (stride
-    defaults to block_size: one window per block, the partial tail block dropped) and every
-    window lies inside the document.
-    """
-    ids = np.asarray(ids, dtype=np.int32)
-    stride = stride or block_size
-    count = (len(ids) - horizon) // stride + 1 if len(ids) >= horizon else 0
-    if count <= 0:
-        return np.zeros((0, horizon), dtype=np.int32)
-    starts = np.arange(count) * stride
-    return ids[starts[:, None] + np.arange(horizon)[None, :]]
 
 
 # --------------------------------------------------------------------------- fingerprint
@@ -178,7 +129,7 @@ def dataset_fingerprint(config: DatasetConfig, base_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-# --------------------------------------------------------------------------- what is loaded
+# --------------------------------------------------------------------------- the config's folders
 
 
 def resolve_dataset_config(
@@ -196,44 +147,7 @@ def resolve_dataset_config(
     return config, base_dir
 
 
-@dataclass
-class PrepResources:
-    """What preparing loads: the tokenizer, the teacher (None for a token-only dataset) and
-    its width and vocabulary. Loading a big teacher takes long, so a worker that prepares
-    many parts loads them once (`load_prep_resources`) and passes them to each part."""
-
-    tokenizer: Any
-    teacher: Any | None
-    hidden_size: int
-    vocab_size: int
-
-
-def load_prep_resources(config: DatasetConfig) -> PrepResources:
-    """Tokenizer and teacher for `config` (model references already absolute). A token-only
-    dataset reads only the teacher's config: its width and vocabulary, never its weights."""
-    tokenizer = load_tokenizer(config.tokenizer)
-    teacher = None
-    if config.teacher_states == "cache":
-        device = resolve_device(config.teacher_device)
-        teacher = load_teacher(config.teacher_model, dtype=config.teacher_dtype, device=device)
-        hidden_size = hidden_size_of(teacher)
-        vocab_size = int(teacher.get_input_embeddings().weight.shape[0])
-    else:
-        from gistnet.teacher import check_teacher_family, config_hidden_size, load_teacher_config
-
-        teacher_config = load_teacher_config(config.teacher_model)
-        check_teacher_family(teacher_config)  # training on the ids would run it
-        hidden_size = config_hidden_size(teacher_config)
-        vocab_size = int(teacher_config.vocab_size)
-    if len(tokenizer) > vocab_size:
-        raise ConfigError(
-            f"tokenizer {config.tokenizer!r} has {len(tokenizer)} tokens but teacher "
-            f"{config.teacher_model!r} embeds only {vocab_size}: they do not belong together"
-        )
-    return PrepResources(tokenizer, teacher, hidden_size, vocab_size)
-
-
-# --------------------------------------------------------------------------- writing
+# --------------------------------------------------------------------------- where shards go
 
 
 def _output_path(name: str, split: SplitConfig, base_dir: Path, output_dir: Path | None) -> Path:
@@ -261,94 +175,6 @@ def shard_paths(
     ]
 
 
-def _schema_of(config: DatasetConfig, split: str, hidden_size: int) -> pa.Schema:
-    if config.teacher_states == "none":
-        schema = token_schema(config.block_size, config.horizon)
-    else:
-        schema = shard_schema(config.block_size, config.horizon, hidden_size)
-    return with_stride(schema, config.split_stride(split), config.block_size)
-
-
-def _write_shard(
-    *,
-    what: str,
-    split: str,
-    windows: Iterator[np.ndarray],
-    out_path: Path,
-    config: DatasetConfig,
-    resources: PrepResources,
-    counters: dict[str, int],
-    on_batch: Callable[[], None],
-    should_cancel: Callable[[], bool] | None,
-) -> None:
-    """Write the examples of `windows` ((E, horizon) arrays) as one shard, atomically."""
-    t, teacher = config.block_size, resources.teacher
-    rows = config.teacher_batch_size if teacher is not None else _TOKEN_BATCH_ROWS
-    schema = _schema_of(config, split, resources.hidden_size)
-    pending: list[np.ndarray] = []
-    pending_rows = 0
-
-    def flush(writer) -> None:
-        nonlocal pending, pending_rows
-        context = np.concatenate(pending)
-        pending, pending_rows = [], 0
-        for start in range(0, len(context), rows):
-            ctx = context[start : start + rows]
-            if should_cancel is not None and should_cancel():
-                raise Cancelled(f"dataset preparation cancelled during {what}")
-            if teacher is None:
-                batch = make_token_batch(input_ids=ctx[:, :t], context_input_ids=ctx)
-            else:
-                blocks = torch.from_numpy(np.ascontiguousarray(ctx[:, :t])).long()
-                states = block_hidden_states(teacher, blocks).cpu().numpy()
-                batch = make_record_batch(
-                    input_ids=ctx[:, :t], context_input_ids=ctx, teacher_hidden=states
-                )
-            writer.write_batch(batch)
-            counters["examples"] += len(ctx)
-            on_batch()
-
-    with (
-        atomic_write(out_path) as tmp,
-        pa.OSFile(str(tmp), "wb") as sink,
-        pa.ipc.new_file(sink, schema) as writer,
-    ):
-        for win in windows:
-            if len(win):
-                pending.append(win)
-                pending_rows += len(win)
-            if pending_rows >= rows:
-                flush(writer)
-        if pending_rows:
-            flush(writer)
-
-
-def _no_examples(name: str, config: DatasetConfig) -> ConfigError:
-    return ConfigError(
-        f"split {name!r} produced no examples: no document has {config.horizon} tokens "
-        f"(the horizon); give longer documents or a smaller horizon"
-    )
-
-
-def _examples_of(
-    texts: Iterator[str],
-    *,
-    split: str,
-    config: DatasetConfig,
-    tokenizer,
-    counters: dict[str, int],
-    bar,
-) -> Iterator[np.ndarray]:
-    stride = config.split_stride(split)
-    for ids in _token_documents(texts, tokenizer, config.splits[split].max_tokens):
-        counters["documents"] += 1
-        counters["tokens"] += len(ids)
-        counters["blocks"] += len(ids) // config.block_size
-        if bar is not None:
-            bar.update(len(ids))
-        yield document_examples(ids, config.block_size, config.horizon, stride)
-
-
 def _metadata(
     config: DatasetConfig,
     *,
@@ -373,6 +199,9 @@ def _metadata(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "splits": splits,
     }
+
+
+# --------------------------------------------------------------------------- in one process
 
 
 def prepare_dataset(
@@ -429,7 +258,7 @@ def prepare_dataset(
                     )
                 )
             if not any(m["examples"] for m in manifests):
-                raise _no_examples(name, config)  # before the teacher runs on the next split
+                raise no_examples(name, config)  # before the teacher runs on the next split
     finally:
         if bar is not None:
             bar.close()
@@ -566,7 +395,7 @@ def prepare_part(
     done = _read_manifest(manifest_path)
     if done is not None and done.get("fingerprint") == plan["fingerprint"]:
         try:
-            verify_part(done, out_path, _schema_of(config, split, int(done["hidden_size"])))
+            verify_part(done, out_path, shard_schema_of(config, split, int(done["hidden_size"])))
             return {**done, "reused": True}
         except (ShardError, KeyError, TypeError, ValueError):
             pass  # not what its part wrote: write it again
@@ -598,10 +427,10 @@ def prepare_part(
         counts=[tuple(entry) for entry in plan["splits"][split]["files"] or []] or None,
         bounds=source_bounds,
     )
-    _write_shard(
+    write_shard(
         what=_part_name(part, out_path),
         split=split,
-        windows=_examples_of(
+        windows=examples_of(
             texts,
             split=split,
             config=config,
@@ -667,7 +496,7 @@ def finalize_dataset(
                     f"(fingerprint {manifest.get('fingerprint')}, not {plan['fingerprint']})"
                 )
             width = int(manifest.get("hidden_size") or 0)
-            verify_part(manifest, path, _schema_of(config, name, width))
+            verify_part(manifest, path, shard_schema_of(config, name, width))
             facts.add((width, int(manifest.get("vocab_size") or 0)))
             manifests.append(manifest)
         totals = {
@@ -675,7 +504,7 @@ def finalize_dataset(
             for key in ("documents", "tokens", "blocks", "examples", "bytes")
         }
         if totals["examples"] == 0:
-            raise _no_examples(name, config)
+            raise no_examples(name, config)
         stats: dict[str, Any] = {
             "path": str(paths[0]),
             **totals,

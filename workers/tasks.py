@@ -292,7 +292,7 @@ _RESOURCES: dict[tuple, Any] = {}
 
 def _prep_resources(config):
     """Tokenizer and teacher, loaded once per worker process while its parts share them."""
-    from gistnet.data import load_prep_resources
+    from gistnet.examples import load_prep_resources
 
     key = (
         config.tokenizer,

@@ -9,9 +9,10 @@ import torch
 import yaml
 
 from gistnet.config import load_dataset_config, validate_dataset_config
-from gistnet.data import document_examples, prepare_dataset
+from gistnet.data import prepare_dataset
 from gistnet.datasets import read_metadata
 from gistnet.errors import Cancelled, ConfigError, TeacherLoadError
+from gistnet.examples import document_examples
 from gistnet.shards import open_shard
 from tests.conftest import SAMPLE_TEACHER, small_dataset_config
 

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from gistnet.config import validate_dataset_config, validate_run_config
-from gistnet.data import dataset_fingerprint, document_examples, prepare_dataset
+from gistnet.data import dataset_fingerprint, prepare_dataset
 from gistnet.datasets import open_split
+from gistnet.examples import document_examples
 from gistnet.shards import open_shard
 from gistnet.train import train_gistnet
 from tests.conftest import ROOT, small_dataset_config
