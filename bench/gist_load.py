@@ -205,6 +205,11 @@ def main() -> int:
         "machine to the event loop and the load generator (0: torch's default)",
     )
     parser.add_argument("--no-write", action="store_true", help="print, do not touch the docs")
+    parser.add_argument(
+        "--section",
+        default="gist_load",
+        help="the docs/benchmarks.md section written (bench:NAME markers): one per teacher",
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     load_before = os.getloadavg()[0]
@@ -224,8 +229,13 @@ def main() -> int:
 
         info = read_checkpoint_info(checkpoint)
         block_size, dim = int(info["block_size"]), int(info["hidden_size"])
-        vocab = int(
-            json.loads((Path(info["teacher"]["model"]) / "config.json").read_text())["vocab_size"]
+        teacher_dir = Path(info["teacher"]["model"])
+        teacher_config = json.loads((teacher_dir / "config.json").read_text())
+        vocab = int(teacher_config["vocab_size"])
+        teacher_name = (
+            "the sample teacher"
+            if teacher_dir.resolve() == SAMPLE_TEACHER.resolve()
+            else f"{teacher_dir.name} (`{teacher_config['model_type']}`)"
         )
 
         port = free_port(8000)
@@ -320,15 +330,19 @@ def main() -> int:
 
     from bench.report import machine, table, write_section
 
+    title = "" if teacher_name == "the sample teacher" else f", {teacher_name}"
+    chosen = "" if args.checkpoint is None else f" --checkpoint {args.checkpoint}"
+    if args.section != "gist_load":
+        chosen += f" --section {args.section}"
     body = (
-        "## Gist serving under load (`bench/gist_load.py`)\n\n"
+        f"## Gist serving under load (`bench/gist_load.py`){title}\n\n"
         f"Command: `python -m bench.gist_load --clients {args.clients} "
         f"--blocks-per-request {args.blocks_per_request} --seconds {args.seconds:g} "
-        f"--threads {args.threads}`  \n"
+        f"--threads {args.threads}{chosen}`  \n"
         f"Machine: {machine()}; server, load generator and raw forward share it "
         f"(1-minute load average {load_before:.1f} before the run, "
         f"{os.getloadavg()[0]:.1f} after).  \n"
-        f"Model: the sample teacher ({dim} wide) + GistNet, blocks of {block_size} tokens, "
+        f"Model: {teacher_name} ({dim} wide) + GistNet, blocks of {block_size} tokens, "
         f"device {args.device}; server batches up to {args.max_batch} blocks, waiting at "
         f"most {args.wait_ms:g} ms; {args.blocks_per_request} blocks per request.  \n"
         f"Raw batched forward (teacher + GistNet, no HTTP, batches of {args.max_batch}): "
@@ -337,7 +351,7 @@ def main() -> int:
         f"**{share:.0%}, {verdict}**.\n\n"
         + table(["clients", "requests/s", "blocks/s", "p50 ms", "p99 ms", "of raw", "errors"], rows)
     )
-    print(f"wrote {write_section('gist_load', body)}")
+    print(f"wrote {write_section(args.section, body)}")
     return 0
 
 
