@@ -1,7 +1,9 @@
 """Checkpoints that stand on their own: weights plus everything needed to rebuild and use them.
 
 A checkpoint is a plain dict of tensors, numbers and strings saved with torch.save and read
-back with `weights_only=True`, so loading one never unpickles code.
+back with `weights_only=True`, so loading one never unpickles code; or a folder in Hugging
+Face's layout (gistnet.pretrained; `export_pretrained` writes one from a checkpoint). Every
+reader here takes either.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ from gistnet.bounds import ModelBounds
 from gistnet.errors import ConfigError, ShardError
 from gistnet.files import atomic_write
 from gistnet.model import GistNet, GistNetConfig
+from gistnet.pretrained import (
+    is_pretrained,
+    read_pretrained,
+    save_pretrained,
+    teacher_weights_sha256,
+)
 
 FORMAT = "gistnet-checkpoint/1"
 
@@ -37,6 +45,9 @@ def save_checkpoint(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if teacher.get("model") and "weights_sha256" not in teacher:
+        # Gists are tied to the exact teacher: its weights' hash travels with them.
+        teacher = {**teacher, "weights_sha256": teacher_weights_sha256(teacher["model"])}
     payload = {
         "format": FORMAT,
         "model_config": model.config.to_dict(),
@@ -55,6 +66,8 @@ def save_checkpoint(
 
 def _read(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir() and is_pretrained(path):
+        return {**read_pretrained(path), "format": FORMAT}
     if not path.is_file():
         raise ShardError(f"checkpoint {str(path)!r} does not exist; train a model first")
     try:
@@ -75,6 +88,17 @@ def _info(payload: dict[str, Any]) -> dict[str, Any]:
 def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
     """Everything but the weights: configs, metrics, dataset, teacher, tokenizer."""
     return _info(_read(path))
+
+
+def export_pretrained(
+    path: str | Path, folder: str | Path, *, evaluation: dict[str, Any] | None = None
+) -> Path:
+    """The checkpoint at `path` as a Hugging Face style folder (gistnet.pretrained), its
+    model card carrying `evaluation`'s figures when given."""
+    payload = _read(path)
+    return save_pretrained(
+        folder, state_dict=payload["state_dict"], info=_info(payload), evaluation=evaluation
+    )
 
 
 def load_checkpoint(

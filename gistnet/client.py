@@ -256,6 +256,32 @@ class Client:
     def model(self, model_id: int) -> dict[str, Any]:
         return self.request("GET", f"/models/{model_id}")
 
+    def download_model(self, model_id: int, into: str | Path) -> Path:
+        """The model as a folder (config.json, model.safetensors, run.yaml, README.md)
+        under `into`: returns `into/gistnet-<id>`, which GistEncoder.from_checkpoint loads."""
+        import tarfile
+        import tempfile
+
+        into = Path(into)
+        into.mkdir(parents=True, exist_ok=True)
+        path = f"/models/{model_id}/download"
+        with tempfile.TemporaryFile() as archive:
+            try:
+                with self._http.stream("GET", path) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise APIError(
+                            response.status_code, _detail(response), method="GET", path=path
+                        )
+                    for chunk in response.iter_bytes():
+                        archive.write(chunk)
+            except httpx.TransportError as err:
+                raise ServerUnreachable(f"download of {path} broke: {err}") from None
+            archive.seek(0)
+            with tarfile.open(fileobj=archive) as tar:
+                tar.extractall(into, filter="data")  # no member lands outside `into`
+        return into / f"gistnet-{model_id}"
+
     # ------------------------------------------------------------------ evaluations
 
     def evaluate(

@@ -19,6 +19,7 @@ from gistnet.bounds import ModelBounds
 from gistnet.checkpoint import load_checkpoint
 from gistnet.errors import ConfigError
 from gistnet.model import GistNet
+from gistnet.pretrained import check_teacher_weights
 from gistnet.teacher import check_teacher_layers, hidden_size_of, load_teacher, load_tokenizer
 
 
@@ -81,6 +82,7 @@ def load_gistnet(
     teacher_name = teacher_model or trained_teacher.get("model")
     if teacher_name is None:
         raise missing_teacher()
+    check_teacher_weights(info, teacher_name)
     teacher = load_teacher_for(
         teacher_name,
         dtype=teacher_dtype or trained_teacher.get("dtype", "float32"),

@@ -5,6 +5,7 @@
     gistnet db upgrade [REVISION] | gistnet db current
     gistnet demo [--port P] [--max-steps N]
     gistnet teacher import FILE.gguf --out DIR [--dtype float32|bfloat16]
+    gistnet export CHECKPOINT --out DIR [--evaluation REPORT.json]
     gistnet datasets | train | evaluate | jobs | models | gist ...   (tools/client_cli.py)
 
 It only parses arguments, reads the settings and starts things; the work is elsewhere.
@@ -80,8 +81,35 @@ def build_parser() -> argparse.ArgumentParser:
     gguf_import.add_argument(
         "--dtype", choices=("float32", "bfloat16"), default="float32", help="of the stored weights"
     )
+    export = commands.add_parser(
+        "export", help="a checkpoint as a Hugging Face style folder with its model card"
+    )
+    export.add_argument("checkpoint", type=Path, help="gistnet.pt (or a folder) written by training")
+    export.add_argument("--out", type=Path, required=True, help="the folder to write")
+    export.add_argument(
+        "--evaluation", type=Path, default=None, help="an evaluation's report.json for the card"
+    )
     add_client_commands(commands)
     return parser
+
+
+def _export(args: argparse.Namespace) -> int:
+    import json
+
+    from gistnet.checkpoint import export_pretrained
+    from gistnet.errors import GistNetError
+
+    if args.out.exists():
+        print(f"gistnet export: {args.out} exists: name a new folder", file=sys.stderr)
+        return 2
+    try:
+        report = json.loads(args.evaluation.read_text()) if args.evaluation else None
+        folder = export_pretrained(args.checkpoint, args.out, evaluation=report)
+    except (GistNetError, OSError, ValueError) as err:
+        print(f"gistnet export: {err}", file=sys.stderr)
+        return 2
+    print(f"{folder}: config.json, model.safetensors, run.yaml, README.md")
+    return 0
 
 
 def _teacher(args: argparse.Namespace) -> int:
@@ -188,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_client_command(args)
     if args.command == "teacher":  # local files only, like the client verbs no settings
         return _teacher(args)
+    if args.command == "export":
+        return _export(args)
     try:
         settings = get_settings()
     except SettingsError as err:

@@ -5,7 +5,7 @@
     gistnet train DATASET_ID --config RUN.yaml [--max-steps N] [--wait]
     gistnet evaluate MODEL_ID [--dataset ID] [--max-examples N] [--wait]
     gistnet jobs [ID] [--follow] [--cancel]
-    gistnet models [ID]
+    gistnet models [ID] [--download DIR]
     gistnet gist --text TEXT | --file PATH | --blocks JSON [--model ID] [--output X.npy]
 
 Each takes --url (GISTNET_URL, default http://127.0.0.1:8000), --api-key (GISTNET_API_KEY)
@@ -119,6 +119,13 @@ def add_client_commands(subparsers) -> None:
 
     models = subparsers.add_parser("models", parents=[common], help="list models, or show one")
     models.add_argument("model_id", type=int, nargs="?")
+    models.add_argument(
+        "--download",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with ID: write the model as a folder (safetensors, config, card) under DIR",
+    )
     models.set_defaults(client_handler=_models)
 
     gist = subparsers.add_parser("gist", parents=[common], help="gist vectors of text or blocks")
@@ -339,6 +346,15 @@ def _jobs(client: Client, args) -> int:
 
 
 def _models(client: Client, args) -> int:
+    if args.download is not None:
+        if args.model_id is None:
+            print(
+                "gistnet models --download: name the model (gistnet models ID --download DIR)",
+                file=sys.stderr,
+            )
+            return 2
+        print(client.download_model(args.model_id, args.download))
+        return 0
     if args.model_id is not None:
         _print_json(client.model(args.model_id))
         return 0

@@ -27,6 +27,7 @@ from api.validation.gist import (
     text_blocks,
 )
 from gistnet.errors import BoundError, GistNetError
+from gistnet.pretrained import TeacherMismatch
 from service.db.records import get_model, newest_model
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ async def engine_for(request: Request, settings, engines, model_id: int | None) 
         engine = await run_in_threadpool(_load_engine, engines, settings, model_id, checkpoint)
     except BoundError as err:  # the checkpoint asks for a model past the bounds
         raise HTTPException(422, f"model {model_id} cannot be served: {err}") from None
+    except TeacherMismatch as err:  # retrying will not help: the teacher must change
+        raise HTTPException(409, f"model {model_id} cannot be served: {err}") from None
     except GistNetError as err:
         raise HTTPException(503, f"model {model_id} cannot be loaded: {err}") from None
     engine.checked_at = time.monotonic()
@@ -139,7 +142,7 @@ def _text_to_blocks(engine, text: str, max_blocks: int):
 @router.post(
     "",
     response_model=GistResponse,
-    responses=error_responses(400, 404, 413, 422, 429, 503),
+    responses=error_responses(400, 404, 409, 413, 422, 429, 503),
 )
 async def gist(
     body: GistRequest,

@@ -120,7 +120,7 @@ def _encoded(vector: np.ndarray, encoding: str) -> list[float] | str:
 @router.post(
     "/embeddings",
     response_model=EmbeddingsPublic,
-    responses=error_responses(400, 404, 413, 429, 503, model=OpenAIErrorPublic),
+    responses=error_responses(400, 404, 409, 413, 429, 503, model=OpenAIErrorPublic),
 )
 async def create_embeddings(
     body: EmbeddingsCreate,

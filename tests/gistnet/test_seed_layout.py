@@ -13,6 +13,7 @@ from gistnet.config import validate_run_config
 from gistnet.datasets import describe_dataset
 from gistnet.errors import ConfigError, ShardError
 from gistnet.inference import GistEncoder
+from gistnet.pretrained import teacher_weights_sha256
 from gistnet.shards import open_shard
 from gistnet.train import train_gistnet
 from tests.conftest import SAMPLE_TEACHER
@@ -94,7 +95,11 @@ def test_training_on_a_seed_dataset_with_its_metadata(seed_dataset, tmp_path):
     info = read_checkpoint_info(result.checkpoint_path)
     described = describe_dataset(seed_dataset)
     assert info["dataset"]["fingerprint"] == described["fingerprint"]
-    assert info["teacher"] == {"model": described["teacher_model"], "dtype": "float32"}
+    assert info["teacher"] == {
+        "model": described["teacher_model"],
+        "dtype": "float32",
+        "weights_sha256": teacher_weights_sha256(described["teacher_model"]),
+    }
     assert info["hidden_size"] == 128 and info["block_size"] == 32
 
     # served: the engine runs the teacher the seed's metadata names on the token ids

@@ -12,6 +12,7 @@ from gistnet.datasets import read_metadata
 from gistnet.errors import Cancelled, ConfigError, DeviceError, ShardError
 from gistnet.inference import GistEncoder
 from gistnet.model import GistNet, GistNetConfig
+from gistnet.pretrained import teacher_weights_sha256
 from gistnet.shards import open_shard
 from gistnet.train import batch_indices, model_config_for, train_gistnet
 
@@ -68,7 +69,11 @@ def test_checkpoint_round_trips_and_reproduces_the_gists(small_dataset, tmp_path
     model, info = load_checkpoint(result.checkpoint_path)
     meta = read_metadata(small_dataset)
     assert info["dataset"]["fingerprint"] == meta["fingerprint"]
-    assert info["teacher"] == {"model": meta["teacher_model"], "dtype": "float32"}
+    assert info["teacher"] == {
+        "model": meta["teacher_model"],
+        "dtype": "float32",
+        "weights_sha256": teacher_weights_sha256(meta["teacher_model"]),
+    }
     assert info["tokenizer"] == meta["tokenizer"]
     assert info["training_config"]["max_steps"] == 30
     assert info["metrics"]["final_loss"] == result.final_loss

@@ -1,14 +1,60 @@
-"""DELETE /models/{id} and DELETE /datasets/{id}: rows and files go together, never while
-a job still works on them, and a deleted model is no longer served."""
+"""A model as a folder to download (GET /models/{id}/download, Client.download_model), and
+deletion (DELETE /models/{id}, DELETE /datasets/{id}): rows and files go together, never
+while a job still works on them, and a deleted model is no longer served."""
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
+import pytest
+import torch
+
+from api.main import create_app
+from gistnet.client import APIError, Client
+from gistnet.inference import GistEncoder
 from service.artifacts import dataset_dir
-from tests.service_stack import dataset_body, record_ready_dataset, record_trained_model
+from tests.service_stack import (
+    dataset_body,
+    record_ready_dataset,
+    record_trained_model,
+    served,
+)
 from workers.recovery import remove_failed_datasets_files
+
+
+def test_a_model_downloads_as_a_folder_that_loads_and_gives_its_gists(
+    client, api_stack, trained_model, tmp_path
+):
+    answer = client.get(f"/models/{trained_model['id']}/download")
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/x-tar"
+    with tarfile.open(fileobj=io.BytesIO(answer.content)) as tar:
+        name = f"gistnet-{trained_model['id']}"
+        assert sorted(tar.getnames()) == sorted(
+            [
+                name,
+                *(
+                    f"{name}/{f}"
+                    for f in ("README.md", "config.json", "model.safetensors", "run.yaml")
+                ),
+            ]
+        )
+    with (
+        served(create_app(api_stack.settings)) as (host, port),
+        Client(f"http://{host}:{port}") as gn,
+    ):
+        folder = gn.download_model(trained_model["id"], tmp_path)
+        with pytest.raises(APIError) as missing:
+            gn.download_model(999_999, tmp_path)
+    assert missing.value.status_code == 404
+    blocks = torch.tensor([[5] * 32])
+    assert torch.equal(
+        GistEncoder.from_checkpoint(folder).encode(blocks),
+        GistEncoder.from_checkpoint(trained_model["checkpoint"]).encode(blocks),
+    )
+    assert "No evaluation yet" in (folder / "README.md").read_text()
 
 
 def _cancel(client, job_id: int) -> None:
