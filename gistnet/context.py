@@ -220,13 +220,15 @@ def context_inputs(
 
 
 def teacher_forward(teacher: torch.nn.Module, inputs: ContextInputs):
-    """The teacher's output on `inputs`, without a KV cache. The mask is passed only where
-    a row is padded, so an unpadded batch runs the teacher's plain causal path."""
-    kwargs = {
-        "inputs_embeds": inputs.inputs_embeds,
-        "position_ids": inputs.position_ids,
-        "use_cache": False,
-    }
-    if not bool(inputs.attention_mask.all()):
-        kwargs["attention_mask"] = inputs.attention_mask
-    return teacher(**kwargs)
+    """The teacher's output on `inputs`, without a KV cache.
+
+    The mask is always passed, padded or not: without one, Hugging Face models read a
+    jump in `position_ids` as the start of another sequence packed into the row and stop
+    attention across it, and the positions a compressed block leaves out are such jumps.
+    """
+    return teacher(
+        inputs_embeds=inputs.inputs_embeds,
+        position_ids=inputs.position_ids,
+        attention_mask=inputs.attention_mask,
+        use_cache=False,
+    )

@@ -170,3 +170,18 @@ def test_gradients_flow_from_the_teacher_back_into_the_gists(teacher, context):
     parts = [CompressedSpan(gists, block_size=4), RawTokens(context[:, BLOCK:])]
     logits_of(teacher, parts).logsumexp(-1).sum().backward()
     assert gists.grad is not None and gists.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_tokens_after_a_span_read_all_its_blocks_across_the_positions_left_out(
+    teacher, rotary_teacher, context, family
+):
+    # The positions between gists jump; a teacher must still attend across the jumps.
+    model = teacher if family == "gpt2" else rotary_teacher
+    gists = torch.randn(4, 3, 1, WIDTH)
+    other = gists.clone()
+    other[:, 0] = torch.randn(4, 1, WIDTH)
+    tail = RawTokens(context[:, 12:])
+    before = logits_of(model, [CompressedSpan(gists, block_size=4), tail])
+    after = logits_of(model, [CompressedSpan(other, block_size=4), tail])
+    assert (before[:, -1] - after[:, -1]).abs().max() > 1e-4
