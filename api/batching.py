@@ -179,3 +179,61 @@ class RefineLane:
             )
         finally:
             self.waiting -= 1
+
+
+class ContextLane:
+    """Scoring and generation (POST /score, POST /generate), on a thread of their own.
+
+    A request takes a place in the lane (`place()`) for as long as it runs: a score for
+    its one teacher pass, a generation for its prefill and every token after it. At most
+    `capacity` requests hold a place; more are refused at once (QueueFull). Their teacher
+    passes take turns on the one thread (`run`), so generations that run together advance
+    a token each in turn, and none waits for another to finish.
+    """
+
+    def __init__(self, *, capacity: int):
+        self.capacity = capacity
+        self.holding = 0
+        # Teacher passes run since start-up (prefills, scores and tokens), for /health.
+        self.passes = 0
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="context")
+
+    async def stop(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def place(self) -> _Place:
+        """A place in the lane, taken now (QueueFull when there is none), given back when
+        the `with` block (or `release()`) ends."""
+        if self.holding >= self.capacity:
+            raise QueueFull(
+                f"{self.holding} scoring or generating requests are waiting or running, the "
+                f"most this server holds (GISTNET_CONTEXT_QUEUE): try again shortly"
+            )
+        self.holding += 1
+        return _Place(self)
+
+    async def run(self, work: Callable[[], object]):
+        """`work()` on the lane's thread; the event loop goes on meanwhile."""
+        result = await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        self.passes += 1
+        return result
+
+
+class _Place:
+    def __init__(self, lane: ContextLane):
+        self._lane, self._held = lane, True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._lane.holding -= 1
+
+    def __enter__(self) -> _Place:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.release()

@@ -1,7 +1,9 @@
 """The gist engines: one model's teacher and GistNet, loaded once and kept.
 
 Nothing here knows about HTTP or the batching queue: an engine turns an (N, T) array of
-token ids into (N, D) gists ((N, k, D) for a model with k gists per block), and the cache hands out engines by model id.
+token ids into (N, D) gists ((N, k, D) for a model with k gists per block), scores a
+continuation or starts a generation after a context of `ContextPart`s (gistnet.context,
+gistnet.continuation), and the cache hands out engines by model id.
 """
 
 from __future__ import annotations
@@ -9,11 +11,34 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from gistnet.bounds import ModelBounds
+
+
+@dataclass(frozen=True)
+class ContextPart:
+    """A run of a context's text: its token ids (n,), of which the first `gists` blocks
+    (m, k, D) stand for as many full blocks, read as those gists; the rest is read raw.
+    A part without gists is read raw."""
+
+    tokens: np.ndarray
+    gists: np.ndarray | None = None
+
+    @property
+    def blocks(self) -> int:
+        return 0 if self.gists is None else len(self.gists)
+
+    def fed(self, block_size: int) -> int:
+        """Inputs the teacher reads for it: k per block, one per raw token."""
+        if self.gists is None:
+            return len(self.tokens)
+        return (
+            self.gists.shape[0] * self.gists.shape[1] + len(self.tokens) - self.blocks * block_size
+        )
 
 
 class GistEngine:
@@ -42,6 +67,10 @@ class GistEngine:
         self.bos_sink = self._encoder.bos_sink
         self.sink_token_id = self._encoder.sink_token_id
         self.vocab_size = self._encoder.vocab_size
+        self.position_limit = self._encoder.position_limit
+        self.eos_token_id = self._encoder.eos_token_id
+        # Where a context's text begins (1 after the sink of a bos_sink model, else 0).
+        self.context_start, self._sink = self._encoder.context_sink
 
     @property
     def longest_token(self) -> int:
@@ -57,6 +86,52 @@ class GistEngine:
         if self._encoder.tokenizer is None:
             return None
         return self._encoder.tokenizer.batch_decode(blocks.tolist())
+
+    def decode(self, ids: list[int]) -> str | None:
+        """Token ids as text (None for a checkpoint that names no tokenizer)."""
+        if self._encoder.tokenizer is None:
+            return None
+        return self._encoder.tokenizer.decode(ids)
+
+    def _context(self, parts: list[ContextPart]) -> list:
+        """The library's context (one row) for `parts`: each part's blocks as a compressed
+        span, then its raw tokens."""
+        from gistnet.context import CompressedSpan, RawTokens
+
+        torch, context = self._torch, []
+        for part in parts:
+            if part.gists is not None:
+                gists = torch.from_numpy(part.gists).reshape(1, part.blocks, -1, self.dim)
+                context.append(CompressedSpan(gists, self.block_size))  # (1, m, k, D)
+            raw = part.tokens[part.blocks * self.block_size :]
+            if len(raw):
+                context.append(RawTokens(torch.from_numpy(raw)[None, :]))  # (1, n)
+        return context
+
+    def score(self, parts: list[ContextPart], continuation: np.ndarray) -> np.ndarray:
+        """(n,) float32 log-probabilities of the continuation's tokens after the context."""
+        from gistnet.continuation import continuation_log_probs
+
+        return continuation_log_probs(
+            self._encoder.teacher,
+            self._context(parts),
+            self._torch.from_numpy(continuation),
+            start=self.context_start,
+            sink=self._sink,
+        ).numpy()
+
+    def generation(self, parts: list[ContextPart], sampling):
+        """A gistnet.continuation.Generation after the context, its prefill done:
+        `step()` gives each next token. `sampling`: a gistnet.continuation.Sampling."""
+        from gistnet.continuation import Generation
+
+        return Generation(
+            self._encoder.teacher,
+            self._context(parts),
+            sampling=sampling,
+            start=self.context_start,
+            sink=self._sink,
+        )
 
     def encode(self, blocks: np.ndarray, *, refine=None) -> np.ndarray:
         """(N, T) int64 token ids -> (N, D) float32 gists ((N, k, D) for k gists per block),

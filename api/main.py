@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import sessionmaker
 
-from api.batching import GistBatcher, RefineLane
+from api.batching import ContextLane, GistBatcher, RefineLane
 from api.engine import EngineCache
 from api.errors import OPENAI_PREFIX, ContainErrors, LimitBodySize, install_error_handlers
 from api.metrics import ApiMetrics, RequestMetricsMiddleware
@@ -51,9 +51,12 @@ async def lifespan(app: FastAPI):
     await app.state.batcher.start()
     app.state.refine_lane = RefineLane(capacity=settings.gist_refine_queue)
     await app.state.refine_lane.start()
+    app.state.context_lane = ContextLane(capacity=settings.context_queue)
+    await app.state.context_lane.start()
     try:
         yield
     finally:
+        await app.state.context_lane.stop()
         await app.state.refine_lane.stop()
         await app.state.batcher.stop()
         app.state.engines.clear()
@@ -61,10 +64,15 @@ async def lifespan(app: FastAPI):
         engine.dispose()
 
 
+# The routes whose bodies carry contexts and documents.
+CONTEXT_ROUTES = ("/score", "/generate", "/memories")
+
+
 def body_limit_of(settings: Settings):
     """Each route's largest body: inline documents on POST /datasets (files, streamed to
     disk, have their own bound), a text or blocks on POST /gist (and its OpenAI form,
-    POST /v1/embeddings), a small JSON document anywhere else."""
+    POST /v1/embeddings), a context of long documents on POST /score, /generate and
+    /memories, a small JSON document anywhere else."""
     from api.uploads import MAX_FIELD_BYTES
 
     def limit_of(path: str, content_type: str) -> tuple[int, str]:
@@ -76,6 +84,8 @@ def body_limit_of(settings: Settings):
             return settings.dataset_max_body_bytes, "GISTNET_DATASET_MAX_BODY_BYTES"
         if path in ("/gist", "/v1/embeddings"):
             return settings.gist_max_body_bytes, "GISTNET_GIST_MAX_BODY_BYTES"
+        if path in CONTEXT_ROUTES:
+            return settings.context_max_body_bytes, "GISTNET_CONTEXT_MAX_BODY_BYTES"
         return settings.max_body_bytes, "GISTNET_MAX_BODY_BYTES"
 
     return limit_of

@@ -18,11 +18,12 @@ from api.schemas import (
     JobPartPublic,
     JobProgress,
     JobPublic,
+    MemoryPublic,
     ModelPublic,
     PartsPublic,
     SplitPublic,
 )
-from service.db.models import Dataset, Evaluation, Job, Model
+from service.db.models import Dataset, Evaluation, Job, Memory, Model
 from service.db.records import job_result, latest_evaluation
 
 
@@ -168,4 +169,21 @@ def model_public(session: Session, model: Model, *, with_evaluation: bool = Fals
         val_loss=model.val_loss,
         created_at=model.created_at,
         latest_evaluation=EvaluationSummary.model_validate(latest) if latest else None,
+    )
+
+
+def memory_public(memory: Memory) -> MemoryPublic:
+    model = memory.model
+    tail = memory.tokens - memory.blocks * model.block_size
+    gists_per_block = int((model.model_config or {}).get("gists_per_block") or 1)
+    return MemoryPublic(
+        id=memory.id,
+        model_id=memory.model_id,
+        name=memory.name,
+        tokens=memory.tokens,
+        blocks=memory.blocks,
+        tail_tokens=tail,
+        context_length=memory.blocks * gists_per_block + tail,
+        path=memory.path,
+        created_at=memory.created_at,
     )

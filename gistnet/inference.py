@@ -106,6 +106,38 @@ class GistEncoder:
         return self.tokenizer
 
     @property
+    def position_limit(self) -> int | None:
+        """Positions the teacher reads (its max_position_embeddings, or GPT-2's n_positions):
+        a context, compressed or not, keeps its text's positions, so its text and what
+        follows must fit in them. None for a teacher whose config does not say."""
+        config = self.teacher.config
+        for attribute in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(config, attribute, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    @property
+    def eos_token_id(self) -> int | None:
+        """The token that ends a text, where the tokenizer or the teacher names one."""
+        for source in (self.tokenizer, self.teacher.config):
+            token_id = getattr(source, "eos_token_id", None)
+            if isinstance(token_id, list | tuple):
+                token_id = token_id[0] if token_id else None
+            if token_id is not None:
+                return int(token_id)
+        return None
+
+    @property
+    def context_sink(self) -> tuple[int, torch.Tensor | None]:
+        """Where a context's text begins, and the vector read before it: a model trained
+        with bos_sink has its gists read after the teacher's BOS embedding, so its contexts
+        begin at position 1 after that embedding at 0; any other begins at 0, alone."""
+        if not self.bos_sink:
+            return 0, None
+        return 1, drop_vector(self.teacher, self.sink_token_id).to(self.device)
+
+    @property
     def refine_tokens(self) -> int:
         """How long the continuations a refinement samples are by default: the horizon the
         model was trained to predict (what its evaluation scores), else one block (a model
@@ -113,7 +145,9 @@ class GistEncoder:
         horizon = int((self.info.get("dataset") or {}).get("horizon") or 0)
         return horizon - self.block_size if horizon > self.block_size else self.block_size
 
-    def encode(self, input_ids: torch.Tensor, *, refine: RefineSettings | None = None) -> torch.Tensor:
+    def encode(
+        self, input_ids: torch.Tensor, *, refine: RefineSettings | None = None
+    ) -> torch.Tensor:
         """(N, T) token ids -> (N, D) float32 gists on the CPU, or (N, k, D) for a model
         with gists_per_block k > 1 (vector j of a block stands at its position T-k+j).
         With `refine`, each gist is then refined from its block (`gistnet.refine`): about

@@ -20,6 +20,15 @@ def evaluation_dir(evaluation_id: int) -> str:
     return f"evaluations/{evaluation_id}"
 
 
+def memory_dir(memory_id: int) -> str:
+    return f"memories/{memory_id}"
+
+
+def memory_file(memory_id: int) -> str:
+    """A memory's gists and token ids (numpy's .npz, read without unpickling)."""
+    return f"{memory_dir(memory_id)}/memory.npz"
+
+
 def resume_checkpoint(job_id: int) -> str:
     """A training job's resume checkpoint: needed only while the job may run again."""
     return f"{job_dir(job_id)}/{RESUME_NAME}"

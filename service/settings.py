@@ -149,6 +149,18 @@ class Settings(BaseSettings):
     # Models whose teacher + GistNet stay loaded in the API process.
     gist_model_cache: int = Field(default=2, ge=1)
 
+    # POST /score, /generate and /memories: the largest body (a long document's text)...
+    context_max_body_bytes: int = Field(default=2**20, ge=1024)
+    # ...the most tokens one request's context may hold, raw and compressed parts together
+    # with the continuation or prompt (413 above it; the teacher's position limit, 422,
+    # is the other bound), and the most tokens one memory may hold...
+    context_max_tokens: int = Field(default=16384, ge=1)
+    # ...the most new tokens one POST /generate may ask for (422 above it)...
+    generate_max_new_tokens: int = Field(default=512, ge=1)
+    # ...and the scoring and generating requests waiting or running at once (429 above
+    # it): they take turns on one thread of their own, a generation one token at a time.
+    context_queue: int = Field(default=8, ge=1)
+
     # POST /datasets with files: most bytes one upload may carry, all files together (413
     # above it). Files are streamed to <data root>/uploads/, never held in memory.
     upload_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1)

@@ -12,13 +12,16 @@ from api.errors import error_responses
 from api.routes import (
     datasets,
     evaluations,
+    generate,
     gist,
     health,
     imports,
     jobs,
+    memories,
     metrics,
     models,
     openai_compat,
+    score,
     train,
     ui,
 )
@@ -26,6 +29,9 @@ from api.schemas import OpenAIErrorPublic
 
 GUARDED: list[APIRouter] = [
     gist.router,
+    score.router,
+    generate.router,
+    memories.router,
     jobs.router,
     imports.router,
     datasets.router,

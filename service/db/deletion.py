@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from service.artifacts import dataset_dir, evaluation_dir, job_dir
-from service.db.models import Dataset, Evaluation, Job, Model
+from service.artifacts import dataset_dir, evaluation_dir, job_dir, memory_dir
+from service.db.models import Dataset, Evaluation, Job, Memory, Model
 from service.queue import TERMINAL
 
 
@@ -53,8 +53,9 @@ def _remove_evaluations(session: Session, evaluations: list[Evaluation], removed
 
 
 def delete_model(session: Session, model: Model) -> Removed:
-    """The model, its training job (with its loss curve and checkpoint folder) and its
-    evaluations. Refused while one of its evaluations runs or waits to."""
+    """The model, its training job (with its loss curve and checkpoint folder), its
+    evaluations and its memories (gists no other model can read). Refused while one of
+    its evaluations runs or waits to."""
     evaluations = list(session.scalars(select(Evaluation).where(Evaluation.model_id == model.id)))
     working = _working_jobs(session, Job.id.in_([e.job_id for e in evaluations]))
     if working:
@@ -65,6 +66,9 @@ def delete_model(session: Session, model: Model) -> Removed:
     removed = Removed()
     _remove_evaluations(session, evaluations, removed)
     removed.folders.append(job_dir(model.job_id))
+    memories = list(session.scalars(select(Memory.id).where(Memory.model_id == model.id)))
+    removed.folders += [memory_dir(memory_id) for memory_id in memories]
+    session.execute(delete(Memory).where(Memory.model_id == model.id))
     session.execute(delete(Model).where(Model.id == model.id))
     session.execute(delete(Job).where(Job.id == model.job_id))
     return removed

@@ -213,6 +213,27 @@ class Evaluation(Base):
     job: Mapped[Job] = relationship(viewonly=True)
 
 
+class Memory(Base):
+    """A document compressed once by a model: its gists and token ids, an artifact that
+    a context (POST /score, POST /generate) reads as often as it is named."""
+
+    __tablename__ = "memories"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Its gists are that model's: a context of another model cannot read them.
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str | None] = mapped_column(String(200), default=None)
+    # The artifact (gists and token ids), relative to the artifact root.
+    path: Mapped[str] = mapped_column(String(500))
+    # The document's tokens, and the full blocks among them that became gists (the tail
+    # shorter than a block is read raw).
+    tokens: Mapped[int]
+    blocks: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    model: Mapped[Model] = relationship(viewonly=True)
+
+
 class IdempotencyKey(Base):
     """The answer a POST with an `Idempotency-Key` header got, so that a retry of the same
     request gets it again instead of making a second dataset or job. Written in the same

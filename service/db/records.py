@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from service.artifacts import memory_file
 from service.db.jobs import create_job
-from service.db.models import Dataset, Evaluation, Job, JobMetric, Model, utcnow
+from service.db.models import Dataset, Evaluation, Job, JobMetric, Memory, Model, utcnow
 from service.queue import JobKind, ProductStatus
 
 
@@ -179,6 +180,33 @@ def latest_evaluation(session: Session, *, model_id: int) -> Evaluation | None:
 def record_evaluation_report(session: Session, *, job_id: int, report: dict[str, Any]) -> None:
     evaluation = evaluation_of_job(session, job_id=job_id)
     evaluation.report = report
+
+
+# --------------------------------------------------------------------------- memories
+
+
+def create_memory(
+    session: Session, *, model_id: int, name: str | None, tokens: int, blocks: int
+) -> Memory:
+    """A memory's row, in the caller's transaction; its artifact path follows from its id."""
+    memory = Memory(model_id=model_id, name=name, path="", tokens=tokens, blocks=blocks)
+    session.add(memory)
+    session.flush()
+    memory.path = memory_file(memory.id)
+    return memory
+
+
+def get_memory(session: Session, *, memory_id: int) -> Memory | None:
+    return session.get(Memory, memory_id)
+
+
+def list_memories(
+    session: Session, *, model_id: int | None = None, limit: int = 100, offset: int = 0
+) -> tuple[Sequence[Memory], int]:
+    query = select(Memory).options(selectinload(Memory.model))
+    if model_id is not None:
+        query = query.where(Memory.model_id == model_id)
+    return _page(session, query, limit=limit, offset=offset, order=Memory.id.desc())
 
 
 def job_result(job: Job) -> dict[str, int | None]:

@@ -68,6 +68,9 @@ def test_a_model_goes_with_its_evaluations_and_checkpoint_once_none_runs(
     model = record_trained_model(api_stack.settings, dataset)
     checkpoint = Path(model["checkpoint"])
     assert client.post("/gist", json={"model_id": model["id"], "blocks": [[5] * 32]}).is_success
+    memory = client.post("/memories", json={"model_id": model["id"], "tokens": [5] * 40}).json()
+    memory_file = api_stack.settings.artifact_root / memory["path"]
+    assert memory_file.exists()
     queued = client.post(
         "/evaluations", json={"model_id": model["id"], "dataset_id": dataset["id"]}
     ).json()
@@ -83,6 +86,9 @@ def test_a_model_goes_with_its_evaluations_and_checkpoint_once_none_runs(
     assert client.get(f"/models/{model['id']}").status_code == 404
     assert client.get(f"/evaluations/{queued['evaluation_id']}").status_code == 404
     assert client.get(f"/jobs/{model['job_id']}").status_code == 404
+    # Its memories hold gists no other model reads: they go with it.
+    assert client.get(f"/memories/{memory['id']}").status_code == 404
+    assert not memory_file.parent.exists()
     # Loaded before the deletion: no longer served from memory.
     gone = client.post("/gist", json={"model_id": model["id"], "blocks": [[5] * 32]})
     assert gone.status_code == 404

@@ -20,7 +20,15 @@ from service.db.migrate import (
 from service.db.models import Base
 from tests.service_stack import REPO, subprocess_env
 
-TABLES = {"datasets", "jobs", "models", "job_metrics", "evaluations", "idempotency_keys"}
+TABLES = {
+    "datasets",
+    "jobs",
+    "models",
+    "job_metrics",
+    "evaluations",
+    "idempotency_keys",
+    "memories",
+}
 # The newest revision, whatever its number: revisions are added over time.
 HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
