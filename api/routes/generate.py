@@ -103,7 +103,7 @@ async def _stream(run: _Run, place, prompt_tokens: int) -> AsyncIterator[str]:
 @router.post(
     "",
     response_model=GenerationPublic,
-    responses={**error_responses(400, 404, 413, 422, 429, 503), 200: _STREAM},
+    responses={**error_responses(400, 404, 409, 413, 422, 429, 503), 200: _STREAM},
 )
 async def generate(
     body: GenerateCreate, request: Request, settings: SettingsDep, engines: EnginesDep

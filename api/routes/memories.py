@@ -54,7 +54,7 @@ def _store(request: Request, settings: Settings, *, model_id: int, name, tokens,
     "",
     status_code=201,
     response_model=MemoryPublic,
-    responses=error_responses(400, 404, 413, 422, 429, 503),
+    responses=error_responses(400, 404, 409, 413, 422, 429, 503),
 )
 async def create_memory_route(
     body: MemoryCreate,

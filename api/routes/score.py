@@ -24,7 +24,7 @@ router = APIRouter(prefix="/score", tags=["contexts"])
 
 
 @router.post(
-    "", response_model=ScorePublic, responses=error_responses(400, 404, 413, 422, 429, 503)
+    "", response_model=ScorePublic, responses=error_responses(400, 404, 409, 413, 422, 429, 503)
 )
 async def score(
     body: ScoreCreate, request: Request, settings: SettingsDep, engines: EnginesDep
