@@ -20,8 +20,8 @@ in the teacher's dtype (b bytes) unless said:
   7 D + 3 D_kv + 4 F values), and the attention weights of the unfused kernel (heads x L);
   the logits over the horizon (L x V) in b, with their float32 copy's log-softmax, the
   `full` log-probabilities, the KL's temporaries and their gradient (about 16 bytes per
-  logit). The frozen teacher has no gradients nor optimizer state; GistNet (1 layer,
-  width D) has both, in float32.
+  logit). The frozen teacher has no gradients nor optimizer state; GistNet (as the
+  `substitution` preset builds it, width D) has both, in float32.
 - evaluation (inference mode, one condition a forward): the horizon's logits in b, their
   float32 copy and log-softmax (b + 8 bytes a logit), and one layer's transient
   activations at a time.
@@ -86,6 +86,18 @@ TEACHERS = {
 }  # fmt: skip
 
 
+def gistnet_config(width: int):
+    """The GistNet the shipped substitution configs train for a teacher this wide: the
+    `substitution` preset (one layer, 4 queries a gist, the gist MLP, the block's token
+    embeddings and hidden state 0 read beside the last layer's states, gists after BOS)."""
+    import dataclasses
+
+    from gistnet.config import validate_run_config
+
+    preset = validate_run_config({"preset": "substitution"}).model
+    return dataclasses.replace(preset, hidden_size=width, block_size=BLOCK)
+
+
 @dataclass(frozen=True)
 class Shape:
     parameters: int
@@ -129,7 +141,6 @@ def shape_of(family: str, settings: dict) -> Shape:
 def training_bytes(shape: Shape, *, batch: int, dtype_bytes: int) -> int:
     """Teacher weights, the gist forward's kept activations and the horizon's logits for a
     batch, and GistNet with its gradients and AdamW moments (gistnet.memory's count)."""
-    from gistnet.config import GistNetConfig
     from gistnet.memory import training_memory
 
     tokens = HORIZON - BLOCK
@@ -137,7 +148,7 @@ def training_bytes(shape: Shape, *, batch: int, dtype_bytes: int) -> int:
     per_token_layer = (7 * d + 3 * kv + 4 * f + shape.heads * tokens) * dtype_bytes
     kept = batch * tokens * shape.layers * per_token_layer
     logits = batch * tokens * shape.vocab * (16 + dtype_bytes)
-    gistnet = training_memory(GistNetConfig(hidden_size=d, block_size=BLOCK), batch_size=batch)
+    gistnet = training_memory(gistnet_config(d), batch_size=batch)
     return shape.parameters * dtype_bytes + kept + logits + gistnet.total
 
 
@@ -156,11 +167,10 @@ def serving_bytes(shape: Shape, *, blocks: int, dtype_bytes: int) -> int:
 
 def platform_estimate(shape: Shape, *, batch: int) -> int:
     """What POST /train compares with a worker's memory (gistnet.memory.training_memory)."""
-    from gistnet.config import GistNetConfig
     from gistnet.memory import TeacherShape, training_memory
 
     estimate = training_memory(
-        GistNetConfig(hidden_size=shape.width, block_size=BLOCK),
+        gistnet_config(shape.width),
         batch_size=batch,
         objective="substitution",
         horizon=HORIZON,
@@ -207,8 +217,9 @@ def _measured_child(name: str, kind: str, batch: int, dtype: str) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from gistnet.model import GistNet, GistNetConfig
+    from gistnet.model import GistNet
     from gistnet.substitution import SubstitutionLoss, horizon_log_probs
+    from gistnet.teacher import gistnet_inputs
 
     family, settings = TEACHERS[name]
     config = AutoConfig.for_model(family, **settings)
@@ -217,11 +228,16 @@ def _measured_child(name: str, kind: str, batch: int, dtype: str) -> None:
     teacher.requires_grad_(False)
     context = torch.randint(0, config.vocab_size, (batch, HORIZON))
     if kind == "training":
-        gistnet = GistNet(GistNetConfig(hidden_size=config.hidden_size, block_size=BLOCK))
+        model_config = gistnet_config(config.hidden_size)
+        gistnet = GistNet(model_config)
         optimizer = gistnet.optimizer(lr=1e-3, weight_decay=0.0)
-        objective = SubstitutionLoss(teacher, block_size=BLOCK)
-        full, states, _ = objective.full_and_states(context)
-        loss, _ = objective(gistnet(states), context, full=full)
+        objective = SubstitutionLoss(teacher, block_size=BLOCK, bos_sink=model_config.bos_sink)
+        layers = tuple(model_config.teacher_layers)
+        full, states, layer_states = objective.full_and_states(context, layers)
+        inputs = gistnet_inputs(
+            teacher, context[:, :BLOCK], model_config, states=states, layer_states=layer_states
+        )
+        loss, _ = objective(gistnet(**inputs), context, full=full)
         loss.backward()
         optimizer.step()
     else:
