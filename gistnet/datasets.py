@@ -275,3 +275,15 @@ def open_split(
 ) -> ShardSet:
     """`open_shard_set(split_shard_paths(...))`: a folder, a glob or a file."""
     return open_shard_set(split_shard_paths(path, split, default_split=default_split))
+
+
+def hf_data_files(path: str | Path) -> dict[str, list[str]]:
+    """Each split's shard files, for Hugging Face `datasets`:
+    `load_dataset("arrow", data_files=hf_data_files(folder))`.
+
+    The shards are Arrow IPC files whose columns `datasets` reads as they are (fixed-size
+    lists become `List(..., length=n)` features), so no export is needed; this only names
+    the files, which for a split of several shards metadata.yaml lists.
+    """
+    splits = describe_dataset(path).get("splits") or {}
+    return {name: [str(p) for p in split_shard_paths(path, name)] for name in splits}
