@@ -62,17 +62,6 @@ def test_gist_target_is_the_mean_of_the_block_states(small_dataset):
     np.testing.assert_allclose(shard.gist_target, states.mean(axis=1), atol=1e-6)
 
 
-def test_windows_are_cut_from_one_document_and_never_cross(tmp_path):
-    # two documents of distinct token ranges: a window mixing them would hold both
-    doc_a, doc_b = np.arange(0, 150), np.arange(1000, 1100)
-    wa, wb = document_examples(doc_a, 32, 64), document_examples(doc_b, 32, 64)
-    assert wa.shape == (150 // 32 - 1, 64) and wb.shape == (100 // 32 - 1, 64)
-    for w in wa:
-        assert w[0] % 32 == 0 and np.array_equal(w, np.arange(w[0], w[0] + 64))
-    assert (wb >= 1000).all()
-    assert document_examples(np.arange(40), 32, 64).shape == (0, 64)  # shorter than the horizon
-
-
 def test_prepared_windows_are_contiguous_slices_of_their_document(small_dataset):
     from transformers import AutoTokenizer
 

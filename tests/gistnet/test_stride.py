@@ -10,23 +10,10 @@ import yaml
 from gistnet.config import validate_dataset_config, validate_run_config
 from gistnet.data import dataset_fingerprint, prepare_dataset
 from gistnet.datasets import open_split
-from gistnet.examples import document_examples
 from gistnet.shards import open_shard
 from gistnet.train import train_gistnet
 from tests.conftest import ROOT, small_dataset_config
 from tests.gistnet.evaluation import evaluate
-
-
-def test_a_stride_cuts_a_window_every_stride_tokens_inside_the_document():
-    doc = np.arange(100, 300)  # 200 tokens
-    windows = document_examples(doc, 32, 64, stride=8)
-    assert windows.shape == ((200 - 64) // 8 + 1, 64)
-    for e, w in enumerate(windows):
-        np.testing.assert_array_equal(w, np.arange(100 + 8 * e, 100 + 8 * e + 64))
-    # the default stride is one block, as before the setting existed
-    np.testing.assert_array_equal(document_examples(doc, 32, 64), windows[::4])
-    np.testing.assert_array_equal(document_examples(doc, 32, 64, stride=32), windows[::4])
-    assert document_examples(np.arange(63), 32, 64, stride=4).shape == (0, 64)
 
 
 @pytest.mark.parametrize("states", ["cache", "none"])
