@@ -8,6 +8,9 @@
     model_id = gn.wait(gn.train(ds["dataset_id"], "configs/runs/gistnet_example.yaml"),
                        progress=True)["result"]["model_id"]
     gists = gn.gist("Once upon a time ...")          # (N, D) float32, one row per block
+    memory = gn.create_memory(long_text)            # compressed once, read many times
+    gn.generate("Q: who ...", context=[{"memory_id": memory["id"]}])["text"]
+    gn.score(" the fox", context=[{"compress": long_text}])["mean_nll"]
 
 Every error the server answers is raised as `APIError`, carrying its status code and the
 server's message; a job that ends failed or cancelled raises `JobFailed` from `wait`.
@@ -438,6 +441,112 @@ class Client:
             bos_sink=bool(answer.get("bos_sink")),
             sink_token_id=answer.get("sink_token_id"),
         )
+
+    # ------------------------------------------------------------------ contexts
+
+    def score(
+        self,
+        continuation: str | Sequence[int],
+        *,
+        context: Sequence[Mapping[str, Any]] = (),
+        model_id: int | None = None,
+    ) -> dict[str, Any]:
+        """The teacher's log-probabilities of `continuation` (a text or token ids) after
+        `context`, a list of parts: {"text": ...}, {"compress": ...}, {"tokens": [...]},
+        {"compress_tokens": [...]} or {"memory_id": N}. Answers {tokens, token_logprobs,
+        sum_logprob, mean_nll, context_length, uncompressed_length, ...}."""
+        body = {"model_id": model_id, "context": [dict(p) for p in context]}
+        body["continuation"] = continuation if isinstance(continuation, str) else list(continuation)
+        return self.request("POST", "/score", json=body)
+
+    def _generate_body(self, prompt, context, model_id, options) -> dict[str, Any]:
+        return {
+            "model_id": model_id,
+            "context": [dict(p) for p in context],
+            "prompt": prompt if isinstance(prompt, str) else list(prompt),
+            **options,
+        }
+
+    def generate(
+        self,
+        prompt: str | Sequence[int] = "",
+        *,
+        context: Sequence[Mapping[str, Any]] = (),
+        model_id: int | None = None,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        ignore_eos: bool = False,
+    ) -> dict[str, Any]:
+        """New tokens after `context` (parts, as for `score`) and `prompt`: {token_ids,
+        text, finish_reason, context_length, ...}. Greedy at temperature 0."""
+        options = {
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "seed": seed,
+            "ignore_eos": ignore_eos,
+        }
+        body = self._generate_body(prompt, context, model_id, options)
+        return self.request("POST", "/generate", json=body)
+
+    def stream_generate(
+        self,
+        prompt: str | Sequence[int] = "",
+        *,
+        context: Sequence[Mapping[str, Any]] = (),
+        model_id: int | None = None,
+        **options: Any,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """As `generate`, token by token: ("token", {index, token_id, text}) as each comes,
+        then ("done", the answer `generate` gives). Leaving the loop early stops the
+        generation on the server."""
+        body = {**self._generate_body(prompt, context, model_id, options), "stream": True}
+        timeout = httpx.Timeout(self._http.timeout.connect, read=STREAM_READ_TIMEOUT_S)
+        try:
+            with self._http.stream("POST", "/generate", json=body, timeout=timeout) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise APIError(
+                        response.status_code, _detail(response), method="POST", path="/generate"
+                    )
+                for event, data in parse_events(response.iter_lines()):
+                    if event == "error":
+                        raise APIError(500, data["detail"], method="POST", path="/generate")
+                    yield event, data
+        except httpx.TransportError as err:
+            raise ServerUnreachable(f"the generation's stream broke: {err}") from None
+
+    def create_memory(
+        self,
+        document: str | Sequence[int],
+        *,
+        model_id: int | None = None,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """Compress a document (a text or token ids) once; name it in a context as
+        {"memory_id": answer["id"]}."""
+        body: dict[str, Any] = {"model_id": model_id, "name": name}
+        if isinstance(document, str):
+            body["text"] = document
+        else:
+            body["tokens"] = list(document)
+        return self.request("POST", "/memories", json=body)
+
+    def memories(
+        self, *, model_id: int | None = None, limit: int = 100, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        params = {"limit": limit, "offset": offset}
+        if model_id is not None:
+            params["model_id"] = model_id
+        return self.request("GET", "/memories", params=params)["data"]
+
+    def memory(self, memory_id: int) -> dict[str, Any]:
+        return self.request("GET", f"/memories/{memory_id}")
+
+    def delete_memory(self, memory_id: int) -> None:
+        self.request("DELETE", f"/memories/{memory_id}")
 
     def health(self) -> dict[str, Any]:
         return self.request("GET", "/health")

@@ -6,7 +6,8 @@
     gistnet demo [--port P] [--max-steps N]
     gistnet teacher import FILE.gguf --out DIR [--dtype float32|bfloat16]
     gistnet export CHECKPOINT --out DIR [--evaluation REPORT.json]
-    gistnet datasets | train | evaluate | jobs | models | gist ...   (tools/client_cli.py)
+    gistnet datasets | train | evaluate | jobs | models | gist | score | generate
+            | memories ...                                          (tools/client_cli.py)
 
 It only parses arguments, reads the settings and starts things; the work is elsewhere.
 This is the one place that composes the API and the workers.
@@ -84,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export", help="a checkpoint as a Hugging Face style folder with its model card"
     )
-    export.add_argument("checkpoint", type=Path, help="gistnet.pt (or a folder) written by training")
+    export.add_argument(
+        "checkpoint", type=Path, help="gistnet.pt (or a folder) written by training"
+    )
     export.add_argument("--out", type=Path, required=True, help="the folder to write")
     export.add_argument(
         "--evaluation", type=Path, default=None, help="an evaluation's report.json for the card"

@@ -7,6 +7,15 @@
     gistnet jobs [ID] [--follow] [--cancel]
     gistnet models [ID] [--download DIR]
     gistnet gist --text TEXT | --file PATH | --blocks JSON [--model ID] [--output X.npy]
+    gistnet score CONTINUATION [CONTEXT PARTS] [--model ID]
+    gistnet generate [PROMPT] [CONTEXT PARTS] [--max-new-tokens N] [--temperature T]
+                     [--top-p P] [--seed S] [--ignore-eos] [--stream] [--model ID]
+    gistnet memories [list] [--model ID] | memories show ID | memories delete ID
+    gistnet memories create --text TEXT | --file PATH [--model ID] [--name NAME]
+
+CONTEXT PARTS are read in the order given: --text TEXT and --text-file PATH raw,
+--compress TEXT and --compress-file PATH compressed with the model's GistNet, --memory ID
+a stored memory.
 
 Each takes --url (GISTNET_URL, default http://127.0.0.1:8000), --api-key (GISTNET_API_KEY)
 and --json (print the server's JSON instead of lines for people). The `gistnet` command
@@ -27,7 +36,17 @@ import numpy as np
 from gistnet.client import APIError, Client, JobFailed, ServerUnreachable
 from gistnet.errors import GistNetError
 
-CLIENT_COMMANDS = ("datasets", "train", "evaluate", "jobs", "models", "gist")
+CLIENT_COMMANDS = (
+    "datasets",
+    "train",
+    "evaluate",
+    "jobs",
+    "models",
+    "gist",
+    "score",
+    "generate",
+    "memories",
+)
 
 
 def _connection(*, nested: bool = False) -> argparse.ArgumentParser:
@@ -137,6 +156,80 @@ def add_client_commands(subparsers) -> None:
     gist.add_argument("--output", type=Path, default=None, help="save the (N, D) array (.npy)")
     _refine_arguments(gist, "refine each gist from its block (slower): ")
     gist.set_defaults(client_handler=_gist)
+
+    score = subparsers.add_parser(
+        "score", parents=[common], help="log-probabilities of a continuation after a context"
+    )
+    score.add_argument("continuation", help="the text to score after the context")
+    _context_arguments(score)
+    score.set_defaults(client_handler=_score)
+
+    generate = subparsers.add_parser(
+        "generate", parents=[common], help="new text after a context and a prompt"
+    )
+    generate.add_argument("prompt", nargs="?", default="", help="read raw after the context")
+    _context_arguments(generate)
+    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument(
+        "--ignore-eos", action="store_true", help="go on past the end-of-text token"
+    )
+    generate.add_argument("--stream", action="store_true", help="print tokens as they come")
+    generate.set_defaults(client_handler=_generate)
+
+    memories = subparsers.add_parser(
+        "memories", parents=[common], help="list, show, create or delete memories"
+    )
+    memory_verbs = memories.add_subparsers(dest="memories_command")
+    listing = memory_verbs.add_parser("list", parents=[nested], help="all memories (the default)")
+    listing.set_defaults(client_handler=_memories_list)
+    for parser in (memories, listing):
+        parser.add_argument("--model", type=int, default=argparse.SUPPRESS, help="of this model")
+    show = memory_verbs.add_parser("show", parents=[nested], help="one memory")
+    show.add_argument("memory_id", type=int)
+    show.set_defaults(client_handler=_memories_show)
+    delete = memory_verbs.add_parser("delete", parents=[nested], help="delete a memory")
+    delete.add_argument("memory_id", type=int)
+    delete.set_defaults(client_handler=_memories_delete)
+    create = memory_verbs.add_parser(
+        "create", parents=[nested], help="compress a document once, to read in many contexts"
+    )
+    document = create.add_mutually_exclusive_group(required=True)
+    document.add_argument("--text")
+    document.add_argument("--file", type=Path, help="a text file")
+    create.add_argument("--model", type=int, default=None, help="default: the newest model")
+    create.add_argument("--name", default=None)
+    create.set_defaults(client_handler=_memories_create)
+    memories.set_defaults(client_handler=_memories_list)
+
+
+class _ContextPart(argparse.Action):
+    """Appends (part kind, value) to `context`, so parts keep the order they were given."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        kind, read = self.const
+        parts = list(getattr(namespace, "context", None) or [])
+        if read == "file":
+            value = Path(value).read_text(encoding="utf-8")
+        parts.append({kind: int(value) if kind == "memory_id" else value})
+        namespace.context = parts
+
+
+def _context_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(context=[])
+    for option, kind, read, what in (
+        ("--text", "text", "value", "a text read raw"),
+        ("--text-file", "text", "file", "a text file read raw"),
+        ("--compress", "compress", "value", "a text read as its blocks' gists"),
+        ("--compress-file", "compress", "file", "a text file read as its blocks' gists"),
+        ("--memory", "memory_id", "value", "a stored memory (gistnet memories)"),
+    ):
+        parser.add_argument(
+            option, action=_ContextPart, const=(kind, read), dest="context", help=what
+        )
+    parser.add_argument("--model", type=int, default=None, help="default: the newest model")
 
 
 def _refine_arguments(parser: argparse.ArgumentParser, what: str) -> None:
@@ -393,6 +486,83 @@ def _gist(client: Client, args) -> int:
         print(f"  [{i}] norm {norm:.4f}  [{head}, ...]")
     if args.output is not None:
         print(f"saved to {args.output}")
+    return 0
+
+
+def _lengths(answer: dict[str, Any]) -> str:
+    return (
+        f"context {answer['context_length']} positions for {answer['uncompressed_length']} "
+        f"tokens ({answer['compressed_blocks']} blocks compressed)"
+    )
+
+
+def _score(client: Client, args) -> int:
+    answer = client.score(args.continuation, context=args.context, model_id=args.model)
+    if args.json:
+        _print_json(answer)
+        return 0
+    print(
+        f"{len(answer['tokens'])} tokens: sum log-prob {answer['sum_logprob']:.4f}, "
+        f"mean NLL {answer['mean_nll']:.4f}; {_lengths(answer)}"
+    )
+    return 0
+
+
+def _generate(client: Client, args) -> int:
+    options = {
+        "context": args.context,
+        "model_id": args.model,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "ignore_eos": args.ignore_eos,
+    }
+    if not args.stream:
+        answer = client.generate(args.prompt, **options)
+        _print_json(answer) if args.json else print(answer["text"])
+        if not args.json:
+            print(f"({answer['finish_reason']}; {_lengths(answer)})", file=sys.stderr)
+        return 0
+    for event, data in client.stream_generate(args.prompt, **options):
+        if args.json:
+            print(json.dumps({"event": event, "data": data}))
+        elif event == "token":
+            print(data["text"] or "", end="", flush=True)
+        elif event == "done":
+            print()
+            print(f"({data['finish_reason']}; {_lengths(data)})", file=sys.stderr)
+    return 0
+
+
+def _memories_list(client: Client, args) -> int:
+    data = client.memories(model_id=getattr(args, "model", None))
+    if args.json:
+        _print_json(data)
+        return 0
+    rows = [
+        [m["id"], m["model_id"], m["name"], m["tokens"], m["blocks"], m["context_length"]]
+        for m in data
+    ]
+    _table(rows, ["ID", "MODEL", "NAME", "TOKENS", "BLOCKS", "POSITIONS"])
+    return 0
+
+
+def _memories_show(client: Client, args) -> int:
+    _print_json(client.memory(args.memory_id))
+    return 0
+
+
+def _memories_delete(client: Client, args) -> int:
+    client.delete_memory(args.memory_id)
+    print(f"memory {args.memory_id} deleted", file=sys.stderr)
+    return 0
+
+
+def _memories_create(client: Client, args) -> int:
+    document = args.text if args.file is None else args.file.read_text(encoding="utf-8")
+    memory = client.create_memory(document, model_id=args.model, name=args.name)
+    _print_json(memory) if args.json else print(memory["id"])
     return 0
 
 

@@ -398,3 +398,47 @@ def test_a_full_lane_is_429_and_a_client_that_leaves_stops_its_generation(api_st
         assert lane.passes - before < 400
         again = http.post("/generate", json={**body, "max_new_tokens": 2})
         assert again.status_code == 200 and len(json.loads(again.text)["token_ids"]) == 2
+
+
+# --------------------------------------------------------------------------- client, CLI
+
+
+def test_the_client_and_the_command_score_generate_and_keep_memories(
+    api_stack, trained_model, story, tmp_path, capsys
+):
+    from gistnet.client import APIError, Client
+    from tools.cli import main as cli
+
+    model_id = trained_model["id"]
+    document = tmp_path / "story.txt"
+    document.write_text(tiny_documents(1)[0])
+    with served(create_app(api_stack.settings)) as (host, port):
+        url = f"http://{host}:{port}"
+        with Client(url) as gn:
+            memory = gn.create_memory(story[:70], model_id=model_id, name="start")
+            assert gn.memory(memory["id"]) == memory
+            assert memory in gn.memories(model_id=model_id)
+            context = [{"memory_id": memory["id"]}, {"tokens": story[70:80]}]
+            score = gn.score(story[80:90], context=context)
+            assert score["compressed_blocks"] == 2 and len(score["token_logprobs"]) == 10
+            options = {"max_new_tokens": 4, "ignore_eos": True, "model_id": model_id}
+            answer = gn.generate(story[80:84], context=context, **options)
+            events = list(gn.stream_generate(story[80:84], context=context, **options))
+            assert [d["token_id"] for e, d in events if e == "token"] == answer["token_ids"]
+            assert events[-1] == ("done", answer)
+            with pytest.raises(APIError) as refused:
+                gn.score("x", context=[{"tokens": [10**6]}], model_id=model_id)
+            assert refused.value.status_code == 422 and "tokens[0]" in refused.value.detail
+
+            common = ["--url", url, "--model", str(model_id)]
+            assert cli(["score", " the end", "--compress-file", str(document), *common]) == 0
+            assert "blocks compressed" in capsys.readouterr().out
+            generate = ["generate", "Once", "--memory", str(memory["id"]), "--text", " and"]
+            assert cli([*generate, "--max-new-tokens", "3", "--ignore-eos", "--json", *common]) == 0
+            printed = json.loads(capsys.readouterr().out)
+            assert printed["prompt_tokens"] >= 1 and len(printed["token_ids"]) == 3
+            assert cli(["memories", "--url", url, "--model", str(model_id)]) == 0
+            assert "start" in capsys.readouterr().out
+            assert cli(["memories", "delete", str(memory["id"]), "--url", url]) == 0
+            assert cli(["memories", "show", str(memory["id"]), "--url", url]) == 1
+            assert "does not exist" in capsys.readouterr().err
