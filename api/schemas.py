@@ -599,6 +599,26 @@ class HealthPublic(_Out):
     gist_blocks: int
 
 
+class VersionsPublic(_Out):
+    gistnet: str
+    torch: str
+    transformers: str
+    python: str
+
+
+class InfoPublic(_Out):
+    versions: VersionsPublic
+    # Where this process computes gists (the `device` setting resolved: cpu, cuda:0, ...).
+    device: str
+    models_loaded: list[int]
+    # The bounds on request numbers in force (service/limits.py with GISTNET_LIMITS applied).
+    limits: dict[str, int | float]
+    # Request bodies larger than these get 413, by route.
+    max_body_bytes: dict[str, int]
+    # A training request whose memory estimate is larger is refused.
+    worker_memory_bytes: int
+
+
 class ReadyPublic(_Out):
     ready: bool
     checks: dict[str, str]

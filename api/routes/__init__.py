@@ -16,6 +16,7 @@ from api.routes import (
     gist,
     health,
     imports,
+    info,
     jobs,
     memories,
     metrics,
@@ -28,6 +29,7 @@ from api.routes import (
 from api.schemas import OpenAIErrorPublic
 
 GUARDED: list[APIRouter] = [
+    info.router,
     gist.router,
     score.router,
     generate.router,

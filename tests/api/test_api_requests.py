@@ -509,6 +509,42 @@ def test_ready_checks_database_broker_and_artifacts(client, api_stack):
         assert checks["database"] == "ok" and checks["broker"].startswith("unavailable")
 
 
+def test_info_names_versions_device_loaded_models_and_the_limits_in_force(
+    api_stack, trained_model
+):
+    import platform
+
+    import transformers
+
+    import gistnet
+
+    settings = load_settings(
+        **{
+            **api_stack.settings.model_dump(exclude={"api_key"}),
+            "limits": {"training.max_steps": 77},
+            "gist_max_body_bytes": 4096,
+        }
+    )
+    with TestClient(create_app(settings)) as client:
+        before = client.get("/info").json()
+        assert before["models_loaded"] == []
+        body = {"model_id": trained_model["id"], "blocks": [[1] * 32]}
+        assert client.post("/gist", json=body).status_code == 200
+        info = client.get("/info").json()
+    assert info["versions"] == {
+        "gistnet": gistnet.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+    assert info["device"] == "cpu"
+    assert info["models_loaded"] == [trained_model["id"]]
+    assert info["limits"]["training.max_steps"] == 77
+    assert info["limits"]["block_size"] == settings.request_limits["block_size"]
+    assert info["max_body_bytes"]["POST /gist"] == 4096
+    assert info["worker_memory_bytes"] == settings.worker_memory
+
+
 def test_openapi_docs_are_served(client):
     assert client.get("/docs").status_code == 200
     assert "/gist" in client.get("/openapi.json").json()["paths"]
