@@ -15,6 +15,7 @@ import torch
 import transformers
 
 from gistnet.config import validate_dataset_config, validate_run_config
+from gistnet.context import CompressedSpan, RawTokens, context_inputs, teacher_forward
 from gistnet.data import prepare_dataset
 from gistnet.datasets import open_split
 from gistnet.errors import ConfigError
@@ -123,6 +124,56 @@ def test_the_blocks_own_embeddings_substituted_give_the_token_id_log_probs(teach
         last = horizon_log_probs(teacher, windows, block_size=BLOCK, vectors=embeddings[:, -1])
     torch.testing.assert_close(substituted, by_ids, atol=1e-5, rtol=0)
     assert (last - by_ids).abs().max() > 1e-3
+
+
+def test_a_context_of_tokens_and_a_span_of_their_own_embeddings_reads_as_the_tokens(
+    teacher, windows
+):
+    """gistnet.context lays raw tokens and compressed blocks out for the teacher: a block
+    read as its own T embeddings after 8 raw tokens, and a shorter context padded on the
+    right in the same batch, give the token ids' logits at every real position."""
+    embeddings = teacher.get_input_embeddings()(windows[:, 8 : 8 + BLOCK])  # (B, T, D)
+    spanned = [
+        RawTokens(windows[:, :8]),
+        CompressedSpan(embeddings[:, None], BLOCK),  # (B, 1 block, k = T, D)
+        RawTokens(windows[:, 8 + BLOCK :]),
+    ]
+    shorter = [RawTokens(windows[:, :40])]
+    inputs = context_inputs(teacher, [spanned, shorter])
+    assert inputs.lengths.tolist() == [HORIZON] * 3 + [40] * 3
+    with torch.no_grad():
+        logits = teacher_forward(teacher, inputs).logits
+        by_ids = teacher(input_ids=windows, use_cache=False).logits
+    torch.testing.assert_close(logits[:3], by_ids, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits[3:, :40], by_ids[:, :40], atol=1e-5, rtol=0)
+
+
+def test_the_horizon_reads_across_the_positions_a_compressed_block_leaves_out(
+    teacher, windows
+):
+    """A block read as one vector leaves positions out; the tokens after it still attend
+    to what came before it (no family may take the jump for the start of a new sequence)."""
+    last = teacher.get_input_embeddings()(windows[:, 8 + BLOCK - 1 : 8 + BLOCK])  # (B, 1, D)
+
+    def horizon_logits(prefix: torch.Tensor) -> torch.Tensor:
+        context = [
+            RawTokens(prefix),
+            CompressedSpan(last[:, None], BLOCK),  # (B, 1 block, k = 1, D)
+            RawTokens(windows[:, 8 + BLOCK :]),
+        ]
+        with torch.no_grad():
+            return teacher_forward(teacher, context_inputs(teacher, [context])).logits[:, -8:]
+
+    def by_ids(prefix: torch.Tensor) -> torch.Tensor:
+        tokens = torch.cat([prefix, windows[:, 8:]], dim=1)
+        with torch.no_grad():
+            return teacher(input_ids=tokens, use_cache=False).logits[:, -8:]
+
+    prefix, other = windows[:, :8], windows[:, :8].roll(1, dims=0)
+    # As much as the prefix moves the horizon's logits when every token is read (a random
+    # teacher's logits are small, some families' very small).
+    moved = (horizon_logits(prefix) - horizon_logits(other)).abs().max()
+    assert moved > 0.1 * (by_ids(prefix) - by_ids(other)).abs().max() > 0
 
 
 def test_the_drop_vector_reads_as_its_token_at_the_blocks_last_position(teacher, windows):
