@@ -551,15 +551,28 @@ class EvaluationCreate(_In):
     # Adds the `refined` condition: every gist refined from its block alone (gistnet.refine)
     # and scored beside the gist, in the oracle section too. None leaves it out.
     refine: RefineOptions | None = None
+    # "blocks": each example's block read as its gist (ΔNLL@H). "long": the score_tokens
+    # after a context of context_tokens, read whole, truncated to the compressed length,
+    # or with all but its recent_tokens as gists (gistnet.eval.long); the dataset's
+    # horizon must hold context_tokens + score_tokens.
+    mode: Literal["blocks", "long"] = "blocks"
+    context_tokens: int | None = Field(default=None, ge=2, le=INT32_MAX)
+    recent_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    score_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
 
     def settings(self) -> EvalSettings:
-        """What the job scores, as the job row stores it and the worker reads it back."""
+        """What the job scores, as the job row stores it and the worker reads it back.
+        Raises ConfigError naming the field for settings that do not go together."""
         return EvalSettings(
             max_examples=self.max_examples,
             bootstrap_samples=self.bootstrap_samples,
             seed=self.seed,
             oracle_examples=self.oracle_examples,
             refine=None if self.refine is None else self.refine.settings(),
+            mode=self.mode,
+            context_tokens=self.context_tokens,
+            recent_tokens=self.recent_tokens,
+            score_tokens=self.score_tokens,
         )
 
 

@@ -298,10 +298,15 @@ class Client:
         seed: int = 0,
         oracle_examples: int | None = None,
         refine: Mapping[str, Any] | None = None,
+        mode: str = "blocks",
+        context_tokens: int | None = None,
+        recent_tokens: int | None = None,
+        score_tokens: int | None = None,
     ) -> dict[str, Any]:
         """Queue a ΔNLL@H evaluation (on the model's own dataset unless told another):
         {evaluation_id, job_id, ...}. `refine` ({} for the defaults) adds the refined
-        gists as a condition."""
+        gists as a condition. `mode="long"` scores `score_tokens` after a context of
+        `context_tokens`, whole, truncated and with all but `recent_tokens` compressed."""
         if dataset_id is None:
             dataset_id = self.model(model_id)["dataset_id"]
         body = {
@@ -314,6 +319,9 @@ class Client:
             "oracle_examples": oracle_examples,
             "refine": None if refine is None else dict(refine),
         }
+        if mode != "blocks":  # a server without the long mode still takes the rest
+            body.update(mode=mode, context_tokens=context_tokens, recent_tokens=recent_tokens,
+                        score_tokens=score_tokens)  # fmt: skip
         return self.request("POST", "/evaluations", json=body)
 
     def evaluation(self, evaluation_id: int) -> dict[str, Any]:

@@ -122,6 +122,13 @@ def add_client_commands(subparsers) -> None:
         help="add the oracle (free vectors fitted per example) on this many examples",
     )
     _refine_arguments(evaluate, "add the refined gists as a condition: ")
+    evaluate.add_argument(
+        "--mode", choices=("blocks", "long"), default="blocks",
+        help="long: the tokens after a long context, whole, truncated or compressed",
+    )  # fmt: skip
+    evaluate.add_argument("--context-tokens", type=int, help="long mode: the context's tokens")
+    evaluate.add_argument("--recent-tokens", type=int, help="long mode: latest tokens kept raw")
+    evaluate.add_argument("--score-tokens", type=int, help="long mode: tokens scored after it")
     evaluate.add_argument("--bootstrap-samples", type=int, default=1000)
     evaluate.add_argument("--wait", action="store_true", help="follow it and print the report")
     evaluate.set_defaults(client_handler=_evaluate)
@@ -365,6 +372,10 @@ def _evaluate(client: Client, args) -> int:
         bootstrap_samples=args.bootstrap_samples,
         oracle_examples=args.oracle_examples,
         refine=_refine(args),
+        mode=args.mode,
+        context_tokens=args.context_tokens,
+        recent_tokens=args.recent_tokens,
+        score_tokens=args.score_tokens,
     )
     if not args.wait:
         _print_json(accepted) if args.json else print(accepted["evaluation_id"])
@@ -386,7 +397,7 @@ def _evaluate(client: Client, args) -> int:
 def _print_report(report: dict[str, Any]) -> None:
     rows = []
     for name, entry in report["conditions"].items():
-        gr = entry["gap_recovered"]
+        gr = entry.get("gap_recovered") or entry.get("gap_recovered_long") or {"value": None}
         low, high = gr.get("ci95") or (None, None)
         interval = f"[{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
         value = gr["value"]
@@ -399,6 +410,14 @@ def _print_report(report: dict[str, Any]) -> None:
                 interval,
             ]
         )
+    if report.get("mode") == "long":
+        print(
+            f"{report['n_examples']} windows, {report['context_tokens']} context tokens "
+            f"({report['compressed_positions']} positions compressed), "
+            f"{report['score_tokens']} scored"
+        )
+        _table(rows, ["CONDITION", "NLL", "ΔNLL", "GR_LONG", "95% CI"])
+        return
     print(f"{report['n_examples']} examples, {report['horizon_tokens']} horizon tokens")
     _table(rows, ["CONDITION", "NLL", "ΔNLL", "GAP RECOVERED", "95% CI"])
 

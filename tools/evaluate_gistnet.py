@@ -3,6 +3,12 @@
     python -m tools.evaluate_gistnet --checkpoint artifacts/gistnet/gistnet.pt \
         --dataset data/sample_text --split validation --out artifacts/eval
 
+With --mode long it scores the tokens after a long context instead, read whole,
+truncated, or with its oldest blocks as gists (gistnet.eval.long):
+
+    python -m tools.evaluate_gistnet --checkpoint ... --dataset ... --mode long \
+        --context-tokens 512 --recent-tokens 64 --score-tokens 64
+
 Each of --checkpoint, --dataset and --out may be an object-store URL (s3://...).
 """
 
@@ -49,6 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--refine-lr", type=float, default=0.05)
     parser.add_argument("--refine-temperature", type=float, default=0.8)
+    parser.add_argument(
+        "--mode",
+        choices=("blocks", "long"),
+        default="blocks",
+        help="blocks: each example's block read as its gist (default); long: the tokens after "
+        "a long context, whole, truncated or compressed",
+    )
+    parser.add_argument("--context-tokens", type=int, help="long mode: C, the context's tokens")
+    parser.add_argument(
+        "--recent-tokens", type=int, help="long mode: R, the latest tokens kept raw (default 64)"
+    )
+    parser.add_argument(
+        "--score-tokens", type=int, help="long mode: S, tokens scored after it (default 64)"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--bootstrap-samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
@@ -90,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             oracle_examples=args.oracle_examples,
             refine=refine,
+            mode=args.mode,
+            context_tokens=args.context_tokens,
+            recent_tokens=args.recent_tokens,
+            score_tokens=args.score_tokens,
         )
         request = EvalRequest(
             checkpoint=open_local(args.checkpoint),

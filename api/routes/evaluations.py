@@ -18,7 +18,9 @@ from api.schemas import (
 )
 from api.validation import RequestProblem
 from api.views import evaluation_public
-from gistnet.errors import StorageError
+from gistnet.errors import ConfigError, StorageError
+from gistnet.eval.long import LongLayout, check_window
+from gistnet.eval.request import EvalSettings
 from service.db.records import (
     create_evaluation,
     get_dataset,
@@ -32,6 +34,31 @@ from service.queue import ProductStatus
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])
 
 ROUTE = "POST /evaluations"
+
+
+def _settings_of(body: EvaluationCreate) -> EvalSettings:
+    try:
+        return body.settings()
+    except ConfigError as err:
+        raise RequestProblem(str(err)) from None
+
+
+def _check_long_window(model, dataset, settings: EvalSettings) -> None:
+    """A long evaluation's context fits the dataset's windows in whole blocks."""
+    if settings.mode != "long":
+        return
+    try:
+        layout = LongLayout(
+            block_size=model.block_size,
+            gists_per_block=1,  # the window checks do not depend on k
+            context_tokens=settings.context_tokens,
+            recent_tokens=settings.recent_tokens,
+            score_tokens=settings.score_tokens,
+        )
+        check_window(layout, horizon=int((dataset.info or {}).get("horizon", 0)),
+                     teacher_positions=None)  # fmt: skip
+    except ConfigError as err:
+        raise RequestProblem(str(err)) from None
 
 
 def _check_pairing(model, dataset, split: str) -> None:
@@ -73,6 +100,7 @@ def create_evaluation_route(
     idempotency_key: IdempotencyKeyHeader = None,
 ):
     """Queue an evaluation of a model on a prepared dataset split."""
+    settings_asked = _settings_of(body)
 
     def record() -> Accepted:
         model = get_model(session, model_id=body.model_id)
@@ -84,12 +112,13 @@ def create_evaluation_route(
         if dataset.status != ProductStatus.READY:
             raise HTTPException(409, f"dataset {dataset.id} is {dataset.status}, not ready")
         _check_pairing(model, dataset, body.split)
+        _check_long_window(model, dataset, settings_asked)
         evaluation, job = create_evaluation(
             session,
             model_id=model.id,
             dataset_id=dataset.id,
             split=body.split,
-            options=body.settings().to_dict(),
+            options=settings_asked.to_dict(),
         )
         accepted = EvaluationAccepted(
             evaluation_id=evaluation.id,

@@ -449,11 +449,11 @@ function evaluationView(evaluation) {
   if (!report) return head;
   const rows = Object.entries(report.conditions).map(([name, c]) => `<tr data-condition="${esc(name)}">
     <td>${esc(name)}</td><td class="num">${interval(c.nll)}</td><td class="num">${interval(c.delta_nll)}</td>
-    <td class="num">${interval(c.gap_recovered)}</td></tr>`).join("");
+    <td class="num">${interval(c.gap_recovered ?? c.gap_recovered_long)}</td></tr>`).join("");
   const comparisons = Object.entries(report.comparisons || {}).map(([k, v]) => `<dt>${esc(k.replaceAll("_", " "))}</dt><dd>${interval(v)}</dd>`).join("");
   const bars = Object.entries(report.quality_bars || {}).map(([k, v]) => `<dt>${esc(k.replaceAll("_", " "))}</dt><dd>${v === null ? "n/a" : v ? "✔ yes" : "✘ no"}</dd>`).join("");
   return `${head}
-    <p class="muted">${int(report.n_examples)} examples, ${report.horizon_tokens} horizon tokens, 95% bootstrap intervals over ${int(report.bootstrap_samples)} resamples.</p>
+    <p class="muted">${int(report.n_examples)} examples, ${report.mode === "long" ? `${report.context_tokens} context tokens (GR long: of what truncation to ${report.compressed_positions} positions loses), ${report.score_tokens} scored` : `${report.horizon_tokens} horizon tokens`}, 95% bootstrap intervals over ${int(report.bootstrap_samples)} resamples.</p>
     <table id="gap-table"><thead><tr><th>Condition</th><th class="num">NLL</th><th class="num">ΔNLL</th><th class="num">Gap recovered</th></tr></thead>
     <tbody>${rows}</tbody></table>
     <div class="row" style="margin-top:1rem"><dl class="kv">${comparisons}</dl><dl class="kv">${bars}</dl></div>

@@ -6,4 +6,5 @@
     request     EvalSettings / EvalRequest: what an evaluation is asked to do
     run         evaluate_gistnet: from a checkpoint and a prepared split to the report
     report      the table, the per-position plot and the JSON for people
+    long        the long-document mode: a long context whole, truncated or compressed
 """

@@ -46,13 +46,7 @@ def _condition_table(report: Mapping[str, Any]) -> list[str]:
                 _fmt(entry["delta_nll_late"]),
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return lines
+    return _aligned(rows)
 
 
 def _resampling_note(report: Mapping[str, Any]) -> str:
@@ -64,8 +58,55 @@ def _resampling_note(report: Mapping[str, Any]) -> str:
     return f"{report['bootstrap_samples']} bootstrap resamples of the examples"
 
 
+def _aligned(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return lines
+
+
+def _long_table(report: Mapping[str, Any]) -> str:
+    """The long-document report: per condition its NLL, GR_long and cost, then the bars."""
+    rows = [["condition", "NLL [95% CI]", "GR_long [95% CI]", "positions", "prefill FLOPs",
+             "KV cache"]]  # fmt: skip
+    for name, entry in report["conditions"].items():
+        rows.append(
+            [
+                name,
+                _fmt(entry["nll"]),
+                _fmt(entry.get("gap_recovered_long")),
+                str(entry["positions"]),
+                f"{entry['prefill_flops']:.3g}",
+                f"{entry['kv_cache_bytes'] / 2**20:.2f} MiB",
+            ]
+        )
+    comparisons = report["comparisons"]
+    lines = [
+        *_aligned(rows),
+        "",
+        f"{report['n_examples']} windows: {report['context_tokens']} context tokens "
+        f"({report['compressed_blocks']} blocks compressed, {report['recent_tokens']} kept raw: "
+        f"{report['compressed_positions']} positions), {report['score_tokens']} scored; "
+        f"{_resampling_note(report)}",
+        f"GR_long(compressed) - GR_long(mean): "
+        f"{_fmt(comparisons['compressed_minus_mean_gap_recovered_long'])}",
+        f"NLL(mean) - NLL(compressed): {_fmt(comparisons['mean_minus_compressed_nll'])}",
+        "quality bars: "
+        + ", ".join(
+            f"{name} {'yes' if ok else 'NO' if ok is False else 'n/a'}"
+            for name, ok in report["quality_bars"].items()
+        ),
+    ]
+    return "\n".join(lines)
+
+
 def format_table(report: Mapping[str, Any]) -> str:
     """A plain-text table of the report: one row per condition, then the comparisons."""
+    if report.get("mode") == "long":
+        return _long_table(report)
     lines = _condition_table(report)
     lines.append("")
     lines.append(
@@ -123,15 +164,20 @@ def plot_per_position(report: Mapping[str, Any], path: str | Path, *, title: str
     from matplotlib import pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    long = report.get("mode") == "long"
     for name, entry in report["conditions"].items():
         curve = entry["nll_per_position"]
-        gr = entry["gap_recovered"]["value"]
+        gr = (entry.get("gap_recovered_long") if long else entry["gap_recovered"]) or {}
+        gr = gr.get("value")
         label = name if gr is None or name in ("full", "drop") else f"{name} (GR {gr:.2f})"
         ax.plot(range(1, len(curve) + 1), curve, label=label, linewidth=1.5)
-    early = report["early_tokens"]
-    if early < report["horizon_tokens"]:
-        ax.axvline(early + 0.5, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("horizon position (tokens after the block)")
+    if long:
+        ax.set_xlabel("scored position (tokens after the context)")
+    else:
+        early = report["early_tokens"]
+        if early < report["horizon_tokens"]:
+            ax.axvline(early + 0.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("horizon position (tokens after the block)")
     # Log scale: the first tokens after the block cost ten times the later ones.
     ax.set_yscale("log")
     ax.set_ylabel("mean NLL (nats, log scale)")

@@ -137,6 +137,14 @@ def evaluate_gistnet(
         rows = np.sort(
             np.random.default_rng(settings.seed).choice(total, settings.max_examples, replace=False)
         )
+    if settings.mode == "long":
+        report = _evaluate_long(
+            scoring, rows, request=request, on_progress=on_progress, should_cancel=should_cancel
+        )
+        report.update(_provenance(scoring, request, total=total, refine_report=None))
+        del report["swapped_rule"]  # no condition swaps gists in a long evaluation
+        report["elapsed_s"] = round(time.perf_counter() - started, 3)
+        return report
     context = np.asarray(shard.context_input_ids[rows])
     doc_ids = shard.document_ids()[rows]
     partner = swap_partners(doc_ids, seed=settings.seed)
@@ -179,6 +187,65 @@ def evaluate_gistnet(
     report.update(_provenance(scoring, request, total=total, refine_report=refine_report))
     report["elapsed_s"] = round(time.perf_counter() - started, 3)
     return report
+
+
+def _evaluate_long(
+    scoring: _Scoring,
+    rows: np.ndarray,
+    *,
+    request: EvalRequest,
+    on_progress: ProgressFn | None,
+    should_cancel: CancelFn | None,
+) -> dict[str, Any]:
+    """The long-document report (`gistnet.eval.long`) on the rows' windows: their first
+    context_tokens + score_tokens tokens, the oldest blocks compressed by GistNet."""
+    from gistnet.eval.long import (
+        LongLayout,
+        check_window,
+        prefill_cost,
+        score_long_windows,
+        summarize_long,
+        teacher_positions,
+    )
+    from gistnet.teacher import gistnet_inputs
+
+    settings = request.settings
+    model, teacher = scoring.loaded.model, scoring.loaded.teacher
+    layout = LongLayout(
+        block_size=scoring.block_size,
+        gists_per_block=model.config.gists_per_block,
+        context_tokens=settings.context_tokens,
+        recent_tokens=settings.recent_tokens,
+        score_tokens=settings.score_tokens,
+        sink=model.config.bos_sink,
+    )
+    check_window(layout, horizon=scoring.shard.horizon, teacher_positions=teacher_positions(teacher))
+    sink = drop_vector(teacher, scoring.drop_token).to(scoring.device) if layout.sink else None
+
+    @torch.inference_mode()
+    def gists_of(blocks: torch.Tensor) -> torch.Tensor:
+        gists = model(**gistnet_inputs(teacher, blocks, model.config)).float()
+        return gists if gists.dim() == 3 else gists[:, None]  # (n, D) -> (n, 1, D)
+
+    nll = score_long_windows(
+        teacher,
+        np.asarray(scoring.shard.context_input_ids[rows]),
+        layout=layout,
+        gists_of=gists_of,
+        sink=sink,
+        batch_size=request.batch_size,
+        on_progress=on_progress,
+        should_cancel=should_cancel,
+    )
+    costs = {name: prefill_cost(teacher, n) for name, n in layout.context_positions().items()}
+    return summarize_long(
+        nll,
+        layout=layout,
+        costs=costs,
+        doc_ids=scoring.shard.document_ids()[rows],
+        bootstrap_samples=settings.bootstrap_samples,
+        seed=settings.seed,
+    )
 
 
 def _open(request: EvalRequest) -> _Scoring:

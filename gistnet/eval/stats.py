@@ -71,6 +71,43 @@ def _bootstrap_means(
     return out
 
 
+StatFn = Callable[[Callable[[Mapping], Any]], dict[str, Any]]
+
+
+def paired_statistic(
+    columns: Mapping[Any, np.ndarray],
+    *,
+    bootstrap_samples: int,
+    seed: int,
+    groups: np.ndarray | None = None,
+) -> StatFn:
+    """`stat(fn)` -> {"value", "ci95"}: `fn` of the columns' means, and its 95% interval
+    over `bootstrap_samples` resamples of the rows (of whole `groups` where given).
+
+    `columns` {key: (N,)} hold one number per example; `fn` reads a mapping of the same
+    keys to means (a float each at the point, a (S,) array on the resamples). Every
+    statistic is recomputed on the same resamples, so a difference's interval accounts
+    for the pairing of the columns. A ratio with no denominator is None, not a warning.
+    """
+    keys = list(columns)
+    per_example = np.stack([columns[key] for key in keys], axis=1)  # (N, K)
+    point = dict(zip(keys, per_example.mean(axis=0), strict=True))
+    boot = (
+        _bootstrap_means(per_example, samples=bootstrap_samples, seed=seed, groups=groups)
+        if bootstrap_samples > 0
+        else np.empty((0, len(keys)))
+    )
+    resampled = {key: boot[:, i] for i, key in enumerate(keys)}
+
+    def stat(fn: Callable[[Mapping], Any]) -> dict[str, Any]:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = {"value": _json_float(fn(point))}
+            value["ci95"] = _interval(np.asarray(fn(resampled))) if bootstrap_samples else None
+        return value
+
+    return stat
+
+
 def summarize(
     nll: Mapping[str, np.ndarray],
     *,
@@ -102,25 +139,9 @@ def summarize(
         raise ConfigError("no examples to summarize")
     early = min(early_tokens, horizon_tokens)
     columns = _per_example_columns(nll, names, early=early)
-    keys = list(columns)
-    per_example = np.stack([columns[key] for key in keys], axis=1)  # (N, K)
-    point = dict(zip(keys, per_example.mean(axis=0), strict=True))
     if doc_ids is not None and len(doc_ids) != total:
         raise ConfigError(f"{len(doc_ids)} document ids for {total} examples")
-    boot = (
-        _bootstrap_means(per_example, samples=bootstrap_samples, seed=seed, groups=doc_ids)
-        if bootstrap_samples > 0
-        else np.empty((0, len(keys)))
-    )
-    resampled = {key: boot[:, i] for i, key in enumerate(keys)}
-
-    def stat(fn: Callable[[Mapping], Any]) -> dict[str, Any]:
-        # An undefined ratio (no gap to recover) becomes None, not a warning.
-        with np.errstate(divide="ignore", invalid="ignore"):
-            value = {"value": _json_float(fn(point))}
-            value["ci95"] = _interval(np.asarray(fn(resampled))) if bootstrap_samples else None
-        return value
-
+    stat = paired_statistic(columns, bootstrap_samples=bootstrap_samples, seed=seed, groups=doc_ids)
     conditions = {
         name: _condition_entry(stat, name, nll[name], early=early, horizon_tokens=horizon_tokens)
         for name in names
@@ -139,8 +160,6 @@ def summarize(
         "quality_bars": _quality_bars(conditions, comparisons),
     }
 
-
-StatFn = Callable[[Callable[[Mapping], Any]], dict[str, Any]]
 
 
 def _per_example_columns(

@@ -11,6 +11,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from api.main import create_app
+from gistnet.eval.request import EvalSettings
 from service.settings import load_settings
 from tests.service_stack import wait_until
 
@@ -388,6 +389,36 @@ def test_evaluation_takes_refine_settings_and_refuses_bad_ones(
         assert answer.status_code == 422 and field in answer.text, bad
     answer = client.post("/evaluations", json={**body, "refine": {"samples": 2, "steps": 3}})
     assert answer.status_code == 202
+
+
+def test_evaluation_takes_the_long_mode_and_refuses_a_context_its_windows_cannot_hold(
+    client, api_stack, ready_dataset, trained_model
+):
+    from service.db.engine import session_scope
+    from service.db.models import Job
+
+    body = {"model_id": trained_model["id"], "dataset_id": ready_dataset["id"], "mode": "long"}
+    # the dataset's windows are 64 tokens of blocks of 32
+    fine = {**body, "context_tokens": 48, "recent_tokens": 16, "score_tokens": 16}
+    answer = client.post("/evaluations", json=fine)
+    assert answer.status_code == 202
+    with session_scope(api_stack.settings.database_url) as session:
+        params = session.get(Job, answer.json()["job_id"]).params  # what the worker reads
+    assert EvalSettings.from_dict(params) == EvalSettings(
+        mode="long", context_tokens=48, recent_tokens=16, score_tokens=16
+    )
+    for bad, field in (
+        ({"context_tokens": 80, "recent_tokens": 16, "score_tokens": 16}, "horizon >= 96"),
+        ({"context_tokens": 56, "recent_tokens": 16, "score_tokens": 8}, "multiple of"),
+        ({"recent_tokens": 16}, "context_tokens"),
+        ({"context_tokens": 48, "recent_tokens": 16, "oracle_examples": 4}, "oracle_examples"),
+        ({"context_tokens": 0}, "context_tokens"),
+    ):
+        answer = client.post("/evaluations", json={**body, **bad})
+        assert answer.status_code == 422 and field in answer.text, bad
+    blocks = {**body, "mode": "blocks", "context_tokens": 48}
+    answer = client.post("/evaluations", json=blocks)
+    assert answer.status_code == 422 and "mode 'long'" in answer.text
 
 
 # --------------------------------------------------------------------------- POST /gist

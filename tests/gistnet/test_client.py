@@ -90,6 +90,12 @@ def test_client_uploads_prepares_trains_evaluates_and_gists(client, tmp_path):
     assert {"full", "gist", "drop", "refined", "swapped_refined"} <= set(report["conditions"])
     assert report["refine"]["samples"] == 2 and report["refine"]["steps"] == 2
     assert client.model(model_id)["latest_evaluation"]["id"] == evaluation["evaluation_id"]
+    long = client.evaluate(model_id, max_examples=8, bootstrap_samples=20, mode="long",
+                           context_tokens=48, recent_tokens=16, score_tokens=16)  # fmt: skip
+    client.wait(long, timeout=180)
+    report = client.evaluation(long["evaluation_id"])["report"]
+    assert report["mode"] == "long" and report["compressed_positions"] == 17
+    assert set(report["conditions"]) == {"full", "truncated", "compressed", "mean", "recent"}
 
     story = tiny_documents(1, seed=5)[0]
     gists = client.gist(story, model_id=model_id)
