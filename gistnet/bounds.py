@@ -75,8 +75,9 @@ class SourceBounds(_Bounds):
     # a file past it is a corpus to cut into several files, or a decompression bomb.
     max_file_bytes: int = 16 << 30
     # Bytes of one document (a JSON line, a .txt file, a Parquet value): it is read and
-    # tokenized whole, a few hundred at a time, so this bounds the memory of preparation.
-    max_document_bytes: int = 16 << 20
+    # tokenized whole, so this bounds the memory of preparation; the tokenizer takes about
+    # 150 MiB a MiB of text (docs/benchmarks.md: tokenize_memory): 16 MiB took 2.4 GiB.
+    max_document_bytes: int = 4 << 20
 
     NAMES: ClassVar[dict[str, str]] = {
         "max_file_bytes": "sources.max_file_bytes",

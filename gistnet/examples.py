@@ -30,6 +30,10 @@ from gistnet.shards import (
 from gistnet.teacher import block_hidden_states, hidden_size_of, load_teacher, load_tokenizer
 
 _TOKENIZE_CHUNK = 256  # documents tokenized per call: fast batch encoding, bounded memory
+# ... and at most this many characters, or one longer document alone: the tokenizer's peak
+# grows with the text of its call (about 150 MiB a MiB, docs/benchmarks.md), so it stays
+# that of the longest document allowed (sources.max_document_bytes).
+TOKENIZE_CHUNK_CHARS = 1 << 20
 # Rows per record batch of a token-only shard: there is no teacher batch to follow, and a
 # few MB a batch keeps the file's per-batch overhead negligible.
 _TOKEN_BATCH_ROWS = 8192
@@ -37,13 +41,20 @@ _TOKEN_BATCH_ROWS = 8192
 # --------------------------------------------------------------------------- reading text
 
 
-def _chunks(texts: Iterator[str], size: int) -> Iterator[list[str]]:
+def _chunks(texts: Iterator[str], size: int, max_chars: int) -> Iterator[list[str]]:
+    """Lists of at most `size` texts, each ended once its texts hold `max_chars` (a text
+    longer than that is a chunk of its own)."""
     chunk: list[str] = []
+    chars = 0
     for text in texts:
+        if chunk and chars + len(text) > max_chars:
+            yield chunk
+            chunk, chars = [], 0
         chunk.append(text)
+        chars += len(text)
         if len(chunk) == size:
             yield chunk
-            chunk = []
+            chunk, chars = [], 0
     if chunk:
         yield chunk
 
@@ -53,7 +64,7 @@ def _token_documents(
 ) -> Iterator[list[int]]:
     """Token ids per document, in order; stops after `max_tokens` tokens in all."""
     budget = max_tokens if max_tokens is not None else float("inf")
-    for chunk in _chunks(texts, _TOKENIZE_CHUNK):
+    for chunk in _chunks(texts, _TOKENIZE_CHUNK, TOKENIZE_CHUNK_CHARS):
         for ids in tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]:
             if budget <= 0:
                 return
