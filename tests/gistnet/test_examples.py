@@ -9,7 +9,13 @@ import pytest
 
 from gistnet.config import validate_dataset_config
 from gistnet.errors import Cancelled
-from gistnet.examples import PrepResources, document_examples, shard_schema_of, write_shard
+from gistnet.examples import (
+    PrepResources,
+    _chunks,
+    document_examples,
+    shard_schema_of,
+    write_shard,
+)
 from tests.conftest import small_dataset_config
 
 
@@ -71,3 +77,11 @@ def test_a_cancel_while_a_shard_is_written_leaves_no_shard_and_no_temporary(tmp_
     with pytest.raises(Cancelled, match="split 'train'"):
         _write(tmp_path, windows, should_cancel=lambda: True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_documents_reach_the_tokenizer_in_chunks_bounded_by_count_and_by_text():
+    texts = ["a" * 10] * 7 + ["b" * 100] + ["c" * 5] * 3
+    chunks = list(_chunks(iter(texts), 4, 25))
+    assert [len(c) for c in chunks] == [2, 2, 2, 1, 1, 3]  # 20 chars each, the long one alone
+    assert sum(chunks, []) == texts
+    assert [len(c) for c in _chunks(iter(["x"] * 9), 4, 1000)] == [4, 4, 1]

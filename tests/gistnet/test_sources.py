@@ -324,12 +324,3 @@ def test_a_holdout_divides_whole_files_between_two_splits_by_their_paths(tmp_pat
     with pytest.raises(ConfigError, match=r"leaves none of the 1 files"):
         side(other_side, source="elsewhere/guide/p00.txt")
 
-
-def test_documents_reach_the_tokenizer_in_chunks_bounded_by_count_and_by_text():
-    from gistnet.examples import _chunks
-
-    texts = ["a" * 10] * 7 + ["b" * 100] + ["c" * 5] * 3
-    chunks = list(_chunks(iter(texts), 4, 25))
-    assert [len(c) for c in chunks] == [2, 2, 2, 1, 1, 3]  # 20 chars each, the long one alone
-    assert sum(chunks, []) == texts
-    assert [len(c) for c in _chunks(iter(["x"] * 9), 4, 1000)] == [4, 4, 1]
