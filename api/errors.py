@@ -29,7 +29,8 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.schemas import ErrorPublic, OpenAIError, OpenAIErrorPublic
+from api.openai_schemas import OpenAIError, OpenAIErrorPublic
+from api.schemas import ErrorPublic
 from api.validation import RequestProblem
 from gistnet.config import describe_validation_errors
 

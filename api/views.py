@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
 
+from api.context_schemas import MemoryPublic
 from api.schemas import (
     DatasetPublic,
     EvaluationPublic,
@@ -18,7 +19,6 @@ from api.schemas import (
     JobPartPublic,
     JobProgress,
     JobPublic,
-    MemoryPublic,
     ModelPublic,
     PartsPublic,
     SplitPublic,

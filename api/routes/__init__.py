@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI
 
 from api.deps import AuthDep
 from api.errors import error_responses
+from api.openai_schemas import OpenAIErrorPublic
 from api.routes import (
     datasets,
     evaluations,
@@ -26,7 +27,6 @@ from api.routes import (
     train,
     ui,
 )
-from api.schemas import OpenAIErrorPublic
 
 GUARDED: list[APIRouter] = [
     info.router,

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
+from api.context_schemas import GenerateCreate, GenerationPublic, GenerationToken
 from api.contexts import (
     TokenBudget,
     check_positions,
@@ -28,7 +29,6 @@ from api.contexts import (
 from api.deps import EnginesDep, SettingsDep
 from api.engine import ContextPart, GistEngine
 from api.errors import error_responses
-from api.schemas import GenerateCreate, GenerationPublic, GenerationToken
 from api.validation import RequestProblem
 from gistnet.continuation import Sampling
 

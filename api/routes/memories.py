@@ -13,11 +13,12 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from api.context_schemas import MemoriesPublic, MemoryCreate, MemoryPublic
 from api.contexts import TokenBudget, compress, memory_bytes, token_ids
 from api.deps import EnginesDep, SessionDep, SettingsDep
 from api.errors import error_responses
 from api.routes.gist import engine_for
-from api.schemas import MemoriesPublic, MemoryCreate, MemoryPublic, RowId
+from api.schemas import RowId
 from api.validation import RequestProblem
 from api.views import memory_public
 from service.artifacts import memory_dir

@@ -20,8 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from api.batching import QueueFull
 from api.deps import BatcherDep, EnginesDep, SettingsDep
 from api.errors import error_responses
-from api.routes.gist import engine_for
-from api.schemas import (
+from api.openai_schemas import (
     EmbeddingPublic,
     EmbeddingsCreate,
     EmbeddingsPublic,
@@ -30,6 +29,7 @@ from api.schemas import (
     OpenAIModelPublic,
     OpenAIModelsPublic,
 )
+from api.routes.gist import engine_for
 from api.validation.common import RequestProblem
 from api.validation.gist import check_gist_text, gist_text_budget
 from gistnet.errors import GistNetError

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from api.context_schemas import ScoreCreate, ScorePublic
 from api.contexts import (
     TokenBudget,
     check_positions,
@@ -17,7 +18,6 @@ from api.contexts import (
 )
 from api.deps import EnginesDep, SettingsDep
 from api.errors import error_responses
-from api.schemas import ScoreCreate, ScorePublic
 from api.validation import RequestProblem
 
 router = APIRouter(prefix="/score", tags=["contexts"])
