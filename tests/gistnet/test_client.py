@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from gistnet.client import APIError, Client, JobFailed, ServerUnreachable, load_dataset_config
+from gistnet.client import APIError, Client, JobFailed, ServerUnreachable
+from gistnet.client_configs import load_dataset_config
 from gistnet.teacher import load_tokenizer
 from tests.conftest import SERVICE_KEY
 from tests.service_stack import REPO, dataset_body, sample_teacher, tiny_documents
