@@ -23,13 +23,17 @@ class ContextPart(_In):
     `text` / `tokens`: read raw. `compress` / `compress_tokens`: cut into the model's
     blocks, each read as its gists where the block stood; a tail shorter than a block is
     read raw. `memory_id`: a stored memory (POST /memories), read as `compress` would read
-    its document. Each text is tokenized on its own."""
+    its document. Each text is tokenized on its own; `keep_last` keeps a raw part's last
+    tokens only."""
 
     text: StrictStr | None = None
     compress: StrictStr | None = None
     tokens: TokenIds | None = None
     compress_tokens: TokenIds | None = None
     memory_id: RowId | None = None
+    # A raw part only: read its last keep_last tokens alone (truncation, the baseline a
+    # compressed context is measured against at the same budget).
+    keep_last: int | None = Field(default=None, ge=0, le=INT32_MAX)
 
     @model_validator(mode="after")
     def _one_kind(self) -> ContextPart:
@@ -38,6 +42,10 @@ class ContextPart(_In):
             raise ValueError(
                 f"give exactly one of {', '.join(PART_KINDS)}"
                 + (f" (this part gives {', '.join(given)})" if given else "")
+            )
+        if self.keep_last is not None and given[0] not in ("text", "tokens"):
+            raise ValueError(
+                f"keep_last truncates a raw part (text or tokens), not a {given[0]} part"
             )
         return self
 

@@ -203,7 +203,10 @@ async def context_parts(
         if part.kind in ("compress", "compress_tokens"):
             out.append(ContextPart(tokens=ids, gists=await compress(request, engine, ids)))
         else:
-            out.append(ContextPart(tokens=ids))
+            kept = (
+                ids if part.keep_last is None else ids[len(ids) - min(part.keep_last, len(ids)) :]
+            )
+            out.append(ContextPart(tokens=kept))
     return out
 
 

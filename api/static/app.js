@@ -1,5 +1,5 @@
 // The GistNet dashboard. Every number shown comes from the JSON routes a script would use
-// (/datasets, /jobs, /jobs/{id}/events, /models, /evaluations, /gist); nothing here
+// (/datasets, /jobs, /jobs/{id}/events, /models, /evaluations, /gist, /score, /generate); nothing here
 // computes what the server knows, only what it is asked to show (norms and cosines of the
 // gists /gist returned).
 
@@ -542,12 +542,37 @@ function tryPage() {
         <span></span><div><button type="submit" id="try-submit">Gist it</button></div>
       </form>
     </div>
-    <div id="try-result"></div>`;
-  const select = document.getElementById("try-model");
+    <div id="try-result"></div>
+    <h2>A long text as context: full, truncated and compressed</h2>
+    <div class="card">
+      <form id="context-form" class="grid">
+        <label for="context-model">Model</label><select id="context-model" name="model_id"></select>
+        <label for="context-text">Long text</label><textarea id="context-text" name="text" placeholder="Paste a long document: it is read whole (full), as its last tokens only (truncated, at the compressed budget), and as its blocks' gists (compressed)."></textarea>
+        <label for="context-prompt">Prompt</label><input type="text" id="context-prompt" name="prompt" placeholder="Read after the context; the continuation follows it">
+        <label for="context-expected">Continuation to score</label><input type="text" id="context-expected" name="expected" placeholder="Scored after the context and the prompt (empty: the prompt is scored after the context)">
+        <label for="context-tokens">New tokens</label><input type="number" id="context-tokens" name="max_new_tokens" value="32" min="1">
+        <span></span><div><button type="submit" id="context-submit">Compare</button></div>
+      </form>
+    </div>
+    <div id="context-result"></div>`;
+  const selects = [document.getElementById("try-model"), document.getElementById("context-model")];
   api("GET", "/models").then(({ data }) => {
-    select.innerHTML = data.map((m) => `<option value="${m.id}">model ${m.id} (dataset ${m.dataset_id}, ${m.steps} steps)</option>`).join("")
+    const options = data.map((m) => `<option value="${m.id}">model ${m.id} (dataset ${m.dataset_id}, ${m.steps} steps)</option>`).join("")
       || `<option value="">no model yet</option>`;
+    selects.forEach((select) => { select.innerHTML = options; });
   }).catch((err) => flash(err.message, true));
+  const contextForm = document.getElementById("context-form");
+  contextForm.onsubmit = async (event) => {
+    event.preventDefault();
+    document.getElementById("context-submit").disabled = true;
+    try {
+      showContexts(await compareContexts(formValues(contextForm)));
+    } catch (err) {
+      flash(err.message, true);
+    } finally {
+      document.getElementById("context-submit").disabled = false;
+    }
+  };
 
   const form = document.getElementById("try-form");
   form.onsubmit = async (event) => {
@@ -563,6 +588,50 @@ function tryPage() {
     }
   };
   return () => {};
+}
+
+// The three readings of one long text, each through POST /generate and POST /score: the
+// truncated one keeps as many of the text's last tokens as the compressed one reads.
+async function compareContexts(v) {
+  const model_id = v.model_id ? Number(v.model_id) : null;
+  const prompt = v.prompt || "";
+  const generate = (part) => api("POST", "/generate", { json: {
+    model_id, context: [part], prompt, max_new_tokens: Number(v.max_new_tokens) || 32,
+  } });
+  const score = (part) => api("POST", "/score", { json: v.expected
+    ? { model_id, context: [part, { text: prompt }], continuation: v.expected }
+    : { model_id, context: [part], continuation: prompt } });
+  const run = async (name, part) => {
+    try {
+      const [generation, scored] = await Promise.all([generate(part), score(part)]);
+      return { name, generation, scored };
+    } catch (err) {
+      return { name, error: err.message };
+    }
+  };
+  const compressed = await run("compressed", { compress: v.text });
+  const budget = compressed.generation
+    ? compressed.generation.context_length - compressed.generation.prompt_tokens : null;
+  const full = await run("full", { text: v.text });
+  const truncated = budget === null
+    ? { name: "truncated", error: "no budget: the compressed reading failed" }
+    : await run("truncated", { text: v.text, keep_last: budget });
+  return { scoredText: v.expected ? "the continuation" : "the prompt", rows: [full, truncated, compressed] };
+}
+
+function showContexts({ scoredText, rows }) {
+  const cells = rows.map((r) => r.error
+    ? `<tr><td>${esc(r.name)}</td><td colspan="4" class="error">${esc(r.error)}</td></tr>`
+    : `<tr data-context="${esc(r.name)}"><td>${esc(r.name)}</td>
+        <td class="num">${int(r.generation.context_length)}</td>
+        <td class="num">${int(r.generation.uncompressed_length)}</td>
+        <td class="num">${num(r.scored.mean_nll)}</td>
+        <td class="block-text">${esc(r.generation.text ?? "")}</td></tr>`).join("");
+  document.getElementById("context-result").innerHTML = `
+    <table id="context-table"><thead><tr><th>Context</th><th class="num">Positions read</th>
+      <th class="num">Positions of its text</th><th class="num">Mean NLL of ${esc(scoredText)}</th>
+      <th>Continuation</th></tr></thead><tbody>${cells}</tbody></table>
+    <p class="muted">Positions read include the prompt: what the teacher's prefill and KV cache hold.</p>`;
 }
 
 function showGists(answer) {

@@ -143,6 +143,17 @@ def test_a_bos_sink_model_reads_its_context_after_the_sink(client, sink_model, r
     assert np.allclose(answer["token_logprobs"], expected.numpy(), atol=1e-4)
 
 
+def test_keep_last_reads_a_raw_parts_last_tokens_alone(client, trained_model, story):
+    def score(part: dict) -> dict:
+        body = {"model_id": trained_model["id"], "context": [part], "continuation": story[60:66]}
+        return client.post("/score", json=body).json()
+
+    truncated = score({"tokens": story[:60], "keep_last": 12})
+    assert truncated == score({"tokens": story[48:60]})
+    assert truncated["context_length"] == truncated["uncompressed_length"] == 12
+    assert score({"tokens": story[:60], "keep_last": 100}) == score({"tokens": story[:60]})
+
+
 # --------------------------------------------------------------------------- POST /generate
 
 
@@ -282,6 +293,12 @@ def test_a_memory_round_trips_and_reads_as_its_compressed_text(
             "give exactly one of text, compress, tokens, compress_tokens, memory_id (this part gives text, tokens)",
         ),
         ("/score", {"context": [{}], "continuation": "b"}, 422, "give exactly one of"),
+        (
+            "/score",
+            {"context": [{"compress": "a", "keep_last": 3}], "continuation": "b"},
+            422,
+            "keep_last truncates a raw part (text or tokens), not a compress part",
+        ),
         (
             "/score",
             {"context": [{"tokens": [1, 10**6]}], "continuation": "b"},

@@ -1,6 +1,7 @@
 """The dashboard in a real browser: Playwright drives Debian's Chromium through the whole
 flow on a running `gistnet serve`: the API key, an upload, preparation, training with the
-loss curve growing live, a cancel, an evaluation, and "try it". Screenshots go to
+loss curve growing live, a cancel, an evaluation, and "try it" (gists, and a long text read
+full, truncated and compressed). Screenshots go to
 var/test-artifacts/dashboard/ (GISTNET_TEST_ARTIFACTS moves it).
 
 Without Playwright or a Chromium the test skips, saying why; under CI (CI=true or
@@ -221,4 +222,35 @@ def _drive_the_dashboard(page, running_service, tmp_path, shots) -> None:
     diagonal = page.locator("#cosine-table tbody tr").first.locator("td").first
     assert diagonal.inner_text() == "1.00"
     shots(page, "try")
+
+    # The story as a context read three ways, each row as /generate and /score answer it.
+    prompt = " Then"
+    page.select_option("#context-model", str(model_id))
+    page.fill("#context-text", story)
+    page.fill("#context-prompt", prompt)
+    page.fill("#context-tokens", "6")
+    page.click("#context-submit")
+    page.wait_for_selector("#context-table tr[data-context=truncated]", timeout=60_000)
+
+    def read(part: dict) -> tuple[dict, dict]:
+        body = {"model_id": model_id, "context": [part]}
+        generated = api.post("/generate", json={**body, "prompt": prompt, "max_new_tokens": 6})
+        scored = api.post("/score", json={**body, "continuation": prompt})
+        return generated.json(), scored.json()
+
+    compressed = read({"compress": story})
+    budget = compressed[0]["context_length"] - compressed[0]["prompt_tokens"]
+    readings = {
+        "full": read({"text": story}),
+        "truncated": read({"text": story, "keep_last": budget}),
+        "compressed": compressed,
+    }
+    for name, (generated, scored) in readings.items():
+        cells = page.locator(f"#context-table tr[data-context={name}] td")
+        assert cells.nth(1).inner_text() == f"{generated['context_length']:,}"
+        assert cells.nth(3).inner_text() == f"{scored['mean_nll']:.4f}"
+        assert cells.nth(4).inner_text().strip() == generated["text"].strip()
+    assert readings["truncated"][0]["context_length"] == compressed[0]["context_length"]
+    assert compressed[0]["context_length"] < readings["full"][0]["context_length"]
+    shots(page, "try-context")
     assert not errors, errors
