@@ -33,6 +33,14 @@ def gistnet_parameters(config: GistNetConfig) -> int:
     return config.num_layers * block + norm + pool + extra
 
 
+# Families whose MLP is gated (a gate, an up and a down matrix).
+GATED_MLP_FAMILIES = frozenset(
+    {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"}
+)
+# Families with a learned position table instead of rotary positions.
+LEARNED_POSITIONS = frozenset({"gpt2", "opt", "gpt_neo"})
+
+
 @dataclass(frozen=True)
 class TeacherShape:
     """What the memory of a teacher depends on, read from its Hugging Face config."""
@@ -41,6 +49,14 @@ class TeacherShape:
     width: int
     vocab: int
     mlp_width: int
+    # Keys and values are this wide (narrower than `width` with grouped-query attention).
+    kv_width: int = 0
+    # Gated MLPs (Llama's SwiGLU and its kin) hold three matrices, others two.
+    gated_mlp: bool = False
+    # An LM head of its own, not the input embeddings read back.
+    untied_head: bool = False
+    # Learned positions (GPT-2, OPT): a table of this many rows.
+    positions: int = 0
 
     @classmethod
     def from_hf_config(cls, config: Any) -> TeacherShape | None:
@@ -52,13 +68,33 @@ class TeacherShape:
         vocab = first("vocab_size")
         if not (layers and width and vocab):
             return None
-        mlp_width = first("n_inner", "intermediate_size") or 4 * width
-        return cls(int(layers), int(width), int(vocab), int(mlp_width))
+        mlp_width = first("n_inner", "intermediate_size", "ffn_dim") or 4 * width
+        heads = first("n_head", "num_attention_heads") or 1
+        head_dim = first("head_dim") or width // heads
+        kv_heads = first("num_key_value_heads") or heads
+        model_type = getattr(config, "model_type", "")
+        return cls(
+            int(layers),
+            int(width),
+            int(vocab),
+            int(mlp_width),
+            kv_width=int(kv_heads * head_dim),
+            gated_mlp=model_type in GATED_MLP_FAMILIES,
+            untied_head=not getattr(config, "tie_word_embeddings", True),
+            positions=int(first("n_positions", "max_position_embeddings") or 0)
+            if model_type in LEARNED_POSITIONS
+            else 0,
+        )
 
     @property
     def parameters(self) -> int:
-        per_layer = 4 * self.width * self.width + 2 * self.width * self.mlp_width
-        return self.vocab * self.width + self.layers * per_layer
+        """The matrices and tables, counted from the shapes (norms and biases left out:
+        well under 1% of a teacher)."""
+        kv_width = self.kv_width or self.width
+        attention = 2 * self.width * self.width + 2 * self.width * kv_width
+        mlp = (3 if self.gated_mlp else 2) * self.width * self.mlp_width
+        tables = self.vocab * self.width * (2 if self.untied_head else 1)
+        return tables + self.positions * self.width + self.layers * (attention + mlp)
 
 
 @dataclass(frozen=True)

@@ -52,3 +52,38 @@ def test_the_description_names_the_parts():
     text = training_memory(GistNetConfig(hidden_size=128, block_size=32, num_layers=64), batch_size=4096).describe()
     assert text.startswith("about ") and "GiB" in text and "activations" in text
     assert format_bytes(512) == "512 B" and format_bytes(3 * 2**30) == "3.0 GiB"
+
+
+def _families():
+    from transformers import (
+        GPT2Config,
+        LlamaConfig,
+        MistralConfig,
+        OPTConfig,
+        Phi3Config,
+        Qwen2Config,
+    )
+
+    common = {"vocab_size": 4000, "hidden_size": 256, "num_hidden_layers": 2}
+    return [
+        LlamaConfig(**common, intermediate_size=688, num_attention_heads=8, num_key_value_heads=2),
+        MistralConfig(**common, intermediate_size=512, num_attention_heads=8, num_key_value_heads=4),
+        Qwen2Config(**common, intermediate_size=512, num_attention_heads=8, num_key_value_heads=2,
+                    tie_word_embeddings=False),
+        Phi3Config(**common, intermediate_size=512, num_attention_heads=8, pad_token_id=0),
+        GPT2Config(vocab_size=4000, n_embd=256, n_layer=2, n_head=8, n_positions=512),
+        OPTConfig(vocab_size=4000, hidden_size=256, num_hidden_layers=2, ffn_dim=1024,
+                  num_attention_heads=8, max_position_embeddings=512, word_embed_proj_dim=256),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("config", _families(), ids=lambda c: c.model_type)
+def test_a_teachers_parameters_are_counted_from_its_config(config):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    built = sum(p.numel() for p in model.parameters())
+    # Norms and biases are left out: well under 1% at real proportions, ~1% at these.
+    assert TeacherShape.from_hf_config(config).parameters == pytest.approx(built, rel=0.015)
