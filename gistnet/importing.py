@@ -23,6 +23,7 @@ import yaml
 
 from gistnet.datasets import METADATA_FILE, describe_dataset
 from gistnet.errors import Cancelled, ShardError
+from gistnet.files import atomic_write
 from gistnet.paths import PathOutsideRoot, check_split_name, path_under, relative_key
 from gistnet.shards import open_shard_set
 from gistnet.storage import ArtifactStore
@@ -161,14 +162,14 @@ def import_dataset(
         examples = open_shard_set(files).num_examples
         if listed:
             for file in files:
-                shutil.copyfile(file, path_under(output_dir, file.name))
+                _copy_whole(file, path_under(output_dir, file.name))
             path = stats["path"]
         else:
             try:
                 path = f"{check_split_name(name)}.arrow"
             except ValueError as err:
                 raise ShardError(f"{imported_from!r}: {err}") from None
-            shutil.copyfile(files[0], path_under(output_dir, path))
+            _copy_whole(files[0], path_under(output_dir, path))
         splits[name] = {
             **stats,
             "path": path,
@@ -182,5 +183,11 @@ def import_dataset(
         "splits": splits,
         "imported_from": {"path": imported_from, "metadata_form": info.get("metadata_form")},
     }
-    path_under(output_dir, METADATA_FILE).write_text(yaml.safe_dump(info, sort_keys=False))
+    with atomic_write(path_under(output_dir, METADATA_FILE)) as tmp:
+        tmp.write_text(yaml.safe_dump(info, sort_keys=False))
     return info
+
+
+def _copy_whole(source: Path, target: Path) -> None:
+    with atomic_write(target) as tmp:
+        shutil.copyfile(source, tmp)
