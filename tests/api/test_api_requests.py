@@ -157,6 +157,23 @@ def test_a_model_folder_outside_the_model_roots_gets_one_message_existing_or_not
     assert field in details[0]
 
 
+def test_a_link_in_a_model_root_that_leads_out_gets_the_same_one_message(
+    client, api_stack, teacher, tmp_path
+):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "config.json").write_text("{}")
+    link = api_stack.settings.data_root / "models-link"
+    link.symlink_to(tmp_path / "elsewhere")
+    try:
+        answer = client.post("/datasets", json={**_dataset(teacher), "teacher_model": str(link)})
+    finally:
+        link.unlink()
+    assert answer.status_code == 422, answer.text
+    detail = answer.json()["detail"]
+    assert "not a Hugging Face id nor a folder under the server's model roots" in detail
+    assert "elsewhere" not in detail and str(tmp_path) not in detail
+
+
 def test_a_hub_id_is_still_looked_up_on_the_hub(client, teacher):
     answer = client.post("/datasets", json={**_dataset(teacher), "teacher_model": "no-org/no-model"})
     assert answer.status_code == 422
