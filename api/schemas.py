@@ -185,6 +185,24 @@ class JobMetricsPublic(_Out):
     count: int
 
 
+class JobLogLine(_Out):
+    id: int
+    attempt: int
+    logged_at: datetime
+    level: str
+    logger: str
+    worker: str
+    message: str
+
+
+class JobLogsPublic(_Out):
+    job_id: int
+    # The job's last lines (or those after `after_id`), oldest first.
+    data: list[JobLogLine]
+    # Every line the job has recorded.
+    count: int
+
+
 # --------------------------------------------------------------------------- datasets
 
 

@@ -164,6 +164,9 @@ class Settings(BaseSettings):
     # POST /datasets with files: most bytes one upload may carry, all files together (413
     # above it). Files are streamed to <data root>/uploads/, never held in memory.
     upload_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    # Log lines one run of a job records for GET /jobs/{id}/logs; past them, one line says
+    # how many more there were, so a job that logs without end cannot fill the database.
+    job_log_max_lines: int = Field(default=10_000, ge=1)
     # GET /jobs/{id}/events: how often the stream looks at the job's row for news.
     events_poll_s: float = Field(default=0.5, gt=0)
     # A worker serves its Prometheus metrics on this port (its main process, for every pool

@@ -31,9 +31,11 @@ from service.db.jobs import (
     record_progress,
     requeue_job,
 )
+from service.db.logs import add_job_logs
 from service.db.models import Job, utcnow
 from service.queue import JobStatus, send_job
 from service.settings import Settings
+from workers.joblog import JobLogHandler
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class JobRun:
         self._stop = threading.Event()
         self._beater: threading.Thread | None = None
         self._at_end: list[Callable[[], None]] = []
+        self._log_handler: JobLogHandler | None = None
 
     def at_end(self, tidy: Callable[[], None]) -> None:
         """Run `tidy` once the job has ended for good (succeeded, failed or cancelled, and
@@ -89,6 +92,35 @@ class JobRun:
             except Exception:  # tidying up must not turn a finished job into a failed one
                 log.exception("clean-up after job %s failed", self.job_id)
 
+    # ------------------------------------------------------------------ log lines
+
+    def record_logs(self) -> None:
+        """From now until `stop_recording_logs`, what this run logs is the job's log."""
+        self._log_handler = JobLogHandler(
+            settings=self.settings, job_id=self.job_id, attempt=self.attempt, worker=worker_name()
+        )
+        logging.getLogger().addHandler(self._log_handler)
+
+    def write_logs(self) -> None:
+        if self._log_handler is not None:
+            self._log_handler.write()
+
+    def ending_with_logs(self, end: Callable[[Session], None]) -> Callable[[Session], None]:
+        """`end` (the transaction that finishes the job) writing the run's last lines too."""
+        rows = self._log_handler.take() if self._log_handler is not None else []
+
+        def end_and_log(session: Session) -> None:
+            add_job_logs(session, rows=rows)
+            end(session)
+
+        return end_and_log
+
+    def stop_recording_logs(self) -> None:
+        if self._log_handler is not None:
+            logging.getLogger().removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+
     # ------------------------------------------------------------------ heartbeat
 
     def start_heartbeat(self) -> None:
@@ -98,6 +130,8 @@ class JobRun:
             target=self._beat_forever, name=f"heartbeat-job-{self.job_id}", daemon=True
         )
         self._beater.start()
+        if self._log_handler is not None:
+            self._log_handler.follow_thread(self._beater)
 
     def stop_heartbeat(self) -> None:
         self._stop.set()
@@ -106,6 +140,7 @@ class JobRun:
 
     def _beat_forever(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_interval_s):
+            self.write_logs()  # lines logged since the last write, even when no more come
             try:
                 with session_scope(self.settings.database_url) as session:
                     self._cancel_requested |= beat(
@@ -161,6 +196,7 @@ class JobRun:
             progress, self._progress = self._progress, {}
             metrics, self._metrics = self._metrics, []
         self._last_flush = time.monotonic()
+        self.write_logs()
         if not progress and not metrics:
             return
         replace_from = None
@@ -221,7 +257,10 @@ def run_claimed(run: JobRun, *, work: Callable[[JobRun], Outcome], app=None) -> 
     from gistnet.errors import Cancelled, GistNetError
 
     settings, job_id = run.settings, run.job_id
-    log.info("job %s (%s) attempt %s started", job_id, run.kind, run.attempt)
+    run.record_logs()
+    log.info(
+        "job %s (%s) attempt %s started on %s", job_id, run.kind, run.attempt, worker_name()
+    )
     run.start_heartbeat()
     try:
         outcome = work(run)
@@ -229,6 +268,7 @@ def run_claimed(run: JobRun, *, work: Callable[[JobRun], Outcome], app=None) -> 
         if outcome.detach:
             with session_scope(settings.database_url) as session:
                 if detach_job(session, job_id=job_id, attempt=run.attempt):
+                    log.info("job %s goes on in its parts, each a job of its own", job_id)
                     return DETACHED
             raise Cancelled("cancelled before its parts ran")
 
@@ -237,7 +277,8 @@ def run_claimed(run: JobRun, *, work: Callable[[JobRun], Outcome], app=None) -> 
                 outcome.record(session)
             finish_job(session, job_id=job_id, attempt=run.attempt, status=JobStatus.SUCCEEDED)
 
-        commit_final(settings, succeed)
+        log.info("job %s attempt %s done; recording it succeeded", job_id, run.attempt)
+        commit_final(settings, run.ending_with_logs(succeed))
         run.ended()
         return JobStatus.SUCCEEDED
     except LostJob:
@@ -258,6 +299,7 @@ def run_claimed(run: JobRun, *, work: Callable[[JobRun], Outcome], app=None) -> 
             return JobStatus.QUEUED
         if isinstance(exc, Cancelled):
             status, message = JobStatus.CANCELLED, str(exc) or "cancelled"
+            log.info("job %s attempt %s cancelled: %s", job_id, run.attempt, message)
         else:
             status = JobStatus.FAILED
             message = (
@@ -273,13 +315,15 @@ def run_claimed(run: JobRun, *, work: Callable[[JobRun], Outcome], app=None) -> 
         try:
             commit_final(
                 settings,
-                partial(
-                    finish_job,
-                    job_id=job_id,
-                    attempt=run.attempt,
-                    status=status,
-                    error=message,
-                    error_type=type(exc).__name__,
+                run.ending_with_logs(
+                    partial(
+                        finish_job,
+                        job_id=job_id,
+                        attempt=run.attempt,
+                        status=status,
+                        error=message,
+                        error_type=type(exc).__name__,
+                    )
                 ),
             )
         except LostJob:
@@ -289,6 +333,7 @@ def run_claimed(run: JobRun, *, work: Callable[[JobRun], Outcome], app=None) -> 
         return status
     finally:
         run.stop_heartbeat()
+        run.stop_recording_logs()
 
 
 def commit_final(settings: Settings, write: Callable[[Session], None]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import tempfile
 import time
@@ -48,6 +49,9 @@ from service.queue import TASK_OF_KIND, JobKind, JobStatus, send_job
 from service.settings import Settings, get_settings
 from workers import metrics
 from workers.runner import DETACHED, JobRun, Outcome, run_claimed, run_job, worker_name
+
+# What a job does, in its log (GET /jobs/{id}/logs) as in the worker's.
+log = logging.getLogger(__name__)
 
 
 @worker_init.connect
@@ -139,6 +143,13 @@ def _prepare(run: JobRun, *, app) -> Outcome:
     relative = dataset_dir(run.dataset_id)
     if any(split.get("shards", 1) > 1 for split in config["splits"].values()):
         return _prepare_in_parts(run, config=config, relative=relative, app=app)
+    log.info(
+        "preparing dataset %s: splits %s, teacher %s on %s",
+        run.dataset_id,
+        ", ".join(config["splits"]),
+        config.get("teacher_model"),
+        settings.device,
+    )
     with store.writing(relative) as output, _source_folder(settings, config) as sources:
         metadata = prepare_dataset(
             validate_dataset_config(config),
@@ -176,6 +187,8 @@ def _prep_progress(run: JobRun, **where: str) -> Callable[[Any], None]:
 
 
 def _dataset_ready(run: JobRun, *, info: dict[str, Any], relative: str) -> Outcome:
+    examples = ", ".join(f"{name} {s.get('examples')}" for name, s in info["splits"].items())
+    log.info("dataset %s written to %s: examples %s", run.dataset_id, relative, examples)
     def record(session: Session) -> None:
         mark_dataset_prepared(session, dataset_id=run.dataset_id, path=relative, info=info)
 
@@ -454,6 +467,13 @@ def _train(run: JobRun) -> Outcome:
             metric=point,
         )
 
+    log.info(
+        "training on dataset %s split %r for %s steps on %s",
+        run.dataset_id,
+        split,
+        run_config.training.max_steps,
+        settings.device,
+    )
     # Once the job has ended (succeeded, failed, cancelled) nothing will resume it.
     run.at_end(lambda: remove_resume_checkpoint(store, run.job_id))
     with store.writing(relative) as output:
@@ -475,6 +495,13 @@ def _train(run: JobRun) -> Outcome:
         checkpoint = f"{relative}/{CHECKPOINT_NAME}"
         store.publish(result.checkpoint_path, checkpoint)
         info = read_checkpoint_info(result.checkpoint_path)
+    log.info(
+        "checkpoint %s written: %s steps, final loss %s, validation loss %s",
+        checkpoint,
+        result.steps,
+        result.final_loss,
+        result.val_loss,
+    )
 
     def record(session: Session) -> None:
         record_model(
@@ -526,6 +553,7 @@ def _evaluate(run: JobRun) -> Outcome:
         split = evaluation.split
         dataset_path = open_dataset_split(store, dataset, split)
         relative = evaluation_dir(evaluation.id)
+        log.info("evaluating model %s on dataset %s split %r", model.id, dataset.id, split)
 
     def on_progress(done: int, total: int) -> None:
         run.report(

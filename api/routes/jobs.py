@@ -1,5 +1,5 @@
 """GET /jobs, GET /jobs/{id}, GET /jobs/{id}/metrics, GET /jobs/{id}/events,
-POST /jobs/{id}/cancel."""
+GET /jobs/{id}/logs, POST /jobs/{id}/cancel."""
 
 from __future__ import annotations
 
@@ -11,10 +11,19 @@ from fastapi.responses import StreamingResponse
 from api.deps import SessionDep, SettingsDep
 from api.errors import error_responses
 from api.events import job_event_stream
-from api.schemas import JobMetricsPublic, JobPublic, JobsPublic, MetricPoint, RowId
+from api.logs import job_log_stream, log_lines
+from api.schemas import (
+    JobLogsPublic,
+    JobMetricsPublic,
+    JobPublic,
+    JobsPublic,
+    MetricPoint,
+    RowId,
+)
 from api.views import job_public
 from service.artifacts import remove_resume_checkpoint
 from service.db.jobs import get_job, list_jobs, request_cancel
+from service.db.logs import count_job_logs
 from service.db.parts import job_parts
 from service.db.records import job_metrics
 from service.limits import INT32_MAX
@@ -91,6 +100,56 @@ def job_events(
         poll_s=settings.events_poll_s,
     )
     # no-cache and no proxy buffering: each event must reach the viewer when it is sent.
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+
+
+# The most lines one answer (or the start of a followed stream) holds.
+MAX_TAIL = 10_000
+
+
+@router.get(
+    "/{job_id}/logs",
+    response_model=JobLogsPublic,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "the lines, or with follow=true an event stream of them",
+        },
+        **error_responses(404, 422, 503),
+    },
+)
+def job_log_lines(
+    job_id: RowId,
+    request: Request,
+    settings: SettingsDep,
+    tail: int = Query(1000, ge=1, le=MAX_TAIL, description="the last this many lines"),
+    after_id: int | None = Query(
+        None, ge=0, le=INT32_MAX, description="only lines after this one (a line's id)"
+    ),
+    follow: bool = Query(False, description="stream the lines as they come, until the job ends"),
+    last_event_id: Annotated[str | None, Header()] = None,
+):
+    """What the worker logged while it ran the job (every attempt), oldest first. With
+    `follow=true`, Server-Sent Events: `log` per line, then `end` once the job is finished;
+    see api/logs.py."""
+    # Sessions of its own: a followed stream must not hold one (on SQLite: the lock) open.
+    with request.app.state.sessionmaker() as session:
+        _job_or_404(session, job_id)
+        if not follow:
+            lines = log_lines(session, job_id=job_id, limit=tail, after_id=after_id)
+            return JobLogsPublic(
+                job_id=job_id, data=lines, count=count_job_logs(session, job_id=job_id)
+            )
+    if after_id is None and last_event_id and last_event_id.strip().isdigit():
+        after_id = int(last_event_id)
+    stream = job_log_stream(
+        request.app.state.sessionmaker,
+        job_id=job_id,
+        tail=tail,
+        after_id=after_id,
+        poll_s=settings.events_poll_s,
+    )
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 

@@ -192,6 +192,24 @@ class JobMetric(Base):
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class JobLog(Base):
+    """One line a worker logged while it ran a job (GET /jobs/{id}/logs). In the database,
+    not a worker's file, so the API reads it whichever machine ran the job."""
+
+    __tablename__ = "job_logs"
+    # GET /jobs/{id}/logs reads one job's lines in order, from the end or after an id.
+    __table_args__ = (Index("ix_job_logs_job_id_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int]
+    logged_at: Mapped[datetime]
+    level: Mapped[str] = mapped_column(String(10))
+    logger: Mapped[str] = mapped_column(String(200))
+    worker: Mapped[str] = mapped_column(String(200))
+    message: Mapped[str] = mapped_column(Text)
+
+
 class Evaluation(Base):
     """ΔNLL@H of a model on a dataset split, measured by an evaluation job."""
 
