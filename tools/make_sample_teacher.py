@@ -2,11 +2,15 @@
 
 python -m tools.make_sample_teacher [--out samples/teacher] [--steps N] [--seed S]
 python -m tools.make_sample_teacher --corpus-only --train-docs 20000 --corpus-out DIR
+python -m tools.make_sample_teacher --corpus-only --long-documents --corpus-out DIR
 
 With --corpus-only it writes the corpus and nothing else. The generator is seeded per
 split and its first k stories of n are those of k, so with the default seed a larger
 --train-docs extends the shipped train split (samples/sample_text) and the validation
-split is the shipped one, story for story.
+split is the shipped one, story for story. --long-documents writes long documents instead
+(gistnet.sample.corpus.LongShape: a story, a second story, the first resumed, so its opening
+facts recur only hundreds of tokens later), and with --positions and --seq-len of 1024 or
+more trains a teacher whose context covers them.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import sys
 
 from tqdm import tqdm
 
-from gistnet.sample.corpus import write_corpus
+from gistnet.sample.corpus import LongShape, write_corpus
 from gistnet.sample.teacher import SampleTeacherConfig, TeacherProgress, build_sample_teacher
 
 DEFAULTS = SampleTeacherConfig()
@@ -37,6 +41,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     parser.add_argument("--seq-len", type=int, default=DEFAULTS.seq_len, help="training window")
     parser.add_argument("--layers", type=int, default=DEFAULTS.n_layer)
+    parser.add_argument(
+        "--positions", type=int, default=DEFAULTS.n_positions, help="the teacher's context"
+    )
+    parser.add_argument(
+        "--long-documents",
+        action="store_true",
+        help="long documents whose opening facts recur after a long interlude, not stories",
+    )
     parser.add_argument("--width", type=int, default=DEFAULTS.n_embd, help="hidden size D")
     parser.add_argument("--heads", type=int, default=DEFAULTS.n_head)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -54,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             n_train=args.train_docs,
             n_validation=args.validation_docs,
+            long=LongShape() if args.long_documents else None,
         )
         print(
             f"corpus written: {files.n_train:,} stories to {files.train_path}, "
@@ -71,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         n_layer=args.layers,
         n_embd=args.width,
         n_head=args.heads,
+        n_positions=args.positions,
+        long_documents=args.long_documents,
     )
     command = shlex.join(["python", "-m", "tools.make_sample_teacher", *(argv or sys.argv[1:])])
     bar = tqdm(total=config.steps, desc="training teacher", disable=args.no_progress)

@@ -1,4 +1,5 @@
-"""A seeded generator of short English-like stories whose early facts decide later text.
+"""A seeded generator of short English-like stories whose early facts decide later text,
+and of long documents whose opening facts recur only after a long interlude.
 
 Each story is about a few entities: a hero, a friend, a city, a pet animal, the hero's
 job and one coloured object. Every entity is drawn from a fixed list of common words
@@ -198,13 +199,13 @@ _SLOT_PATTERN = re.compile(r"\{(\w+)\}")
 _TEMPLATE_SLOTS = tuple(_slots_of(template) for template in TEMPLATES)
 
 
-def _generate_story(rng: random.Random) -> Story:
-    facts = _draw_facts(rng)
-    sentences = [_fill(template, facts) for template in INTRO]
+def _body(rng: random.Random, facts: dict[str, str], count: int) -> list[str]:
+    """`count` body sentences about `facts`, told after an intro that named them all."""
+    sentences = []
     # When each slot was last named; the intro names them all.
     last_named = dict.fromkeys(facts, 0)
     previous = -1
-    for position in range(1, rng.randint(MIN_BODY_SENTENCES, MAX_BODY_SENTENCES) + 1):
+    for position in range(1, count + 1):
         # Half the sentences bring back the fact named longest ago, so every fact recurs
         # every few sentences; the rest are free. Never the same sentence twice in a row.
         if rng.random() < 0.5:
@@ -217,7 +218,59 @@ def _generate_story(rng: random.Random) -> Story:
         for slot in _TEMPLATE_SLOTS[index]:
             last_named[slot] = position
         sentences.append(_fill(TEMPLATES[index], facts))
+    return sentences
+
+
+def _generate_story(rng: random.Random) -> Story:
+    facts = _draw_facts(rng)
+    sentences = [_fill(template, facts) for template in INTRO]
+    sentences += _body(rng, facts, rng.randint(MIN_BODY_SENTENCES, MAX_BODY_SENTENCES))
     return Story(text=" ".join(sentences), facts=facts)
+
+
+@dataclass(frozen=True)
+class LongShape:
+    """How a long document is told, in sentences of about 11 tokens each: its story's
+    opening, then a second story about other people (the interlude), then the first story
+    again. The first story's facts are named in its opening and not again until it
+    resumes, `interlude` sentences later: what a compressed context must carry and a
+    truncated one loses. The defaults make documents of about 470 to 650 tokens, whose
+    first 512 tokens (the sample teacher's positions) reach into the resumed story."""
+
+    opening: tuple[int, int] = (3, 6)  # body sentences after the first story's intro
+    interlude: tuple[int, int] = (18, 24)  # the second story: intro, then these many
+    resumed: tuple[int, int] = (16, 24)  # the first story again, until the document ends
+
+    def __post_init__(self):
+        for name in ("opening", "interlude", "resumed"):
+            low, high = getattr(self, name)
+            if not 1 <= low <= high:
+                raise ValueError(
+                    f"{name} must be (low, high) with 1 <= low <= high; got {(low, high)}"
+                )
+
+
+def _generate_long_story(rng: random.Random, shape: LongShape) -> Story:
+    facts = _draw_facts(rng)
+    others = _draw_facts(rng)
+    while {others["hero"], others["friend"]} & {facts["hero"], facts["friend"]}:
+        others["hero"], others["friend"] = rng.sample(NAMES, 2)
+    sentences = [_fill(template, facts) for template in INTRO]
+    sentences += _body(rng, facts, rng.randint(*shape.opening))
+    sentences += [_fill(template, others) for template in INTRO]
+    sentences += _body(rng, others, rng.randint(*shape.interlude))
+    sentences += _body(rng, facts, rng.randint(*shape.resumed))
+    interlude = {f"interlude_{slot}": word for slot, word in others.items()}
+    return Story(text=" ".join(sentences), facts={**facts, **interlude})
+
+
+def generate_long_stories(
+    n: int, *, seed: int | str, shape: LongShape | None = None
+) -> list[Story]:
+    """`n` long documents (see `LongShape`), seeded like `generate_stories`."""
+    rng = random.Random(seed)
+    shape = shape or LongShape()
+    return [_generate_long_story(rng, shape) for _ in range(n)]
 
 
 def generate_stories(n: int, *, seed: int | str) -> list[Story]:
@@ -241,18 +294,30 @@ class CorpusFiles:
     n_validation: int
 
 
-def write_corpus(out_dir: str | Path, *, seed: int, n_train: int, n_validation: int) -> CorpusFiles:
+def write_corpus(
+    out_dir: str | Path,
+    *,
+    seed: int,
+    n_train: int,
+    n_validation: int,
+    long: LongShape | None = None,
+) -> CorpusFiles:
     """Write `train.jsonl` and `validation.jsonl` (one `{"text": ...}` a line) into `out_dir`.
 
     Each split has its own random stream, so the validation stories do not depend on
-    how many training stories were asked for.
+    how many training stories were asked for. With `long`, the documents are long ones
+    of that shape (`generate_long_stories`), from streams of their own.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for split, n in (("train", n_train), ("validation", n_validation)):
         paths[split] = out / f"{split}.jsonl"
-        texts = generate_documents(n, seed=f"{seed}:{split}")
+        if long is None:
+            texts = generate_documents(n, seed=f"{seed}:{split}")
+        else:
+            stories = generate_long_stories(n, seed=f"{seed}:long:{split}", shape=long)
+            texts = [story.text for story in stories]
         with paths[split].open("w", encoding="utf-8") as f:
             for text in texts:
                 f.write(json.dumps({"text": text}) + "\n")

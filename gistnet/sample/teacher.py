@@ -22,7 +22,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from gistnet.errors import Cancelled, ConfigError
-from gistnet.sample.corpus import ENTITY_WORDS, read_corpus, write_corpus
+from gistnet.sample.corpus import ENTITY_WORDS, LongShape, read_corpus, write_corpus
 
 END_OF_TEXT = "<|endoftext|>"
 README_CHECK_BEGIN = "<!-- sample-check:begin -->"
@@ -48,6 +48,10 @@ class SampleTeacherConfig:
     warmup_steps: int = 50  # a short linear warm-up keeps the first Adam steps stable
     weight_decay: float = 0.01  # light: the model is far from overfitting 370k tokens
     threads: int = 2  # torch threads; the build machine has 2 cores
+    # Long documents (gistnet.sample.corpus.LongShape) instead of stories: for a teacher
+    # whose context must cover facts stated hundreds of tokens earlier (with n_positions
+    # and seq_len of 1024 or more).
+    long_documents: bool = False
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,7 @@ def build_sample_teacher(
         seed=config.seed,
         n_train=config.train_docs,
         n_validation=config.validation_docs,
+        long=LongShape() if config.long_documents else None,
     )
     if on_progress is not None:
         on_progress(TeacherProgress("corpus", 1, 1))

@@ -11,7 +11,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gistnet.sample.corpus import ENTITY_WORDS, generate_documents, generate_stories, write_corpus
+from gistnet.sample.corpus import (
+    ENTITY_WORDS,
+    INTRO,
+    LongShape,
+    generate_documents,
+    generate_long_stories,
+    generate_stories,
+    write_corpus,
+)
 from gistnet.sample.teacher import count_whole_entity_words
 from tools import make_sample_teacher
 
@@ -45,6 +53,35 @@ def test_every_story_names_each_of_its_entities_again_and_again():
         assert counts["hero"] >= 5, counts
         assert min(counts.values()) >= 2, counts
         assert story.facts["hero"] != story.facts["friend"]
+
+
+def test_a_long_documents_opening_facts_recur_only_after_the_interlude():
+    shape = LongShape()
+    for story in generate_long_stories(100, seed=1):
+        opening, rest = story.text.split(" This is a story about", 1)
+        interlude_words = {w for slot, w in story.facts.items() if slot.startswith("interlude_")}
+        main_only = [
+            story.facts[slot] for slot in ("hero", "friend", "city", "object", "animal", "job")
+            if story.facts[slot] not in interlude_words
+        ]  # fmt: skip
+        assert all(re.search(rf"\b{word}\b", opening) for word in main_only)
+        # the first of them named again comes after the whole interlude (its intro and body)
+        first = min(m.start() for w in main_only for m in re.finditer(rf"\b{w}\b", rest))
+        assert rest[:first].count(". ") >= len(INTRO) - 1 + shape.interlude[0]
+        assert rest.count(story.facts["interlude_hero"]) >= 5
+    assert generate_long_stories(3, seed=2) == generate_long_stories(3, seed=2)
+    with pytest.raises(ValueError, match="interlude"):
+        LongShape(interlude=(5, 2))
+
+
+def test_write_corpus_writes_long_documents_on_request(tmp_path):
+    stories = write_corpus(tmp_path / "s", seed=3, n_train=2, n_validation=2)
+    long = write_corpus(tmp_path / "l", seed=3, n_train=2, n_validation=2, long=LongShape())
+    short_text = stories.validation_path.read_text()
+    long_text = long.validation_path.read_text()
+    assert len(long_text) > 1.5 * len(short_text)
+    assert all(json.loads(row)["text"].count("This is a story about") == 2
+               for row in long_text.splitlines())  # fmt: skip
 
 
 def test_write_corpus_writes_train_and_validation_jsonl(tmp_path):
@@ -97,3 +134,16 @@ def test_make_sample_teacher_with_tiny_settings_writes_a_loadable_folder(tmp_pat
     # Same seed, same settings: the same corpus and the same weights, byte for byte.
     for path in ("text/train.jsonl", "teacher/tokenizer.json", "teacher/model.safetensors"):
         assert (first / path).read_bytes() == (second / path).read_bytes(), path
+
+
+def test_a_long_context_sample_teacher_is_built_on_long_documents(tmp_path):
+    args = ["--out", str(tmp_path / "teacher"), "--corpus-out", str(tmp_path / "text"),
+            "--train-docs", "4", "--validation-docs", "2", "--steps", "1", "--batch-size", "1",
+            "--seq-len", "1024", "--positions", "1024", "--vocab-size", "400", "--layers", "1",
+            "--width", "32", "--heads", "2", "--long-documents", "--no-progress"]  # fmt: skip
+    assert make_sample_teacher.main(args) == 0
+    teacher = AutoModelForCausalLM.from_pretrained(tmp_path / "teacher")
+    assert teacher.config.n_positions == 1024
+    rows = (tmp_path / "text" / "train.jsonl").read_text().splitlines()
+    assert all(row.count("This is a story about") == 2 for row in rows)
+    assert "| `long_documents` | True |" in (tmp_path / "teacher" / "README.md").read_text()

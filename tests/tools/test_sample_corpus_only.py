@@ -30,3 +30,13 @@ def test_a_larger_corpus_extends_the_shipped_train_split_and_keeps_its_validatio
     assert (out / "validation.jsonl").read_text() == (SHIPPED / "validation.jsonl").read_text()
     assert sorted(p.name for p in out.iterdir()) == ["train.jsonl", "validation.jsonl"]
     assert not teacher.exists()  # no tokenizer, no teacher
+
+
+def test_the_corpus_tool_writes_long_documents(tmp_path):
+    out = tmp_path / "long"
+    argv = ["--corpus-only", "--long-documents", "--train-docs", "3", "--validation-docs", "2",
+            "--corpus-out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    rows = (out / "validation.jsonl").read_text().splitlines()
+    assert len(rows) == 2
+    assert all(row.count("This is a story about") == 2 for row in rows)
