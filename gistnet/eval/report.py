@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gistnet.eval.conditions import VECTORS
+from gistnet.files import atomic_write
 
 
 def _fmt(entry: Mapping | None, digits: int = 3) -> str:
@@ -185,7 +186,9 @@ def plot_per_position(report: Mapping[str, Any], path: str | Path, *, title: str
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    # The temporary's name ends in .tmp: the format is the final name's.
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or None)
     plt.close(fig)
     return Path(path)
 
@@ -197,6 +200,7 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{stem}.json"
-    json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    with atomic_write(json_path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     plot_path = plot_per_position(report, out_dir / f"{stem}_nll_per_position.png")
     return {"json": json_path, "plot": plot_path}
