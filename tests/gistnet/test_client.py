@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from gistnet.client import APIError, Client, JobFailed, ServerUnreachable
-from gistnet.client_configs import load_dataset_config
 from gistnet.teacher import load_tokenizer
 from tests.conftest import SERVICE_KEY
 from tests.service_stack import REPO, dataset_body, sample_teacher, tiny_documents
@@ -57,16 +56,6 @@ def write_run_config(folder: Path, steps: int) -> Path:
 def client(running_service):
     with Client(running_service.url, api_key=SERVICE_KEY) as client:
         yield client
-
-
-def test_a_config_file_turns_into_uploads_and_absolute_model_folders(tmp_path):
-    config, files = load_dataset_config(write_corpus_config(tmp_path, "x"))
-    assert files == {
-        "train": [tmp_path / "corpus/train.jsonl"],
-        "validation": [tmp_path / "corpus/held_out_0.txt", tmp_path / "corpus/held_out_1.txt"],
-    }
-    assert config["splits"] == {"train": {}, "validation": {}}  # output_path is the server's
-    assert Path(config["teacher_model"]).is_absolute()
 
 
 def test_client_uploads_prepares_trains_evaluates_and_gists(client, tmp_path):
