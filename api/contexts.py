@@ -11,6 +11,7 @@ takes checked against the teacher's limit (422).
 from __future__ import annotations
 
 import io
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,8 +142,8 @@ async def token_ids(
 
 
 async def compress(request: Request, engine: GistEngine, ids: np.ndarray) -> np.ndarray:
-    """The gists (m, k, D) of the full blocks of `ids`, through the batching queue (at
-    most GISTNET_GIST_MAX_BLOCKS a request, so each fits in the queue)."""
+    """The gists (m, k, D) of the full blocks of `ids` (at least one), through the batching
+    queue (at most GISTNET_GIST_MAX_BLOCKS a request, so each fits in the queue)."""
     settings, batcher = request.app.state.settings, request.app.state.batcher
     full = len(ids) // engine.block_size
     blocks = ids[: full * engine.block_size].reshape(full, engine.block_size)  # (m*T,) -> (m, T)
@@ -157,7 +158,7 @@ async def compress(request: Request, engine: GistEngine, ids: np.ndarray) -> np.
         raise HTTPException(
             429, f"the gist queue is full: {err}", headers={"Retry-After": "1"}
         ) from None
-    gists = np.concatenate(chunks) if chunks else np.zeros((0, engine.dim), np.float32)
+    gists = np.concatenate(chunks)
     return gists.reshape(full, engine.gists_per_block, engine.dim)  # (m, [k,] D) -> (m, k, D)
 
 
@@ -194,13 +195,14 @@ async def context_parts(
             budget.take(memory.tokens, where)
             try:
                 out.append(await run_in_threadpool(_read_memory, settings, memory))
-            except GistNetError as err:  # its artifact is gone or unreadable
+            except (GistNetError, OSError, ValueError, zipfile.BadZipFile) as err:
+                # Its artifact is gone or damaged: the request is right, the store is not.
                 raise HTTPException(
                     503, f"{where}: memory {memory.id} cannot be read: {err}"
                 ) from None
             continue
         ids = await token_ids(engine, part.value, budget, where)
-        if part.kind in ("compress", "compress_tokens"):
+        if part.kind in ("compress", "compress_tokens") and len(ids) >= engine.block_size:
             out.append(ContextPart(tokens=ids, gists=await compress(request, engine, ids)))
         else:
             kept = (

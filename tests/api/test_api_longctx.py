@@ -280,6 +280,25 @@ def test_a_memory_round_trips_and_reads_as_its_compressed_text(
     assert client.delete(f"/memories/{memory['id']}").status_code == 404
 
 
+def test_a_short_compressed_part_is_read_raw_and_a_damaged_memory_is_503(
+    client, api_stack, trained_model, story
+):
+    def score(part: dict) -> dict:
+        body = {"model_id": trained_model["id"], "context": [part], "continuation": story[20:24]}
+        return client.post("/score", json=body)
+
+    short = score({"compress_tokens": story[:20]}).json()
+    assert short == score({"tokens": story[:20]}).json() and short["compressed_blocks"] == 0
+    memory = client.post(
+        "/memories", json={"model_id": trained_model["id"], "tokens": story[:40]}
+    ).json()
+    (api_stack.settings.artifact_root / memory["path"]).write_bytes(b"not an npz")
+    damaged = score({"memory_id": memory["id"]})
+    assert damaged.status_code == 503
+    assert f"memory {memory['id']} cannot be read" in damaged.json()["detail"]
+    client.delete(f"/memories/{memory['id']}")
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 
