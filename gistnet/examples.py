@@ -27,7 +27,13 @@ from gistnet.shards import (
     token_schema,
     with_stride,
 )
-from gistnet.teacher import block_hidden_states, hidden_size_of, load_teacher, load_tokenizer
+from gistnet.teacher import (
+    block_hidden_states,
+    check_tokenizer_fits,
+    hidden_size_of,
+    load_teacher,
+    load_tokenizer,
+)
 
 _TOKENIZE_CHUNK = 256  # documents tokenized per call: fast batch encoding, bounded memory
 # ... and at most this many characters, or one longer document alone: the tokenizer's peak
@@ -118,11 +124,9 @@ def load_prep_resources(config: DatasetConfig) -> PrepResources:
         check_teacher_family(teacher_config)  # training on the ids would run it
         hidden_size = config_hidden_size(teacher_config)
         vocab_size = int(teacher_config.vocab_size)
-    if len(tokenizer) > vocab_size:
-        raise ConfigError(
-            f"tokenizer {config.tokenizer!r} has {len(tokenizer)} tokens but teacher "
-            f"{config.teacher_model!r} embeds only {vocab_size}: they do not belong together"
-        )
+    check_tokenizer_fits(
+        tokenizer, vocab_size, tokenizer_name=config.tokenizer, teacher_name=config.teacher_model
+    )
     return PrepResources(tokenizer, teacher, hidden_size, vocab_size)
 
 

@@ -246,6 +246,16 @@ def check_teacher_layers(config, layers) -> None:
         )
 
 
+def check_tokenizer_fits(tokenizer, vocab_size: int, *, tokenizer_name, teacher_name) -> None:
+    """A clear error where the tokenizer makes ids the teacher (its embedding table of
+    `vocab_size` rows) has no embedding for: the two were not made for each other."""
+    if len(tokenizer) > vocab_size:
+        raise ConfigError(
+            f"tokenizer {tokenizer_name!r} has {len(tokenizer)} tokens but teacher "
+            f"{teacher_name!r} embeds only {vocab_size}: they do not belong together"
+        )
+
+
 def select_layers(hidden_states, layers, length: int) -> torch.Tensor:
     """The first `length` positions of the named hidden states (a model output's
     `hidden_states` tuple), side by side: (N, length, len(layers), D) float32."""

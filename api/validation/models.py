@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from api.validation.common import RequestProblem
-from gistnet.errors import GistNetError
+from gistnet.errors import ConfigError, GistNetError
 
 # A hub id: "name" or "org/name", no leading dot.
 _HUB_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
@@ -69,7 +69,7 @@ def check_teacher_pair(
     """The tokenizer and teacher are allowed (`model_roots`), load (without weights) and
     belong together, the teacher's family can read gists, and a horizon fits the teacher's
     context."""
-    from gistnet.teacher import load_tokenizer
+    from gistnet.teacher import check_tokenizer_fits, load_tokenizer
 
     check_model_location(tokenizer_name, field="tokenizer", roots=model_roots)
     check_model_location(teacher_name, field="teacher_model", roots=model_roots)
@@ -88,8 +88,10 @@ def check_teacher_pair(
             f"positions); lower horizon"
         )
     vocab = getattr(teacher, "vocab_size", None)
-    if vocab is not None and len(tokenizer) > vocab:
-        raise RequestProblem(
-            f"tokenizer {tokenizer_name!r} has {len(tokenizer)} tokens but teacher "
-            f"{teacher_name!r} embeds only {vocab}: they do not belong together"
-        )
+    if vocab is not None:
+        try:
+            check_tokenizer_fits(
+                tokenizer, vocab, tokenizer_name=tokenizer_name, teacher_name=teacher_name
+            )
+        except ConfigError as err:
+            raise RequestProblem(str(err)) from None

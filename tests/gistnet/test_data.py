@@ -159,6 +159,20 @@ def test_missing_teacher_folder_says_so(tmp_path):
         prepare_dataset(config, output_dir=tmp_path / "out")
 
 
+def test_a_tokenizer_with_more_tokens_than_the_teacher_embeds_is_refused(tmp_path):
+    # The sample teacher's config with a smaller embedding table: its ids would not fit.
+    teacher_config = json.loads((SAMPLE_TEACHER / "config.json").read_text())
+    teacher_config["vocab_size"] = 16
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "config.json").write_text(json.dumps(teacher_config))
+    config = validate_dataset_config(
+        small_dataset_config(teacher_model=str(tmp_path / "teacher"), teacher_states="none")
+    )
+    with pytest.raises(ConfigError, match="embeds only 16: they do not belong together"):
+        prepare_dataset(config, output_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_unreachable_hub_id_fails_at_once_with_advice(monkeypatch):
     from gistnet.teacher import load_teacher
 
