@@ -68,13 +68,18 @@ def prepare(device: str, dtype: str, out: Path) -> dict:
 def train(dataset: Path, device: str, steps: int, out: Path) -> dict:
     from gistnet.config import load_run_config
     from gistnet.train import train_gistnet
+    from gistnet.train_request import TrainRequest, TrainSettings
 
     run = load_run_config(ROOT / "configs/runs/gistnet_substitution.yaml")
     training = run.training.model_copy(
         update={"device": device, "max_steps": steps, "eval_every": 10**9}
     )
     run = run.model_copy(update={"training": training})
-    result = train_gistnet(dataset_path=dataset / "train.arrow", run_config=run, output_dir=out)
+    result = train_gistnet(
+        TrainRequest(
+            dataset=dataset / "train.arrow", output_dir=out, settings=TrainSettings(run=run)
+        )
+    )
     losses = [h["loss"] for h in result.history]
     return {
         "checkpoint": str(result.checkpoint_path),

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from bench.report import machine, table, write_section
 from gistnet.shards import make_record_batch, open_shard, shard_schema
+from gistnet.train_request import TrainRequest, TrainSettings
 
 T, H, D = 32, 64, 128
 
@@ -130,9 +131,11 @@ def bench_training(work: Path, steps: int) -> list[list[object]]:
 
         started = time.perf_counter()
         result = launch_training(
-            dataset_path=out / "train.arrow",
-            run_config=config,
-            output_dir=work / f"run-{processes}",
+            TrainRequest(
+                dataset=out / "train.arrow",
+                output_dir=work / f"run-{processes}",
+                settings=TrainSettings(run=config),
+            ),
             on_progress=lambda p, stamps=stamps: stamps.__setitem__(p.step, time.perf_counter()),
         )
         wall = time.perf_counter() - started

@@ -38,6 +38,7 @@ def make_checkpoint(workdir: Path, artifacts: Path, teacher: Path) -> Path:
     from gistnet.data import prepare_dataset
     from gistnet.sample.corpus import generate_documents
     from gistnet.train import train_gistnet
+    from gistnet.train_request import TrainRequest, TrainSettings
 
     config = validate_dataset_config(
         {
@@ -50,9 +51,13 @@ def make_checkpoint(workdir: Path, artifacts: Path, teacher: Path) -> Path:
     )
     prepare_dataset(config, output_dir=workdir / "dataset")
     result = train_gistnet(
-        dataset_path=workdir / "dataset" / "train.arrow",
-        run_config=validate_run_config({"training": {"max_steps": 3, "device": "cpu"}}),
-        output_dir=artifacts / "bench",
+        TrainRequest(
+            dataset=workdir / "dataset" / "train.arrow",
+            output_dir=artifacts / "bench",
+            settings=TrainSettings(
+                run=validate_run_config({"training": {"max_steps": 3, "device": "cpu"}})
+            ),
+        )
     )
     return result.checkpoint_path
 

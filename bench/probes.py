@@ -30,6 +30,7 @@ from gistnet.eval.request import EvalRequest, EvalSettings
 from gistnet.eval.run import evaluate_gistnet
 from gistnet.memory import gistnet_parameters
 from gistnet.train import train_gistnet
+from gistnet.train_request import TrainRequest, TrainSettings
 
 
 def _layer_digits(digits: str) -> tuple[int, ...]:
@@ -137,7 +138,11 @@ def run_probe(
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     result = train_gistnet(
-        dataset_path=train_on, split="train", run_config=run, output_dir=out / "probes" / name
+        TrainRequest(
+            dataset=train_on,
+            output_dir=out / "probes" / name,
+            settings=TrainSettings(split="train", run=run),
+        )
     )
     train_seconds = time.perf_counter() - started
     settings = EvalSettings(
@@ -313,9 +318,7 @@ def write_probes_doc(path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "probes", nargs="*", help="base, or changes joined by + (probe_changes)"
-    )
+    parser.add_argument("probes", nargs="*", help="base, or changes joined by + (probe_changes)")
     parser.add_argument("--dataset", default="data/sample_text", help="prepared dataset folder")
     parser.add_argument("--out", default="artifacts/quality")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))

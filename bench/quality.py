@@ -31,6 +31,7 @@ from gistnet.eval.request import EvalRequest, EvalSettings
 from gistnet.eval.run import evaluate_gistnet
 from gistnet.files import file_sha256
 from gistnet.train import TrainProgress, train_gistnet
+from gistnet.train_request import TrainRequest, TrainSettings
 
 RUNS = {
     "substitution": "configs/runs/gistnet_substitution.yaml",
@@ -174,13 +175,7 @@ def train_and_evaluate(
 
         load_before = os.getloadavg()[0]
         started, cpu_started = time.perf_counter(), time.process_time()
-        result = train_gistnet(
-            dataset_path=train_dataset or dataset,
-            split="train",
-            run_config=run,
-            output_dir=run_dir,
-            on_progress=log,
-        )
+        result = train_gistnet(TrainRequest(dataset=train_dataset or dataset, output_dir=run_dir, settings=TrainSettings(split="train", run=run)), on_progress=log)
         # Wall clock is what the bar is about; CPU time and the machine's load average
         # say how much other work shared the cores meanwhile.
         timing = {
@@ -237,9 +232,7 @@ def _timing_line(report: dict) -> str:
     on = bench.get("train_dataset")
     data = f" on `{on}`" if on and on != bench["dataset"] else ""
     read = " Gists read after BOS (`bos_sink`)." if report.get("bos_sink") else ""
-    return (
-        f"{steps} steps{data}, {trained}; evaluated in {bench['evaluate_seconds']:.0f} s.{read}"
-    )
+    return f"{steps} steps{data}, {trained}; evaluated in {bench['evaluate_seconds']:.0f} s.{read}"
 
 
 def curve_table(reports: dict[str, dict]) -> str:

@@ -76,6 +76,7 @@ def child_prep(args) -> dict:
 def child_train(args) -> dict:
     from gistnet.config import validate_run_config
     from gistnet.train import train_gistnet
+    from gistnet.train_request import TrainRequest, TrainSettings
 
     run = validate_run_config(
         {
@@ -92,9 +93,7 @@ def child_train(args) -> dict:
     ticks: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as out:
         train_gistnet(
-            dataset_path=args.dataset,
-            run_config=run,
-            output_dir=out,
+            TrainRequest(dataset=args.dataset, output_dir=out, settings=TrainSettings(run=run)),
             on_progress=lambda p: ticks.setdefault(p.step, time.perf_counter()),
         )
     # From the end of the first step to the end of the last: loading is not a step.

@@ -109,8 +109,10 @@ def baseline_training(hidden: np.ndarray, target: np.ndarray, run, steps: int) -
 
 def project_training(path: Path, run, steps: int, out: Path) -> float:
     from gistnet.train import train_gistnet
+    from gistnet.train_request import TrainRequest, TrainSettings
 
-    result = train_gistnet(dataset_path=path, run_config=run, output_dir=out, max_steps=steps)
+    settings = TrainSettings(run=run).with_training(max_steps=steps)
+    result = train_gistnet(TrainRequest(dataset=path, output_dir=out, settings=settings))
     return steps / result.seconds
 
 

@@ -3,7 +3,16 @@
 A checkpoint is a plain dict of tensors, numbers and strings saved with torch.save and read
 back with `weights_only=True`, so loading one never unpickles code; or a folder in Hugging
 Face's layout (gistnet.pretrained; `export_pretrained` writes one from a checkpoint). Every
-reader here takes either.
+reader of a trained model here takes either. Two kinds:
+
+    gistnet.pt   the trained model: weights, its config, the run's configs and metrics,
+                 the dataset, teacher and tokenizer it was trained with
+    resume file  a run in progress (`save_resume` / `load_resume`): the step reached, the
+                 model's and optimizer's state and the history so far; a run continued
+                 from one draws the same batches (they depend only on the seed and step)
+
+Both are written to a temporary name and renamed, so a crash mid-save never leaves a
+truncated file that could be taken for a finished one.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from gistnet.pretrained import (
 )
 
 FORMAT = "gistnet-checkpoint/1"
+RESUME_FORMAT = "gistnet-resume/1"
 
 
 def save_checkpoint(
@@ -64,18 +74,19 @@ def save_checkpoint(
     return path
 
 
-def _read(path: str | Path) -> dict[str, Any]:
+def _read(path: str | Path, *, expected: str = FORMAT, map_location="cpu") -> dict[str, Any]:
     path = Path(path)
-    if path.is_dir() and is_pretrained(path):
+    if expected == FORMAT and path.is_dir() and is_pretrained(path):
         return {**read_pretrained(path), "format": FORMAT}
+    what = "GistNet checkpoint" if expected == FORMAT else "GistNet resume checkpoint"
     if not path.is_file():
         raise ShardError(f"checkpoint {str(path)!r} does not exist; train a model first")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ShardError(f"{str(path)!r} is not a GistNet checkpoint: {err}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ShardError(f"{str(path)!r} is not a GistNet checkpoint (format {FORMAT} expected)")
+        raise ShardError(f"{str(path)!r} is not a {what}: {err}") from None
+    if not isinstance(payload, dict) or payload.get("format") != expected:
+        raise ShardError(f"{str(path)!r} is not a {what} (format {expected} expected)")
     return payload
 
 
@@ -130,3 +141,51 @@ def load_checkpoint(
         ) from None
     model.to(device).eval()
     return model, _info(payload)
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def save_resume(
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    history: list[dict[str, Any]],
+) -> Path:
+    """The run after `step` steps, to continue from with `load_resume`."""
+    payload = {
+        "format": RESUME_FORMAT,
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": history,
+    }
+    path = Path(path)
+    with atomic_write(path, what=f"the resume checkpoint {path.name}") as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_resume(
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: str | torch.device = "cpu",
+) -> tuple[int, list[dict[str, Any]]]:
+    """Put the state `save_resume` wrote back into `model` and `optimizer` (built as the run
+    built them); -> (the step to continue from, the history up to it). A file of another
+    model refuses, naming what to do: a run must not continue from weights it never had."""
+    payload = _read(path, expected=RESUME_FORMAT, map_location=device)
+    try:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        step, history = int(payload["step"]), list(payload["history"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise ShardError(
+            f"resume checkpoint {str(path)!r} does not fit this run's model: {err}; delete it "
+            f"to train from the start"
+        ) from None
+    return step, history

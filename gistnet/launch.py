@@ -8,7 +8,7 @@ on CPU, NCCL with one GPU per rank; see `gistnet.distributed.Ranks`) and DDP ave
 gradients. The caller's callbacks keep working through files in RUN_DIR, so the CLI and a
 Celery task need not know how many processes train:
 
-    spec.json      what to train (paths, the run config, resume settings), written first
+    spec.json      the TrainRequest (`to_dict`) and the launcher's pid, written first
     events.jsonl   rank 0's progress and resume-checkpoint events, one JSON object a line
     cancel         created by the launcher when the caller's cancel check says stop
     result.json    rank 0's result, written last; error-<rank>.json: a library error
@@ -37,12 +37,12 @@ from typing import Any
 import torch
 
 from gistnet import errors
-from gistnet.config import validate_run_config
 from gistnet.devices import resolve_device
 from gistnet.distributed import Ranks
 from gistnet.errors import DeviceError, GistNetError
 from gistnet.files import atomic_write
 from gistnet.train import TrainProgress, TrainResult, train_gistnet
+from gistnet.train_request import TrainRequest
 
 # torch.distributed.run's checks on its ranks: how often it looks (a dead rank is noticed
 # within this) and, once one failed, how long the others get to exit before SIGKILL.
@@ -101,58 +101,32 @@ def _raise_rank_error(run_dir: Path, returncode: int) -> None:
 
 
 def launch_training(
+    request: TrainRequest,
     *,
-    dataset_path: str | Path,
-    run_config,
-    output_dir: str | Path,
-    max_steps: int | None = None,
-    on_progress: Callable | None = None,
+    on_progress: Callable[[TrainProgress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
-    resume_path: str | Path | None = None,
-    checkpoint_every: int | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
-    tokenizer: str | None = None,
-    teacher_model: str | None = None,
-    split: str | None = None,
     poll_s: float = 0.1,
 ) -> TrainResult:
-    """Run `train_gistnet` over `training.processes` ranks and return rank 0's TrainResult."""
-    processes = run_config.training.processes
+    """Run `train_gistnet(request)` over `training.processes` ranks and return rank 0's
+    TrainResult."""
+    processes = request.run.training.processes
     if processes == 1:
         return train_gistnet(
-            dataset_path=dataset_path,
-            run_config=run_config,
-            output_dir=output_dir,
-            max_steps=max_steps,
+            request,
             on_progress=on_progress,
             should_cancel=should_cancel,
-            resume_path=resume_path,
-            checkpoint_every=checkpoint_every,
             on_checkpoint=on_checkpoint,
-            tokenizer=tokenizer,
-            teacher_model=teacher_model,
-            split=split,
         )
     # Said here, before any process starts: each rank takes the GPU of its local rank.
-    device = resolve_device(run_config.training.device)
+    device = resolve_device(request.run.training.device)
     if device.type == "cuda" and torch.cuda.device_count() < processes:
         raise DeviceError(
             f"training.processes is {processes} but this machine has "
             f"{torch.cuda.device_count()} CUDA device(s): one process per GPU"
         )
     run_dir = Path(tempfile.mkdtemp(prefix="gistnet-ddp-"))
-    spec = {
-        "dataset_path": str(Path(dataset_path).resolve()),
-        "split": split,
-        "run_config": run_config.model_dump(),
-        "output_dir": str(Path(output_dir).resolve()),
-        "max_steps": max_steps,
-        "resume_path": None if resume_path is None else str(Path(resume_path).resolve()),
-        "checkpoint_every": checkpoint_every,
-        "tokenizer": tokenizer,
-        "teacher_model": teacher_model,
-        "launcher_pid": os.getpid(),
-    }
+    spec = {"request": request.to_dict(), "launcher_pid": os.getpid()}
     (run_dir / "spec.json").write_text(json.dumps(spec))
     command = [
         sys.executable,
@@ -226,18 +200,10 @@ def rank_main(run_dir: str | Path) -> int:
 
     try:
         result = train_gistnet(
-            dataset_path=spec["dataset_path"],
-            split=spec.get("split"),
-            run_config=validate_run_config(spec["run_config"]),
-            output_dir=spec["output_dir"],
-            max_steps=spec["max_steps"],
+            TrainRequest.from_dict(spec["request"]),
             on_progress=on_progress if ranks.is_main else None,
             should_cancel=should_cancel if ranks.is_main else None,
-            resume_path=spec["resume_path"],
-            checkpoint_every=spec["checkpoint_every"],
             on_checkpoint=on_checkpoint if ranks.is_main else None,
-            tokenizer=spec.get("tokenizer"),
-            teacher_model=spec.get("teacher_model"),
         )
     except GistNetError as err:
         (run_dir / f"error-{ranks.rank}.json").write_text(

@@ -4,7 +4,7 @@ Both hang on the progress callback that the command line and the worker already 
 `train_gistnet`, so the loop knows nothing of them:
 
     with Tracking(TrackingSettings(tensorboard="runs/a"), params=run_config) as tracking:
-        result = train_gistnet(..., on_progress=tracking.progress)
+        result = train_gistnet(request, on_progress=tracking.progress)
         tracking.log_artifacts(result.checkpoint_path)
 
 Each step logs the loss, the running loss, the learning rate, examples/s, the objective's

@@ -1,10 +1,11 @@
 """Training GistNet on a prepared shard.
 
-`train_gistnet` is the one training loop: the CLI passes a callback that prints, a Celery
-task one that records progress in the database and a cancel check that reads it. With a
-`resume_path` it writes resume checkpoints and continues from one after a crash, and the
-resumed run gives the same losses as an uninterrupted one (batches depend only on the
-seed and the step). Under `gistnet.launch` the same loop runs in each of
+`train_gistnet` is the one training loop; it reads one `TrainRequest`
+(`gistnet.train_request`). The CLI passes a callback that prints, a Celery task one that
+records progress in the database and a cancel check that reads it. With a request's
+`resume_path` it writes resume checkpoints (`gistnet.checkpoint.save_resume`) and continues
+from one after a crash, and the resumed run gives the same losses as an uninterrupted one
+(batches depend only on the seed and the step). Under `gistnet.launch` the same loop runs in each of
 `training.processes` DDP processes (`gistnet.distributed.Ranks`) and gives the same losses.
 """
 
@@ -23,15 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gistnet.checkpoint import save_checkpoint
+from gistnet.checkpoint import load_resume, save_checkpoint, save_resume
 from gistnet.config import RunConfig, TrainingConfig
 from gistnet.datasets import describe_dataset, missing_teacher_error, split_shard_paths
 from gistnet.devices import resolve_device
 from gistnet.distributed import Ranks
 from gistnet.errors import Cancelled, ConfigError
-from gistnet.files import atomic_write
 from gistnet.model import GistNet, GistNetConfig
 from gistnet.shards import ShardSet, open_shard_set
+from gistnet.train_request import TrainRequest
 
 CHECKPOINT_NAME = "gistnet.pt"
 
@@ -258,68 +259,36 @@ def _validation_set(train_paths: list[Path], metadata: dict[str, Any]) -> ShardS
     return open_shard_set(paths)
 
 
-def _save_resume(path: Path, *, model, optimizer, step: int, history: list) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, what=f"the resume checkpoint {path.name}") as tmp:
-        torch.save(
-            {
-                "step": step,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "history": history,
-            },
-            tmp,
-        )
+@dataclass
+class _Run:
+    """What the loop works with, opened from a request: the data, the model with its DDP
+    wrapper (`trained`, the model itself in one process), the optimizer and the objective."""
+
+    cfg: TrainingConfig
+    ranks: Ranks
+    device: torch.device
+    data: ShardSet
+    validation: ShardSet | None  # rank 0 alone scores it
+    metadata: dict[str, Any]
+    model: GistNet
+    trained: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    objective: _Objective
 
 
-def train_gistnet(
-    *,
-    dataset_path: str | Path,
-    run_config: RunConfig,
-    output_dir: str | Path,
-    max_steps: int | None = None,
-    on_progress: Callable[[TrainProgress], None] | None = None,
-    should_cancel: Callable[[], bool] | None = None,
-    resume_path: str | Path | None = None,
-    checkpoint_every: int | None = None,
-    on_checkpoint: Callable[[Path], None] | None = None,
-    tokenizer: str | None = None,
-    teacher_model: str | None = None,
-    split: str | None = None,
-) -> TrainResult:
-    """Train GistNet on a split; save `<output_dir>/gistnet.pt`.
-
-    `dataset_path` is a dataset folder (then `split`, default train, picks the split), a
-    glob of a split's shard files, or one shard file. A split of many shards is read as
-    one (`gistnet.shards.ShardSet`): batches draw across all of them. A token-only dataset
-    (`teacher_states: none`) runs the teacher inside each step.
-
-    The shard may come from our preparation, from the seed's tool (with its metadata or
-    none): see `describe_dataset`. `tokenizer` and `teacher_model` supply or override the
-    dataset's; the substitution objective needs the teacher, mse training only records
-    both in the checkpoint (the gist engine needs them later).
-
-    The resume checkpoint is left in place: the caller deletes it once it has recorded the
-    result, so a crash between the two resumes instead of starting over. `on_checkpoint`
-    gets its path each time one is written (the service publishes it to the artifact store).
-    """
-    started = time.perf_counter()
-    if max_steps is not None:
-        run_config = run_config.model_copy(
-            update={"training": run_config.training.model_copy(update={"max_steps": max_steps})}
-        )
-    cfg = run_config.training
-    ranks = Ranks.from_env()
+def _open_run(request: TrainRequest, ranks: Ranks) -> _Run:
+    cfg = request.run.training
     if cfg.processes > 1 and not ranks.active:
         raise ConfigError(
             f"training.processes is {cfg.processes}: train through "
             f"gistnet.launch.launch_training, which starts the processes"
         )
-    dataset_path = Path(dataset_path)
-    paths = split_shard_paths(dataset_path, split, default_split="train")
+    paths = split_shard_paths(request.dataset, request.settings.split, default_split="train")
     data = open_shard_set(paths)
-    metadata = describe_dataset(paths[0], tokenizer=tokenizer, teacher_model=teacher_model)
-    model_cfg = model_config_for(run_config, metadata)
+    metadata = describe_dataset(
+        paths[0], tokenizer=request.tokenizer, teacher_model=request.teacher_model
+    )
+    model_cfg = model_config_for(request.run, metadata)
     width = data.hidden_size if data.has_teacher_states else model_cfg.hidden_size
     if width != model_cfg.hidden_size or data.block_size != model_cfg.block_size:
         raise ConfigError(
@@ -327,9 +296,7 @@ def train_gistnet(
             f"but its metadata says ({model_cfg.block_size}, {model_cfg.hidden_size})"
         )
     device = ranks.setup(resolve_device(cfg.device))
-    # Only rank 0 scores the validation split.
     validation = _validation_set(paths, metadata) if ranks.is_main else None
-
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = GistNet(model_cfg).to(device)
     trained = ranks.wrap(model, device)
@@ -339,131 +306,166 @@ def train_gistnet(
         metadata,
         device,
         cached_states=data.has_teacher_states,
-        dataset_path=dataset_path,
+        dataset_path=request.dataset,
         model_config=model_cfg,
     )
+    return _Run(
+        cfg, ranks, device, data, validation, metadata, model, trained, optimizer, objective
+    )
 
-    history: list[dict[str, Any]] = []
-    start_step, resumed_from = 0, None
-    resume_path = Path(resume_path) if resume_path is not None else None
-    if resume_path is not None and resume_path.is_file():
-        state = torch.load(resume_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_step = resumed_from = int(state["step"])
-        history = list(state["history"])
 
+def _resumed(request: TrainRequest, run: _Run) -> tuple[int, list[dict[str, Any]]]:
+    """(the step to start from, the history so far): where the request's resume checkpoint
+    left off, with the model and optimizer as they were there; (0, []) without one."""
+    if request.resume_path is None or not request.resume_path.is_file():
+        return 0, []
+    return load_resume(
+        request.resume_path, model=run.model, optimizer=run.optimizer, device=run.device
+    )
+
+
+def _train_step(run: _Run, step: int) -> tuple[float, dict[str, float], float]:
+    """One optimizer step on the step's batch, this rank's part of it -> (the whole batch's
+    mean loss, the objective's parts, the learning rate)."""
+    cfg, ranks = run.cfg, run.ranks
+    lr = lr_at(step, cfg)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    idx = batch_indices(step, cfg.batch_size, run.data.num_examples, cfg.seed)
+    idx, weight = ranks.part(idx)  # all of it in one process
+    loss, stats = run.objective(run.trained, run.data, idx)  # GistNet through its DDP wrapper
+    run.optimizer.zero_grad(set_to_none=True)
+    (loss * weight if ranks.active else loss).backward()
+    if cfg.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    run.optimizer.step()
+    loss_value, stats = ranks.batch_mean(loss.item(), stats, len(idx), cfg.batch_size)
+    if not math.isfinite(loss_value):
+        raise ConfigError(
+            f"the loss became {loss_value} at step {step + 1}: lower training.lr "
+            f"(now {cfg.lr}) or set training.grad_clip"
+        )
+    return loss_value, stats, lr
+
+
+def _validation_due(run: _Run, done: int) -> float | None:
+    """The validation split's loss every `eval_every` steps and after the last one."""
+    cfg = run.cfg
+    if run.validation is None or (done % cfg.eval_every != 0 and done != cfg.max_steps):
+        return None
+    return evaluate_loss(
+        run.model, run.objective, run.validation, batch_size=cfg.batch_size, limit=cfg.eval_examples
+    )
+
+
+def _resume_due(request: TrainRequest, run: _Run, done: int) -> bool:
+    """Rank 0 writes a resume checkpoint every `checkpoint_every` steps, but not after the
+    last: the finished checkpoint follows at once."""
+    every = request.checkpoint_every
+    return bool(run.ranks.is_main and every and done % every == 0 and done < run.cfg.max_steps)
+
+
+def _smoothed(speed: float, latest: float) -> float:
+    return latest if speed == 0.0 else 0.9 * speed + 0.1 * latest
+
+
+def train_gistnet(
+    request: TrainRequest,
+    *,
+    on_progress: Callable[[TrainProgress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
+) -> TrainResult:
+    """Train GistNet as `request` asks; save `<request.output_dir>/gistnet.pt`.
+
+    `request.dataset` is a dataset folder (then the settings' split, default train, picks
+    the split), a glob of a split's shard files, or one shard file. A split of many shards
+    is read as one (`gistnet.shards.ShardSet`): batches draw across all of them. A
+    token-only dataset (`teacher_states: none`) runs the teacher inside each step.
+
+    The shard may come from our preparation, from the seed's tool (with its metadata or
+    none): see `describe_dataset`. The request's `tokenizer` and `teacher_model` supply or
+    override the dataset's; the substitution objective needs the teacher, mse training only
+    records both in the checkpoint (the gist engine needs them later).
+
+    The resume checkpoint is left in place: the caller deletes it once it has recorded the
+    result, so a crash between the two resumes instead of starting over. `on_checkpoint`
+    gets its path each time one is written (the service publishes it to the artifact store).
+    """
+    started = time.perf_counter()
+    cfg = request.run.training
+    ranks = Ranks.from_env()
+    run = _open_run(request, ranks)
+    start_step, history = _resumed(request, run)
     recent: deque[float] = deque((h["loss"] for h in history[-50:]), maxlen=50)
-    loss_value, val_loss, speed = float("nan"), None, 0.0
-    model.train()
+    speed = 0.0
+    run.model.train()
     for step in range(start_step, cfg.max_steps):
         if ranks.agree(should_cancel is not None and should_cancel()):
             raise Cancelled(f"training cancelled at step {step} of {cfg.max_steps}")
         tick = time.perf_counter()
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        idx = batch_indices(step, cfg.batch_size, data.num_examples, cfg.seed)
-        idx, weight = ranks.part(idx)  # all of it in one process
-        loss, stats = objective(trained, data, idx)  # GistNet through its DDP wrapper
-        optimizer.zero_grad(set_to_none=True)
-        (loss * weight if ranks.active else loss).backward()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-
-        loss_value, stats = ranks.batch_mean(loss.item(), stats, len(idx), cfg.batch_size)
-        if not math.isfinite(loss_value):
-            raise ConfigError(
-                f"the loss became {loss_value} at step {step + 1}: lower training.lr "
-                f"(now {cfg.lr}) or set training.grad_clip"
-            )
-        recent.append(loss_value)
-        elapsed = time.perf_counter() - tick
-        speed = (
-            cfg.batch_size / elapsed
-            if speed == 0.0
-            else 0.9 * speed + 0.1 * cfg.batch_size / elapsed
-        )
+        loss, stats, lr = _train_step(run, step)
+        recent.append(loss)
+        speed = _smoothed(speed, cfg.batch_size / (time.perf_counter() - tick))
         done = step + 1
-        val_loss = None
-        if validation is not None and (done % cfg.eval_every == 0 or done == cfg.max_steps):
-            val_loss = evaluate_loss(
-                model, objective, validation, batch_size=cfg.batch_size, limit=cfg.eval_examples
-            )
-        record = {"step": done, "loss": loss_value, "lr": lr, **stats}
+        val_loss = _validation_due(run, done)
+        record = {"step": done, "loss": loss, "lr": lr, **stats}
         if val_loss is not None:
             record["val_loss"] = val_loss
         history.append(record)
         if on_progress is not None:
+            running = sum(recent) / len(recent)
             on_progress(
-                TrainProgress(
-                    done,
-                    cfg.max_steps,
-                    loss_value,
-                    sum(recent) / len(recent),
-                    speed,
-                    lr,
-                    val_loss,
-                    stats,
-                )
+                TrainProgress(done, cfg.max_steps, loss, running, speed, lr, val_loss, stats)
             )
-        if (
-            ranks.is_main
-            and resume_path is not None
-            and checkpoint_every
-            and done % checkpoint_every == 0
-            and done < cfg.max_steps
-        ):
-            _save_resume(resume_path, model=model, optimizer=optimizer, step=done, history=history)
+        if _resume_due(request, run, done):
+            save_resume(
+                request.resume_path,
+                model=run.model,
+                optimizer=run.optimizer,
+                step=done,
+                history=history,
+            )
             if on_checkpoint is not None:
-                on_checkpoint(resume_path)
+                on_checkpoint(request.resume_path)
+    result = TrainResult(
+        checkpoint_path=request.output_dir / CHECKPOINT_NAME,
+        steps=cfg.max_steps,
+        final_loss=history[-1]["loss"] if history else float("nan"),
+        running_loss=sum(recent) / len(recent) if recent else float("nan"),
+        val_loss=next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None),
+        seconds=0.0,
+        history=history,
+        # A resume checkpoint is written after step 1 at the earliest: 0 is a fresh start.
+        resumed_from_step=start_step or None,
+    )
+    if ranks.is_main:  # rank 0 writes the checkpoint; the others wait for it and leave
+        _save_trained(request, run, result)
+    ranks.finish()
+    result.seconds = time.perf_counter() - started
+    return result
 
-    final_val = next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None)
-    running = sum(recent) / len(recent) if recent else float("nan")
-    metrics = {
-        "steps": cfg.max_steps,
-        "final_loss": loss_value if history else float("nan"),
-        "running_loss": running,
-        "val_loss": final_val,
-        "objective": cfg.objective,
-    }
-    checkpoint = Path(output_dir) / CHECKPOINT_NAME
-    if not ranks.is_main:  # rank 0 writes the checkpoint; the others wait for it and leave
-        ranks.finish()
-        return TrainResult(
-            checkpoint,
-            cfg.max_steps,
-            metrics["final_loss"],
-            running,
-            final_val,
-            time.perf_counter() - started,
-            history,
-            resumed_from,
-        )
+
+def _save_trained(request: TrainRequest, run: _Run, result: TrainResult) -> None:
+    metadata = run.metadata
     save_checkpoint(
-        checkpoint,
-        model=model,
-        training_config=cfg.model_dump(),
-        metrics=metrics,
+        result.checkpoint_path,
+        model=run.model,
+        training_config=run.cfg.model_dump(),
+        metrics={
+            "steps": result.steps,
+            "final_loss": result.final_loss,
+            "running_loss": result.running_loss,
+            "val_loss": result.val_loss,
+            "objective": run.cfg.objective,
+        },
         dataset={
             "name": metadata["dataset_name"],
             "fingerprint": metadata["fingerprint"],
-            "path": str(dataset_path.resolve()),
+            "path": str(request.dataset.resolve()),
             "block_size": metadata["block_size"],
             "horizon": metadata["horizon"],
         },
         teacher={"model": metadata["teacher_model"], "dtype": metadata["teacher_dtype"]},
         tokenizer=metadata["tokenizer"],
-    )
-    ranks.finish()
-    return TrainResult(
-        checkpoint_path=checkpoint,
-        steps=cfg.max_steps,
-        final_loss=metrics["final_loss"],
-        running_loss=running,
-        val_loss=final_val,
-        seconds=time.perf_counter() - started,
-        history=history,
-        resumed_from_step=resumed_from,
     )

@@ -402,6 +402,7 @@ def record_trained_model(
     from gistnet.checkpoint import read_checkpoint_info
     from gistnet.config import validate_run_config
     from gistnet.train import train_gistnet
+    from gistnet.train_request import TrainRequest, TrainSettings
     from service.db.engine import session_scope
     from service.db.models import Job
     from service.db.records import record_model
@@ -419,19 +420,23 @@ def record_trained_model(
         job_id = job.id
     output = settings.artifact_path(f"jobs/{job_id}")
     result = train_gistnet(
-        dataset_path=settings.artifact_path(f"datasets/{dataset['id']}/train.arrow"),
-        run_config=validate_run_config(
-            {
-                "model": model or {},
-                "training": {
-                    "max_steps": 3,
-                    "batch_size": 4,
-                    "device": "cpu",
-                    **(training or {}),
-                },
-            }
-        ),
-        output_dir=output,
+        TrainRequest(
+            dataset=settings.artifact_path(f"datasets/{dataset['id']}/train.arrow"),
+            output_dir=output,
+            settings=TrainSettings(
+                run=validate_run_config(
+                    {
+                        "model": model or {},
+                        "training": {
+                            "max_steps": 3,
+                            "batch_size": 4,
+                            "device": "cpu",
+                            **(training or {}),
+                        },
+                    }
+                )
+            ),
+        )
     )
     with session_scope(settings.database_url) as session:
         recorded = record_model(

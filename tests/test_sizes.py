@@ -13,7 +13,7 @@ PACKAGES = ("gistnet", "api", "service", "workers")
 MAX_FILE_LINES = 600
 MAX_FUNCTION_LINES = 100
 # Over the bound today and being split; an entry that fits fails the test, so it goes.
-OVER_FOR_NOW = {"gistnet/train.py::train_gistnet"}
+OVER_FOR_NOW: set[str] = set()
 
 
 def modules(package: str) -> list[Path]:

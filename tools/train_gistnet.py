@@ -21,6 +21,7 @@ from gistnet.errors import GistNetError
 from gistnet.launch import launch_training
 from gistnet.storage import is_url, join, open_local_dataset, writing_to
 from gistnet.train import TrainProgress
+from gistnet.train_request import TrainRequest, TrainSettings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,18 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run, log_every = load_run_file(args.config)
         log_every = args.log_every or log_every
+        settings = TrainSettings(run=run, split=args.split)
+        if args.max_steps is not None:
+            settings = settings.with_training(max_steps=args.max_steps)
         dataset = open_local_dataset(args.dataset, splits=[args.split or "train", "validation"])
         with writing_to(args.output_dir) as output:
-            result = launch_training(
-                dataset_path=dataset,
-                run_config=run,
+            request = TrainRequest(
+                dataset=dataset,
                 output_dir=output,
-                max_steps=args.max_steps,
-                on_progress=log,
+                settings=settings,
                 tokenizer=args.tokenizer,
                 teacher_model=args.teacher,
-                split=args.split,
             )
+            result = launch_training(request, on_progress=log)
             info = read_checkpoint_info(result.checkpoint_path)
         if is_url(args.output_dir):
             result.checkpoint_path = join(args.output_dir, result.checkpoint_path.name)

@@ -427,16 +427,15 @@ def prepare_part_task(self, job_id: int) -> str:
 
 def _train(run: JobRun) -> Outcome:
     from gistnet.checkpoint import read_checkpoint_info
-    from gistnet.config import validate_run_config
     from gistnet.launch import launch_training
     from gistnet.train import CHECKPOINT_NAME
+    from gistnet.train_request import TrainRequest, TrainSettings
 
     settings = run.settings
     store = settings.artifact_store()
-    split = run.params["split"]
-    raw: dict[str, Any] = copy.deepcopy(run.params["run_config"])
-    raw.setdefault("training", {})["device"] = settings.device
-    run_config = validate_run_config(raw)
+    # As the API stored them, on this worker's device.
+    train_settings = TrainSettings.from_dict(run.params).with_training(device=settings.device)
+    split = train_settings.split
     with session_scope(settings.database_url) as session:
         folder = open_dataset_split(store, get_dataset(session, dataset_id=run.dataset_id), split)
     relative = job_dir(run.job_id)
@@ -444,7 +443,7 @@ def _train(run: JobRun) -> Outcome:
 
     def on_progress(p) -> None:
         metrics.train_step(
-            batch_size=run_config.training.batch_size, examples_per_sec=p.examples_per_sec
+            batch_size=train_settings.run.training.batch_size, examples_per_sec=p.examples_per_sec
         )
         point = {
             "step": p.step,
@@ -471,7 +470,7 @@ def _train(run: JobRun) -> Outcome:
         "training on dataset %s split %r for %s steps on %s",
         run.dataset_id,
         split,
-        run_config.training.max_steps,
+        train_settings.run.training.max_steps,
         settings.device,
     )
     # Once the job has ended (succeeded, failed, cancelled) nothing will resume it.
@@ -481,15 +480,17 @@ def _train(run: JobRun) -> Outcome:
         # machine or another: it is published to the store) and continues it.
         resume = output / "resume.pt"
         store.download(resume_key, resume)
-        result = launch_training(
-            dataset_path=folder,
-            split=split,
-            run_config=run_config,
+        request = TrainRequest(
+            dataset=folder,
             output_dir=output,
-            on_progress=on_progress,
-            should_cancel=run.should_cancel,
+            settings=train_settings,
             resume_path=resume,
             checkpoint_every=settings.resume_every,
+        )
+        result = launch_training(
+            request,
+            on_progress=on_progress,
+            should_cancel=run.should_cancel,
             on_checkpoint=lambda path: store.publish(path, resume_key),
         )
         checkpoint = f"{relative}/{CHECKPOINT_NAME}"

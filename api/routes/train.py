@@ -9,8 +9,7 @@ from api.errors import error_responses
 from api.idempotency import IdempotencyKeyHeader
 from api.jobs import Accepted, accept_job
 from api.schemas import JobAccepted, TrainCreate
-from api.validation.train import check_run_request
-from gistnet.config import RunConfig
+from api.validation.train import train_settings_of
 from service.db.records import create_training_job, dataset_job, get_dataset
 from service.queue import ProductStatus
 
@@ -46,13 +45,10 @@ def start_training(
             raise HTTPException(
                 409, f"dataset {dataset.id} is {dataset.status}, not ready: train once it is{hint}"
             )
-        run = RunConfig(model=body.model, training=body.training)
-        check_run_request(
-            run, dataset_info=dataset.info, split=body.split, worker_memory=settings.worker_memory
+        train_settings = train_settings_of(
+            body, dataset_info=dataset.info, worker_memory=settings.worker_memory
         )
-        job = create_training_job(
-            session, dataset_id=dataset.id, split=body.split, run_config=run.model_dump(mode="json")
-        )
+        job = create_training_job(session, dataset_id=dataset.id, settings=train_settings.to_dict())
         accepted = JobAccepted(job_id=job.id, status_url=f"/jobs/{job.id}")
         return Accepted(job=job, body=accepted, location=f"/jobs/{job.id}")
 

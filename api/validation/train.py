@@ -1,4 +1,4 @@
-"""POST /train: the run fits its dataset and a worker's memory."""
+"""POST /train: the run fits its dataset and a worker's memory; the settings the job stores."""
 
 from __future__ import annotations
 
@@ -8,6 +8,19 @@ from api.validation.common import RequestProblem
 from api.validation.models import check_family, teacher_config
 from gistnet.config import RunConfig
 from gistnet.errors import ConfigError
+from gistnet.train_request import TrainSettings
+
+
+def train_settings_of(body, *, dataset_info: dict[str, Any], worker_memory: int) -> TrainSettings:
+    """The body's run as the job will train it (`api.schemas.TrainCreate`: pydantic checked
+    each field), once it fits the dataset and a worker's memory."""
+    settings = TrainSettings(
+        run=RunConfig(model=body.model, training=body.training), split=body.split
+    )
+    check_run_request(
+        settings.run, dataset_info=dataset_info, split=body.split, worker_memory=worker_memory
+    )
+    return settings
 
 
 def check_run_request(
@@ -73,5 +86,3 @@ def check_run_memory(
             f"a worker has (GISTNET_WORKER_MEMORY_BYTES): lower training.batch_size "
             f"(now {run.training.batch_size}) or model.num_layers (now {model_config.num_layers})"
         )
-
-

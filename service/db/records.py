@@ -65,15 +65,9 @@ def mark_dataset_prepared(
 # --------------------------------------------------------------------------- training
 
 
-def create_training_job(
-    session: Session, *, dataset_id: int, split: str, run_config: dict[str, Any]
-) -> Job:
-    return create_job(
-        session,
-        kind=JobKind.TRAIN,
-        dataset_id=dataset_id,
-        params={"split": split, "run_config": run_config},
-    )
+def create_training_job(session: Session, *, dataset_id: int, settings: dict[str, Any]) -> Job:
+    """`settings`: the run's TrainSettings as `to_dict` gives them; the worker reads them back."""
+    return create_job(session, kind=JobKind.TRAIN, dataset_id=dataset_id, params=settings)
 
 
 def record_model(

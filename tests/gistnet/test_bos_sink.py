@@ -22,6 +22,7 @@ from gistnet.substitution import (
 )
 from gistnet.teacher import load_tokenizer
 from gistnet.train import train_gistnet
+from gistnet.train_request import TrainRequest, TrainSettings
 from tests.gistnet.evaluation import evaluate
 from tests.gistnet.test_substitution import BLOCK, HORIZON, make_teacher, short_substitution_run
 
@@ -89,10 +90,7 @@ def test_evaluation_reads_every_vector_condition_after_bos_but_drop(teacher, con
 
 
 def test_a_sink_model_records_it_and_is_evaluated_and_served_that_way(small_dataset, tmp_path):
-    result = train_gistnet(
-        dataset_path=small_dataset / "train.arrow", run_config=short_substitution_run(bos_sink=True),
-        output_dir=tmp_path,
-    )  # fmt: skip
+    result = train_gistnet(TrainRequest(dataset=small_dataset / "train.arrow", output_dir=tmp_path, settings=TrainSettings(run=short_substitution_run(bos_sink=True))))  # fmt: skip
     assert read_checkpoint_info(result.checkpoint_path)["model_config"]["bos_sink"] is True
 
     encoder = GistEncoder.from_checkpoint(result.checkpoint_path)

@@ -11,6 +11,7 @@ from gistnet.checkpoint import load_checkpoint
 from gistnet.config import validate_run_config
 from gistnet.errors import BoundError, DiskFullError, ShardError
 from gistnet.train import train_gistnet
+from gistnet.train_request import TrainRequest, TrainSettings
 from tests.small_disk import small_disk
 
 
@@ -24,7 +25,11 @@ def _run_config():
 def checkpoint(small_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("bounds-model")
     return train_gistnet(
-        dataset_path=small_dataset / "train.arrow", run_config=_run_config(), output_dir=out
+        TrainRequest(
+            dataset=small_dataset / "train.arrow",
+            output_dir=out,
+            settings=TrainSettings(run=_run_config()),
+        )
     ).checkpoint_path
 
 
@@ -58,11 +63,13 @@ def test_a_resume_checkpoint_on_a_full_disk_says_the_disk_is_full(small_dataset,
     with small_disk(tmp_path / "disk") as disk:
         with pytest.raises(DiskFullError, match="is full: the resume checkpoint resume.pt"):
             train_gistnet(
-                dataset_path=small_dataset / "train.arrow",
-                run_config=_run_config(),
-                output_dir=tmp_path / "out",
-                resume_path=disk / "resume.pt",
-                checkpoint_every=1,
+                TrainRequest(
+                    dataset=small_dataset / "train.arrow",
+                    output_dir=tmp_path / "out",
+                    settings=TrainSettings(run=_run_config()),
+                    resume_path=disk / "resume.pt",
+                    checkpoint_every=1,
+                )
             )
         assert list(disk.iterdir()) == []  # the partial file is gone, its space free again
 
@@ -71,7 +78,9 @@ def test_a_checkpoint_on_a_full_disk_says_the_disk_is_full(small_dataset, tmp_pa
     with small_disk(tmp_path / "disk") as disk:
         with pytest.raises(DiskFullError, match="is full: the checkpoint gistnet.pt"):
             train_gistnet(
-                dataset_path=small_dataset / "train.arrow",
-                run_config=_run_config(),
-                output_dir=disk,
+                TrainRequest(
+                    dataset=small_dataset / "train.arrow",
+                    output_dir=disk,
+                    settings=TrainSettings(run=_run_config()),
+                )
             )

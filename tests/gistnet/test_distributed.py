@@ -16,6 +16,7 @@ from gistnet.checkpoint import load_checkpoint
 from gistnet.config import validate_run_config
 from gistnet.errors import Cancelled
 from gistnet.launch import TrainingProcessFailed, launch_training
+from gistnet.train_request import TrainRequest, TrainSettings
 
 pytestmark = [pytest.mark.slow]
 
@@ -67,15 +68,19 @@ def _descends_from(pid: int, ancestor: int) -> bool:
 
 def test_two_processes_give_the_losses_and_weights_of_one(small_dataset, tmp_path):
     one = launch_training(
-        dataset_path=small_dataset / "train.arrow",
-        run_config=run_config(1),
-        output_dir=tmp_path / "one",
+        TrainRequest(
+            dataset=small_dataset / "train.arrow",
+            output_dir=tmp_path / "one",
+            settings=TrainSettings(run=run_config(1)),
+        )
     )
     seen = []
     two = launch_training(
-        dataset_path=small_dataset / "train.arrow",
-        run_config=run_config(2),
-        output_dir=tmp_path / "two",
+        TrainRequest(
+            dataset=small_dataset / "train.arrow",
+            output_dir=tmp_path / "two",
+            settings=TrainSettings(run=run_config(2)),
+        ),
         on_progress=seen.append,
     )
     losses_one = [h["loss"] for h in one.history]
@@ -100,9 +105,11 @@ def test_cancel_reaches_every_rank(small_dataset, tmp_path):
 
     with pytest.raises(Cancelled, match="cancelled at step"):
         launch_training(
-            dataset_path=small_dataset / "train.arrow",
-            run_config=run_config(2, max_steps=100_000),
-            output_dir=tmp_path,
+            TrainRequest(
+                dataset=small_dataset / "train.arrow",
+                output_dir=tmp_path,
+                settings=TrainSettings(run=run_config(2, max_steps=100_000)),
+            ),
             on_progress=steps.append,
             should_cancel=should_cancel,
         )
@@ -124,28 +131,34 @@ def test_killed_rank_fails_the_run_and_the_next_run_resumes_to_the_same_losses(
 
     with pytest.raises(TrainingProcessFailed, match="a training process died"):
         launch_training(
-            dataset_path=small_dataset / "train.arrow",
-            run_config=run_config(2, max_steps=40),
-            output_dir=tmp_path / "out",
+            TrainRequest(
+                dataset=small_dataset / "train.arrow",
+                output_dir=tmp_path / "out",
+                settings=TrainSettings(run=run_config(2, max_steps=40)),
+                resume_path=resume,
+                checkpoint_every=5,
+            ),
             on_progress=kill_rank_one,
-            resume_path=resume,
-            checkpoint_every=5,
             on_checkpoint=published.append,
         )
     assert resume.is_file() and published and published[0] == resume
 
     resumed = launch_training(
-        dataset_path=small_dataset / "train.arrow",
-        run_config=run_config(2, max_steps=40),
-        output_dir=tmp_path / "out",
-        resume_path=resume,
-        checkpoint_every=5,
+        TrainRequest(
+            dataset=small_dataset / "train.arrow",
+            output_dir=tmp_path / "out",
+            settings=TrainSettings(run=run_config(2, max_steps=40)),
+            resume_path=resume,
+            checkpoint_every=5,
+        )
     )
     assert resumed.resumed_from_step is not None and resumed.resumed_from_step >= 5
     uninterrupted = launch_training(
-        dataset_path=small_dataset / "train.arrow",
-        run_config=run_config(1, max_steps=40),
-        output_dir=tmp_path / "uninterrupted",
+        TrainRequest(
+            dataset=small_dataset / "train.arrow",
+            output_dir=tmp_path / "uninterrupted",
+            settings=TrainSettings(run=run_config(1, max_steps=40)),
+        )
     )
     np.testing.assert_allclose(
         [h["loss"] for h in resumed.history],
@@ -165,10 +178,13 @@ def test_two_processes_train_a_token_only_split_of_several_shards_as_one_does(tm
     prepare_dataset(validate_dataset_config(config), output_dir=tmp_path / "data")
     runs = [
         launch_training(
-            dataset_path=tmp_path / "data",
-            split="train",
-            run_config=run_config(processes, max_steps=3, eval_every=3),
-            output_dir=tmp_path / str(processes),
+            TrainRequest(
+                dataset=tmp_path / "data",
+                output_dir=tmp_path / str(processes),
+                settings=TrainSettings(
+                    split="train", run=run_config(processes, max_steps=3, eval_every=3)
+                ),
+            )
         )
         for processes in (1, 2)
     ]

@@ -38,6 +38,7 @@ from gistnet.teacher import (
     load_tokenizer,
 )
 from gistnet.train import train_gistnet
+from gistnet.train_request import TrainRequest, TrainSettings
 from tests.conftest import SAMPLE_TEACHER, sample_documents, small_dataset_config
 from tests.gistnet.evaluation import evaluate
 from tools.train_gistnet import main as train_main
@@ -250,7 +251,11 @@ def test_the_family_prepares_trains_evaluates_and_serves_gists(family, datasets,
     assert cached.hidden_size == WIDTH and cached.num_examples >= 4
     run = substitution_run(family[0])
     runs = {
-        states: train_gistnet(dataset_path=path, run_config=run, output_dir=tmp_path / states)
+        states: train_gistnet(
+            TrainRequest(
+                dataset=path, output_dir=tmp_path / states, settings=TrainSettings(run=run)
+            )
+        )
         for states, path in datasets.items()
     }
     # The token-only run takes its states from the window's forward (a hook on the module

@@ -16,6 +16,7 @@ from gistnet.model import GistNet, GistNetConfig
 from gistnet.shards import open_shard
 from gistnet.substitution import SubstitutionLoss, horizon_nll, substituted_inputs
 from gistnet.train import train_gistnet
+from gistnet.train_request import TrainRequest, TrainSettings
 from tests.gistnet.test_substitution import BLOCK, HORIZON
 
 
@@ -92,10 +93,7 @@ def _run(**model):
 
 
 def test_k_vectors_train_round_trip_and_are_served_by_the_engine(small_dataset, tmp_path):
-    result = train_gistnet(
-        dataset_path=small_dataset / "train.arrow", run_config=_run(gists_per_block=2),
-        output_dir=tmp_path,
-    )  # fmt: skip
+    result = train_gistnet(TrainRequest(dataset=small_dataset / "train.arrow", output_dir=tmp_path, settings=TrainSettings(run=_run(gists_per_block=2))))  # fmt: skip
     info = read_checkpoint_info(result.checkpoint_path)
     assert info["model_config"]["gists_per_block"] == 2
     model, _ = load_checkpoint(result.checkpoint_path)
@@ -118,20 +116,20 @@ def test_mse_with_k_vectors_regresses_each_onto_its_share_of_the_block(small_dat
         }
     )
     result = train_gistnet(
-        dataset_path=small_dataset / "train.arrow", run_config=run, output_dir=tmp_path
+        TrainRequest(
+            dataset=small_dataset / "train.arrow",
+            output_dir=tmp_path,
+            settings=TrainSettings(run=run),
+        )
     )
     assert np.isfinite(result.final_loss)
     bad = validate_run_config({"model": {"gists_per_block": 3}, "training": {"device": "cpu"}})
     with pytest.raises(ConfigError, match="divisor of 32"):
-        train_gistnet(dataset_path=small_dataset / "train.arrow", run_config=bad,
-                      output_dir=tmp_path / "bad")  # fmt: skip
+        train_gistnet(TrainRequest(dataset=small_dataset / "train.arrow", output_dir=tmp_path / "bad", settings=TrainSettings(run=bad)))  # fmt: skip
 
 
 def test_token_embeddings_are_read_beside_the_states(small_dataset, tmp_path):
-    result = train_gistnet(
-        dataset_path=small_dataset / "train.arrow", run_config=_run(token_embeddings=True),
-        output_dir=tmp_path,
-    )  # fmt: skip
+    result = train_gistnet(TrainRequest(dataset=small_dataset / "train.arrow", output_dir=tmp_path, settings=TrainSettings(run=_run(token_embeddings=True))))  # fmt: skip
     model, info = load_checkpoint(result.checkpoint_path)
     assert info["model_config"]["token_embeddings"] is True
     shard = open_shard(small_dataset / "validation.arrow")

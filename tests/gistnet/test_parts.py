@@ -20,6 +20,7 @@ from gistnet.data import (
 from gistnet.datasets import open_split, read_metadata
 from gistnet.errors import ShardError
 from gistnet.train import train_gistnet
+from gistnet.train_request import TrainRequest, TrainSettings
 from tests.conftest import sharded_config
 
 
@@ -115,7 +116,9 @@ def test_training_takes_a_folder_a_glob_or_one_shard(form, cached_in_4, tmp_path
     run = validate_run_config(
         {"training": {"batch_size": 8, "max_steps": 3, "device": "cpu", "eval_every": 3}}
     )
-    result = train_gistnet(dataset_path=dataset, run_config=run, output_dir=tmp_path)
+    result = train_gistnet(
+        TrainRequest(dataset=dataset, output_dir=tmp_path, settings=TrainSettings(run=run))
+    )
     assert len(result.history) == 3 and result.val_loss is not None
     manifest = json.loads((cached_in_4 / ".parts" / "train-00001-of-00004.arrow.json").read_text())
     assert (

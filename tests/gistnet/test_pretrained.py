@@ -23,6 +23,7 @@ from gistnet.pretrained import (
     teacher_weights_sha256,
 )
 from gistnet.train import train_gistnet
+from gistnet.train_request import TrainRequest, TrainSettings
 from tests.conftest import SAMPLE_TEACHER
 
 BLOCKS = torch.tensor([[5] * 32, list(range(3, 35))])
@@ -33,7 +34,9 @@ def checkpoint(small_dataset, tmp_path_factory):
     run = validate_run_config({"training": {"max_steps": 2, "batch_size": 4, "device": "cpu"}})
     out = tmp_path_factory.mktemp("pretrained")
     return train_gistnet(
-        dataset_path=small_dataset / "train.arrow", run_config=run, output_dir=out
+        TrainRequest(
+            dataset=small_dataset / "train.arrow", output_dir=out, settings=TrainSettings(run=run)
+        )
     ).checkpoint_path
 
 

@@ -15,6 +15,7 @@ from gistnet.refine import RefineSettings, refine_gists, sample_continuations
 from gistnet.shards import open_shard
 from gistnet.substitution import drop_token_id, drop_vector, horizon_log_probs, horizon_nll
 from gistnet.train import train_gistnet
+from gistnet.train_request import TrainRequest, TrainSettings
 from tests.gistnet.evaluation import evaluate
 from tests.gistnet.test_substitution import BLOCK, short_substitution_run
 
@@ -119,10 +120,7 @@ def test_settings_out_of_range_are_refused_with_what_was_wrong(teacher, context)
 
 
 def test_the_evaluation_scores_refined_gists_beside_the_gist(small_dataset, tmp_path):
-    result = train_gistnet(
-        dataset_path=small_dataset / "train.arrow", run_config=short_substitution_run(bos_sink=True),
-        output_dir=tmp_path,
-    )  # fmt: skip
+    result = train_gistnet(TrainRequest(dataset=small_dataset / "train.arrow", output_dir=tmp_path, settings=TrainSettings(run=short_substitution_run(bos_sink=True))))  # fmt: skip
     settings = RefineSettings(samples=2, steps=5, seed=0)
     report = evaluate(
         result.checkpoint_path, small_dataset, split="validation",

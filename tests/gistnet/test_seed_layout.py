@@ -16,6 +16,7 @@ from gistnet.inference import GistEncoder
 from gistnet.pretrained import teacher_weights_sha256
 from gistnet.shards import open_shard
 from gistnet.train import train_gistnet
+from gistnet.train_request import TrainRequest, TrainSettings
 from tests.conftest import SAMPLE_TEACHER
 from tests.gistnet.evaluation import evaluate
 from tests.seed_layout import seed_rows, write_seed_shard
@@ -89,7 +90,11 @@ def test_a_shard_prepared_without_a_teacher_is_refused_with_the_reason(small_dat
 
 def test_training_on_a_seed_dataset_with_its_metadata(seed_dataset, tmp_path):
     result = train_gistnet(
-        dataset_path=seed_dataset / "train.arrow", run_config=run_config(), output_dir=tmp_path
+        TrainRequest(
+            dataset=seed_dataset / "train.arrow",
+            output_dir=tmp_path,
+            settings=TrainSettings(run=run_config()),
+        )
     )
     assert result.val_loss is not None  # validation.arrow beside it was found and scored
     info = read_checkpoint_info(result.checkpoint_path)
@@ -128,18 +133,22 @@ def test_substitution_without_metadata_needs_the_teacher_and_names_how_to_give_i
 ):
     with pytest.raises(ConfigError, match="--teacher") as err:
         train_gistnet(
-            dataset_path=seed_shard_alone,
-            run_config=run_config("substitution"),
-            output_dir=tmp_path,
+            TrainRequest(
+                dataset=seed_shard_alone,
+                output_dir=tmp_path,
+                settings=TrainSettings(run=run_config("substitution")),
+            )
         )
     assert "teacher_model" in str(err.value)
 
     result = train_gistnet(
-        dataset_path=seed_shard_alone,
-        run_config=run_config("substitution", steps=2),
-        output_dir=tmp_path,
-        teacher_model=str(SAMPLE_TEACHER),
-        tokenizer=str(SAMPLE_TEACHER),
+        TrainRequest(
+            dataset=seed_shard_alone,
+            output_dir=tmp_path,
+            settings=TrainSettings(run=run_config("substitution", steps=2)),
+            teacher_model=str(SAMPLE_TEACHER),
+            tokenizer=str(SAMPLE_TEACHER),
+        )
     )
     info = read_checkpoint_info(result.checkpoint_path)
     assert info["teacher"]["model"] == str(SAMPLE_TEACHER.resolve())
@@ -159,16 +168,16 @@ def test_mse_without_metadata_trains_and_the_engine_asks_for_the_teacher(
     seed_shard_alone, tmp_path
 ):
     result = train_gistnet(
-        dataset_path=seed_shard_alone, run_config=run_config(), output_dir=tmp_path
+        TrainRequest(
+            dataset=seed_shard_alone, output_dir=tmp_path, settings=TrainSettings(run=run_config())
+        )
     )
     info = read_checkpoint_info(result.checkpoint_path)
     assert info["teacher"]["model"] is None and info["tokenizer"] is None
     with pytest.raises(ConfigError, match="--teacher and --tokenizer"):
         GistEncoder.from_checkpoint(result.checkpoint_path)
     with pytest.raises(ConfigError, match="--teacher"):
-        evaluate(
-            result.checkpoint_path, seed_shard_alone, device="cpu"
-        )
+        evaluate(result.checkpoint_path, seed_shard_alone, device="cpu")
 
     encoder = GistEncoder.from_checkpoint(result.checkpoint_path, teacher_model=str(SAMPLE_TEACHER))
     shard = open_shard(seed_shard_alone)

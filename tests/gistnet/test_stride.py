@@ -12,6 +12,7 @@ from gistnet.data import dataset_fingerprint, prepare_dataset
 from gistnet.datasets import open_split
 from gistnet.shards import open_shard
 from gistnet.train import train_gistnet
+from gistnet.train_request import TrainRequest, TrainSettings
 from tests.conftest import ROOT, small_dataset_config
 from tests.gistnet.evaluation import evaluate
 
@@ -65,7 +66,9 @@ def test_training_on_dense_windows_is_scored_on_the_plain_split(small_dataset, t
             },
         }
     )
-    result = train_gistnet(dataset_path=dense, run_config=run, output_dir=tmp_path / "run")
+    result = train_gistnet(
+        TrainRequest(dataset=dense, output_dir=tmp_path / "run", settings=TrainSettings(run=run))
+    )
     report = evaluate(
         result.checkpoint_path,
         small_dataset,

@@ -17,6 +17,7 @@ from gistnet.shards import open_shard
 from gistnet.substitution import full_log_probs_and_block_states, horizon_nll
 from gistnet.teacher import check_teacher_layers, gistnet_inputs
 from gistnet.train import train_gistnet
+from gistnet.train_request import TrainRequest, TrainSettings
 from tests.gistnet.evaluation import evaluate
 from tests.gistnet.test_substitution import BLOCK, short_substitution_run
 
@@ -88,11 +89,15 @@ def test_a_layer_past_the_teachers_is_refused_with_the_range_to_use(teacher):
 
 def test_a_layers_model_is_trained_recorded_evaluated_and_served_alike(small_dataset, tmp_path):
     result = train_gistnet(
-        dataset_path=small_dataset / "train.arrow",
-        run_config=short_substitution_run(
-            token_embeddings=True, teacher_layers=[0, 2], bos_sink=True
-        ),
-        output_dir=tmp_path,
+        TrainRequest(
+            dataset=small_dataset / "train.arrow",
+            output_dir=tmp_path,
+            settings=TrainSettings(
+                run=short_substitution_run(
+                    token_embeddings=True, teacher_layers=[0, 2], bos_sink=True
+                )
+            ),
+        )
     )
     info = read_checkpoint_info(result.checkpoint_path)
     assert info["model_config"]["teacher_layers"] == [0, 2]
@@ -122,8 +127,5 @@ def test_a_layers_model_is_trained_recorded_evaluated_and_served_alike(small_dat
 def test_a_layer_the_teacher_lacks_fails_before_training(small_dataset, tmp_path):
     # the sample teacher has 4 blocks: hidden states 0 to 4
     with pytest.raises(ConfigError, match="numbered 0 to 4"):
-        train_gistnet(
-            dataset_path=small_dataset / "train.arrow", run_config=short_substitution_run(teacher_layers=[5]),
-            output_dir=tmp_path,
-        )  # fmt: skip
+        train_gistnet(TrainRequest(dataset=small_dataset / "train.arrow", output_dir=tmp_path, settings=TrainSettings(run=short_substitution_run(teacher_layers=[5]))))  # fmt: skip
     assert not (tmp_path / "gistnet.pt").exists()

@@ -14,6 +14,7 @@ from gistnet.datasets import open_split, read_metadata
 from gistnet.substitution import full_log_probs_and_block_states, horizon_log_probs
 from gistnet.teacher import load_teacher
 from gistnet.train import train_gistnet
+from gistnet.train_request import TrainRequest, TrainSettings
 from tests.conftest import SAMPLE_TEACHER, small_dataset_config
 from tests.gistnet.evaluation import evaluate
 
@@ -80,10 +81,18 @@ def test_training_on_token_only_gives_the_losses_of_cached_states(
     objective, token_dataset, small_dataset, tmp_path
 ):
     cached = train_gistnet(
-        dataset_path=small_dataset, run_config=run_config(objective), output_dir=tmp_path / "c"
+        TrainRequest(
+            dataset=small_dataset,
+            output_dir=tmp_path / "c",
+            settings=TrainSettings(run=run_config(objective)),
+        )
     )
     tokens = train_gistnet(
-        dataset_path=token_dataset, run_config=run_config(objective), output_dir=tmp_path / "t"
+        TrainRequest(
+            dataset=token_dataset,
+            output_dir=tmp_path / "t",
+            settings=TrainSettings(run=run_config(objective)),
+        )
     )
     want = [h["loss"] for h in cached.history]
     np.testing.assert_allclose([h["loss"] for h in tokens.history], want, rtol=1e-5)
@@ -95,7 +104,11 @@ def test_evaluation_scores_a_token_only_dataset_as_its_cached_twin(
     token_dataset, small_dataset, tmp_path
 ):
     trained = train_gistnet(
-        dataset_path=small_dataset, run_config=run_config("mse"), output_dir=tmp_path
+        TrainRequest(
+            dataset=small_dataset,
+            output_dir=tmp_path,
+            settings=TrainSettings(run=run_config("mse")),
+        )
     )
     reports = [
         evaluate(

@@ -8,15 +8,18 @@ import pytest
 from gistnet.config import validate_run_config
 from gistnet.tracking import Tracking, TrackingSettings, flat_params
 from gistnet.train import train_gistnet
+from gistnet.train_request import TrainRequest, TrainSettings
 
 RUN = {"training": {"max_steps": 4, "batch_size": 4, "device": "cpu", "eval_every": 2}}
 
 
 def _train(small_dataset, out, tracking):
     return train_gistnet(
-        dataset_path=small_dataset / "train.arrow",
-        run_config=validate_run_config(RUN),
-        output_dir=out,
+        TrainRequest(
+            dataset=small_dataset / "train.arrow",
+            output_dir=out,
+            settings=TrainSettings(run=validate_run_config(RUN)),
+        ),
         on_progress=tracking.progress,
     )
 
@@ -59,4 +62,3 @@ def test_nested_config_becomes_dotted_parameters():
         "model.teacher_layers": "[0]",
         "preset": "None",
     }
-

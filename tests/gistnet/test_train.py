@@ -15,6 +15,7 @@ from gistnet.model import GistNet, GistNetConfig
 from gistnet.pretrained import teacher_weights_sha256
 from gistnet.shards import open_shard
 from gistnet.train import batch_indices, model_config_for, train_gistnet
+from gistnet.train_request import TrainRequest, TrainSettings
 
 
 def run_config(**training):
@@ -31,9 +32,11 @@ def run_config(**training):
 
 def test_training_on_the_sample_lowers_the_loss(small_dataset, tmp_path):
     result = train_gistnet(
-        dataset_path=small_dataset / "train.arrow",
-        run_config=run_config(max_steps=60),
-        output_dir=tmp_path,
+        TrainRequest(
+            dataset=small_dataset / "train.arrow",
+            output_dir=tmp_path,
+            settings=TrainSettings(run=run_config(max_steps=60)),
+        )
     )
     losses = [h["loss"] for h in result.history]
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
@@ -43,27 +46,37 @@ def test_training_on_the_sample_lowers_the_loss(small_dataset, tmp_path):
 
 def test_same_seed_and_data_give_the_same_losses(small_dataset, tmp_path):
     a = train_gistnet(
-        dataset_path=small_dataset / "train.arrow",
-        run_config=run_config(),
-        output_dir=tmp_path / "a",
+        TrainRequest(
+            dataset=small_dataset / "train.arrow",
+            output_dir=tmp_path / "a",
+            settings=TrainSettings(run=run_config()),
+        )
     )
     b = train_gistnet(
-        dataset_path=small_dataset / "train.arrow",
-        run_config=run_config(),
-        output_dir=tmp_path / "b",
+        TrainRequest(
+            dataset=small_dataset / "train.arrow",
+            output_dir=tmp_path / "b",
+            settings=TrainSettings(run=run_config()),
+        )
     )
     assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
     c = train_gistnet(
-        dataset_path=small_dataset / "train.arrow",
-        run_config=run_config(seed=1),
-        output_dir=tmp_path / "c",
+        TrainRequest(
+            dataset=small_dataset / "train.arrow",
+            output_dir=tmp_path / "c",
+            settings=TrainSettings(run=run_config(seed=1)),
+        )
     )
     assert [h["loss"] for h in a.history] != [h["loss"] for h in c.history]
 
 
 def test_checkpoint_round_trips_and_reproduces_the_gists(small_dataset, tmp_path):
     result = train_gistnet(
-        dataset_path=small_dataset / "train.arrow", run_config=run_config(), output_dir=tmp_path
+        TrainRequest(
+            dataset=small_dataset / "train.arrow",
+            output_dir=tmp_path,
+            settings=TrainSettings(run=run_config()),
+        )
     )
     shard = open_shard(small_dataset / "validation.arrow")
     model, info = load_checkpoint(result.checkpoint_path)
@@ -145,7 +158,11 @@ def test_run_config_model_section_is_the_model_config(small_dataset, tmp_path):
 def test_resumed_training_gives_the_same_losses_as_an_uninterrupted_run(small_dataset, tmp_path):
     cfg = run_config(max_steps=24)
     whole = train_gistnet(
-        dataset_path=small_dataset / "train.arrow", run_config=cfg, output_dir=tmp_path / "w"
+        TrainRequest(
+            dataset=small_dataset / "train.arrow",
+            output_dir=tmp_path / "w",
+            settings=TrainSettings(run=cfg),
+        )
     )
     resume = tmp_path / "resume.pt"
     stop_at = {"step": 0}
@@ -156,20 +173,24 @@ def test_resumed_training_gives_the_same_losses_as_an_uninterrupted_run(small_da
 
     with pytest.raises(Cancelled):
         train_gistnet(
-            dataset_path=small_dataset / "train.arrow",
-            run_config=cfg,
-            output_dir=tmp_path / "r",
-            resume_path=resume,
-            checkpoint_every=8,
+            TrainRequest(
+                dataset=small_dataset / "train.arrow",
+                output_dir=tmp_path / "r",
+                settings=TrainSettings(run=cfg),
+                resume_path=resume,
+                checkpoint_every=8,
+            ),
             should_cancel=crash_after_step_17,
         )
     assert resume.is_file()
     resumed = train_gistnet(
-        dataset_path=small_dataset / "train.arrow",
-        run_config=cfg,
-        output_dir=tmp_path / "r",
-        resume_path=resume,
-        checkpoint_every=8,
+        TrainRequest(
+            dataset=small_dataset / "train.arrow",
+            output_dir=tmp_path / "r",
+            settings=TrainSettings(run=cfg),
+            resume_path=resume,
+            checkpoint_every=8,
+        )
     )
     assert resumed.resumed_from_step == 16
     assert [h["loss"] for h in resumed.history] == pytest.approx(
@@ -185,14 +206,22 @@ def test_width_that_does_not_match_the_dataset_fails_with_both_numbers(small_dat
         ConfigError, match=f"hidden_size is {d * 2} but the dataset's teacher_hidden_size is {d}"
     ):
         train_gistnet(
-            dataset_path=small_dataset / "train.arrow", run_config=cfg, output_dir=tmp_path
+            TrainRequest(
+                dataset=small_dataset / "train.arrow",
+                output_dir=tmp_path,
+                settings=TrainSettings(run=cfg),
+            )
         )
     cfg = validate_run_config({"model": {"block_size": 16}, "training": {"device": "cpu"}})
     with pytest.raises(
         ConfigError, match="block_size is 16 but the dataset was cut into blocks of 32"
     ):
         train_gistnet(
-            dataset_path=small_dataset / "train.arrow", run_config=cfg, output_dir=tmp_path
+            TrainRequest(
+                dataset=small_dataset / "train.arrow",
+                output_dir=tmp_path,
+                settings=TrainSettings(run=cfg),
+            )
         )
 
 
@@ -200,9 +229,11 @@ def test_width_that_does_not_match_the_dataset_fails_with_both_numbers(small_dat
 def test_asking_for_cuda_without_one_is_a_clear_error(small_dataset, tmp_path):
     with pytest.raises(DeviceError, match="CUDA is not available"):
         train_gistnet(
-            dataset_path=small_dataset / "train.arrow",
-            run_config=run_config(device="cuda"),
-            output_dir=tmp_path,
+            TrainRequest(
+                dataset=small_dataset / "train.arrow",
+                output_dir=tmp_path,
+                settings=TrainSettings(run=run_config(device="cuda")),
+            )
         )
 
 

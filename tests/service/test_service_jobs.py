@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 
+from gistnet.train_request import TrainSettings
 from service.db.engine import session_scope
 from service.db.jobs import (
     LostJob,
@@ -40,7 +41,9 @@ def _claim(url, job_id, worker="w1", *, stale_after=60.0, max_attempts=3):
 def _training_job(url) -> int:
     with session_scope(url) as session:
         dataset, _ = create_dataset(session, name="d", config={"tokenizer": "t"})
-        return create_training_job(session, dataset_id=dataset.id, split="train", run_config={}).id
+        return create_training_job(
+            session, dataset_id=dataset.id, settings=TrainSettings(split="train").to_dict()
+        ).id
 
 
 def _age_heartbeat(url, job_id, by=LONG_AGO):

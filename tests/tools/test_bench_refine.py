@@ -10,6 +10,7 @@ import pytest
 from bench.refine import main, parse_setting, report_section
 from gistnet.refine import RefineSettings
 from gistnet.train import train_gistnet
+from gistnet.train_request import TrainRequest, TrainSettings
 from tests.gistnet.test_substitution import short_substitution_run
 
 
@@ -24,9 +25,11 @@ def test_a_setting_is_samples_steps_and_optionally_lr_and_temperature():
 
 def test_the_bench_scores_each_setting_on_the_oracles_subset(small_dataset, tmp_path, capsys):
     result = train_gistnet(
-        dataset_path=small_dataset / "train.arrow",
-        run_config=short_substitution_run(bos_sink=True),
-        output_dir=tmp_path / "model",
+        TrainRequest(
+            dataset=small_dataset / "train.arrow",
+            output_dir=tmp_path / "model",
+            settings=TrainSettings(run=short_substitution_run(bos_sink=True)),
+        )
     )
     out = tmp_path / "refine.jsonl"
     argv = ["--checkpoint", str(result.checkpoint_path), "--dataset", str(small_dataset),

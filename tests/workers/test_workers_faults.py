@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
+from gistnet.train_request import TrainSettings
 from service.artifacts import remove_resume_checkpoint, resume_checkpoint
 from service.db.engine import session_scope
 from service.db.jobs import claim_job
@@ -81,7 +82,7 @@ def _training_job_with_a_checkpoint(stack) -> tuple[int, object]:
     with session_scope(stack.settings.database_url) as session:
         dataset, _ = create_dataset(session, name="d", config={})
         job_id = create_training_job(
-            session, dataset_id=dataset.id, split="train", run_config={}
+            session, dataset_id=dataset.id, settings=TrainSettings(split="train").to_dict()
         ).id
     resume = stack.settings.artifact_path(resume_checkpoint(job_id))
     resume.parent.mkdir(parents=True)

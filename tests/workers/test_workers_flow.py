@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from gistnet.config import validate_run_config
+from gistnet.train_request import TrainSettings
 from service.artifacts import resume_checkpoint
 from service.db.engine import session_scope
 from service.db.records import create_dataset, create_training_job
@@ -195,11 +197,13 @@ def test_a_job_committed_but_never_sent_is_sent_by_the_sweep(stack, stack_client
     # The API committed the row and died before sending its message (or the broker lost it):
     # the database says queued, and the workers' sweep sends it again.
     with session_scope(stack.settings.database_url) as session:
+        run = validate_run_config(
+            {"training": {"batch_size": 8, "max_steps": 3, "eval_every": 1000}}
+        )
         job_id = create_training_job(
             session,
             dataset_id=stack_dataset["id"],
-            split="train",
-            run_config={"training": {"batch_size": 8, "max_steps": 3, "eval_every": 1000}},
+            settings=TrainSettings(run=run, split="train").to_dict(),
         ).id
     job = wait_for_job(stack_client, job_id, timeout=60)
     assert job["status"] == "succeeded", job
