@@ -12,8 +12,11 @@ and m = (C - R) / T blocks compressed, the compressed context feeds B = m k + R 
     mean        the same, each block's mean embedding in place of its gists
     recent      w_{C-R} ... w_{C-1}                      the R raw tokens alone
 
-Every input stands at its text's position (`gistnet.context`): a truncated context is the
-full one less its oldest tokens, so with B = C the two are the same. The report gives
+The compressed and mean contexts stand at their text's positions (`gistnet.context`), so
+the raw tokens after the gists are where they are in the full context. The truncated and
+recent ones are plain truncation: the last tokens read as a sequence of their own, from
+position 0, as a user feeds a text too long for the budget (for a rotary teacher the same
+numbers as at their true positions; with B = C truncated is full). The report gives
 each condition's NLL, GR_long = (NLL_truncated - NLL_compressed) / (NLL_truncated -
 NLL_full), the share of what truncation loses that the gists bring back, and what each
 condition costs the teacher: positions fed, prefill FLOPs and KV-cache bytes.
@@ -164,10 +167,10 @@ def long_condition_nll(
     recent = RawTokens(fed[:, C - R :])
     contexts = {
         "full": ([RawTokens(fed)], 0, None),
-        "truncated": ([RawTokens(fed[:, C - budget :])], C - budget, None),
+        "truncated": ([RawTokens(fed[:, C - budget :])], 0, None),
         "compressed": ([CompressedSpan(gists, block_size=T), recent], 0, sink),
         "mean": ([CompressedSpan(means, block_size=T), recent], 0, sink),
-        "recent": ([recent], C - R, None),
+        "recent": ([recent], 0, None),
     }
     return {
         name: _scored_nll(teacher, parts, start=start, targets=targets, sink=reads_sink)

@@ -67,7 +67,7 @@ def test_one_token_blocks_make_the_mean_the_tokens_own_embedding(teacher, contex
         np.testing.assert_allclose(nll[name], nll["full"], rtol=1e-5, atol=1e-5)
 
 
-def test_truncated_reads_the_last_b_tokens_at_their_positions_and_recent_the_last_r(
+def test_truncated_and_recent_read_their_last_tokens_as_a_sequence_of_their_own(
     teacher, context
 ):
     lay = layout()  # m = 3 blocks of 4 as 3 gists, R = 4: B = 7
@@ -76,9 +76,7 @@ def test_truncated_reads_the_last_b_tokens_at_their_positions_and_recent_the_las
     targets = context[:, C:]
 
     def scored(first):
-        fed = context[:, first : C + 7]
-        positions = torch.arange(first, C + 7).expand(4, -1)
-        logits = teacher(input_ids=fed, position_ids=positions).logits[:, -8:]
+        logits = teacher(input_ids=context[:, first : C + 7]).logits[:, -8:]  # from position 0
         return torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
 
     torch.testing.assert_close(nll["truncated"], scored(C - B), rtol=1e-5, atol=1e-5)
