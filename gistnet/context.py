@@ -210,7 +210,7 @@ def context_inputs(
         embeds_rows.append(embeds)
         position_rows.append(positions)
         mask_rows.append(mask)
-        lengths.append(torch.full((batch,), length, dtype=torch.long))
+        lengths.append(torch.full((batch,), length, dtype=torch.long, device=embeds.device))
     return ContextInputs(
         inputs_embeds=torch.cat(embeds_rows),
         position_ids=torch.cat(position_rows),
