@@ -31,6 +31,17 @@ class _Pending:
     engine: GistEngine
     blocks: np.ndarray  # (n, T) int64
     future: asyncio.Future
+    queued_at: float  # the event loop's clock when the request joined the queue
+
+
+@dataclass(frozen=True)
+class Forward:
+    """What one forward did, for the metrics: how many blocks, how long the engine took,
+    and how long each request it carried had waited for it."""
+
+    blocks: int
+    compute_s: float
+    waits_s: list[float]
 
 
 class GistBatcher:
@@ -40,10 +51,10 @@ class GistBatcher:
         max_batch: int,
         max_wait_s: float,
         capacity: int,
-        on_forward: Callable[[int], None] | None = None,
+        on_forward: Callable[[Forward], None] | None = None,
     ):
         self.max_batch, self.max_wait_s, self.capacity = max_batch, max_wait_s, capacity
-        # Told the block count of every forward (the metrics' batch-size histogram).
+        # Told of every forward (the metrics' batch-size, queue-wait and compute histograms).
         self.on_forward = on_forward
         self.waiting_blocks = 0
         # Forwards run and blocks they carried, for /health and the benchmark.
@@ -78,8 +89,9 @@ class GistBatcher:
                 f"{self.capacity}); retry shortly"
             )
         self.waiting_blocks += n
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(engine, blocks, future))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put_nowait(_Pending(engine, blocks, future, loop.time()))
         return await future
 
     async def _next(self, timeout: float | None) -> _Pending | None:
@@ -122,6 +134,7 @@ class GistBatcher:
             by_engine.setdefault(id(item.engine), []).append(item)
         for items in by_engine.values():
             blocks = np.concatenate([item.blocks for item in items])
+            started = loop.time()
             try:
                 gists = await loop.run_in_executor(self._executor, items[0].engine.encode, blocks)
             except Exception as exc:
@@ -133,7 +146,8 @@ class GistBatcher:
             self.forwards += 1
             self.blocks_done += len(blocks)
             if self.on_forward is not None:
-                self.on_forward(len(blocks))
+                waits = [started - item.queued_at for item in items]
+                self.on_forward(Forward(len(blocks), loop.time() - started, waits))
             offset = 0
             for item in items:
                 n = len(item.blocks)

@@ -46,7 +46,7 @@ async def lifespan(app: FastAPI):
         max_batch=settings.gist_max_batch,
         max_wait_s=settings.gist_batch_wait_ms / 1000,
         capacity=settings.gist_queue_size,
-        on_forward=app.state.metrics.gist_batch_blocks.observe,
+        on_forward=app.state.metrics.observe_forward,
     )
     await app.state.batcher.start()
     app.state.refine_lane = RefineLane(capacity=settings.gist_refine_queue)

@@ -9,14 +9,18 @@ double-register a metric.
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Iterator
+from importlib.metadata import version
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import func, select
 
+import gistnet
+from api.batching import Forward
 from service.db.models import Job
 from service.queue import JobKind, JobStatus
 
@@ -57,11 +61,40 @@ class ApiMetrics:
             buckets=BLOCK_BUCKETS,
             registry=self.registry,
         )
+        # POST /gist's time split in two: waiting for a forward, then the forward itself.
+        self.gist_queue_wait = Histogram(
+            "gistnet_gist_queue_wait_seconds",
+            "Time each POST /gist request waited in the batching queue for its forward.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.gist_compute = Histogram(
+            "gistnet_gist_compute_seconds",
+            "Time each forward of the batching queue took (teacher and GistNet).",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        # The versions a dashboard joins on (`* on() group_left(version) gistnet_build_info`).
+        self.build_info = Gauge(
+            "gistnet_build_info",
+            "Always 1; the labels say what this API process runs.",
+            ["version", "torch", "transformers", "python"],
+            registry=self.registry,
+        )
+        self.build_info.labels(
+            gistnet.__version__, version("torch"), version("transformers"), platform.python_version()
+        ).set(1)
         self.gist_queue_full = Counter(
             "gistnet_gist_queue_full",
             "POST /gist requests refused with 429 because the batching queue was full.",
             registry=self.registry,
         )
+
+    def observe_forward(self, forward: Forward) -> None:
+        self.gist_batch_blocks.observe(forward.blocks)
+        self.gist_compute.observe(forward.compute_s)
+        for wait in forward.waits_s:
+            self.gist_queue_wait.observe(wait)
 
     def watch(self, app: Any) -> None:
         """Read the app's live state (batcher, engines, database) at every scrape."""

@@ -1,5 +1,5 @@
 """A worker's Prometheus metrics: jobs started and finished, durations, training and
-preparation throughput.
+preparation work done (counters: throughput is their `rate()`), and the build's versions.
 
 Jobs run in the pool's child processes, while a scrape must reach one port. So with
 GISTNET_WORKER_METRICS_PORT set, the worker's main process (at `worker_init`, before the
@@ -18,7 +18,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
@@ -96,18 +95,28 @@ def _metrics() -> SimpleNamespace | None:
         ),
         train_steps=Counter("gistnet_worker_train_steps", "Optimizer steps taken."),
         train_examples=Counter("gistnet_worker_train_examples", "Examples trained on."),
-        train_rate=Gauge(
-            "gistnet_worker_train_examples_per_second",
-            "Training throughput the trainer last reported.",
-            multiprocess_mode="mostrecent",
-        ),
         prep_tokens=Counter("gistnet_worker_prep_tokens", "Tokens read by dataset preparation."),
-        prep_rate=Gauge(
-            "gistnet_worker_prep_tokens_per_second",
-            "Preparation throughput of the running job, tokens over its time so far.",
-            multiprocess_mode="mostrecent",
-        ),
+        build_info=_build_info(Gauge),
     )
+
+
+def _build_info(gauge_class):
+    """gistnet_worker_build_info: always 1, its labels the versions this worker runs."""
+    import platform
+    from importlib.metadata import version
+
+    import gistnet
+
+    gauge = gauge_class(
+        "gistnet_worker_build_info",
+        "Always 1; the labels say what this worker runs.",
+        ["version", "torch", "transformers", "python"],
+        multiprocess_mode="max",
+    )
+    gauge.labels(
+        gistnet.__version__, version("torch"), version("transformers"), platform.python_version()
+    ).set(1)
+    return gauge
 
 
 def job_started(kind: str) -> None:
@@ -121,21 +130,18 @@ def job_finished(kind: str, outcome: str, seconds: float) -> None:
         m.duration.labels(kind, outcome).observe(seconds)
 
 
-def train_step(*, batch_size: int, examples_per_sec: float | None) -> None:
+def train_step(*, batch_size: int) -> None:
     """The trainer reports after every optimizer step."""
     if (m := _metrics()) is not None:
         m.train_steps.inc()
         m.train_examples.inc(batch_size)
-        if examples_per_sec is not None:
-            m.train_rate.set(examples_per_sec)
 
 
 class PrepMeter:
-    """Turns preparation's per-split running totals into counter increments and a rate."""
+    """Turns preparation's per-split running totals into counter increments."""
 
     def __init__(self):
-        self.started = time.monotonic()
-        self.split, self.tokens, self.total = None, 0, 0
+        self.split, self.tokens = None, 0
 
     def __call__(self, split: str, tokens: int) -> None:
         m = _metrics()
@@ -143,10 +149,5 @@ class PrepMeter:
             return
         if split != self.split:
             self.split, self.tokens = split, 0
-        new = max(0, tokens - self.tokens)
+        m.prep_tokens.inc(max(0, tokens - self.tokens))
         self.tokens = tokens
-        self.total += new
-        m.prep_tokens.inc(new)
-        elapsed = time.monotonic() - self.started
-        if elapsed > 0:
-            m.prep_rate.set(self.total / elapsed)

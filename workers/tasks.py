@@ -442,9 +442,7 @@ def _train(run: JobRun) -> Outcome:
     resume_key = resume_checkpoint(run.job_id)
 
     def on_progress(p) -> None:
-        metrics.train_step(
-            batch_size=train_settings.run.training.batch_size, examples_per_sec=p.examples_per_sec
-        )
+        metrics.train_step(batch_size=train_settings.run.training.batch_size)
         point = {
             "step": p.step,
             "loss": p.loss,

@@ -4,11 +4,15 @@ exactly what happened."""
 
 from __future__ import annotations
 
+import platform
+from importlib.metadata import version
+
 import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import gistnet
 from tests.service_stack import (
     dataset_body,
     sample_teacher,
@@ -99,6 +103,10 @@ def test_api_and_worker_counters_move_with_a_run(running_service):
     assert moved("gistnet_gist_request_blocks_count") == 1
     assert moved("gistnet_gist_request_blocks_sum") == 3
     assert moved("gistnet_gist_batch_blocks_sum") == 3
+    # Its time, split: waiting in the queue for a forward, and the forward.
+    assert moved("gistnet_gist_queue_wait_seconds_count") == 1
+    assert moved("gistnet_gist_compute_seconds_count") == 1
+    assert moved("gistnet_gist_compute_seconds_sum") > 0
     assert value(after, "gistnet_engines_loaded") >= 1
     assert value(after, "gistnet_gist_waiting_blocks") == 0
     # Jobs by kind and state, from the database.
@@ -117,7 +125,18 @@ def test_api_and_worker_counters_move_with_a_run(running_service):
     )
     assert worker_moved("gistnet_worker_train_steps_total") == TRAIN_STEPS
     assert worker_moved("gistnet_worker_train_examples_total") == TRAIN_STEPS * 8
-    assert value(worker_after, "gistnet_worker_train_examples_per_second") > 0
     tokens = sum(split["tokens"] for split in dataset["splits"].values())
     assert worker_moved("gistnet_worker_prep_tokens_total") == tokens
-    assert value(worker_after, "gistnet_worker_prep_tokens_per_second") > 0
+    # Throughput is rate() of those counters: no gauge of a rate.
+    names = {name for name, _ in [*after, *worker_after]}
+    assert not [name for name in names if "per_second" in name]
+
+    # The versions each process runs, as labels of a constant 1.
+    versions = {
+        "version": gistnet.__version__,
+        "torch": version("torch"),
+        "transformers": version("transformers"),
+        "python": platform.python_version(),
+    }
+    assert value(after, "gistnet_build_info", **versions) == 1
+    assert value(worker_after, "gistnet_worker_build_info", **versions) == 1
