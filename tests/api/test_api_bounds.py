@@ -67,14 +67,33 @@ def test_a_checkpoint_asking_for_a_huge_model_is_refused_before_it_is_built(
     client, api_stack, ready_dataset, trained_model, shape, named
 ):
     model_id = _record_forged_model(api_stack.settings, trained_model, ready_dataset["id"], **shape)
-    block = [1] * trained_model_block_size(trained_model)
-    answer = client.post("/gist", json={"model_id": model_id, "blocks": [block]})
-    assert answer.status_code == 422, answer.text
-    detail = answer.json()["detail"]
-    assert named in detail and f"model {model_id} cannot be served" in detail
-    # The model that fits is served as before.
-    fine = client.post("/gist", json={"model_id": trained_model["id"], "blocks": [block]})
-    assert fine.status_code == 200, fine.text
+    try:
+        block = [1] * trained_model_block_size(trained_model)
+        answer = client.post("/gist", json={"model_id": model_id, "blocks": [block]})
+        assert answer.status_code == 422, answer.text
+        detail = answer.json()["detail"]
+        assert named in detail and f"model {model_id} cannot be served" in detail
+        # The model that fits is served as before.
+        fine = client.post("/gist", json={"model_id": trained_model["id"], "blocks": [block]})
+        assert fine.status_code == 200, fine.text
+    finally:
+        _forget_model(api_stack.settings, model_id)
+
+
+def _forget_model(settings, model_id: int) -> None:
+    """The forged model, its job and its checkpoint removed: it would otherwise stay the
+    newest, the one a later /gist without model_id of the session's stack is given."""
+    import shutil
+
+    from service.db.engine import session_scope
+    from service.db.models import Job, Model
+
+    with session_scope(settings.database_url) as session:
+        model = session.get(Model, model_id)
+        job_id = model.job_id
+        session.delete(model)
+        session.delete(session.get(Job, job_id))
+    shutil.rmtree(settings.artifact_path(f"jobs/{job_id}"))
 
 
 def trained_model_block_size(trained_model: dict) -> int:
