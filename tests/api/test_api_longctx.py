@@ -154,6 +154,28 @@ def test_keep_last_reads_a_raw_parts_last_tokens_alone(client, trained_model, st
     assert score({"tokens": story[:60], "keep_last": 100}) == score({"tokens": story[:60]})
 
 
+def test_a_model_with_two_gists_per_block_reads_both_at_each_blocks_end(
+    client, two_gist_model, reference, story
+):
+    teacher, _ = reference
+    compressed, continuation = story[: 2 * BLOCK], story[2 * BLOCK : 2 * BLOCK + 6]
+    answer = client.post(
+        "/score",
+        json={
+            "model_id": two_gist_model["id"],
+            "context": [{"compress_tokens": compressed}],
+            "continuation": continuation,
+        },
+    ).json()
+    assert answer["context_length"] == 2 * 2 and answer["compressed_blocks"] == 2
+    gists = _gists(client, two_gist_model["id"], compressed)
+    assert gists.shape[2] == 2
+    context = [CompressedSpan(gists, BLOCK), RawTokens(_ids(continuation[:-1]))]
+    logits = _reference_logits(teacher, context)[-len(continuation) :]
+    expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(continuation)[:, None])[:, 0]
+    assert np.allclose(answer["token_logprobs"], expected.numpy(), atol=1e-4)
+
+
 # --------------------------------------------------------------------------- POST /generate
 
 
