@@ -241,6 +241,7 @@ def lane_place(request: Request):
     try:
         return request.app.state.context_lane.place()
     except QueueFull as err:
+        request.app.state.metrics.context_lane_full.inc()
         raise HTTPException(429, str(err), headers={"Retry-After": "1"}) from None
 
 

@@ -82,11 +82,26 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.build_info.labels(
-            gistnet.__version__, version("torch"), version("transformers"), platform.python_version()
+            gistnet.__version__,
+            version("torch"),
+            version("transformers"),
+            platform.python_version(),
         ).set(1)
         self.gist_queue_full = Counter(
             "gistnet_gist_queue_full",
             "POST /gist requests refused with 429 because the batching queue was full.",
+            registry=self.registry,
+        )
+
+        self.generated_tokens = Counter(
+            "gistnet_generated_tokens",
+            "Tokens POST /generate made, streamed or not.",
+            registry=self.registry,
+        )
+        self.context_lane_full = Counter(
+            "gistnet_context_lane_full",
+            "POST /score and /generate requests refused with 429 because the scoring and "
+            "generating lane was full.",
             registry=self.registry,
         )
 
@@ -118,6 +133,14 @@ class _LiveState:
         )
         waiting.add_metric([], batcher.waiting_blocks if batcher is not None else 0)
         yield waiting
+
+        lane = getattr(state, "context_lane", None)
+        holding = GaugeMetricFamily(
+            "gistnet_context_lane_requests",
+            "POST /score and /generate requests waiting or running in their lane.",
+        )
+        holding.add_metric([], lane.holding if lane is not None else 0)
+        yield holding
 
         engines = getattr(state, "engines", None)
         loaded = GaugeMetricFamily(

@@ -54,6 +54,7 @@ class _Run:
 
     async def tokens(self) -> AsyncIterator[int]:
         lane = self.request.app.state.context_lane
+        made = self.request.app.state.metrics.generated_tokens
         generation = await lane.run(lambda: self.engine.generation(self.parts, self.sampling))
         for _ in range(self.max_new_tokens):
             if await self.request.is_disconnected():
@@ -63,6 +64,7 @@ class _Run:
                 self.finish_reason = "stop"
                 return
             self.token_ids.append(token)
+            made.inc()
             yield token
 
     def answer(self, prompt_tokens: int) -> GenerationPublic:

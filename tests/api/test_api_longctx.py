@@ -451,11 +451,20 @@ def test_a_full_lane_is_429_and_a_client_that_leaves_stops_its_generation(api_st
             )
             assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
             assert "GISTNET_CONTEXT_QUEUE" in refused.json()["detail"]
+            metrics = http.get("/metrics").text
+            assert "gistnet_context_lane_full_total 1.0" in metrics
+            assert "gistnet_context_lane_requests 1.0" in metrics
         wait_until(lambda: lane.holding == 0, timeout=30, what="the generation to stop")
         # Stopped at its client's leaving, far short of its 500 tokens.
         assert lane.passes - before < 400
         again = http.post("/generate", json={**body, "max_new_tokens": 2})
         assert again.status_code == 200 and len(json.loads(again.text)["token_ids"]) == 2
+        made = next(
+            line
+            for line in http.get("/metrics").text.splitlines()
+            if line.startswith("gistnet_generated_tokens_total ")
+        )
+        assert 1 + 1 + 2 <= float(made.split()[1]) < 400
 
 
 # --------------------------------------------------------------------------- client, CLI
