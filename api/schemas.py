@@ -300,9 +300,24 @@ class DatasetsPublic(_Out):
 # --------------------------------------------------------------------------- training
 
 
+class TrackingOptions(_In):
+    """Where a training run is logged besides the job's loss curve."""
+
+    # TensorBoard event files under the job's artifact folder (jobs/<id>/tensorboard).
+    tensorboard: bool = False
+    # An MLflow run on the server's GISTNET_MLFLOW_TRACKING_URI: the run config as
+    # parameters, each step's losses, the checkpoint as an artifact.
+    mlflow: bool = False
+    experiment: str = Field(default="gistnet", min_length=1, max_length=200)
+    # None: job-<id>.
+    run_name: str | None = Field(default=None, min_length=1, max_length=200)
+
+
 class TrainCreate(_In):
     dataset_id: RowId
     split: SplitName = "train"
+    # Off by default: the loss curve is in GET /jobs/{id}/metrics either way.
+    tracking: TrackingOptions | None = None
     # A named preset (gistnet.config.PRESETS, e.g. "substitution") filling in the model and
     # training keys the request leaves out.
     preset: str | None = None

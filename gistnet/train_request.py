@@ -24,6 +24,9 @@ class TrainSettings:
     run: RunConfig = field(default_factory=RunConfig)
     # The split of a dataset folder to train on; None: train.
     split: str | None = None
+    # What the run is logged to, as asked: {"tensorboard": bool, "mlflow": bool,
+    # "experiment": str, "run_name": str | None} (where to is the trainer's setting).
+    tracking: dict[str, Any] | None = None
 
     def __post_init__(self):
         if not isinstance(self.run, RunConfig):
@@ -38,15 +41,22 @@ class TrainSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data, as a job row stores it."""
-        return {"split": self.split, "run_config": self.run.model_dump(mode="json")}
+        data = {"split": self.split, "run_config": self.run.model_dump(mode="json")}
+        if self.tracking is not None:
+            data["tracking"] = dict(self.tracking)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainSettings:
         """The settings `to_dict` wrote; a key this version does not know is an error."""
-        unknown = sorted(set(data) - {"split", "run_config"})
+        unknown = sorted(set(data) - {"split", "run_config", "tracking"})
         if unknown:
             raise ConfigError(f"unknown training settings: {', '.join(unknown)}")
-        return cls(run=validate_run_config(data.get("run_config") or {}), split=data.get("split"))
+        return cls(
+            run=validate_run_config(data.get("run_config") or {}),
+            split=data.get("split"),
+            tracking=data.get("tracking"),
+        )
 
 
 @dataclass(frozen=True)

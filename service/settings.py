@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     # Memory one run may use on a worker (a GPU's memory for a GPU worker); a training
     # request whose estimate is larger is refused. None: this host's physical memory.
     worker_memory_bytes: int | None = Field(default=None, ge=2**20)
+    # Where training runs asked to (POST /train's tracking.mlflow) are logged: an MLflow
+    # tracking URI (http://..., sqlite:///...) or a folder the workers share. None: refused.
+    mlflow_tracking_uri: str | None = None
 
     # POST /gist: most blocks one request may carry (413 above it).
     gist_max_blocks: int = Field(default=256, ge=1)

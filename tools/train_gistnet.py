@@ -8,6 +8,8 @@ or a dataset folder (with --split, default train). It and --output-dir may be ob
 URLs (s3://bucket/prefix/train.arrow, or the dataset's folder): the shards are read through
 the local cache (GISTNET_CACHE_DIR) and the checkpoint published.
 `training.processes: N` in the run config trains over N processes (DDP).
+--tensorboard DIR writes TensorBoard event files; --mlflow URI|DIR logs an MLflow run
+(the run config as parameters, each step's losses, the checkpoint as an artifact).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from gistnet.config import load_run_file
 from gistnet.errors import GistNetError
 from gistnet.launch import launch_training
 from gistnet.storage import is_url, join, open_local_dataset, writing_to
+from gistnet.tracking import Tracking, TrackingSettings
 from gistnet.train import TrainProgress
 from gistnet.train_request import TrainRequest, TrainSettings
 
@@ -50,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         "--tokenizer",
         help="tokenizer (hub id or folder) of the shard's token ids, recorded in the checkpoint",
     )
+    parser.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard event files here")
+    parser.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="log an MLflow run: a tracking URI (http://..., sqlite:///...) or a local folder",
+    )
+    parser.add_argument("--experiment", default="gistnet", help="the MLflow experiment")
+    parser.add_argument("--run-name", help="the MLflow run's name")
     args = parser.parse_args(argv)
     if args.log_every is not None and args.log_every < 1:
         parser.error(f"--log-every must be at least 1; got {args.log_every}")
@@ -72,7 +83,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_steps is not None:
             settings = settings.with_training(max_steps=args.max_steps)
         dataset = open_local_dataset(args.dataset, splits=[args.split or "train", "validation"])
-        with writing_to(args.output_dir) as output:
+        tracking = Tracking(
+            TrackingSettings(
+                tensorboard=args.tensorboard,
+                mlflow=args.mlflow,
+                experiment=args.experiment,
+                run_name=args.run_name,
+            ),
+            params=settings.run.model_dump(mode="json"),
+        )
+
+        def progress(p: TrainProgress) -> None:
+            log(p)
+            tracking.progress(p)
+
+        with writing_to(args.output_dir) as output, tracking:
             request = TrainRequest(
                 dataset=dataset,
                 output_dir=output,
@@ -80,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                 tokenizer=args.tokenizer,
                 teacher_model=args.teacher,
             )
-            result = launch_training(request, on_progress=log)
+            result = launch_training(request, on_progress=progress)
             info = read_checkpoint_info(result.checkpoint_path)
+            tracking.log_artifacts(result.checkpoint_path)
         if is_url(args.output_dir):
             result.checkpoint_path = join(args.output_dir, result.checkpoint_path.name)
     except GistNetError as err:

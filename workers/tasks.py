@@ -425,6 +425,21 @@ def prepare_part_task(self, job_id: int) -> str:
 # --------------------------------------------------------------------------- train
 
 
+def _tracking(run: JobRun, train_settings, output: Path):
+    """The trackers the request asked for: TensorBoard in the job's folder, MLflow on the
+    server's tracking URI (the API refused mlflow without one)."""
+    from gistnet.tracking import Tracking, TrackingSettings
+
+    asked = train_settings.tracking or {}
+    where = TrackingSettings(
+        tensorboard=str(output / "tensorboard") if asked.get("tensorboard") else None,
+        mlflow=run.settings.mlflow_tracking_uri if asked.get("mlflow") else None,
+        experiment=asked.get("experiment") or "gistnet",
+        run_name=asked.get("run_name") or f"job-{run.job_id}",
+    )
+    return Tracking(where, params=train_settings.run.model_dump(mode="json"))
+
+
 def _train(run: JobRun) -> Outcome:
     from gistnet.checkpoint import read_checkpoint_info
     from gistnet.launch import launch_training
@@ -485,14 +500,24 @@ def _train(run: JobRun) -> Outcome:
             resume_path=resume,
             checkpoint_every=settings.resume_every,
         )
-        result = launch_training(
-            request,
-            on_progress=on_progress,
-            should_cancel=run.should_cancel,
-            on_checkpoint=lambda path: store.publish(path, resume_key),
-        )
+        tracking = _tracking(run, train_settings, output)
+
+        def progress(p) -> None:
+            on_progress(p)
+            tracking.progress(p)
+
+        with tracking:
+            result = launch_training(
+                request,
+                on_progress=progress,
+                should_cancel=run.should_cancel,
+                on_checkpoint=lambda path: store.publish(path, resume_key),
+            )
+            tracking.log_artifacts(result.checkpoint_path)
         checkpoint = f"{relative}/{CHECKPOINT_NAME}"
         store.publish(result.checkpoint_path, checkpoint)
+        if tracking.settings.tensorboard is not None and not store.is_local:
+            store.publish_folder(tracking.settings.tensorboard, f"{relative}/tensorboard")
         info = read_checkpoint_info(result.checkpoint_path)
     log.info(
         "checkpoint %s written: %s steps, final loss %s, validation loss %s",

@@ -46,7 +46,10 @@ def start_training(
                 409, f"dataset {dataset.id} is {dataset.status}, not ready: train once it is{hint}"
             )
         train_settings = train_settings_of(
-            body, dataset_info=dataset.info, worker_memory=settings.worker_memory
+            body,
+            dataset_info=dataset.info,
+            worker_memory=settings.worker_memory,
+            mlflow_uri=settings.mlflow_tracking_uri,
         )
         job = create_training_job(session, dataset_id=dataset.id, settings=train_settings.to_dict())
         accepted = JobAccepted(job_id=job.id, status_url=f"/jobs/{job.id}")

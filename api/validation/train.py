@@ -11,11 +11,23 @@ from gistnet.errors import ConfigError
 from gistnet.train_request import TrainSettings
 
 
-def train_settings_of(body, *, dataset_info: dict[str, Any], worker_memory: int) -> TrainSettings:
+def train_settings_of(
+    body, *, dataset_info: dict[str, Any], worker_memory: int, mlflow_uri: str | None = None
+) -> TrainSettings:
     """The body's run as the job will train it (`api.schemas.TrainCreate`: pydantic checked
-    each field), once it fits the dataset and a worker's memory."""
+    each field), once it fits the dataset and a worker's memory and its tracking has
+    somewhere to go."""
+    tracking = body.tracking
+    if tracking is not None and tracking.mlflow and mlflow_uri is None:
+        raise RequestProblem(
+            "tracking.mlflow: this server logs to no MLflow tracking server: its operator sets "
+            "GISTNET_MLFLOW_TRACKING_URI; leave tracking.mlflow out, or use tracking.tensorboard"
+        )
+    wanted = tracking is not None and (tracking.tensorboard or tracking.mlflow)
     settings = TrainSettings(
-        run=RunConfig(model=body.model, training=body.training), split=body.split
+        run=RunConfig(model=body.model, training=body.training),
+        split=body.split,
+        tracking=tracking.model_dump() if wanted else None,
     )
     check_run_request(
         settings.run, dataset_info=dataset_info, split=body.split, worker_memory=worker_memory

@@ -726,3 +726,10 @@ def test_the_refine_lane_refuses_beyond_its_capacity_at_once(trained_model):
             await lane.stop()
 
     asyncio.run(two_at_once())
+
+
+def test_train_asking_for_mlflow_on_a_server_without_one_is_422(client, ready_dataset):
+    body = {"dataset_id": ready_dataset["id"], "tracking": {"mlflow": True}}
+    answer = client.post("/train", json=body)
+    assert answer.status_code == 422
+    assert "GISTNET_MLFLOW_TRACKING_URI" in answer.json()["detail"]

@@ -62,3 +62,21 @@ def test_nested_config_becomes_dotted_parameters():
         "model.teacher_layers": "[0]",
         "preset": "None",
     }
+
+
+def test_the_training_command_logs_where_its_flags_say(small_dataset, tmp_path):
+    import yaml
+    from mlflow import MlflowClient
+
+    from tools.train_gistnet import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(RUN))
+    argv = ["--dataset", str(small_dataset / "train.arrow"), "--config", str(config)]
+    argv += ["--output-dir", str(tmp_path / "out"), "--tensorboard", str(tmp_path / "tb")]
+    argv += ["--mlflow", str(tmp_path / "ml"), "--experiment", "cli"]
+    assert main(argv) == 0
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    client = MlflowClient(tracking_uri=(tmp_path / "ml").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("cli").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.metrics["train_loss"] > 0

@@ -32,7 +32,11 @@ def documents() -> list[str]:
 @pytest.fixture(scope="session", params=STACK_KINDS)
 def stack(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"workers-{request.param}")
-    with stack_of_kind(request.param, root, redis_db=REDIS_DB["workers"]) as stack:
+    # Runs that ask for MLflow tracking log to a folder of the stack's (off unless asked).
+    mlflow = root / "mlruns"
+    with stack_of_kind(
+        request.param, root, redis_db=REDIS_DB["workers"], mlflow_tracking_uri=str(mlflow)
+    ) as stack:
         yield stack
 
 
