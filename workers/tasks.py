@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,27 +27,23 @@ from gistnet.errors import Cancelled, GistNetError
 from service.artifacts import (
     dataset_dir,
     evaluation_dir,
-    job_dir,
-    remove_resume_checkpoint,
-    resume_checkpoint,
 )
 from service.db.engine import session_scope
 from service.db.jobs import create_parts, get_job, record_progress, take_over_parent
 from service.db.models import Job
 from service.db.parts import part_label
 from service.db.records import (
-    complete_loss_curve,
     evaluation_of_job,
     get_dataset,
     get_model,
     mark_dataset_prepared,
     record_evaluation_report,
-    record_model,
 )
 from service.queue import TASK_OF_KIND, JobKind, JobStatus, send_job
 from service.settings import Settings, get_settings
 from workers import metrics
 from workers.runner import DETACHED, JobRun, Outcome, run_claimed, run_job, worker_name
+from workers.training import open_dataset_split, train
 
 # What a job does, in its log (GET /jobs/{id}/logs) as in the worker's.
 log = logging.getLogger(__name__)
@@ -392,18 +387,6 @@ def _finish_parent_if_done(task, parent_id: int) -> str | None:
     return run_claimed(run, work=partial(_prepare, app=task.app), app=task.app)
 
 
-def open_dataset_split(store, dataset, split: str) -> Path:
-    """The dataset's folder with the split's shards, metadata.yaml and the validation
-    shards in it (training scores validation): the folder itself on a local root, the
-    cache's copy of it on an object store (the cache mirrors the store's layout)."""
-    splits = dataset.info["splits"]
-    folder = store.open_local(f"{dataset.path}/metadata.yaml").parent
-    for name in {split, "validation"} & set(splits):
-        for shard in splits[name].get("shards") or [splits[name]]:
-            store.open_local(f"{dataset.path}/{shard['path']}")
-    return folder
-
-
 @shared_task(name=TASK_OF_KIND[JobKind.PREPARE], bind=True)
 def prepare_dataset_task(self, job_id: int) -> str:
     outcome = _run_measured(self, job_id, JobKind.PREPARE, partial(_prepare, app=self.app))
@@ -425,138 +408,9 @@ def prepare_part_task(self, job_id: int) -> str:
 # --------------------------------------------------------------------------- train
 
 
-def _tracking(run: JobRun, train_settings, output: Path):
-    """The trackers the request asked for: TensorBoard in the job's folder, MLflow on the
-    server's tracking URI (the API refused mlflow without one)."""
-    from gistnet.tracking import Tracking, TrackingSettings
-
-    asked = train_settings.tracking or {}
-    where = TrackingSettings(
-        tensorboard=str(output / "tensorboard") if asked.get("tensorboard") else None,
-        mlflow=run.settings.mlflow_tracking_uri if asked.get("mlflow") else None,
-        experiment=asked.get("experiment") or "gistnet",
-        run_name=asked.get("run_name") or f"job-{run.job_id}",
-    )
-    return Tracking(where, params=train_settings.run.model_dump(mode="json"))
-
-
-def _train(run: JobRun) -> Outcome:
-    from gistnet.checkpoint import read_checkpoint_info
-    from gistnet.launch import launch_training
-    from gistnet.train import CHECKPOINT_NAME
-    from gistnet.train_request import TrainRequest, TrainSettings
-
-    settings = run.settings
-    store = settings.artifact_store()
-    # As the API stored them, on this worker's device.
-    train_settings = TrainSettings.from_dict(run.params).with_training(device=settings.device)
-    split = train_settings.split
-    with session_scope(settings.database_url) as session:
-        folder = open_dataset_split(store, get_dataset(session, dataset_id=run.dataset_id), split)
-    relative = job_dir(run.job_id)
-    resume_key = resume_checkpoint(run.job_id)
-
-    def on_progress(p) -> None:
-        metrics.train_step(batch_size=train_settings.run.training.batch_size)
-        point = {
-            "step": p.step,
-            "loss": p.loss,
-            "running_loss": p.running_loss,
-            "val_loss": p.val_loss,
-            "lr": p.lr,
-            "examples_per_sec": p.examples_per_sec,
-        }
-        # The objective's parts (kl, nll for substitution) ride along with the rest.
-        extra = {"running_loss": p.running_loss, "lr": p.lr, **(getattr(p, "stats", None) or {})}
-        if p.val_loss is not None:
-            extra["val_loss"] = p.val_loss
-        run.report(
-            step=p.step,
-            max_steps=p.max_steps,
-            loss=p.loss,
-            examples_per_sec=p.examples_per_sec,
-            progress=extra,
-            metric=point,
-        )
-
-    log.info(
-        "training on dataset %s split %r for %s steps on %s",
-        run.dataset_id,
-        split,
-        train_settings.run.training.max_steps,
-        settings.device,
-    )
-    # Once the job has ended (succeeded, failed, cancelled) nothing will resume it.
-    run.at_end(lambda: remove_resume_checkpoint(store, run.job_id))
-    with store.writing(relative) as output:
-        # A redelivered job finds the resume checkpoint of the run that died (on this
-        # machine or another: it is published to the store) and continues it.
-        resume = output / "resume.pt"
-        store.download(resume_key, resume)
-        request = TrainRequest(
-            dataset=folder,
-            output_dir=output,
-            settings=train_settings,
-            resume_path=resume,
-            checkpoint_every=settings.resume_every,
-        )
-        tracking = _tracking(run, train_settings, output)
-
-        def progress(p) -> None:
-            on_progress(p)
-            tracking.progress(p)
-
-        with tracking:
-            result = launch_training(
-                request,
-                on_progress=progress,
-                should_cancel=run.should_cancel,
-                on_checkpoint=lambda path: store.publish(path, resume_key),
-            )
-            tracking.log_artifacts(result.checkpoint_path)
-        checkpoint = f"{relative}/{CHECKPOINT_NAME}"
-        store.publish(result.checkpoint_path, checkpoint)
-        if tracking.settings.tensorboard is not None and not store.is_local:
-            store.publish_folder(tracking.settings.tensorboard, f"{relative}/tensorboard")
-        info = read_checkpoint_info(result.checkpoint_path)
-    log.info(
-        "checkpoint %s written: %s steps, final loss %s, validation loss %s",
-        checkpoint,
-        result.steps,
-        result.final_loss,
-        result.val_loss,
-    )
-
-    def record(session: Session) -> None:
-        record_model(
-            session,
-            job_id=run.job_id,
-            dataset_id=run.dataset_id,
-            split=split,
-            checkpoint_path=checkpoint,
-            info=info,
-            steps=result.steps,
-            final_loss=_finite(result.final_loss),
-            val_loss=_finite(result.val_loss),
-        )
-        complete_loss_curve(
-            session,
-            job_id=run.job_id,
-            attempt=run.attempt,
-            resumed_from_step=result.resumed_from_step,
-            history=result.history,
-        )
-
-    return Outcome(record=record)
-
-
-def _finite(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else value
-
-
 @shared_task(name=TASK_OF_KIND[JobKind.TRAIN], bind=True)
 def train_task(self, job_id: int) -> str:
-    return _run_measured(self, job_id, JobKind.TRAIN, _train)
+    return _run_measured(self, job_id, JobKind.TRAIN, train)
 
 
 # --------------------------------------------------------------------------- evaluate

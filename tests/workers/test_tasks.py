@@ -20,7 +20,8 @@ from service.queue import TASK_OF_KIND, JobKind
 from tests.seed_layout import write_seed_dataset
 from tests.service_stack import REDIS_DB, stack_of_kind
 from workers.runner import JobRun, worker_name
-from workers.tasks import _finite, _prep_progress
+from workers.tasks import _prep_progress
+from workers.training import _finite
 
 pytestmark = [pytest.mark.services]
 
