@@ -46,7 +46,8 @@ def test_each_layer_imports_only_the_layers_below_it(package):
 def test_the_client_speaks_http_only():
     client = ROOT / "gistnet" / "client.py"
     assert client.is_file(), "gistnet/client.py is the service's client: it must exist"
-    for part in (client, ROOT / "gistnet" / "client_configs.py"):
+    others = ("client_configs.py", "client_calls.py", "async_client.py")
+    for part in (client, *(ROOT / "gistnet" / name for name in others)):
         assert imported_packages(part) <= {"gistnet"}, part
 
 
