@@ -98,7 +98,12 @@ def batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> n
 
 
 def lr_at(step: int, cfg: TrainingConfig) -> float:
-    """Linear warm-up, then cosine decay to `final_lr_ratio` of the peak (a tenth by default)."""
+    """Linear warm-up, then cosine decay to `final_lr_ratio` of the peak (a tenth by default).
+
+    After the warm-up this is transformers' `get_cosine_with_min_lr_schedule_with_warmup`
+    (tests/gistnet/test_train.py holds them equal); its warm-up starts at lr 0 on the first
+    step where this one starts at lr/warmup, so this one stays: every shipped run's losses
+    were measured with it."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.max_steps - cfg.warmup)

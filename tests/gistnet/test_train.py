@@ -253,3 +253,22 @@ def test_the_cosine_decay_ends_at_the_configured_share_of_the_peak():
     to_zero = TrainingConfig(lr=1e-2, max_steps=100, warmup=10, final_lr_ratio=0.0)
     assert lr_at(100, to_zero) == pytest.approx(0.0, abs=1e-12)
     assert lr_at(55, to_zero) == pytest.approx(5e-3)
+
+
+def test_after_warmup_the_schedule_is_transformers_cosine_with_a_floor():
+    # The schedule stays ours for one reason: transformers' warm-up gives lr 0 on the first
+    # step, ours lr/warmup, so taking theirs would change every shipped run's losses.
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    from gistnet.config import TrainingConfig
+    from gistnet.train import lr_at
+
+    cfg = TrainingConfig(lr=3e-3, max_steps=200, warmup=20, final_lr_ratio=0.1)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    theirs = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=20, num_training_steps=200, min_lr_rate=0.1
+    ).lr_lambdas[0]
+    for step in range(20, 201):
+        assert lr_at(step, cfg) == pytest.approx(cfg.lr * theirs(step), rel=1e-12)
+    assert [lr_at(s, cfg) / cfg.lr for s in range(3)] == pytest.approx([1 / 20, 2 / 20, 3 / 20])
+    assert [theirs(s) for s in range(3)] == pytest.approx([0, 1 / 20, 2 / 20])
