@@ -219,18 +219,28 @@ def main() -> int:
         print(library, flush=True)
 
     teacher_dir = Path(info["teacher"]["model"])
-    sample = teacher_dir.resolve() == SAMPLE_TEACHER.resolve()
-    teacher_name = (
-        "the sample teacher" if sample else f"a {engine.position_limit}-position sample teacher"
+    shipped = teacher_dir.resolve() == SAMPLE_TEACHER.resolve()
+    # A teacher make_sample_teacher wrote (its README says so) is named by how it was made,
+    # any other by its folder: the folder is the user's own.
+    made_here = (teacher_dir / "README.md").is_file() and (
+        (teacher_dir / "README.md").read_text().startswith("# Sample teacher")
     )
-    # Another teacher is named by how it was made: its folder is the user's own.
-    command_tail = (
-        ""
-        if sample
-        else f" --teacher DIR --section {args.section}` (DIR: `python -m "
-        f"tools.make_sample_teacher --long-documents --positions {engine.position_limit} "
-        f"--seq-len {engine.position_limit} --out DIR`)"
-    )
+    positions = engine.position_limit
+    if shipped:
+        teacher_name, command_tail = "the sample teacher", ""
+    elif made_here:
+        teacher_name = f"a {positions}-position sample teacher"
+        command_tail = (
+            f" --teacher DIR --section {args.section}` (DIR: `python -m "
+            f"tools.make_sample_teacher --long-documents --positions {positions} "
+            f"--seq-len {positions} --out DIR`)"
+        )
+    else:
+        teacher_name = f"{teacher_dir.name}, {positions} positions"
+        command_tail = f" --teacher {teacher_dir.name} --section {args.section}`"
+    from gistnet.teacher import layer_count, load_teacher_config
+
+    size = f"{layer_count(load_teacher_config(str(teacher_dir)))} layers of width {engine.dim}"
     speedup = library["full"]["prefill_ms"] / library["memory"]["prefill_ms"]
     verdict = "met" if speedup >= TARGET else "NOT met"
     print(f"prefill on the memory: {speedup:.1f}x faster than the full text ({verdict})")
@@ -277,9 +287,9 @@ def main() -> int:
         "",
         f"Prefill on the memory is {speedup:.1f}x faster than on the full text (target at "
         f"C = 1,024, R = 64, 32:1: 8x; {verdict} here, at C = {C} and "
-        f"{(C - R) / max(full_blocks, 1):.0f}:1 for the compressed part). The teacher is "
-        f"tiny (4 layers of width 128), so a fixed cost per forward weighs on every figure; "
-        f"the KV cache scales with the positions read, and a token after the prefill costs "
+        f"{(C - R) / max(full_blocks, 1):.0f}:1 for the compressed part). The teacher has "
+        f"{size}: the smaller it is, the more a fixed cost per forward weighs on every "
+        f"figure; the KV cache scales with the positions read, and a token after the prefill costs "
         f"about the same whatever the context (the rows' tokens/s differ by the machine's "
         f"noise). The NLLs are those of a GistNet trained for a few steps: figures of "
         f"speed, not of quality (docs/quality.md has those).",
