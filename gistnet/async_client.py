@@ -149,6 +149,25 @@ class AsyncClient(_Operations):
         except httpx.TransportError as err:
             raise ServerUnreachable(f"event stream of {path} broke: {err}") from None
 
+    async def follow_logs(
+        self, job: int | Mapping[str, Any], *, tail: int = 1000, after_id: int | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """As Client.follow_logs: the job's log lines as they come, until it ends."""
+        params = {"follow": "true", "tail": tail}
+        if after_id is not None:
+            params["after_id"] = after_id
+        path = f"/jobs/{_job_id(job)}/logs"
+        try:
+            response = await self._stream("GET", path, params=params)
+            try:
+                async for event, data in _aparse_events(response):
+                    if event == "log":
+                        yield data
+            finally:
+                await response.aclose()
+        except httpx.TransportError as err:
+            raise ServerUnreachable(f"log stream of {path} broke: {err}") from None
+
     async def wait(
         self,
         job: int | Mapping[str, Any],

@@ -158,6 +158,28 @@ class Client(_Operations):
         except httpx.TransportError as err:
             raise ServerUnreachable(f"event stream of {path} broke: {err}") from None
 
+    def follow_logs(
+        self, job: int | Mapping[str, Any], *, tail: int = 1000, after_id: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The job's log lines as the worker writes them (the last `tail` first, or those
+        after line `after_id`), until the job ends."""
+        params = {"follow": "true", "tail": tail}
+        if after_id is not None:
+            params["after_id"] = after_id
+        path = f"/jobs/{_job_id(job)}/logs"
+        try:
+            with self._http.stream(
+                "GET", path, params=params, timeout=stream_timeout(self._http)
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()  # the error's body, for its message
+                    answer_of(response, "GET", path)
+                for event, data in parse_events(response.iter_lines()):
+                    if event == "log":
+                        yield data
+        except httpx.TransportError as err:
+            raise ServerUnreachable(f"log stream of {path} broke: {err}") from None
+
     def wait(
         self,
         job: int | Mapping[str, Any],

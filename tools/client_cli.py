@@ -4,7 +4,7 @@
     gistnet datasets show ID
     gistnet train DATASET_ID --config RUN.yaml [--max-steps N] [--wait]
     gistnet evaluate MODEL_ID [--dataset ID] [--max-examples N] [--wait]
-    gistnet jobs [ID] [--follow] [--cancel]
+    gistnet jobs [ID] [--follow] [--cancel] [--logs [--follow]]
     gistnet models [ID] [--download DIR]
     gistnet gist --text TEXT | --file PATH | --blocks JSON [--model ID] [--output X.npy]
     gistnet score CONTINUATION [CONTEXT PARTS] [--model ID]
@@ -139,6 +139,9 @@ def add_client_commands(subparsers) -> None:
         "--follow", action="store_true", help="live progress from the event stream until it ends"
     )
     jobs.add_argument("--cancel", action="store_true", help="ask the job to stop")
+    jobs.add_argument(
+        "--logs", action="store_true", help="what the worker logged for it (with --follow: live)"
+    )
     jobs.add_argument("--status", default=None)
     jobs.add_argument("--kind", default=None)
     jobs.set_defaults(client_handler=_jobs)
@@ -449,6 +452,11 @@ def _jobs(client: Client, args) -> int:
     if args.cancel:
         job = client.cancel(args.job_id)
         _print_json(job) if args.json else print(_describe_job(job))
+        return 0
+    if args.logs:
+        lines = client.follow_logs(args.job_id) if args.follow else client.job_logs(args.job_id)
+        for line in lines:
+            print(f"{line['logged_at']} {line['level']:<7} {line['message']}", flush=True)
         return 0
     if args.follow:
         return _follow(client, args.job_id, args)

@@ -40,15 +40,17 @@ def test_async_client_prepares_trains_follows_and_gists(running_service):
             seen = [event async for event, _ in gn.events(started)]
             job = await gn.wait(started, timeout=180)
             logs = await gn.job_logs(job, tail=2)
+            followed = [line async for line in gn.follow_logs(job)]
             info, models = await gn.info(), await gn.models()
             gists = await gn.gist(tiny_documents(1, seed=5)[0], model_id=job["result"]["model_id"])
-            return prepared, dataset, seen, job, logs, info, models, gists
+            return prepared, dataset, seen, job, logs, followed, info, models, gists
 
-    prepared, dataset, seen, job, logs, info, models, gists = asyncio.run(flow())
+    prepared, dataset, seen, job, logs, followed, info, models, gists = asyncio.run(flow())
     assert prepared["status"] == "succeeded" and dataset["status"] == "ready"
     assert seen[-1] == "end" and "state" in seen
     assert job["status"] == "succeeded" and job["progress"]["step"] == 4
     assert len(logs) == 2 and "recording it succeeded" in logs[-1]["message"]
+    assert followed[-2:] == logs and "started" in followed[0]["message"]
     model_id = job["result"]["model_id"]
     assert model_id in [m["id"] for m in models] and "torch" in info["versions"]
     with Client(running_service.url, api_key=SERVICE_KEY) as same:

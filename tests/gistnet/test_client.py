@@ -167,6 +167,12 @@ def test_cli_drives_the_flow_with_url_and_key_from_the_environment(
     assert cli(["jobs", str(job_id), "--follow"]) == 0
     out = capsys.readouterr()
     assert f"train job {job_id}: succeeded" in out.out
+    assert cli(["jobs", str(job_id), "--logs"]) == 0
+    logged = capsys.readouterr().out.splitlines()
+    assert "INFO" in logged[0] and f"job {job_id} (train) attempt 1 started" in logged[0]
+    assert "recording it succeeded" in logged[-1]
+    assert cli(["jobs", str(job_id), "--logs", "--follow"]) == 0  # a finished job: all, then out
+    assert capsys.readouterr().out.splitlines() == logged
 
     saved = tmp_path / "gists.npy"
     story = tiny_documents(1, seed=11)[0]
