@@ -39,6 +39,8 @@ class TrackingSettings:
     mlflow: str | None = None
     experiment: str = "gistnet"
     run_name: str | None = None
+    # MLflow tags of the run (the service tags its job: gistnet.job_id).
+    tags: Mapping[str, str] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -125,7 +127,9 @@ class Tracking:
             if experiment is not None
             else client.create_experiment(self.settings.experiment)
         )
-        run = client.create_run(experiment_id, run_name=self.settings.run_name)
+        run = client.create_run(
+            experiment_id, run_name=self.settings.run_name, tags=dict(self.settings.tags or {})
+        )
         self._mlflow, self.mlflow_run_id = client, run.info.run_id
         params = flat_params(self.params)
         from mlflow.entities import Param
@@ -164,6 +168,51 @@ class Tracking:
         if self._mlflow is not None:
             status = "FINISHED" if kind is None else "FAILED"
             self._mlflow.set_terminated(self.mlflow_run_id, status=status)
+
+
+def evaluation_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+    """An evaluation report's headline figures as MLflow metrics: each condition's NLL,
+    ΔNLL and gap recovered (eval_<condition>_<figure>)."""
+    metrics = {}
+    for condition, entry in (report.get("conditions") or {}).items():
+        for figure in ("nll", "delta_nll", "gap_recovered"):
+            value = (entry.get(figure) or {}).get("value")
+            if value is not None:
+                metrics[f"eval_{condition}_{figure}"] = float(value)
+    return metrics
+
+
+def log_evaluation(
+    location: str,
+    *,
+    report: Mapping[str, Any],
+    files: list[str | Path],
+    run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str | None:
+    """An evaluation's report into the MLflow run of the model it measured: the run
+    `run_id`, else the one run carrying all of `tags`. Its files as artifacts (under
+    evaluation/), its headline figures as metrics. -> the run id, None when no run matches."""
+    try:
+        import mlflow
+    except ImportError as err:
+        raise ConfigError(f"MLflow logging needs the mlflow package: {err}") from None
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri(location))
+    if run_id is None:
+        wanted = " and ".join(f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items())
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        found = client.search_runs(experiments, filter_string=wanted, max_results=1)
+        if not found:
+            return None
+        run_id = found[0].info.run_id
+    from mlflow.entities import Metric
+
+    now = _millis()
+    metrics = [Metric(k, v, now, 0) for k, v in evaluation_metrics(report).items()]
+    client.log_batch(run_id, metrics=metrics)
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path="evaluation")
+    return run_id
 
 
 def _millis() -> int:

@@ -10,6 +10,8 @@ truncated, or with its oldest blocks as gists (gistnet.eval.long):
         --context-tokens 512 --recent-tokens 64 --score-tokens 64
 
 Each of --checkpoint, --dataset and --out may be an object-store URL (s3://...).
+--mlflow URI --mlflow-run-id ID adds the report (and its headline figures) to the MLflow
+run that trained the model.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from gistnet.eval.request import EvalRequest, EvalSettings
 from gistnet.eval.run import evaluate_gistnet
 from gistnet.refine import RefineSettings
 from gistnet.storage import is_url, join, open_local, open_local_dataset, writing_to
+from gistnet.tracking import log_evaluation
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tokenizer", help="tokenizer (default: the dataset's, else the checkpoint's)"
     )
+    parser.add_argument(
+        "--mlflow", metavar="URI", help="also log the report to an MLflow run (with --mlflow-run-id)"
+    )
+    parser.add_argument(
+        "--mlflow-run-id", help="the run: the one tools.train_gistnet --mlflow made for the model"
+    )
     args = parser.parse_args(argv)
+    if (args.mlflow is None) != (args.mlflow_run_id is None):
+        parser.error("--mlflow and --mlflow-run-id go together")
 
     bar = None
     if sys.stderr.isatty():
@@ -135,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with writing_to(args.out) as output:
             paths = write_report(report, output)
+            if args.mlflow is not None:
+                log_evaluation(
+                    args.mlflow, report=report, files=list(paths.values()),
+                    run_id=args.mlflow_run_id,
+                )  # fmt: skip
     except GistNetError as err:  # the bucket refused the report: say so, keep the table
         print(format_table(report))
         print(f"error: {err}", file=sys.stderr)

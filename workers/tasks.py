@@ -428,6 +428,7 @@ def _evaluate(run: JobRun) -> Outcome:
         model = get_model(session, model_id=evaluation.model_id)
         dataset = get_dataset(session, dataset_id=evaluation.dataset_id)
         checkpoint = store.open_local(model.checkpoint_path)
+        training_job = model.job_id
         split = evaluation.split
         dataset_path = open_dataset_split(store, dataset, split)
         relative = evaluation_dir(evaluation.id)
@@ -451,12 +452,35 @@ def _evaluate(run: JobRun) -> Outcome:
     with store.writing(relative) as output:
         written = write_report(report, output, stem="report")
         store.publish_folder(output, relative)
+        _log_to_training_run(run, training_job, report, list(written.values()))
     report["files"] = {kind: f"{relative}/{path.name}" for kind, path in written.items()}
 
     def record(session: Session) -> None:
         record_evaluation_report(session, job_id=run.job_id, report=report)
 
     return Outcome(record=record)
+
+
+def _log_to_training_run(run: JobRun, training_job: int, report: dict, files: list[Path]) -> None:
+    """The report into the MLflow run of the model's training, when that run was tracked
+    there; a tracking server that is away costs the evaluation nothing but this log."""
+    uri = run.settings.mlflow_tracking_uri
+    with session_scope(run.settings.database_url) as session:
+        training = get_job(session, job_id=training_job)
+        asked = ((training.params if training is not None else None) or {}).get("tracking") or {}
+    if uri is None or not asked.get("mlflow"):
+        return
+    from gistnet.tracking import log_evaluation
+
+    try:
+        found = log_evaluation(
+            uri, report=report, files=files, tags={"gistnet.job_id": str(training_job)}
+        )
+    except Exception as err:  # the report is recorded either way
+        log.warning("the report could not be logged to MLflow: %s", err)
+        return
+    if found is None:
+        log.warning("no MLflow run of training job %s: the report is not logged", training_job)
 
 
 @shared_task(name=TASK_OF_KIND[JobKind.EVALUATE], bind=True)

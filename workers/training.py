@@ -72,6 +72,8 @@ def _tracking(run: JobRun, train_settings, output: Path):
         mlflow=run.settings.mlflow_tracking_uri if asked.get("mlflow") else None,
         experiment=asked.get("experiment") or "gistnet",
         run_name=asked.get("run_name") or f"job-{run.job_id}",
+        # The model's evaluations find the run by it (workers.tasks._evaluate).
+        tags={"gistnet.job_id": str(run.job_id)},
     )
     return Tracking(where, params=train_settings.run.model_dump(mode="json"))
 

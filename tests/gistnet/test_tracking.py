@@ -80,3 +80,14 @@ def test_the_training_command_logs_where_its_flags_say(small_dataset, tmp_path):
     client = MlflowClient(tracking_uri=(tmp_path / "ml").as_uri())
     (run,) = client.search_runs([client.get_experiment_by_name("cli").experiment_id])
     assert run.info.status == "FINISHED" and run.data.metrics["train_loss"] > 0
+
+    from tools.evaluate_gistnet import main as evaluate
+
+    argv = ["--checkpoint", str(tmp_path / "out" / "gistnet.pt"), "--dataset", str(small_dataset)]
+    argv += ["--out", str(tmp_path / "eval"), "--max-examples", "8", "--bootstrap-samples", "20"]
+    argv += ["--mlflow", str(tmp_path / "ml"), "--mlflow-run-id", run.info.run_id]
+    assert evaluate(argv) == 0
+    assert "eval_gist_gap_recovered" in client.get_run(run.info.run_id).data.metrics
+    assert "evaluation/evaluation.json" in [  # the tool's report file
+        a.path for a in client.list_artifacts(run.info.run_id, "evaluation")
+    ]

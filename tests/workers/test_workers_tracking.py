@@ -34,3 +34,18 @@ def test_a_training_job_logs_to_tensorboard_and_mlflow_when_asked(
     assert run.data.params["training.max_steps"] == "4"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3, 4]
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["gistnet.pt"]
+
+    # The model's evaluation lands in its training's run: figures and report.
+    evaluation = stack_client.post(
+        "/evaluations",
+        json={"model_id": job["result"]["model_id"], "dataset_id": stack_dataset["id"],
+              "bootstrap_samples": 50},
+    )  # fmt: skip
+    assert evaluation.status_code == 202, evaluation.text
+    assert wait_for_job(stack_client, evaluation.json()["job_id"])["status"] == "succeeded"
+    report = stack_client.get(f"/evaluations/{evaluation.json()['evaluation_id']}").json()
+    metrics = client.get_run(run.info.run_id).data.metrics
+    expected = report["report"]["conditions"]["gist"]["gap_recovered"]["value"]
+    assert metrics["eval_gist_gap_recovered"] == expected
+    logged = [a.path for a in client.list_artifacts(run.info.run_id, "evaluation")]
+    assert "evaluation/report.json" in logged
