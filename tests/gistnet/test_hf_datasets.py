@@ -54,3 +54,15 @@ def test_the_files_of_a_split_of_several_shards_are_all_named(cached_in_4):
     files = hf_data_files(cached_in_4)
     assert len(files["train"]) == 4 and len(files["validation"]) == 1
     assert files["train"] == sorted(files["train"])
+
+
+@pytest.mark.parametrize("fixture", ["small_dataset", "cached_in_4"])
+def test_the_folder_alone_loads_its_splits_by_their_file_names(fixture, request, tmp_path):
+    folder = request.getfixturevalue(fixture)
+    loaded = datasets.load_dataset(str(folder), cache_dir=str(tmp_path))
+    named = _load(folder, tmp_path / "named")
+    assert {split: t.num_rows for split, t in loaded.items()} == {
+        split: t.num_rows for split, t in named.items()
+    }
+    for split in named:
+        assert loaded[split].data.table.equals(named[split].data.table)
