@@ -167,6 +167,28 @@ class GistNet(nn.Module):
         ]
         return torch.optim.AdamW(groups, lr=lr)
 
+    def save_pretrained(self, folder, *, info: dict | None = None):
+        """This model as a Hugging Face style folder (gistnet.pretrained); `info` is what a
+        checkpoint records beside the weights (teacher, tokenizer, dataset, training)."""
+        from gistnet.pretrained import save_pretrained
+
+        info = {**(info or {}), "model_config": self.config.to_dict()}
+        return save_pretrained(folder, state_dict=self.state_dict(), info=info)
+
+    @classmethod
+    def from_pretrained(cls, folder, *, device: str | torch.device = "cpu") -> GistNet:
+        """The model of a folder `save_pretrained` (or `gistnet export`, or a download from
+        the service) wrote, in eval mode; `load_checkpoint` gives its info too."""
+        from gistnet.bounds import ModelBounds
+        from gistnet.pretrained import read_pretrained
+
+        payload = read_pretrained(folder)
+        # The folder says how large a model to build, not what a trusted run made.
+        ModelBounds.from_environment().check(payload["model_config"], where="model_config")
+        model = cls(GistNetConfig(**payload["model_config"]))
+        model.load_state_dict(payload["state_dict"])
+        return model.to(device).eval()
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):

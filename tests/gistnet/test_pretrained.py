@@ -115,3 +115,15 @@ def test_gistnet_export_writes_the_folder_and_keeps_an_existing_one(checkpoint, 
     assert (tmp_path / "m" / WEIGHTS_NAME).is_file()
     assert main(["export", str(checkpoint), "--out", str(tmp_path / "m")]) == 2
     assert "exists: name a new folder" in capsys.readouterr().err
+
+
+def test_the_model_saves_and_loads_itself_as_a_folder(checkpoint, tmp_path):
+    from gistnet.model import GistNet
+
+    model, info = load_checkpoint(checkpoint)
+    folder = model.save_pretrained(tmp_path / "m", info=info)
+    again = GistNet.from_pretrained(folder)
+    assert again.config == model.config
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor)
+    assert read_checkpoint_info(folder)["teacher"] == info["teacher"]
