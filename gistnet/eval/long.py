@@ -37,6 +37,8 @@ from gistnet.errors import Cancelled, ConfigError
 from gistnet.eval.stats import paired_statistic
 
 LONG_CONDITIONS = ("full", "truncated", "compressed", "mean", "recent")
+# Nats per scored token truncation must lose for GR_long to be read as a measurement.
+TRUNCATION_LOSS = 0.1
 # The vector conditions, each measured by how much of truncation's loss it recovers.
 RECOVERING = ("compressed", "mean", "recent")
 
@@ -283,6 +285,10 @@ def summarize_long(
     }
     gr = conditions["compressed"]["gap_recovered_long"]["value"]
     above = (comparisons["mean_minus_compressed_nll"]["ci95"] or [None])[0]
+    # GR_long is a measurement only where truncation loses something: a teacher that
+    # reads nothing from the old tokens leaves a ratio of noise over noise.
+    lost = conditions["truncated"]["delta_nll"]["value"]
+    meaningful = lost is not None and lost >= TRUNCATION_LOSS
     return {
         "mode": "long",
         "n_examples": int(total),
@@ -298,7 +304,10 @@ def summarize_long(
         "conditions": conditions,
         "comparisons": comparisons,
         "quality_bars": {
-            "compressed_gap_recovered_long_at_least_0.5": None if gr is None else gr >= 0.5,
+            "truncated_delta_nll_at_least_0.1": meaningful,
+            "compressed_gap_recovered_long_at_least_0.5": (
+                None if gr is None or not meaningful else gr >= 0.5
+            ),
             "compressed_above_mean_ci_excludes_0": None if above is None else above > 0,
         },
     }

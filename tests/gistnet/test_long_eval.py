@@ -145,9 +145,15 @@ def test_gap_recovered_long_on_constructed_numbers():
     difference = report["comparisons"]["compressed_minus_mean_gap_recovered_long"]
     assert difference["value"] == pytest.approx(0.4) and difference["ci95"][0] > 0
     assert report["quality_bars"] == {
+        "truncated_delta_nll_at_least_0.1": True,
         "compressed_gap_recovered_long_at_least_0.5": True,
         "compressed_above_mean_ci_excludes_0": True,
     }
+    # a teacher that reads nothing from the old tokens: the ratio is no measurement
+    flat = {**nll, "truncated": nll["full"] + 0.01}
+    bars = summarize_long(flat, layout=lay, costs=costs, bootstrap_samples=0)["quality_bars"]
+    assert bars["truncated_delta_nll_at_least_0.1"] is False
+    assert bars["compressed_gap_recovered_long_at_least_0.5"] is None
     assert report["n_documents"] == 10 and report["resampling"] == "documents"
 
 
