@@ -47,6 +47,24 @@ def sse(event: str, data: Any, *, event_id: int | None = None) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+async def read_patiently(read, *args: Any, job_id: int, poll_s: float, what: str) -> Any:
+    """`read(*args)` on a thread, tried again every `poll_s` while the database hiccups:
+    its answer, or None after MAX_READ_FAILURES failures in a row (the stream then says
+    so, and the client reconnects)."""
+    for attempt in range(1, MAX_READ_FAILURES + 1):
+        try:
+            return await run_in_threadpool(read, *args)
+        except Exception:
+            log.exception("%s of job %s could not read it", what, job_id)
+            if attempt < MAX_READ_FAILURES:
+                await asyncio.sleep(poll_s)
+    return None
+
+
+def unreadable(job_id: int) -> str:
+    return sse("error", {"detail": f"job {job_id} cannot be read now; reconnect"})
+
+
 def _read(sessionmaker, job_id: int, after_step: int | None):
     """The job as JSON and its points after `after_step`, from one short session."""
     with sessionmaker() as session:
@@ -71,19 +89,14 @@ async def job_event_stream(
 ) -> AsyncIterator[str]:
     last_news: dict[str, Any] | None = None
     last_sent = time.monotonic()
-    failures = 0
     while True:
-        try:
-            state, points = await run_in_threadpool(_read, sessionmaker, job_id, after_step)
-            failures = 0
-        except Exception:  # the database hiccuped: look again, but not forever
-            log.exception("event stream of job %s could not read it", job_id)
-            failures += 1
-            if failures >= MAX_READ_FAILURES:
-                yield sse("error", {"detail": f"job {job_id} cannot be read now; reconnect"})
-                return
-            await asyncio.sleep(poll_s)
-            continue
+        read = await read_patiently(
+            _read, sessionmaker, job_id, after_step, job_id=job_id, poll_s=poll_s, what="events"
+        )
+        if read is None:
+            yield unreadable(job_id)
+            return
+        state, points = read
         if state is None:
             yield sse("error", {"detail": f"job {job_id} no longer exists"})
             return

@@ -14,20 +14,15 @@ last id it saw (`Last-Event-ID`) and gets only the lines after it.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi.concurrency import run_in_threadpool
-
-from api.events import KEEPALIVE_S, MAX_READ_FAILURES, sse
+from api.events import KEEPALIVE_S, read_patiently, sse, unreadable
 from api.schemas import JobLogLine
 from service.db.jobs import get_job
 from service.db.logs import job_logs
 from service.queue import TERMINAL
-
-log = logging.getLogger(__name__)
 
 # Lines read per look at the database: a job that logged a great deal is sent in pieces.
 READ_LINES = 1000
@@ -55,19 +50,14 @@ async def job_log_stream(
     sessionmaker, *, job_id: int, tail: int, after_id: int | None, poll_s: float
 ) -> AsyncIterator[str]:
     last_sent = time.monotonic()
-    failures = 0
     while True:
-        try:
-            status, lines = await run_in_threadpool(_read, sessionmaker, job_id, tail, after_id)
-            failures = 0
-        except Exception:  # the database hiccuped: look again, but not forever
-            log.exception("log stream of job %s could not read it", job_id)
-            failures += 1
-            if failures >= MAX_READ_FAILURES:
-                yield sse("error", {"detail": f"job {job_id} cannot be read now; reconnect"})
-                return
-            await asyncio.sleep(poll_s)
-            continue
+        read = await read_patiently(
+            _read, sessionmaker, job_id, tail, after_id, job_id=job_id, poll_s=poll_s, what="logs"
+        )
+        if read is None:
+            yield unreadable(job_id)
+            return
+        status, lines = read
         if status is None:
             yield sse("error", {"detail": f"job {job_id} no longer exists"})
             return
