@@ -15,9 +15,10 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from api.idempotency import Idempotency
+from api.schemas import DatasetAccepted
 from api.validation import check_limits
 from service.db.jobs import fail_unsent_job
-from service.db.models import Job
+from service.db.models import Dataset, Job
 from service.queue import send_job
 from service.settings import Settings
 
@@ -31,6 +32,17 @@ class Accepted:
     job: Job
     body: BaseModel
     location: str
+
+    @classmethod
+    def dataset(cls, dataset: Dataset, job: Job) -> Accepted:
+        """A dataset to prepare or import: its job, and the dataset's URL as the place."""
+        body = DatasetAccepted(
+            dataset_id=dataset.id,
+            job_id=job.id,
+            status_url=f"/jobs/{job.id}",
+            dataset_url=f"/datasets/{dataset.id}",
+        )
+        return cls(job=job, body=body, location=body.dataset_url)
 
 
 def accept_job(

@@ -110,13 +110,7 @@ def _queue_dataset(
         dataset, job = create_dataset(
             session, name=body.dataset_name, config=body.model_dump(exclude_none=True)
         )
-        accepted = DatasetAccepted(
-            dataset_id=dataset.id,
-            job_id=job.id,
-            status_url=f"/jobs/{job.id}",
-            dataset_url=f"/datasets/{dataset.id}",
-        )
-        return Accepted(job=job, body=accepted, location=accepted.dataset_url)
+        return Accepted.dataset(dataset, job)
 
     return accept_job(
         route=ROUTE,

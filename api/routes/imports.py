@@ -52,13 +52,7 @@ def import_dataset_route(
             "import": {"path": source["path"]},
         }
         dataset, job = create_dataset(session, name=body.dataset_name, config=config)
-        accepted = DatasetAccepted(
-            dataset_id=dataset.id,
-            job_id=job.id,
-            status_url=f"/jobs/{job.id}",
-            dataset_url=f"/datasets/{dataset.id}",
-        )
-        return Accepted(job=job, body=accepted, location=accepted.dataset_url)
+        return Accepted.dataset(dataset, job)
 
     return accept_job(
         route=ROUTE,
