@@ -32,7 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.gist_load import SAMPLE_TEACHER, make_checkpoint, record_model, wait_healthy
+from bench.gist_load import SAMPLE_TEACHER, served_model, wait_healthy
 from bench.report import machine, table, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,12 +117,9 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        artifacts = workdir / "artifacts"
-        checkpoint = args.checkpoint or make_checkpoint(workdir, artifacts, args.teacher.resolve())
-        if args.checkpoint:
-            artifacts = checkpoint.resolve().parent
-        database_url = f"sqlite:///{workdir}/records.sqlite"
-        model_id = record_model(database_url, checkpoint.resolve(), artifacts)
+        checkpoint, artifacts, database_url, model_id = served_model(
+            workdir, args.checkpoint, args.teacher
+        )
         from gistnet.checkpoint import read_checkpoint_info
 
         info = read_checkpoint_info(checkpoint)

@@ -62,6 +62,21 @@ def make_checkpoint(workdir: Path, artifacts: Path, teacher: Path) -> Path:
     return result.checkpoint_path
 
 
+def served_model(workdir: Path, checkpoint: Path | None, teacher: Path):
+    """The checkpoint to serve (the one given, else one trained here on `teacher`), its
+    artifact root, and its record in a fresh SQLite database: (checkpoint, artifacts,
+    database_url, model_id)."""
+    artifacts = workdir / "artifacts"
+    if checkpoint is None:
+        checkpoint = make_checkpoint(workdir, artifacts, teacher.resolve())
+    else:
+        artifacts = checkpoint.resolve().parent
+    database_url = f"sqlite:///{workdir}/records.sqlite"
+    return checkpoint, artifacts, database_url, record_model(
+        database_url, checkpoint.resolve(), artifacts
+    )
+
+
 def record_model(database_url: str, checkpoint: Path, artifacts: Path) -> int:
     from gistnet.checkpoint import read_checkpoint_info
     from service.db.engine import session_scope
@@ -223,12 +238,9 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        artifacts = workdir / "artifacts"
-        checkpoint = args.checkpoint or make_checkpoint(workdir, artifacts, args.teacher.resolve())
-        if args.checkpoint:
-            artifacts = checkpoint.resolve().parent
-        database_url = f"sqlite:///{workdir}/records.sqlite"
-        model_id = record_model(database_url, checkpoint.resolve(), artifacts)
+        checkpoint, artifacts, database_url, model_id = served_model(
+            workdir, args.checkpoint, args.teacher
+        )
 
         from gistnet.checkpoint import read_checkpoint_info
 
