@@ -196,8 +196,17 @@ class TrainingConfig(_Strict):
     # Clip the gradient's global norm to this; None turns clipping off.
     grad_clip: float | None = Field(default=1.0, gt=0)
     # mse: match the mean teacher state. substitution: the teacher reading the gist
-    # predicts the following tokens as it does reading the block.
-    objective: Literal["mse", "substitution"] = "mse"
+    # predicts the following tokens as it does reading the block. multiblock: the same
+    # after a window of `blocks` blocks whose oldest ones are gists (gistnet.multiblock),
+    # the long context the gists are for.
+    objective: Literal["mse", "substitution", "multiblock"] = "mse"
+    # multiblock only: blocks of each window, read before the horizon (the window's
+    # tokens after them); the dataset's horizon must exceed blocks x block_size.
+    blocks: int = Field(default=1, ge=1)
+    # multiblock only: how many of the oldest blocks are read as gists. None: a number in
+    # 1 ... blocks drawn per batch from the seed and the step, so GistNet learns gists that
+    # read well after any number of others and before any number of raw blocks.
+    compressed_blocks: int | None = Field(default=None, ge=1)
     # substitution only: weight of the NLL of the horizon tokens added to the KL.
     nll_weight: float = Field(default=0.0, ge=0)
     # substitution only: how the KL weighs horizon tokens: all alike, the one weighting
@@ -232,7 +241,26 @@ class TrainingConfig(_Strict):
             raise ValueError(
                 "rest_weight weighs the KL of the horizon tokens: it needs objective: substitution"
             )
+        self._check_multiblock()
         return self
+
+    def _check_multiblock(self) -> None:
+        if self.objective != "multiblock":
+            if self.blocks != 1 or self.compressed_blocks is not None:
+                raise ValueError(
+                    "blocks and compressed_blocks shape the windows of objective: multiblock; "
+                    f"objective {self.objective} reads one block: remove them"
+                )
+            return
+        if self.compressed_blocks is not None and self.compressed_blocks > self.blocks:
+            raise ValueError(
+                f"compressed_blocks ({self.compressed_blocks}) exceeds blocks ({self.blocks}): "
+                f"a window compresses at most all of its blocks"
+            )
+        if self.nll_weight:
+            raise ValueError(
+                "the multiblock objective is the KL alone: nll_weight needs objective: substitution"
+            )
 
 
 # Named starting points, each the measured best for what it names (docs/quality.md). A run

@@ -2,9 +2,10 @@
 
 An estimate, on the generous side: float32 weights, their gradients and AdamW's two
 moments; the activations autograd keeps for the backward pass of every layer; the batch
-itself; and for the substitution objective the frozen teacher with its own activations
-and logits over the horizon. A run that would not fit can be refused with the numbers,
-instead of dying in the allocator minutes later (or taking the machine down with it).
+itself; and for the substitution and multiblock objectives the frozen teacher with its
+own activations and logits over the horizon. A run that would not fit can be refused with
+the numbers, instead of dying in the allocator minutes later (or taking the machine down
+with it).
 """
 
 from __future__ import annotations
@@ -130,8 +131,10 @@ def training_memory(
     objective: str = "mse",
     horizon: int | None = None,
     teacher: TeacherShape | None = None,
+    blocks: int = 1,
 ) -> MemoryEstimate:
-    """The peak memory of one training step of GistNet `config` on `batch_size` blocks."""
+    """The peak memory of one training step of GistNet `config` on `batch_size` examples
+    of `blocks` blocks GistNet reads each (the multiblock objective's windows, at most)."""
     d, t, heads = config.hidden_size, config.block_size, config.num_heads
     width = int(config.mlp_ratio * d)
     parameters = gistnet_parameters(config)
@@ -141,13 +144,14 @@ def training_memory(
     per_token_layer = 18 * d + 3 * width + heads * t
     # Each further teacher layer read (teacher_layers) keeps its norm's input and output.
     inputs = 8 * d + 2 * d * len(config.teacher_layers)
-    activations = FLOAT * batch_size * t * (config.num_layers * per_token_layer + inputs)
+    rows = batch_size * blocks
+    activations = FLOAT * rows * t * (config.num_layers * per_token_layer + inputs)
     # The block states (a host copy and a device copy), those of further teacher layers,
     # the targets and the indices.
     layers = len(config.teacher_layers)
-    batch = FLOAT * batch_size * (2 * t * d + layers * t * d + d) + 16 * batch_size
+    batch = FLOAT * rows * (2 * t * d + layers * t * d + d) + 16 * batch_size
     teacher_bytes = 0
-    if objective == "substitution" and teacher is not None and horizon:
+    if objective in ("substitution", "multiblock") and teacher is not None and horizon:
         tokens = batch_size * horizon
         per_token = teacher.layers * (18 * teacher.width + 3 * teacher.mlp_width)
         # Two forwards (full and gist), logits and their log-softmax for both.

@@ -82,6 +82,11 @@ def model_config_for(run: RunConfig, metadata: dict[str, Any]) -> GistNetConfig:
             f"an equal share of the block, but {data_t} tokens do not divide by "
             f"{m.gists_per_block}: pick a divisor of {data_t}"
         )
+    if run.training.objective == "multiblock":
+        from gistnet.multiblock import check_window_fits
+
+        blocks, horizon = run.training.blocks, int(metadata["horizon"])
+        check_window_fits(blocks=blocks, block_size=data_t, horizon=horizon)
     return dataclasses.replace(m, hidden_size=data_d, block_size=data_t)
 
 
@@ -115,10 +120,12 @@ class _Objective:
     """The loss of a batch of examples, wherever its teacher states come from.
 
     mse: GistNet's gist against the mean of the block's states. substitution: the frozen
-    teacher reading the gist in place of the block (see `gistnet.substitution`). A dataset
+    teacher reading the gist in place of the block (see `gistnet.substitution`). multiblock:
+    a window of many blocks, its oldest read as gists (`gistnet.multiblock`). A dataset
     with cached states hands GistNet their rows; a token-only one gets them from a teacher
     forward inside the step: substitution takes them from the full-context forward it runs
-    anyway, mse from one no-gradient forward of the block.
+    anyway, mse from one no-gradient forward of the block, multiblock from one of each
+    block it compresses (read alone, whatever the dataset caches).
     """
 
     def __init__(
@@ -140,12 +147,13 @@ class _Objective:
         self.reads_teacher = model_config.token_embeddings or bool(model_config.teacher_layers)
         self.teacher = None
         self.substitution = None
-        if self.kind == "substitution" or not cached_states or self.reads_teacher:
+        self.multiblock = None
+        if self.kind != "mse" or not cached_states or self.reads_teacher:
             from gistnet.loading import load_teacher_for
 
             what = (
-                "the substitution objective"
-                if self.kind == "substitution"
+                f"the {self.kind} objective"
+                if self.kind != "mse"
                 else "model.token_embeddings"
                 if model_config.token_embeddings
                 else "model.teacher_layers"
@@ -176,6 +184,10 @@ class _Objective:
                 bos_sink=model_config.bos_sink,
                 rest_weight=cfg.rest_weight,
             )
+        if self.kind == "multiblock":
+            from gistnet.multiblock import MultiBlockObjective
+
+            self.multiblock = MultiBlockObjective(self.teacher, cfg, model_config)
 
     def _rows(self, column, idx: np.ndarray, dtype=None) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(column[idx]))
@@ -202,8 +214,13 @@ class _Objective:
         return model(**inputs)
 
     def __call__(
-        self, model: GistNet, data: ShardSet, idx: np.ndarray
+        self, model: GistNet, data: ShardSet, idx: np.ndarray, step: int | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of examples `idx` and its parts; `step` is the training step's (None
+        when validation scores them)."""
+        if self.multiblock is not None:
+            windows = self._rows(data.context_input_ids, idx, torch.long)
+            return self.multiblock(model, windows, rows=idx, step=step)
         layers = self.model_config.teacher_layers
         # Cached states hold the last layer only: a model reading more takes all of them
         # from the teacher's forward.
@@ -338,7 +355,7 @@ def _train_step(run: _Run, step: int) -> tuple[float, dict[str, float], float]:
         group["lr"] = lr
     idx = batch_indices(step, cfg.batch_size, run.data.num_examples, cfg.seed)
     idx, weight = ranks.part(idx)  # all of it in one process
-    loss, stats = run.objective(run.trained, run.data, idx)  # GistNet through its DDP wrapper
+    loss, stats = run.objective(run.trained, run.data, idx, step)  # GistNet through DDP
     run.optimizer.zero_grad(set_to_none=True)
     (loss * weight if ranks.active else loss).backward()
     if cfg.grad_clip is not None:

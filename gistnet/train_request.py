@@ -68,7 +68,7 @@ class TrainRequest:
     output_dir: Path
     settings: TrainSettings = field(default_factory=TrainSettings)
     # The tokenizer and teacher, in place of the dataset's (a seed shard without metadata
-    # names neither); the substitution objective runs the teacher.
+    # names neither); the substitution and multiblock objectives run the teacher.
     tokenizer: str | None = None
     teacher_model: str | None = None
     # The resume checkpoint: continued from when it exists, written every

@@ -78,7 +78,7 @@ def check_run_memory(
     from gistnet.memory import TeacherShape, format_bytes, training_memory
 
     teacher = None
-    if run.training.objective == "substitution":
+    if run.training.objective != "mse":
         try:
             teacher = TeacherShape.from_hf_config(teacher_config(dataset_info["teacher_model"]))
         except (RequestProblem, KeyError):  # a teacher gone since: the job will say so
@@ -91,6 +91,7 @@ def check_run_memory(
         objective=run.training.objective,
         horizon=dataset_info.get("horizon"),
         teacher=teacher,
+        blocks=run.training.blocks,
     )
     if estimate.total > worker_memory:
         raise RequestProblem(

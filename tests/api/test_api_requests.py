@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from gistnet.eval.request import EvalSettings
+from gistnet.train_request import TrainSettings
 from service.settings import load_settings
 from tests.service_stack import wait_until
 
@@ -175,7 +176,9 @@ def test_a_link_in_a_model_root_that_leads_out_gets_the_same_one_message(
 
 
 def test_a_hub_id_is_still_looked_up_on_the_hub(client, teacher):
-    answer = client.post("/datasets", json={**_dataset(teacher), "teacher_model": "no-org/no-model"})
+    answer = client.post(
+        "/datasets", json={**_dataset(teacher), "teacher_model": "no-org/no-model"}
+    )
     assert answer.status_code == 422
     assert "GISTNET_MODEL_ROOTS" not in answer.json()["detail"]
     assert "no-org/no-model" in answer.json()["detail"]
@@ -207,7 +210,9 @@ def test_a_source_cannot_read_the_uploads_area(client, api_stack, teacher, sourc
 
 
 def test_a_source_linked_into_the_uploads_area_is_refused(client, api_stack, teacher):
-    (api_stack.settings.data_root / "uploads" / "other" / "train").mkdir(parents=True, exist_ok=True)
+    (api_stack.settings.data_root / "uploads" / "other" / "train").mkdir(
+        parents=True, exist_ok=True
+    )
     (api_stack.settings.data_root / "uploads" / "other" / "train" / "a.txt").write_text("x " * 80)
     (api_stack.settings.data_root / "peek").symlink_to(api_stack.settings.data_root / "uploads")
     answer = client.post("/datasets", json=_dataset(teacher, source="peek/*/train/*.txt"))
@@ -232,7 +237,9 @@ def test_dataset_output_path_is_refused(client, teacher):
     assert answer.status_code == 422 and "output_path" in answer.json()["detail"]
 
 
-@pytest.mark.parametrize("name", ["../../../../../tmp/x/owned", "/tmp/x/owned", "../20/train", "a/b"])
+@pytest.mark.parametrize(
+    "name", ["../../../../../tmp/x/owned", "/tmp/x/owned", "../20/train", "a/b"]
+)
 def test_a_split_name_that_is_a_path_is_refused_naming_the_field(client, teacher, name):
     before = _job_count(client)
     body = {**_dataset(teacher), "splits": {name: {"documents": ["one two three " * 40]}}}
@@ -320,6 +327,34 @@ def test_train_takes_a_named_preset_under_the_keys_it_sets_and_refuses_an_unknow
     unknown = client.post("/train", json={**body, "preset": "fastest"})
     assert unknown.status_code == 422
     assert "unknown preset 'fastest': the presets are substitution" in unknown.json()["detail"]
+
+
+def test_train_takes_the_multiblock_objective_and_refuses_windows_too_short_for_its_blocks(
+    client, api_stack, ready_dataset
+):
+    """The ready dataset's windows are 64 tokens, two blocks of 32: one block and its
+    horizon, not two."""
+    from service.db.engine import session_scope
+    from service.db.models import Job
+
+    before = _job_count(client)
+    body = {"dataset_id": ready_dataset["id"], "training": {"objective": "multiblock"}}
+    short = {**body, "training": {**body["training"], "blocks": 2}}
+    answer = client.post("/train", json=short)
+    assert answer.status_code == 422 and _job_count(client) == before
+    detail = answer.json()["detail"]
+    assert "training.blocks 2" in detail and "windows are 64 tokens" in detail
+    assert "prepare it with horizon >= 96" in detail
+    accepted = client.post("/train", json=body)
+    assert accepted.status_code == 202
+    with session_scope(api_stack.settings.database_url) as session:
+        params = session.get(Job, accepted.json()["job_id"]).params  # what the worker reads
+    training = TrainSettings.from_dict(params).run.training
+    assert (training.objective, training.blocks, training.compressed_blocks) == (
+        "multiblock",
+        1,
+        None,
+    )
 
 
 def test_train_that_fits_is_queued_on_the_train_queue(client, ready_dataset):
@@ -557,9 +592,7 @@ def test_ready_checks_database_broker_and_artifacts(client, api_stack):
         assert checks["database"] == "ok" and checks["broker"].startswith("unavailable")
 
 
-def test_info_names_versions_device_loaded_models_and_the_limits_in_force(
-    api_stack, trained_model
-):
+def test_info_names_versions_device_loaded_models_and_the_limits_in_force(api_stack, trained_model):
     import platform
 
     import transformers

@@ -258,6 +258,7 @@ def test_without_a_preset_the_seeds_and_the_demos_configs_mean_what_they_did():
     assert demo.training.model_dump() == {
         "batch_size": 64, "lr": 3e-3, "max_steps": 200, "device": "auto", "seed": 0,
         "warmup": 30, "final_lr_ratio": 0.1, "weight_decay": 0.0, "grad_clip": 1.0,
-        "objective": "substitution", "nll_weight": 0.0, "horizon_weighting": "uniform",
+        "objective": "substitution", "blocks": 1, "compressed_blocks": None, "nll_weight": 0.0,
+        "horizon_weighting": "uniform",
         "rest_weight": 1.0, "eval_every": 1000, "eval_examples": 256, "processes": 1,
     }  # fmt: skip

@@ -19,7 +19,11 @@ SMALL = GistNetConfig(hidden_size=128, block_size=32)
         GistNetConfig(hidden_size=64, block_size=32, num_heads=2, num_layers=3, mlp_ratio=2.5),
         GistNetConfig(hidden_size=96, block_size=16, num_heads=6, num_layers=2),
         GistNetConfig(
-            hidden_size=64, block_size=32, gists_per_block=2, pool_queries=3, gist_mlp=True,
+            hidden_size=64,
+            block_size=32,
+            gists_per_block=2,
+            pool_queries=3,
+            gist_mlp=True,
             token_embeddings=True,
         ),  # fmt: skip
     ],
@@ -34,7 +38,9 @@ def test_the_estimate_grows_with_batch_layers_and_the_teacher():
     assert training_memory(SMALL, batch_size=64).activations_bytes == pytest.approx(
         8 * small.activations_bytes
     )
-    deep = training_memory(GistNetConfig(hidden_size=128, block_size=32, num_layers=8), batch_size=8)
+    deep = training_memory(
+        GistNetConfig(hidden_size=128, block_size=32, num_layers=8), batch_size=8
+    )
     assert deep.activations_bytes > 6 * small.activations_bytes
     teacher = TeacherShape(layers=12, width=768, vocab=50257, mlp_width=3072)
     substitution = training_memory(
@@ -48,8 +54,20 @@ def test_the_estimate_grows_with_batch_layers_and_the_teacher():
     assert substitution.total > substitution.model_bytes + substitution.activations_bytes
 
 
+def test_a_multiblock_run_counts_its_teacher_and_every_block_gistnet_reads():
+    teacher = TeacherShape(layers=12, width=768, vocab=50257, mlp_width=3072)
+    config = GistNetConfig(hidden_size=768, block_size=32, num_heads=12)
+    common = {"batch_size": 16, "horizon": 512, "teacher": teacher}
+    one = training_memory(config, objective="substitution", **common)
+    many = training_memory(config, objective="multiblock", blocks=14, **common)
+    assert many.teacher_bytes == one.teacher_bytes > 4 * teacher.parameters
+    assert many.activations_bytes == pytest.approx(14 * one.activations_bytes)
+
+
 def test_the_description_names_the_parts():
-    text = training_memory(GistNetConfig(hidden_size=128, block_size=32, num_layers=64), batch_size=4096).describe()
+    text = training_memory(
+        GistNetConfig(hidden_size=128, block_size=32, num_layers=64), batch_size=4096
+    ).describe()
     assert text.startswith("about ") and "GiB" in text and "activations" in text
     assert format_bytes(512) == "512 B" and format_bytes(3 * 2**30) == "3.0 GiB"
 
