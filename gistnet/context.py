@@ -28,6 +28,7 @@ right padding changes nothing the real positions compute.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ __all__ = [
     "RawTokens",
     "context_inputs",
     "context_positions",
+    "takes_logits_to_keep",
     "teacher_forward",
 ]
 
@@ -219,16 +221,28 @@ def context_inputs(
     )
 
 
-def teacher_forward(teacher: torch.nn.Module, inputs: ContextInputs):
+def takes_logits_to_keep(teacher: torch.nn.Module) -> bool:
+    """Whether the teacher's forward can compute the logits of its last positions only."""
+    return "logits_to_keep" in inspect.signature(teacher.forward).parameters
+
+
+def teacher_forward(teacher: torch.nn.Module, inputs: ContextInputs, *, logits_to_keep: int = 0):
     """The teacher's output on `inputs`, without a KV cache.
 
     The mask is always passed, padded or not: without one, Hugging Face models read a
     jump in `position_ids` as the start of another sequence packed into the row and stop
     attention across it, and the positions a compressed block leaves out are such jumps.
+    `logits_to_keep` > 0 asks for the logits of the last that many positions only (one
+    (B, n, V) tensor instead of (B, N, V)), where the teacher can skip the rest; the
+    caller still slices, for a teacher that cannot.
     """
+    kwargs = {}
+    if logits_to_keep and takes_logits_to_keep(teacher):
+        kwargs["logits_to_keep"] = logits_to_keep
     return teacher(
         inputs_embeds=inputs.inputs_embeds,
         position_ids=inputs.position_ids,
         attention_mask=inputs.attention_mask,
         use_cache=False,
+        **kwargs,
     )

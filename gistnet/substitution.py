@@ -22,14 +22,21 @@ them out with `gistnet.context`, whose one-block case they are.
 
 from __future__ import annotations
 
-import inspect
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from gistnet.context import CompressedSpan, RawTokens, context_inputs, teacher_forward
+from gistnet.context import (
+    CompressedSpan,
+    RawTokens,
+    context_inputs,
+    takes_logits_to_keep,
+    teacher_forward,
+)
 from gistnet.errors import ConfigError
+from gistnet.horizon_loss import CHUNK_BYTES, horizon_kl_nll, log_softmax_owned
 
 __all__ = [
     "SubstitutionLoss",
@@ -37,6 +44,7 @@ __all__ = [
     "drop_vector",
     "full_log_probs_and_block_states",
     "horizon_log_probs",
+    "horizon_logits",
     "horizon_nll",
     "horizon_targets",
     "mean_block_embedding",
@@ -123,10 +131,6 @@ def substituted_inputs(
     return inputs.inputs_embeds, inputs.position_ids
 
 
-def _keeps_last_logits(teacher: torch.nn.Module) -> bool:
-    return "logits_to_keep" in inspect.signature(teacher.forward).parameters
-
-
 def _full_forward(
     teacher: torch.nn.Module,
     context_input_ids: torch.Tensor,
@@ -141,9 +145,41 @@ def _full_forward(
     kwargs: dict[str, Any] = {"input_ids": context_input_ids[:, :-1], "use_cache": False}
     if hidden_states:
         kwargs["output_hidden_states"] = True
-    if _keeps_last_logits(teacher):
+    if takes_logits_to_keep(teacher):
         kwargs["logits_to_keep"] = horizon_tokens
     return teacher(**kwargs)
+
+
+def horizon_logits(
+    teacher: torch.nn.Module,
+    context_input_ids: torch.Tensor,
+    *,
+    block_size: int,
+    vectors: torch.Tensor | None = None,
+    sink: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The teacher's logits (B, L, V) for the horizon steps, in the teacher's dtype: what
+    `horizon_log_probs` normalises. Only those positions' logits are computed where the
+    teacher can skip the others."""
+    horizon_tokens = _horizon_length(context_input_ids, block_size)
+    if vectors is None:
+        logits = _full_forward(teacher, context_input_ids, horizon_tokens).logits
+    else:
+        batch = context_input_ids.shape[0]
+        slots = _as_slots(vectors, batch, _embedding_weight(teacher).shape[1], block_size)
+        context = _single_block_context(context_input_ids, slots, block_size, -1)
+        inputs = context_inputs(teacher, [context], sink=sink)
+        logits = teacher_forward(teacher, inputs, logits_to_keep=horizon_tokens).logits
+    # the last vector predicts h_0: (B, [1+] k + L - 1, V) -> (B, L, V)
+    return logits[:, -horizon_tokens:]
+
+
+def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Float32 log-softmax of a forward's logits, over them where nothing needs their
+    gradient (the forward's output is ours alone then: one (B, L, V) float32 tensor)."""
+    if logits.requires_grad:
+        return F.log_softmax(logits.float(), dim=-1)
+    return log_softmax_owned(logits)
 
 
 def horizon_log_probs(
@@ -162,18 +198,10 @@ def horizon_log_probs(
     horizon token is not fed: under causal attention it cannot change any prediction of h.
     Runs under whatever grad mode the caller chose.
     """
-    horizon_tokens = _horizon_length(context_input_ids, block_size)
-    if vectors is None:
-        logits = _full_forward(teacher, context_input_ids, horizon_tokens).logits
-        logits = logits[:, -horizon_tokens:]
-    else:
-        batch = context_input_ids.shape[0]
-        slots = _as_slots(vectors, batch, _embedding_weight(teacher).shape[1], block_size)
-        context = _single_block_context(context_input_ids, slots, block_size, -1)
-        logits = teacher_forward(teacher, context_inputs(teacher, [context], sink=sink)).logits
-        # the last vector predicts h_0: (B, [1+] k + L - 1, V) -> (B, L, V)
-        logits = logits[:, -horizon_tokens:]
-    return F.log_softmax(logits.float(), dim=-1)  # (B, L, V)
+    logits = horizon_logits(
+        teacher, context_input_ids, block_size=block_size, vectors=vectors, sink=sink
+    )
+    return _log_probs(logits)  # (B, L, V)
 
 
 def full_log_probs_and_block_states(
@@ -207,7 +235,7 @@ def full_log_probs_and_block_states(
         out = _full_forward(teacher, context_input_ids, horizon_tokens, hidden_states=bool(layers))
     finally:
         handle.remove()
-    log_probs = F.log_softmax(out.logits[:, -horizon_tokens:].float(), dim=-1)
+    log_probs = _log_probs(out.logits[:, -horizon_tokens:])
     layer_states = select_layers(out.hidden_states, layers, block_size) if layers else None
     return log_probs, captured[-1][:, :block_size].float(), layer_states
 
@@ -271,7 +299,10 @@ class SubstitutionLoss:
     The teacher stays frozen and in eval mode (dropout would make the target noisy); the
     `full` distributions are computed without gradient, the `gist` ones with it, so the
     loss back-propagates through the teacher's forward pass into the gists only. Both are
-    in nats per horizon token, computed in float32 whatever the teacher's dtype.
+    in nats per horizon token, computed in float32 whatever the teacher's dtype: the gist
+    side by `gistnet.horizon_loss`, `chunk_bytes` of float32 logits at a time. With
+    `activation_checkpointing` the teacher's layers on the gist side keep only their
+    inputs and run again in the backward pass (`gistnet.teacher.checkpointed_layers`).
     """
 
     def __init__(
@@ -283,6 +314,8 @@ class SubstitutionLoss:
         bos_sink: bool = False,
         rest_weight: float = 1.0,
         early_tokens: int = EARLY_TOKENS,
+        activation_checkpointing: bool = False,
+        chunk_bytes: int = CHUNK_BYTES,
     ):
         if nll_weight < 0:
             raise ConfigError(f"nll_weight must be >= 0; got {nll_weight}")
@@ -297,6 +330,8 @@ class SubstitutionLoss:
         # The KL at horizon tokens past the first `early_tokens` counts rest_weight times.
         self.rest_weight = float(rest_weight)
         self.early_tokens = int(early_tokens)
+        self.activation_checkpointing = bool(activation_checkpointing)
+        self.chunk_bytes = int(chunk_bytes)
 
     def full_and_states(
         self, context_input_ids: torch.Tensor, layers: tuple[int, ...] = ()
@@ -310,6 +345,25 @@ class SubstitutionLoss:
             return full_log_probs_and_block_states(
                 self.teacher, context_input_ids, block_size=self.block_size, layers=layers
             )
+
+    def _gradient_side(self):
+        """Where the gist side's forward runs: through checkpointed layers when asked and
+        a backward pass will follow (a validation pass without gradient keeps nothing)."""
+        if not (self.activation_checkpointing and torch.is_grad_enabled()):
+            return nullcontext()
+        from gistnet.teacher import checkpointed_layers
+
+        return checkpointed_layers(self.teacher)
+
+    def _objective(self, per_token: torch.Tensor) -> torch.Tensor:
+        """The weighted mean of the per-token KL (B, L): each token's KL counts 1, those
+        past `early_tokens` rest_weight, the weights scaled to mean 1."""
+        if self.rest_weight == 1.0:
+            return per_token.mean()
+        rest = torch.ones(per_token.shape[1], device=per_token.device)
+        rest[self.early_tokens :] = self.rest_weight
+        rest = rest / rest.mean()  # mean 1: the loss stays in nats per token
+        return (rest * per_token).mean()
 
     def __call__(
         self,
@@ -325,23 +379,20 @@ class SubstitutionLoss:
                 full = horizon_log_probs(
                     self.teacher, context_input_ids, block_size=self.block_size
                 )
-        gist = horizon_log_probs(
-            self.teacher,
-            context_input_ids,
-            block_size=self.block_size,
-            vectors=gists,
-            sink=self.sink,
-        )
-        # sum_v p_full (log p_full - log p_gist), averaged over the B x L horizon tokens.
-        per_token = F.kl_div(gist, full, reduction="none", log_target=True).sum(-1)  # (B, L)
-        kl = per_token.mean()
+        with self._gradient_side():
+            logits = horizon_logits(
+                self.teacher,
+                context_input_ids,
+                block_size=self.block_size,
+                vectors=gists,
+                sink=self.sink,
+            )
         targets = horizon_targets(context_input_ids, block_size=self.block_size)
-        nll = -gist.gather(-1, targets[..., None]).mean()
-        objective = kl
-        if self.rest_weight != 1.0:
-            rest = torch.ones(per_token.shape[1], device=per_token.device)
-            rest[self.early_tokens :] = self.rest_weight
-            rest = rest / rest.mean()  # mean 1: the loss stays in nats per token
-            objective = (rest * per_token).mean()
+        # sum_v p_full (log p_full - log p_gist) and -log p_gist(h_i), each (B, L)
+        per_token, per_token_nll = horizon_kl_nll(
+            logits, full, targets, chunk_bytes=self.chunk_bytes
+        )
+        kl, nll = per_token.mean(), per_token_nll.mean()
+        objective = self._objective(per_token)
         loss = objective + self.nll_weight * nll if self.nll_weight else objective
         return loss, {"kl": kl.item(), "nll": nll.item()}
