@@ -223,6 +223,16 @@ class TrainingConfig(_Strict):
     # Training processes (DDP, one GPU each, or gloo on the CPU). Each takes its part of
     # every batch of batch_size, so the results do not depend on this number.
     processes: int = Field(default=1, ge=1)
+    # substitution only: the teacher's layers on the gist side keep only their inputs and
+    # run their forward again in the backward pass, so a long context's activations cost
+    # one layer's at a time instead of every layer's, for about a third more compute per
+    # step. Off: where the activations fit, it only costs time. Same losses and gradients.
+    activation_checkpointing: bool = False
+    # The dtype the teacher computes in while GistNet trains. auto: float32 on the CPU
+    # (half precision is slow on CPUs without bfloat16 units), the dataset's teacher_dtype
+    # on a GPU. bfloat16 pays on a GPU and on a CPU with avx512_bf16 or AMX; GistNet's own
+    # weights and the losses stay float32 whatever is chosen.
+    teacher_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
     @model_validator(mode="before")
     @classmethod
@@ -242,6 +252,11 @@ class TrainingConfig(_Strict):
                 "rest_weight weighs the KL of the horizon tokens: it needs objective: substitution"
             )
         self._check_multiblock()
+        if self.objective != "substitution" and self.activation_checkpointing:
+            raise ValueError(
+                "activation_checkpointing saves the teacher's activations on the gradient "
+                "side of the substitution objective: it needs objective: substitution"
+            )
         return self
 
     def _check_multiblock(self) -> None:

@@ -7,13 +7,16 @@ fails at once, with the advice to point at a local folder, instead of hanging in
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+import torch.utils.checkpoint
 
 from gistnet.config import GistNetConfig
 from gistnet.devices import resolve_device, torch_dtype
@@ -185,6 +188,53 @@ def trunk_of(teacher) -> torch.nn.Module:
     families (GPT2Model in GPT2LMHeadModel), but OPT's causal LM calls the decoder inside
     its base model directly, so a hook on the base model would never fire there."""
     return teacher.get_decoder()
+
+
+def decoder_layers(teacher) -> torch.nn.ModuleList:
+    """The teacher's stack of decoder layers, found without naming it per family: the
+    ModuleList among its trunk's children that holds one module per layer
+    (LlamaModel.layers, GPT2Model.h, OPTDecoder.layers, GPTNeoXModel.layers, ...)."""
+    count = layer_count(teacher.config)
+    for child in trunk_of(teacher).children():
+        if isinstance(child, torch.nn.ModuleList) and len(child) == count:
+            return child
+    raise TeacherLoadError(
+        f"found no list of {count} decoder layers in the teacher's "
+        f"{type(trunk_of(teacher)).__name__}: activation checkpointing cannot wrap its "
+        f"layers; train with activation_checkpointing: false"
+    )
+
+
+def _checkpointed(forward, *args, **kwargs):
+    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
+@contextmanager
+def checkpointed_layers(teacher):
+    """Inside this block each decoder layer of the teacher keeps only its inputs for the
+    backward pass and runs its forward again there (torch.utils.checkpoint), so a long
+    context's activations cost one layer's worth at a time rather than every layer's.
+
+    Hugging Face's own `gradient_checkpointing_enable` acts only in train mode, and the
+    teacher stays in eval mode (dropout would make the target noisy), so the layers'
+    `forward` is wrapped here, for the forwards inside the block alone: the no-gradient
+    full side outside it runs as always. The recomputation in the backward pass calls
+    the forward captured at the time, so it may come after the block has ended. In eval
+    mode the recomputed forward is the same function of the same inputs: the loss and
+    the gradients are those without checkpointing."""
+    layers = list(decoder_layers(teacher))
+    # a forward already set on the instance (accelerate's device hooks) is put back
+    own = [layer.__dict__.get("forward") for layer in layers]
+    for layer in layers:
+        layer.forward = functools.partial(_checkpointed, layer.forward)
+    try:
+        yield
+    finally:
+        for layer, forward in zip(layers, own, strict=True):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
 
 
 def _config_number(config, attributes: tuple[str, ...], purpose: str) -> int:

@@ -116,6 +116,15 @@ def lr_at(step: int, cfg: TrainingConfig) -> float:
     return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def teacher_dtype_for(cfg: TrainingConfig, metadata: dict[str, Any], device: torch.device) -> str:
+    """The dtype the teacher computes in during training: the run's `teacher_dtype`; for
+    auto float32 on the CPU, whatever dtype the states were cached in (half precision is
+    slow on a CPU without bfloat16 units), and the dataset's teacher_dtype on a GPU."""
+    if cfg.teacher_dtype != "auto":
+        return cfg.teacher_dtype
+    return "float32" if device.type == "cpu" else metadata["teacher_dtype"]
+
+
 class _Objective:
     """The loss of a batch of examples, wherever its teacher states come from.
 
@@ -146,6 +155,7 @@ class _Objective:
         self.model_config = model_config
         self.reads_teacher = model_config.token_embeddings or bool(model_config.teacher_layers)
         self.teacher = None
+        self.teacher_dtype: str | None = None  # what the teacher computes in, once loaded
         self.substitution = None
         self.multiblock = None
         if self.kind != "mse" or not cached_states or self.reads_teacher:
@@ -162,12 +172,10 @@ class _Objective:
             )
             if metadata.get("teacher_model") is None:
                 raise missing_teacher_error(what, dataset_path)
-            # float32 on the CPU for the gradient's sake (and because half precision is slow
-            # there), whatever dtype the states were cached in
-            dtype = "float32" if device.type == "cpu" else metadata["teacher_dtype"]
+            self.teacher_dtype = teacher_dtype_for(cfg, metadata, device)
             self.teacher = load_teacher_for(
                 metadata["teacher_model"],
-                dtype=dtype,
+                dtype=self.teacher_dtype,
                 device=device,
                 width=int(metadata["teacher_hidden_size"]),
                 width_of="the dataset's states",
@@ -183,6 +191,7 @@ class _Objective:
                 nll_weight=cfg.nll_weight,
                 bos_sink=model_config.bos_sink,
                 rest_weight=cfg.rest_weight,
+                activation_checkpointing=cfg.activation_checkpointing,
             )
         if self.kind == "multiblock":
             from gistnet.multiblock import MultiBlockObjective
@@ -488,6 +497,15 @@ def _save_trained(request: TrainRequest, run: _Run, result: TrainResult) -> None
             "block_size": metadata["block_size"],
             "horizon": metadata["horizon"],
         },
-        teacher={"model": metadata["teacher_model"], "dtype": metadata["teacher_dtype"]},
+        teacher=_teacher_record(metadata, run.objective.teacher_dtype),
         tokenizer=metadata["tokenizer"],
     )
+
+
+def _teacher_record(metadata: dict[str, Any], trained_dtype: str | None) -> dict[str, Any]:
+    """The checkpoint's teacher: its name and the dataset's dtype (the one the gist engine
+    loads it in), and where the run ran the teacher, the dtype it computed in then."""
+    record = {"model": metadata["teacher_model"], "dtype": metadata["teacher_dtype"]}
+    if trained_dtype is not None:
+        record["trained_dtype"] = trained_dtype
+    return record

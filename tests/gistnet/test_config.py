@@ -122,6 +122,21 @@ def test_a_rest_weight_needs_the_substitution_objective_and_a_positive_value():
     assert shipped.training.rest_weight == 2.5
 
 
+def test_the_teachers_training_dtype_is_one_of_four_and_auto_by_default():
+    assert validate_run_config({}).training.teacher_dtype == "auto"
+    for dtype in ("float32", "bfloat16", "float16"):
+        assert (
+            validate_run_config({"training": {"teacher_dtype": dtype}}).training.teacher_dtype
+            == dtype
+        )
+    with pytest.raises(ConfigError) as err:
+        validate_run_config({"training": {"teacher_dtype": "int8"}})
+    assert "training.teacher_dtype" in str(err.value)
+    assert all(
+        name in str(err.value) for name in ("'auto'", "'float32'", "'bfloat16'", "'float16'")
+    )
+
+
 # --------------------------------------------------------------------------- removed options
 
 
@@ -261,4 +276,5 @@ def test_without_a_preset_the_seeds_and_the_demos_configs_mean_what_they_did():
         "objective": "substitution", "blocks": 1, "compressed_blocks": None, "nll_weight": 0.0,
         "horizon_weighting": "uniform",
         "rest_weight": 1.0, "eval_every": 1000, "eval_examples": 256, "processes": 1,
+        "activation_checkpointing": False, "teacher_dtype": "auto",
     }  # fmt: skip
