@@ -132,9 +132,13 @@ def training_memory(
     horizon: int | None = None,
     teacher: TeacherShape | None = None,
     blocks: int = 1,
+    teacher_bytes_per_value: int = FLOAT,
+    activation_checkpointing: bool = False,
 ) -> MemoryEstimate:
     """The peak memory of one training step of GistNet `config` on `batch_size` examples
-    of `blocks` blocks GistNet reads each (the multiblock objective's windows, at most)."""
+    of `blocks` blocks GistNet reads each (the multiblock objective's windows, at most);
+    the teacher's weights and activations `teacher_bytes_per_value` each (its
+    `training.teacher_dtype`), only each layer's input kept with `activation_checkpointing`."""
     d, t, heads = config.hidden_size, config.block_size, config.num_heads
     width = int(config.mlp_ratio * d)
     parameters = gistnet_parameters(config)
@@ -153,9 +157,18 @@ def training_memory(
     teacher_bytes = 0
     if objective in ("substitution", "multiblock") and teacher is not None and horizon:
         tokens = batch_size * horizon
-        per_token = teacher.layers * (18 * teacher.width + 3 * teacher.mlp_width)
-        # Two forwards (full and gist), logits and their log-softmax for both.
-        teacher_bytes = FLOAT * (teacher.parameters + tokens * (per_token + 4 * teacher.vocab))
+        layer = 18 * teacher.width + 3 * teacher.mlp_width
+        # Checkpointed, the layers keep their inputs and one layer's activations live again
+        # at a time in the backward pass.
+        kept = teacher.layers * (teacher.width if activation_checkpointing else layer)
+        kept += layer if activation_checkpointing else 0
+        # substitution: the full side's float32 log-probabilities, the gist side's logits
+        # and their gradient in the teacher's dtype (gistnet.horizon_loss keeps no float32
+        # copy); multiblock: logits and their float32 log-softmax on both sides.
+        fused = objective == "substitution"
+        logits = (FLOAT + 2 * teacher_bytes_per_value if fused else 4 * FLOAT) * teacher.vocab
+        teacher_bytes = teacher_bytes_per_value * (teacher.parameters + tokens * kept)
+        teacher_bytes += tokens * logits
     return MemoryEstimate(
         parameters=parameters,
         model_bytes=4 * FLOAT * parameters,

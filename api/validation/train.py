@@ -92,6 +92,9 @@ def check_run_memory(
         horizon=dataset_info.get("horizon"),
         teacher=teacher,
         blocks=run.training.blocks,
+        # auto is float32 on a CPU and the dataset's dtype on a GPU: float32 is the larger
+        teacher_bytes_per_value=2 if run.training.teacher_dtype in ("bfloat16", "float16") else 4,
+        activation_checkpointing=run.training.activation_checkpointing,
     )
     if estimate.total > worker_memory:
         raise RequestProblem(

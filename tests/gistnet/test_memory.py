@@ -60,8 +60,33 @@ def test_a_multiblock_run_counts_its_teacher_and_every_block_gistnet_reads():
     common = {"batch_size": 16, "horizon": 512, "teacher": teacher}
     one = training_memory(config, objective="substitution", **common)
     many = training_memory(config, objective="multiblock", blocks=14, **common)
-    assert many.teacher_bytes == one.teacher_bytes > 4 * teacher.parameters
+    # the same teacher forwards; multiblock's loss keeps the float32 log-softmax of its
+    # logits, which the substitution objective's fused loss does not
+    tokens = 16 * 512
+    assert many.teacher_bytes - one.teacher_bytes == tokens * teacher.vocab * (16 - 12)
+    assert one.teacher_bytes > 4 * teacher.parameters
     assert many.activations_bytes == pytest.approx(14 * one.activations_bytes)
+
+
+def test_checkpointing_and_a_half_precision_teacher_lower_the_teachers_share():
+    teacher = TeacherShape(layers=30, width=576, vocab=49152, mlp_width=1536)  # SmolLM2-135M
+    model = GistNetConfig(hidden_size=576, block_size=32, num_heads=9)
+
+    def teacher_bytes(**options):
+        return training_memory(
+            model, batch_size=8, objective="substitution", horizon=1024, teacher=teacher,
+            **options,
+        ).teacher_bytes  # fmt: skip
+
+    plain = teacher_bytes()
+    checkpointed = teacher_bytes(activation_checkpointing=True)
+    half = teacher_bytes(teacher_bytes_per_value=2)
+    # 30 layers of kept activations become 30 layer inputs and one layer's activations
+    tokens = 8 * 1024
+    layer = 18 * 576 + 3 * 1536
+    assert plain - checkpointed == 4 * tokens * (30 * layer - 30 * 576 - layer)
+    # half the weights and activations, and the gist logits and their gradient in bf16
+    assert plain - half == 2 * (teacher.parameters + tokens * 30 * layer) + tokens * 4 * 49152
 
 
 def test_the_description_names_the_parts():
