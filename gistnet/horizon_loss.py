@@ -121,7 +121,8 @@ def horizon_kl_nll(
             f"logits {tuple(logits.shape)}, full log-probabilities {tuple(full.shape)} and "
             f"targets {tuple(targets.shape)} must be (B, L, V), (B, L, V) and (B, L)"
         )
-    # (B, L, V) -> (B*L, V): a view of the teacher's contiguous logits, no copy
+    # (B, L, V) -> (B*L, V): a view of the teacher's logits where they are contiguous (its
+    # own output with logits_to_keep), else one copy in their own dtype
     rows = logits.reshape(batch * length, vocab)
     kl, nll = _HorizonKLNLL.apply(
         rows,
