@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +73,11 @@ def served_model(workdir: Path, checkpoint: Path | None, teacher: Path):
     else:
         artifacts = checkpoint.resolve().parent
     database_url = f"sqlite:///{workdir}/records.sqlite"
-    return checkpoint, artifacts, database_url, record_model(
-        database_url, checkpoint.resolve(), artifacts
+    return (
+        checkpoint,
+        artifacts,
+        database_url,
+        record_model(database_url, checkpoint.resolve(), artifacts),
     )
 
 
@@ -176,6 +180,13 @@ def raw_forward(
     if threads is not None:
         torch.set_num_threads(threads)
     encoder = GistEncoder.from_checkpoint(checkpoint, device=device)
+    return encoded_blocks_per_s(encoder, batch=batch, seconds=seconds, vocab=vocab)
+
+
+def encoded_blocks_per_s(encoder, *, batch: int, seconds: float, vocab: int) -> float:
+    """Blocks/s of `encoder.encode` on batches of `batch` random blocks, after 3 untimed."""
+    import torch
+
     ids = torch.from_numpy(
         np.random.default_rng(0).integers(0, vocab, size=(batch, encoder.block_size))
     )
@@ -207,6 +218,125 @@ def wait_healthy(port: int, server: subprocess.Popen, timeout: float = 120) -> N
     raise TimeoutError("the server did not come up")
 
 
+@dataclass(frozen=True)
+class LoadSettings:
+    """How the server is run and driven: the concurrency levels, each for `seconds`, of
+    requests of `blocks_per_request` blocks; the server's device, its batching
+    (GISTNET_GIST_MAX_BATCH, GISTNET_GIST_BATCH_WAIT_MS) and torch threads (0: torch's
+    default); a warm-up of `warmup_seconds` at 4 clients first (it loads the model)."""
+
+    clients: tuple[int, ...] = (1, 8, 64)
+    blocks_per_request: int = 4
+    seconds: float = 10.0
+    device: str = "cpu"
+    max_batch: int = 64
+    wait_ms: float = 5.0
+    threads: int = 1
+    warmup_seconds: float = 2.0
+
+
+class GistServer:
+    """The real server (`gistnet serve --no-worker`) on `served` (what `served_model`
+    returns), started when made and stopped on leaving its `with` block."""
+
+    def __init__(self, workdir: Path, served: tuple, settings: LoadSettings):
+        from tools.processes import free_port
+
+        _checkpoint, artifacts, database_url, self.model_id = served
+        self.settings = settings
+        self.port = free_port(8000)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GISTNET_")}
+        env.update(
+            {
+                "GISTNET_DATABASE_URL": database_url,
+                "GISTNET_BROKER_URL": f"sqla+sqlite:///{workdir}/broker.sqlite",
+                "GISTNET_ARTIFACT_ROOT": str(artifacts),
+                "GISTNET_DATA_ROOT": str(workdir / "data"),
+                "GISTNET_DEVICE": settings.device,
+                "GISTNET_GIST_MAX_BATCH": str(settings.max_batch),
+                "GISTNET_GIST_BATCH_WAIT_MS": str(settings.wait_ms),
+                "PYTHONPATH": str(ROOT),
+            }
+        )
+        if settings.threads:
+            env["GISTNET_TORCH_THREADS"] = str(settings.threads)
+        command = [sys.executable, "-m", "tools.cli", "serve", "--no-worker"]
+        self.process = subprocess.Popen(
+            [*command, "--port", str(self.port), "--log-level", "warning"],
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+
+    def __enter__(self) -> GistServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from tools.processes import stop_process
+
+        stop_process(self.process)
+
+    def wait_healthy(self) -> None:
+        wait_healthy(self.port, self.process)
+
+    def drive_levels(self, *, vocab: int, block_size: int) -> dict[int, dict]:
+        """POST /gist with random blocks at each concurrency level in turn, after the
+        warm-up (which loads the model): {clients: drive's figures}."""
+        settings = self.settings
+        rng = np.random.default_rng(1)
+        shape = (settings.blocks_per_request, block_size)
+        bodies = [
+            json.dumps(
+                {"model_id": self.model_id, "blocks": rng.integers(0, vocab, shape).tolist()}
+            ).encode()
+            for _ in range(128)
+        ]
+        drive(self.port, clients=4, seconds=settings.warmup_seconds, bodies=bodies)
+        results = {}
+        for clients in settings.clients:
+            results[clients] = r = drive(
+                self.port, clients=clients, seconds=settings.seconds, bodies=bodies
+            )
+            print(
+                f"{clients:>3} clients: {r['requests_per_s']:8.1f} req/s  "
+                f"{r['requests_per_s'] * settings.blocks_per_request:8.1f} blocks/s  "
+                f"p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  errors {r['errors']}",
+                flush=True,
+            )
+        return results
+
+
+def drive_server(
+    workdir: Path, served: tuple, settings: LoadSettings, *, vocab: int, block_size: int
+) -> dict[int, dict]:
+    """Start the server on `served`, drive each concurrency level, stop it."""
+    with GistServer(workdir, served, settings) as server:
+        server.wait_healthy()
+        return server.drive_levels(vocab=vocab, block_size=block_size)
+
+
+def load_table(results: dict[int, dict], raw: float, blocks_per_request: int) -> str:
+    """drive_server's figures beside the raw forward's blocks/s, as a markdown table."""
+    from bench.report import table
+
+    rows = []
+    for clients, r in results.items():
+        blocks = r["requests_per_s"] * blocks_per_request
+        rows.append(
+            [
+                clients,
+                f"{r['requests_per_s']:,.1f}",
+                f"{blocks:,.0f}",
+                f"{r['p50_ms']:.1f}",
+                f"{r['p99_ms']:.1f}",
+                f"{blocks / raw:.0%}",
+                r["errors"],
+            ]
+        )
+    headers = ["clients", "requests/s", "blocks/s", "p50 ms", "p99 ms", "of raw", "errors"]
+    return table(headers, rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", default="1,8,64", help="comma-separated concurrency levels")
@@ -231,16 +361,21 @@ def main() -> int:
         help="the docs/benchmarks.md section written (bench:NAME markers): one per teacher",
     )
     args = parser.parse_args()
-    levels = [int(c) for c in args.clients.split(",")]
+    settings = LoadSettings(
+        clients=tuple(int(c) for c in args.clients.split(",")),
+        blocks_per_request=args.blocks_per_request,
+        seconds=args.seconds,
+        device=args.device,
+        max_batch=args.max_batch,
+        wait_ms=args.wait_ms,
+        threads=args.threads,
+    )
     load_before = os.getloadavg()[0]
-
-    from tools.processes import free_port, stop_process
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        checkpoint, artifacts, database_url, model_id = served_model(
-            workdir, args.checkpoint, args.teacher
-        )
+        served = served_model(workdir, args.checkpoint, args.teacher)
+        checkpoint = served[0]
 
         from gistnet.checkpoint import read_checkpoint_info
 
@@ -254,66 +389,7 @@ def main() -> int:
             if teacher_dir.resolve() == SAMPLE_TEACHER.resolve()
             else f"{teacher_dir.name} (`{teacher_config['model_type']}`)"
         )
-
-        port = free_port(8000)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GISTNET_")}
-        env.update(
-            {
-                "GISTNET_DATABASE_URL": database_url,
-                "GISTNET_BROKER_URL": f"sqla+sqlite:///{workdir}/broker.sqlite",
-                "GISTNET_ARTIFACT_ROOT": str(artifacts),
-                "GISTNET_DATA_ROOT": str(workdir / "data"),
-                "GISTNET_DEVICE": args.device,
-                "GISTNET_GIST_MAX_BATCH": str(args.max_batch),
-                "GISTNET_GIST_BATCH_WAIT_MS": str(args.wait_ms),
-                "PYTHONPATH": str(ROOT),
-            }
-        )
-        if args.threads:
-            env["GISTNET_TORCH_THREADS"] = str(args.threads)
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tools.cli",
-                "serve",
-                "--no-worker",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-            cwd=ROOT,
-            start_new_session=True,
-        )
-        rng = np.random.default_rng(1)
-        bodies = [
-            json.dumps(
-                {
-                    "model_id": model_id,
-                    "blocks": rng.integers(
-                        0, vocab, (args.blocks_per_request, block_size)
-                    ).tolist(),
-                }
-            ).encode()
-            for _ in range(128)
-        ]
-        results = {}
-        try:
-            wait_healthy(port, server)
-            drive(port, clients=4, seconds=2, bodies=bodies)  # loads the model, warms up
-            for clients in levels:
-                results[clients] = drive(port, clients=clients, seconds=args.seconds, bodies=bodies)
-                r = results[clients]
-                print(
-                    f"{clients:>3} clients: {r['requests_per_s']:8.1f} req/s  "
-                    f"{r['requests_per_s'] * args.blocks_per_request:8.1f} blocks/s  "
-                    f"p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  errors {r['errors']}",
-                    flush=True,
-                )
-        finally:
-            stop_process(server)
+        results = drive_server(workdir, served, settings, vocab=vocab, block_size=block_size)
         raw = raw_forward(
             checkpoint,
             device=args.device,
@@ -324,20 +400,6 @@ def main() -> int:
         )
         print(f"raw forward, batches of {args.max_batch}: {raw:.1f} blocks/s")
 
-    rows = []
-    for clients, r in results.items():
-        blocks = r["requests_per_s"] * args.blocks_per_request
-        rows.append(
-            [
-                clients,
-                f"{r['requests_per_s']:,.1f}",
-                f"{blocks:,.0f}",
-                f"{r['p50_ms']:.1f}",
-                f"{r['p99_ms']:.1f}",
-                f"{blocks / raw:.0%}",
-                r["errors"],
-            ]
-        )
     top = max(results)
     share = results[top]["requests_per_s"] * args.blocks_per_request / raw
     verdict = "met" if share >= TARGET else "NOT met"
@@ -345,7 +407,7 @@ def main() -> int:
     if args.no_write:
         return 0
 
-    from bench.report import machine, table, write_section
+    from bench.report import machine, write_section
 
     title = "" if teacher_name == "the sample teacher" else f", {teacher_name}"
     chosen = "" if args.checkpoint is None else f" --checkpoint {args.checkpoint}"
@@ -365,8 +427,7 @@ def main() -> int:
         f"Raw batched forward (teacher + GistNet, no HTTP, batches of {args.max_batch}): "
         f"**{raw:,.0f} blocks/s**.  \n"
         f"Target: at {top} clients, at least {TARGET:.0%} of the raw throughput: "
-        f"**{share:.0%}, {verdict}**.\n\n"
-        + table(["clients", "requests/s", "blocks/s", "p50 ms", "p99 ms", "of raw", "errors"], rows)
+        f"**{share:.0%}, {verdict}**.\n\n" + load_table(results, raw, args.blocks_per_request)
     )
     print(f"wrote {write_section(args.section, body)}")
     return 0
