@@ -1,7 +1,15 @@
-"""`bench.flops`: the FLOPs counted from the shapes are those torch's own counter counts on
-the same models."""
+"""`bench.speed`: the FLOPs it counts from the shapes are those torch's own counter counts
+on the same models, and its smoke mode runs every path and reports each with finite,
+positive figures."""
 
 from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +21,7 @@ from gistnet.config import GistNetConfig
 from gistnet.memory import TeacherShape
 from gistnet.model import GistNet
 
+ROOT = Path(__file__).resolve().parents[2]
 BATCH, TOKENS, LOGITS = 2, 40, 16
 SMOLLM2 = TeacherShape(
     layers=30, width=576, vocab=49152, mlp_width=1536, kv_width=192, gated_mlp=True
@@ -104,3 +113,57 @@ def test_a_smollm2_substitution_example_costs_issue_22s_33_gflop():
     assert step["total"] == step["full"] + step["gist_side"] + step["gistnet"]
     # The gist side reads one vector where the full side reads the 32-token block.
     assert step["gist_side"] > step["full"]
+
+
+def _figures(value, path=""):
+    """Every number under `value` with where it is, bools and error counts aside."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key != "errors":
+                yield from _figures(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _figures(item, f"{path}[{i}]")
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield path, value
+
+
+def test_the_smoke_run_reports_every_path_with_finite_positive_figures(tmp_path):
+    docs = ROOT / "docs" / "benchmarks.md"
+    before = docs.read_bytes() if docs.exists() else None
+    out = tmp_path / "speed.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.speed", "--smoke", "--json", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(out.read_text())
+    results, markdown = report["results"], report["markdown"]
+
+    expected = {"bound", "training", "evaluation", "gist_raw", "gist_http", "preparation"}
+    expected |= {"memory", "checkpointing", "horizon_loss", "large", "verdicts"}
+    assert set(results) == expected
+    runs = {(r["model"], r["dtype"]) for r in results["training"]}
+    assert runs == {(m, d) for m in ("default", "shipped") for d in ("float32", "bfloat16")}
+    assert [r["clients"] for r in results["gist_http"]] == [1, 8, 64]
+    assert all(r["errors"] == 0 for r in results["gist_http"])
+    assert [p["states"] for p in results["preparation"]] == ["none", "cache"]
+    assert [m["checkpointing"] for m in results["checkpointing"]] == [False, True]
+    assert [r["formula"] for r in results["horizon_loss"]][0].startswith("fused")
+    assert results["large"] and results["verdicts"]
+    assert all(isinstance(v["met"], bool) for v in results["verdicts"])
+    figures = list(_figures(results))
+    assert len(figures) > 100
+    bad = [(path, v) for path, v in figures if not (math.isfinite(v) and v > 0)]
+    assert not bad
+
+    for heading in ("The bound", "Hot paths", "Memory", "Large random shapes", "Verdicts"):
+        assert f"### {heading}" in markdown
+    assert "Command: `python -m bench.speed --smoke" in markdown
+    assert markdown.count("**met**") + markdown.count("**NOT met**") == len(results["verdicts"])
+    assert (docs.read_bytes() if docs.exists() else None) == before  # smoke writes no docs
