@@ -2,8 +2,9 @@
 
 A checkpoint is a plain dict of tensors, numbers and strings saved with torch.save and read
 back with `weights_only=True`, so loading one never unpickles code; or a folder in Hugging
-Face's layout (gistnet.pretrained; `export_pretrained` writes one from a checkpoint). Every
-reader of a trained model here takes either. Two kinds:
+Face's layout (gistnet.pretrained; training writes one beside its gistnet.pt,
+`export_pretrained` one from a checkpoint). Every reader of a trained model here takes
+either. Two kinds:
 
     gistnet.pt   the trained model: weights, its config, the run's configs and metrics,
                  the dataset, teacher and tokenizer it was trained with
@@ -47,11 +48,15 @@ def save_checkpoint(
     dataset: dict[str, Any],
     teacher: dict[str, Any],
     tokenizer: str | None,
+    folder: str | Path | None = None,
 ) -> Path:
     """Write atomically: a crash mid-save never leaves a truncated file under `path`.
 
-    The teacher's model and the tokenizer may be None when the dataset did not name them
-    (an mse run on a shard without metadata); the gist engine then asks for them.
+    With `folder`, the same model is also written there as a Hugging Face style folder
+    (gistnet.pretrained, whole or not at all), from the same record: the teacher's
+    weights are hashed once for both. The teacher's model and the tokenizer may be None
+    when the dataset did not name them (an mse run on a shard without metadata); the gist
+    engine then asks for them.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,6 +76,8 @@ def save_checkpoint(
     }
     with atomic_write(path, what=f"the checkpoint {path.name}") as tmp:
         torch.save(payload, tmp)
+    if folder is not None:
+        save_pretrained(folder, state_dict=payload["state_dict"], info=_info(payload))
     return path
 
 

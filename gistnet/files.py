@@ -70,35 +70,60 @@ def atomic_write(
     block succeeds the temporary is flushed to disk and renamed to `path`, so a reader
     finds the whole of it or nothing; when it fails the temporary is removed.
 
+    A folder replaces an earlier folder of the same name (see `_replace`).
+
     `shared`: other processes may write `path` at the same moment, so each gets a temporary
     of its own (hidden, so a folder's publish skips it); otherwise the one `<name>.tmp`,
-    which a rerun overwrites and the cleanups know. `what` names what is written, so that
-    a full disk raises DiskFullError saying so (see `disk_full_named`)."""
+    which a rerun replaces (what a killed writer left there is removed first) and the
+    cleanups know. `what` names what is written, so that a full disk raises DiskFullError
+    saying so (see `disk_full_named`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if shared:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     else:
         tmp = path.with_name(f"{path.name}.tmp")
+        _remove(tmp)  # a file would be overwritten, but a folder's mkdir would fail
     named = disk_full_named(path.parent, what=what) if what else contextlib.nullcontext()
     with named:
         try:
             yield tmp
-            _sync(tmp)
-            os.replace(tmp, path)
+            _sync_written(tmp)
+            _replace(tmp, path)
         except BaseException:
             _remove(tmp)
             raise
         _sync(path.parent)
 
 
+def _replace(tmp: Path, path: Path) -> None:
+    """Rename `tmp` to `path`. A rename cannot replace a folder that holds files, so an
+    earlier folder is first renamed aside (hidden) and removed after: a reader finds the
+    old folder whole, the new one whole, or for that instant none, never a mix of both."""
+    if not (tmp.is_dir() and path.is_dir() and not path.is_symlink()):
+        os.replace(tmp, path)
+        return
+    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(path, old)
+    os.replace(tmp, path)
+    _remove(old)
+
+
 def _sync(path: Path) -> None:
-    """Flush a file's bytes (or a folder's entries) to the disk before a rename names it."""
+    """Flush a file's bytes, or a folder's entries, to the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _sync_written(path: Path) -> None:
+    """Flush what the block wrote before a rename names it: a file, or a folder with
+    everything in it."""
+    inner = [p for p in path.rglob("*") if not p.is_symlink()] if path.is_dir() else []
+    for each in (*inner, path):
+        _sync(each)
 
 
 def _remove(path: Path) -> None:

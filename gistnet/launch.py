@@ -47,6 +47,8 @@ from gistnet.train_request import TrainRequest
 # torch.distributed.run's checks on its ranks: how often it looks (a dead rank is noticed
 # within this) and, once one failed, how long the others get to exit before SIGKILL.
 MONITOR_INTERVAL_S = 0.5
+# The fields of TrainResult that are paths: strings in result.json.
+_PATHS = ("checkpoint_path", "pretrained_path")
 
 
 class TrainingProcessFailed(GistNetError):
@@ -155,7 +157,8 @@ def launch_training(
         if launcher.returncode != 0 or not result_file.exists():
             _raise_rank_error(run_dir, launcher.returncode)
         result = json.loads(result_file.read_text())
-        result["checkpoint_path"] = Path(result["checkpoint_path"])
+        for name in _PATHS:
+            result[name] = Path(result[name]) if result[name] is not None else None
         return TrainResult(**result)
     finally:
         if launcher.poll() is None:  # the caller gave up (an exception in a callback)
@@ -211,7 +214,8 @@ def rank_main(run_dir: str | Path) -> int:
         )
         return 1
     if ranks.is_main:
-        payload = {**asdict(result), "checkpoint_path": str(result.checkpoint_path)}
+        payload = asdict(result)
+        payload.update({name: str(payload[name]) for name in _PATHS if payload[name] is not None})
         with atomic_write(run_dir / "result.json") as tmp:
             tmp.write_text(json.dumps(payload))
     return 0

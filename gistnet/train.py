@@ -35,6 +35,9 @@ from gistnet.shards import ShardSet, open_shard_set
 from gistnet.train_request import TrainRequest
 
 CHECKPOINT_NAME = "gistnet.pt"
+# Beside it, the same model as a Hugging Face style folder (gistnet.pretrained):
+# GistNet.from_pretrained and every checkpoint reader open it.
+PRETRAINED_NAME = "gistnet"
 
 
 @dataclass
@@ -59,6 +62,7 @@ class TrainResult:
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from_step: int | None = None
+    pretrained_path: Path | None = None  # the folder beside the checkpoint
 
 
 def model_config_for(run: RunConfig, metadata: dict[str, Any]) -> GistNetConfig:
@@ -407,7 +411,9 @@ def train_gistnet(
     should_cancel: Callable[[], bool] | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
 ) -> TrainResult:
-    """Train GistNet as `request` asks; save `<request.output_dir>/gistnet.pt`.
+    """Train GistNet as `request` asks; save `<request.output_dir>/gistnet.pt` and the same
+    model as the folder `<request.output_dir>/gistnet/` (config.json, model.safetensors,
+    run.yaml, README.md: gistnet.pretrained).
 
     `request.dataset` is a dataset folder (then the settings' split, default train, picks
     the split), a glob of a split's shard files, or one shard file. A split of many shards
@@ -461,6 +467,7 @@ def train_gistnet(
                 on_checkpoint(request.resume_path)
     result = TrainResult(
         checkpoint_path=request.output_dir / CHECKPOINT_NAME,
+        pretrained_path=request.output_dir / PRETRAINED_NAME,
         steps=cfg.max_steps,
         final_loss=history[-1]["loss"] if history else float("nan"),
         running_loss=sum(recent) / len(recent) if recent else float("nan"),
@@ -499,6 +506,7 @@ def _save_trained(request: TrainRequest, run: _Run, result: TrainResult) -> None
         },
         teacher=_teacher_record(metadata, run.objective.teacher_dtype),
         tokenizer=metadata["tokenizer"],
+        folder=result.pretrained_path,
     )
 
 

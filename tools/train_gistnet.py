@@ -7,6 +7,9 @@
 or a dataset folder (with --split, default train). It and --output-dir may be object-store
 URLs (s3://bucket/prefix/train.arrow, or the dataset's folder): the shards are read through
 the local cache (GISTNET_CACHE_DIR) and the checkpoint published.
+The run writes --output-dir/gistnet.pt (what resuming, evaluation and serving read) and the
+same model as the Hugging Face style folder --output-dir/gistnet/ (config.json,
+model.safetensors, run.yaml, README.md; GistNet.from_pretrained opens it).
 `training.processes: N` in the run config trains over N processes (DDP).
 --tensorboard DIR writes TensorBoard event files; --mlflow URI|DIR logs an MLflow run
 (the run config as parameters, each step's losses, the checkpoint as an artifact).
@@ -21,6 +24,7 @@ from gistnet.checkpoint import read_checkpoint_info
 from gistnet.config import load_run_file
 from gistnet.errors import GistNetError
 from gistnet.launch import launch_training
+from gistnet.pretrained import CONFIG_NAME
 from gistnet.storage import is_url, join, open_local_dataset, writing_to
 from gistnet.tracking import Tracking, TrackingSettings
 from gistnet.train import TrainProgress
@@ -37,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--split", help="split to train on when --dataset is a folder (train)")
     parser.add_argument("--config", required=True, help="run config (YAML)")
-    parser.add_argument("--output-dir", default="artifacts/gistnet", help="where gistnet.pt goes")
+    parser.add_argument(
+        "--output-dir",
+        default="artifacts/gistnet",
+        help="where gistnet.pt and the folder gistnet/ go",
+    )
     parser.add_argument("--max-steps", type=int, help="override training.max_steps")
     parser.add_argument(
         "--log-every",
@@ -97,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             log(p)
             tracking.progress(p)
 
-        with writing_to(args.output_dir) as output, tracking:
+        # config.json last: a reader that finds it finds the folder's weights too.
+        with writing_to(args.output_dir, last=(CONFIG_NAME,)) as output, tracking:
             request = TrainRequest(
                 dataset=dataset,
                 output_dir=output,
@@ -110,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             tracking.log_artifacts(result.checkpoint_path)
         if is_url(args.output_dir):
             result.checkpoint_path = join(args.output_dir, result.checkpoint_path.name)
+            result.pretrained_path = join(args.output_dir, result.pretrained_path.name)
     except GistNetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -131,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     val = f", val_loss {result.val_loss:.5f}" if result.val_loss is not None else ""
     print(
         f"trained {result.steps} steps in {result.seconds:.1f} s: final loss {result.final_loss:.5f}"
-        f" (running {result.running_loss:.5f}){val} -> {result.checkpoint_path}"
+        f" (running {result.running_loss:.5f}){val} -> {result.checkpoint_path} and the "
+        f"folder {result.pretrained_path}/ (GistNet.from_pretrained)"
     )
     return 0
 

@@ -1,5 +1,6 @@
 """The training task's work: a dataset split, its run as the API stored it, and what the
-run is logged to; the checkpoint published and the model recorded."""
+run is logged to; the checkpoint and the model's folder published (jobs/<id>/gistnet.pt,
+jobs/<id>/gistnet/) and the model recorded."""
 
 from __future__ import annotations
 
@@ -81,7 +82,8 @@ def _tracking(run: JobRun, train_settings, output: Path):
 def train(run: JobRun) -> Outcome:
     from gistnet.checkpoint import read_checkpoint_info
     from gistnet.launch import launch_training
-    from gistnet.train import CHECKPOINT_NAME
+    from gistnet.pretrained import CONFIG_NAME
+    from gistnet.train import CHECKPOINT_NAME, PRETRAINED_NAME
     from gistnet.train_request import TrainRequest, TrainSettings
 
     settings = run.settings
@@ -133,6 +135,11 @@ def train(run: JobRun) -> Outcome:
             tracking.log_artifacts(result.checkpoint_path)
         checkpoint = f"{relative}/{CHECKPOINT_NAME}"
         store.publish(result.checkpoint_path, checkpoint)
+        # The same model as a folder, in the job's folder beside it (a DELETE of the model
+        # removes that folder); config.json last, so whoever finds it finds the weights.
+        store.publish_folder(
+            result.pretrained_path, f"{relative}/{PRETRAINED_NAME}", last=(CONFIG_NAME,)
+        )
         if tracking.settings.tensorboard is not None and not store.is_local:
             store.publish_folder(tracking.settings.tensorboard, f"{relative}/tensorboard")
         info = read_checkpoint_info(result.checkpoint_path)
@@ -169,5 +176,3 @@ def train(run: JobRun) -> Outcome:
 
 def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
-
-

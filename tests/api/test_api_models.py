@@ -79,9 +79,12 @@ def test_a_model_goes_with_its_evaluations_and_checkpoint_once_none_runs(
     assert busy.status_code == 409
     assert f"being evaluated by job {queued['job_id']}" in busy.json()["detail"]
     assert checkpoint.exists()
+    folder = checkpoint.parent / "gistnet"  # the training run's model folder
+    assert (folder / "model.safetensors").is_file()
 
     _cancel(client, queued["job_id"])
     assert client.delete(f"/models/{model['id']}").status_code == 204
+    assert not checkpoint.exists() and not folder.exists()
     assert not checkpoint.parent.exists()
     assert client.get(f"/models/{model['id']}").status_code == 404
     assert client.get(f"/evaluations/{queued['evaluation_id']}").status_code == 404

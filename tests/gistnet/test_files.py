@@ -80,3 +80,20 @@ def test_a_full_disk_names_what_was_written_and_frees_its_space(tmp_path):
             with atomic_write(Path(disk) / "part.json", what="the part manifest") as tmp:
                 tmp.write_bytes(b"x" * (1 << 20))
         assert list(disk.iterdir()) == []
+
+
+def test_a_folder_replaces_an_earlier_folder_whole_and_a_killed_writers_temporary(tmp_path):
+    target = tmp_path / "gistnet"
+    target.mkdir()
+    (target / "model.safetensors").write_text("old weights")
+    (target / "old-only.txt").write_text("gone with the old folder")
+    stale = tmp_path / "gistnet.tmp"  # what a writer killed mid-folder leaves
+    stale.mkdir()
+    (stale / "model.safetensors").write_text("half")
+    with atomic_write(target) as tmp:
+        tmp.mkdir()
+        (tmp / "model.safetensors").write_text("new weights")
+        (tmp / "config.json").write_text("{}")
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]
+    assert (target / "model.safetensors").read_text() == "new weights"
+    assert os.listdir(tmp_path) == ["gistnet"]  # no temporary, no old folder aside

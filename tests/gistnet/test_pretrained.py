@@ -1,5 +1,6 @@
 """gistnet.pretrained: a checkpoint as a Hugging Face style folder that loads where a
-checkpoint loads, gives the same gists, carries its card, and is tied to its teacher."""
+checkpoint loads, gives the same gists, carries its card, and is tied to its teacher; every
+training run writes one beside its checkpoint."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from gistnet.checkpoint import export_pretrained, load_checkpoint, read_checkpoint_info
@@ -29,15 +31,25 @@ from tests.conftest import SAMPLE_TEACHER
 BLOCKS = torch.tensor([[5] * 32, list(range(3, 35))])
 
 
-@pytest.fixture(scope="module")
-def checkpoint(small_dataset, tmp_path_factory):
-    run = validate_run_config({"training": {"max_steps": 2, "batch_size": 4, "device": "cpu"}})
-    out = tmp_path_factory.mktemp("pretrained")
+def _train(dataset, out, *, seed: int = 0):
+    run = validate_run_config(
+        {"training": {"max_steps": 2, "batch_size": 4, "device": "cpu", "seed": seed}}
+    )
     return train_gistnet(
         TrainRequest(
-            dataset=small_dataset / "train.arrow", output_dir=out, settings=TrainSettings(run=run)
+            dataset=dataset / "train.arrow", output_dir=out, settings=TrainSettings(run=run)
         )
-    ).checkpoint_path
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(small_dataset, tmp_path_factory):
+    return _train(small_dataset, tmp_path_factory.mktemp("pretrained"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(trained):
+    return trained.checkpoint_path
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +75,10 @@ def test_the_folder_holds_what_other_tools_read_and_loads_as_the_checkpoint(chec
     )
     config = json.loads((folder / CONFIG_NAME).read_text())
     assert config["model_config"]["block_size"] == 32
-    assert config["dataset"]["fingerprint"] == read_checkpoint_info(checkpoint)["dataset"][
-        "fingerprint"
-    ]
+    assert (
+        config["dataset"]["fingerprint"]
+        == read_checkpoint_info(checkpoint)["dataset"]["fingerprint"]
+    )
     model, _ = load_checkpoint(checkpoint)
     weights = load_file(str(folder / WEIGHTS_NAME))  # safetensors' own reader
     assert weights.keys() == model.state_dict().keys()
@@ -127,3 +140,43 @@ def test_the_model_saves_and_loads_itself_as_a_folder(checkpoint, tmp_path):
     for name, tensor in model.state_dict().items():
         assert torch.equal(again.state_dict()[name], tensor)
     assert read_checkpoint_info(folder)["teacher"] == info["teacher"]
+
+
+def _same_weights(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_training_run_writes_its_folder_beside_the_checkpoint(trained):
+    from gistnet.model import GistNet
+
+    folder = trained.pretrained_path
+    assert folder == trained.checkpoint_path.parent / "gistnet"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [CONFIG_NAME, WEIGHTS_NAME, RUN_NAME, CARD_NAME]
+    )
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["gistnet", "gistnet.pt"]
+    model, info = load_checkpoint(trained.checkpoint_path)
+    assert _same_weights(GistNet.from_pretrained(folder).state_dict(), model.state_dict())
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    assert config["teacher"]["weights_sha256"] == teacher_weights_sha256(SAMPLE_TEACHER)
+    assert config["dataset"] == info["dataset"] and config["metrics"] == info["metrics"]
+    assert yaml.safe_load((folder / RUN_NAME).read_text())["training"]["max_steps"] == 2
+    assert "No evaluation yet" in (folder / CARD_NAME).read_text()
+    # Every reader of a checkpoint takes the folder: the same gists.
+    assert torch.equal(
+        GistEncoder.from_checkpoint(folder).encode(BLOCKS),
+        GistEncoder.from_checkpoint(trained.checkpoint_path).encode(BLOCKS),
+    )
+
+
+def test_a_run_again_into_the_same_folder_replaces_its_model_folder(small_dataset, tmp_path):
+    from gistnet.model import GistNet
+
+    first = _train(small_dataset, tmp_path)
+    before = GistNet.from_pretrained(first.pretrained_path).state_dict()
+    (tmp_path / "gistnet.tmp").mkdir()  # what a run killed mid-save leaves behind
+    again = _train(small_dataset, tmp_path, seed=1)
+    model, _ = load_checkpoint(again.checkpoint_path)
+    after = GistNet.from_pretrained(again.pretrained_path).state_dict()
+    assert _same_weights(after, model.state_dict()) and not _same_weights(after, before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gistnet", "gistnet.pt"]

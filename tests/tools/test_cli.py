@@ -77,6 +77,10 @@ def test_prepare_then_train_from_the_command_line(tmp_path):
     assert "val_loss" in train.stdout
     info = read_checkpoint_info(tmp_path / "artifacts" / "gistnet" / "gistnet.pt")
     assert info["metrics"]["steps"] == 10
+    # Beside the checkpoint, the same model as a Hugging Face style folder, named.
+    folder = tmp_path / "artifacts" / "gistnet" / "gistnet"
+    assert "and the folder artifacts/gistnet/gistnet/ (GistNet.from_pretrained)" in train.stdout
+    assert read_checkpoint_info(folder)["metrics"] == info["metrics"]
 
 
 def test_bad_config_exits_with_a_message_not_a_traceback(tmp_path):

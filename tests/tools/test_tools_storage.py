@@ -65,6 +65,9 @@ def test_prepare_train_on_two_processes_and_evaluate_with_s3_urls(
     assert f"-> s3://{bucket}/runs/one/gistnet.pt" in trained.stdout
     assert trained.stdout.count("step      6/6") == 1  # rank 0 alone prints
     assert fs.exists(f"{bucket}/runs/one/gistnet.pt")
+    assert f"and the folder s3://{bucket}/runs/one/gistnet/" in trained.stdout
+    for name in ("config.json", "model.safetensors", "run.yaml", "README.md"):
+        assert fs.exists(f"{bucket}/runs/one/gistnet/{name}"), name
 
     code = evaluate_gistnet.main(
         [

@@ -108,6 +108,10 @@ def test_flow_prepares_trains_evaluates_and_serves_gists_from_the_bucket(
     model = s3_client.get(f"/models/{job['result']['model_id']}").json()
     assert store.exists(model["checkpoint_path"])
     assert not store.exists(f"jobs/{job['id']}/resume.pt")  # removed once recorded
+    # Beside the checkpoint in the bucket, the same model as a Hugging Face style folder.
+    folder_key, folder = f"jobs/{job['id']}/gistnet", s3_stack.root / "model-folder"
+    for name in ("config.json", "model.safetensors", "run.yaml", "README.md"):
+        assert store.download(f"{folder_key}/{name}", folder / name), name
 
     accepted = s3_client.post(
         "/evaluations",
@@ -127,11 +131,18 @@ def test_flow_prepares_trains_evaluates_and_serves_gists_from_the_bucket(
     assert checkpoint.is_relative_to(s3_stack.settings.cache_dir.resolve())
     direct = GistEncoder.from_checkpoint(checkpoint, device="cpu").encode(torch.tensor(blocks))
     np.testing.assert_allclose(answer.json()["gists"], direct.numpy(), rtol=1e-5, atol=1e-5)
+    from_folder = GistEncoder.from_checkpoint(folder, device="cpu").encode(torch.tensor(blocks))
+    assert torch.equal(from_folder, direct)
 
     # Nothing went to a local artifact folder, and no temporary upload was left behind.
     assert not (s3_stack.root / "artifacts").exists()
     assert not [p for p in s3.filesystem().find(s3_stack.bucket) if UPLOADING in p]
     assert s3_client.get("/ready").json()["checks"]["artifacts"] == "ok"
+
+    # A deleted model takes its checkpoint and its folder out of the bucket.
+    assert s3_client.delete(f"/models/{model['id']}").status_code == 204
+    assert not store.exists(model["checkpoint_path"])
+    assert not store.glob(f"{folder_key}/*")
 
 
 def test_a_compressed_corpus_in_the_bucket_is_prepared_in_parts_and_trained_on(
