@@ -106,18 +106,31 @@ def batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> n
     return np.sort(out)  # sorted reads are sequential in the memory-mapped file
 
 
-def lr_at(step: int, cfg: TrainingConfig) -> float:
-    """Linear warm-up, then cosine decay to `final_lr_ratio` of the peak (a tenth by default).
+def lr_schedule(
+    optimizer: torch.optim.Optimizer, cfg: TrainingConfig, *, start_step: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """transformers' linear warm-up then cosine decay to `final_lr_ratio` of `cfg.lr`
+    (`get_cosine_with_min_lr_schedule_with_warmup`), set for training step `start_step`:
+    step it after each optimizer step. Its position is a function of the step alone, so
+    a resumed run builds it at the step it resumes from (transformers' `last_epoch`).
 
-    After the warm-up this is transformers' `get_cosine_with_min_lr_schedule_with_warmup`
-    (tests/gistnet/test_train.py holds them equal); its warm-up starts at lr 0 on the first
-    step where this one starts at lr/warmup, so this one stays: every shipped run's losses
-    were measured with it."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.max_steps - cfg.warmup)
-    floor = cfg.final_lr_ratio
-    return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    The schedule's position 0 is lr 0, a step that would train nothing: with a warm-up,
+    training step s takes position s + 1, so the first step trains at lr/warmup and the
+    last of max_steps at the floor. Against the schedule before this one (lr_at, until
+    this commit): the warm-up's lrs are the same, then its peak is held for one step
+    instead of two and every later step takes the lr the old one gave the step after:
+    the decay runs one step earlier (docs/quality.md, "Learning rate")."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    for group in optimizer.param_groups:
+        group["initial_lr"] = cfg.lr  # the peak the schedule scales, after a resume too
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer,
+        num_warmup_steps=cfg.warmup,
+        num_training_steps=cfg.max_steps,
+        min_lr_rate=cfg.final_lr_ratio,
+        last_epoch=start_step + (1 if cfg.warmup else 0) - 1,
+    )
 
 
 def teacher_dtype_for(cfg: TrainingConfig, metadata: dict[str, Any], device: torch.device) -> str:
@@ -297,7 +310,8 @@ def _validation_set(train_paths: list[Path], metadata: dict[str, Any]) -> ShardS
 @dataclass
 class _Run:
     """What the loop works with, opened from a request: the data, the model with its DDP
-    wrapper (`trained`, the model itself in one process), the optimizer and the objective."""
+    wrapper (`trained`, the model itself in one process), the optimizer with its lr
+    schedule (set for step 0) and the objective."""
 
     cfg: TrainingConfig
     ranks: Ranks
@@ -308,6 +322,7 @@ class _Run:
     model: GistNet
     trained: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
     objective: _Objective
 
 
@@ -344,28 +359,40 @@ def _open_run(request: TrainRequest, ranks: Ranks) -> _Run:
         dataset_path=request.dataset,
         model_config=model_cfg,
     )
+    scheduler = lr_schedule(optimizer, cfg)
     return _Run(
-        cfg, ranks, device, data, validation, metadata, model, trained, optimizer, objective
+        cfg,
+        ranks,
+        device,
+        data,
+        validation,
+        metadata,
+        model,
+        trained,
+        optimizer,
+        scheduler,
+        objective,
     )
 
 
 def _resumed(request: TrainRequest, run: _Run) -> tuple[int, list[dict[str, Any]]]:
     """(the step to start from, the history so far): where the request's resume checkpoint
-    left off, with the model and optimizer as they were there; (0, []) without one."""
+    left off, with the model and optimizer as they were there and the lr schedule at that
+    step; (0, []) without one."""
     if request.resume_path is None or not request.resume_path.is_file():
         return 0, []
-    return load_resume(
+    step, history = load_resume(
         request.resume_path, model=run.model, optimizer=run.optimizer, device=run.device
     )
+    run.scheduler = lr_schedule(run.optimizer, run.cfg, start_step=step)
+    return step, history
 
 
 def _train_step(run: _Run, step: int) -> tuple[float, dict[str, float], float]:
     """One optimizer step on the step's batch, this rank's part of it -> (the whole batch's
-    mean loss, the objective's parts, the learning rate)."""
+    mean loss, the objective's parts, the learning rate the step trained at)."""
     cfg, ranks = run.cfg, run.ranks
-    lr = lr_at(step, cfg)
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
+    lr = run.optimizer.param_groups[0]["lr"]  # the schedule's, set for this step
     idx = batch_indices(step, cfg.batch_size, run.data.num_examples, cfg.seed)
     idx, weight = ranks.part(idx)  # all of it in one process
     loss, stats = run.objective(run.trained, run.data, idx, step)  # GistNet through DDP
@@ -374,6 +401,7 @@ def _train_step(run: _Run, step: int) -> tuple[float, dict[str, float], float]:
     if cfg.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
     run.optimizer.step()
+    run.scheduler.step()  # the next step's lr
     loss_value, stats = ranks.batch_mean(loss.item(), stats, len(idx), cfg.batch_size)
     if not math.isfinite(loss_value):
         raise ConfigError(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import pickle
 
 import numpy as np
@@ -9,12 +10,13 @@ import torch
 from gistnet.checkpoint import load_checkpoint, read_checkpoint_info
 from gistnet.config import validate_run_config
 from gistnet.datasets import read_metadata
+from gistnet.distributed import Ranks
 from gistnet.errors import Cancelled, ConfigError, DeviceError, ShardError
 from gistnet.inference import GistEncoder
 from gistnet.model import GistNet, GistNetConfig
 from gistnet.pretrained import teacher_weights_sha256
 from gistnet.shards import open_shard
-from gistnet.train import batch_indices, model_config_for, train_gistnet
+from gistnet.train import _open_run, _train_step, batch_indices, model_config_for, train_gistnet
 from gistnet.train_request import TrainRequest, TrainSettings
 
 
@@ -196,6 +198,8 @@ def test_resumed_training_gives_the_same_losses_as_an_uninterrupted_run(small_da
     assert [h["loss"] for h in resumed.history] == pytest.approx(
         [h["loss"] for h in whole.history], rel=1e-6
     )
+    # The lr schedule picks up where it was: the same lr at every step.
+    assert [h["lr"] for h in resumed.history] == [h["lr"] for h in whole.history]
     assert resume.is_file()  # the caller removes it once the result is recorded
 
 
@@ -243,32 +247,71 @@ def test_batches_cover_every_example_once_per_epoch():
     assert not np.array_equal(batch_indices(0, 10, 50, seed=3), batch_indices(5, 10, 50, seed=3))
 
 
-def test_the_cosine_decay_ends_at_the_configured_share_of_the_peak():
-    from gistnet.config import TrainingConfig
-    from gistnet.train import lr_at
-
-    default = TrainingConfig(lr=1e-2, max_steps=100, warmup=10)
-    assert lr_at(9, default) == pytest.approx(1e-2)
-    assert lr_at(100, default) == pytest.approx(1e-3)  # a tenth, as before the setting
-    to_zero = TrainingConfig(lr=1e-2, max_steps=100, warmup=10, final_lr_ratio=0.0)
-    assert lr_at(100, to_zero) == pytest.approx(0.0, abs=1e-12)
-    assert lr_at(55, to_zero) == pytest.approx(5e-3)
+def _previous_lr(step: int, cfg) -> float:
+    """The schedule the trainer had before transformers' (gistnet.train.lr_at, removed
+    with this test's commit): warm-up from lr/warmup, then cosine to the floor."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.max_steps - cfg.warmup))
+    floor = cfg.final_lr_ratio
+    return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def test_after_warmup_the_schedule_is_transformers_cosine_with_a_floor():
-    # The schedule stays ours for one reason: transformers' warm-up gives lr 0 on the first
-    # step, ours lr/warmup, so taking theirs would change every shipped run's losses.
+def _applied_lrs(request: TrainRequest) -> list[float]:
+    """The lr of each optimizer step of a real run, read from the optimizer's param
+    groups as it steps."""
+    run = _open_run(request, Ranks())
+    applied = []
+    run.optimizer.register_step_pre_hook(
+        lambda optimizer, args, kwargs: applied.append(optimizer.param_groups[0]["lr"])
+    )
+    for step in range(run.cfg.max_steps):
+        _train_step(run, step)
+    return applied
+
+
+def test_the_trainer_steps_transformers_schedule_from_lr_over_warmup(small_dataset, tmp_path):
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-    from gistnet.config import TrainingConfig
-    from gistnet.train import lr_at
-
-    cfg = TrainingConfig(lr=3e-3, max_steps=200, warmup=20, final_lr_ratio=0.1)
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    settings = TrainSettings(run=run_config(max_steps=12, warmup=3, final_lr_ratio=0.2))
+    cfg = settings.run.training
+    request = TrainRequest(
+        dataset=small_dataset / "train.arrow", output_dir=tmp_path, settings=settings
+    )
+    applied = _applied_lrs(request)
     theirs = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, num_warmup_steps=20, num_training_steps=200, min_lr_rate=0.1
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr),
+        num_warmup_steps=3,
+        num_training_steps=12,
+        min_lr_rate=0.2,
     ).lr_lambdas[0]
-    for step in range(20, 201):
-        assert lr_at(step, cfg) == pytest.approx(cfg.lr * theirs(step), rel=1e-12)
-    assert [lr_at(s, cfg) / cfg.lr for s in range(3)] == pytest.approx([1 / 20, 2 / 20, 3 / 20])
-    assert [theirs(s) for s in range(3)] == pytest.approx([0, 1 / 20, 2 / 20])
+    # Step s trains at transformers' position s + 1: no step at its lr 0.
+    assert applied == [cfg.lr * theirs(s + 1) for s in range(12)]
+    assert applied[0] == pytest.approx(cfg.lr / 3) and applied[-1] == pytest.approx(cfg.lr * 0.2)
+    # Against the schedule before: the same warm-up, then the old lr of the step after (the
+    # peak held once, not twice), so no step's lr is off by more than one step's decay.
+    previous = [_previous_lr(s, cfg) for s in range(13)]
+    assert applied[:3] == pytest.approx(previous[:3], rel=1e-12)
+    assert applied[3:] == pytest.approx(previous[4:13], rel=1e-12)
+    one_step = (1 - 0.2) * math.pi / 2 / (12 - 3)
+    assert max(abs(a - b) for a, b in zip(applied, previous, strict=False)) <= cfg.lr * one_step
+    # What the run records is what it applied.
+    history = train_gistnet(request).history
+    assert [h["lr"] for h in history] == applied
+
+
+def test_without_warmup_the_schedule_starts_at_the_peak_and_ends_at_its_floor(
+    small_dataset, tmp_path
+):
+    for floor in (0.1, 0.0):
+        settings = TrainSettings(run=run_config(max_steps=8, warmup=0, final_lr_ratio=floor))
+        cfg = settings.run.training
+        applied = _applied_lrs(
+            TrainRequest(
+                dataset=small_dataset / "train.arrow", output_dir=tmp_path, settings=settings
+            )
+        )
+        assert applied[0] == cfg.lr  # no warm-up: the same lrs as before, to the last
+        assert applied == pytest.approx([_previous_lr(s, cfg) for s in range(8)], rel=1e-12)
+        last = cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * 7 / 8)))
+        assert applied[-1] == pytest.approx(last, abs=1e-15)
