@@ -10,6 +10,10 @@ Celery task need not know how many processes train:
 
     spec.json      the TrainRequest (`to_dict`) and the launcher's pid, written first
     events.jsonl   rank 0's progress and resume-checkpoint events, one JSON object a line
+    log-<rank>.jsonl  each rank's log records (gistnet's INFO and up, any library's
+                   warnings and errors, Python warnings), which the launcher logs again
+                   through the logger that made them as `rank N: <message>`: the caller's
+                   logging (a job's log, a terminal) gets every rank's lines
     cancel         created by the launcher when the caller's cancel check says stop
     result.json    rank 0's result, written last; error-<rank>.json: a library error
 
@@ -23,6 +27,7 @@ treats like a lost worker: the job runs again and resumes from its last checkpoi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -50,6 +55,8 @@ MONITOR_INTERVAL_S = 0.5
 # The fields of TrainResult that are paths: strings in result.json.
 _PATHS = ("checkpoint_path", "pretrained_path")
 
+log = logging.getLogger(__name__)
+
 
 class TrainingProcessFailed(GistNetError):
     """A training process died (killed, out of memory, a crashed GPU). Running the job again
@@ -63,24 +70,46 @@ def _append_event(run_dir: Path, event: dict[str, Any]) -> None:
         fh.write(json.dumps(event) + "\n")
 
 
+def _new_lines(path: Path, offset: int) -> tuple[list[bytes], int]:
+    """The whole lines written to `path` since `offset`, and the offset after them; a line
+    still being written is read next time."""
+    if not path.exists():
+        return [], offset
+    lines = []
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        for line in fh:
+            if not line.endswith(b"\n"):
+                break
+            offset += len(line)
+            lines.append(line)
+    return lines, offset
+
+
 def _relay(run_dir: Path, offset: int, on_progress, on_checkpoint) -> int:
     """Hand the events written since `offset` to the caller's callbacks."""
-    path = run_dir / "events.jsonl"
-    if not path.exists():
-        return offset
-    with path.open() as fh:
-        fh.seek(offset)
-        while True:
-            line = fh.readline()
-            if not line.endswith("\n"):  # a line still being written: read it next time
-                return offset
-            offset += len(line.encode())
-            event = json.loads(line)
-            kind = event.pop("event")
-            if kind == "progress" and on_progress is not None:
-                on_progress(TrainProgress(**event))
-            elif kind == "checkpoint" and on_checkpoint is not None:
-                on_checkpoint(Path(event["path"]))
+    lines, offset = _new_lines(run_dir / "events.jsonl", offset)
+    for line in lines:
+        event = json.loads(line)
+        kind = event.pop("event")
+        if kind == "progress" and on_progress is not None:
+            on_progress(TrainProgress(**event))
+        elif kind == "checkpoint" and on_checkpoint is not None:
+            on_checkpoint(Path(event["path"]))
+    return offset
+
+
+def _forward_rank_logs(run_dir: Path, offsets: dict[str, int]) -> None:
+    """Log the records the ranks wrote since `offsets` (per file, updated) here, through
+    the logger that made each, at its level, as `rank N: <message>`."""
+    for path in sorted(run_dir.glob("log-*.jsonl")):
+        lines, offsets[path.name] = _new_lines(path, offsets.get(path.name, 0))
+        rank = path.stem.removeprefix("log-")
+        for line in lines:
+            record = json.loads(line)
+            logging.getLogger(record["logger"]).log(
+                record["level"], "rank %s: %s", rank, record["message"]
+            )
 
 
 def _raise_rank_error(run_dir: Path, returncode: int) -> None:
@@ -144,10 +173,11 @@ def launch_training(
     ]
     with (run_dir / "launch.log").open("wb") as log:
         launcher = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    offset, cancel_sent = 0, False
+    offset, log_offsets, cancel_sent = 0, {}, False
     try:
         while launcher.poll() is None:
             offset = _relay(run_dir, offset, on_progress, on_checkpoint)
+            _forward_rank_logs(run_dir, log_offsets)
             if not cancel_sent and should_cancel is not None and should_cancel():
                 (run_dir / "cancel").touch()
                 cancel_sent = True
@@ -168,6 +198,7 @@ def launch_training(
             except subprocess.TimeoutExpired:
                 launcher.kill()
                 launcher.wait()
+        _forward_rank_logs(run_dir, log_offsets)  # the ranks' last lines, before any error
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -184,11 +215,41 @@ def _launcher_alive(pid: int) -> bool:
     return True
 
 
+class _RankLogFile(logging.Handler):
+    """A rank's log records, one JSON object a line, for the launcher to log again
+    (`_forward_rank_logs`)."""
+
+    def __init__(self, path: Path):
+        super().__init__(level=logging.INFO)
+        self.path = path
+        self.setFormatter(logging.Formatter("%(message)s"))  # with a traceback, if any
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = json.dumps(
+                {"level": record.levelno, "logger": record.name, "message": self.format(record)}
+            )
+            with self.path.open("a") as fh:
+                fh.write(line + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _log_to_run_dir(run_dir: Path, rank: int) -> None:
+    """This rank's logging into RUN_DIR/log-<rank>.jsonl: gistnet's INFO and up (a
+    process started by torch.distributed.run has no logging set up: the root's WARNING
+    would drop them), any other library's warnings and errors, Python's warnings."""
+    logging.getLogger().addHandler(_RankLogFile(run_dir / f"log-{rank}.jsonl"))
+    logging.getLogger("gistnet").setLevel(logging.INFO)
+    logging.captureWarnings(True)
+
+
 def rank_main(run_dir: str | Path) -> int:
     """One rank: train as the spec says; rank 0 writes events and the result."""
     run_dir = Path(run_dir)
     spec = json.loads((run_dir / "spec.json").read_text())
     ranks = Ranks.from_env()
+    _log_to_run_dir(run_dir, ranks.rank)
     cancel_file = run_dir / "cancel"
 
     def on_progress(p) -> None:
@@ -209,10 +270,14 @@ def rank_main(run_dir: str | Path) -> int:
             on_checkpoint=on_checkpoint if ranks.is_main else None,
         )
     except GistNetError as err:
+        log.error("training failed: %s: %s", type(err).__name__, err)
         (run_dir / f"error-{ranks.rank}.json").write_text(
             json.dumps({"type": type(err).__name__, "message": str(err)})
         )
         return 1
+    except Exception:
+        log.exception("training failed")  # torch.distributed.run reports the exit too
+        raise
     if ranks.is_main:
         payload = asdict(result)
         payload.update({name: str(payload[name]) for name in _PATHS if payload[name] is not None})

@@ -12,6 +12,7 @@ from one after a crash, and the resumed run gives the same losses as an uninterr
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections import deque
@@ -33,6 +34,8 @@ from gistnet.errors import Cancelled, ConfigError
 from gistnet.model import GistNet, GistNetConfig
 from gistnet.shards import ShardSet, open_shard_set
 from gistnet.train_request import TrainRequest
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "gistnet.pt"
 # Beside it, the same model as a Hugging Face style folder (gistnet.pretrained):
@@ -385,7 +388,27 @@ def _resumed(request: TrainRequest, run: _Run) -> tuple[int, list[dict[str, Any]
         request.resume_path, model=run.model, optimizer=run.optimizer, device=run.device
     )
     run.scheduler = lr_schedule(run.optimizer, run.cfg, start_step=step)
+    log.info("resuming at step %d from %s", step, request.resume_path)
     return step, history
+
+
+def _log_start(run: _Run, start_step: int) -> None:
+    """What this process trains: each rank of a launch says it (gistnet.launch forwards
+    the ranks' lines to the launcher's logging, so a job's log shows every rank)."""
+    cfg, ranks = run.cfg, run.ranks
+    here = ""
+    if ranks.active:
+        part, _ = ranks.part(np.arange(cfg.batch_size))
+        here = f" ({len(part)} of each in this process)"
+    log.info(
+        "training steps %d to %d in batches of %d%s on %s, from %d examples",
+        start_step + 1,
+        cfg.max_steps,
+        cfg.batch_size,
+        here,
+        run.device,
+        run.data.num_examples,
+    )
 
 
 def _train_step(run: _Run, step: int) -> tuple[float, dict[str, float], float]:
@@ -428,6 +451,21 @@ def _resume_due(request: TrainRequest, run: _Run, done: int) -> bool:
     return bool(run.ranks.is_main and every and done % every == 0 and done < run.cfg.max_steps)
 
 
+def _save_resume(
+    request: TrainRequest,
+    run: _Run,
+    done: int,
+    history: list[dict[str, Any]],
+    on_checkpoint: Callable[[Path], None] | None,
+) -> None:
+    save_resume(
+        request.resume_path, model=run.model, optimizer=run.optimizer, step=done, history=history
+    )
+    log.info("step %d of %d: resume checkpoint written", done, run.cfg.max_steps)
+    if on_checkpoint is not None:
+        on_checkpoint(request.resume_path)
+
+
 def _smoothed(speed: float, latest: float) -> float:
     return latest if speed == 0.0 else 0.9 * speed + 0.1 * latest
 
@@ -462,6 +500,7 @@ def train_gistnet(
     ranks = Ranks.from_env()
     run = _open_run(request, ranks)
     start_step, history = _resumed(request, run)
+    _log_start(run, start_step)
     recent: deque[float] = deque((h["loss"] for h in history[-50:]), maxlen=50)
     speed = 0.0
     run.model.train()
@@ -477,6 +516,7 @@ def train_gistnet(
         record = {"step": done, "loss": loss, "lr": lr, **stats}
         if val_loss is not None:
             record["val_loss"] = val_loss
+            log.info("step %d of %d: validation loss %.5f", done, cfg.max_steps, val_loss)
         history.append(record)
         if on_progress is not None:
             running = sum(recent) / len(recent)
@@ -484,15 +524,7 @@ def train_gistnet(
                 TrainProgress(done, cfg.max_steps, loss, running, speed, lr, val_loss, stats)
             )
         if _resume_due(request, run, done):
-            save_resume(
-                request.resume_path,
-                model=run.model,
-                optimizer=run.optimizer,
-                step=done,
-                history=history,
-            )
-            if on_checkpoint is not None:
-                on_checkpoint(request.resume_path)
+            _save_resume(request, run, done, history, on_checkpoint)
     result = TrainResult(
         checkpoint_path=request.output_dir / CHECKPOINT_NAME,
         pretrained_path=request.output_dir / PRETRAINED_NAME,
@@ -505,6 +537,7 @@ def train_gistnet(
         # A resume checkpoint is written after step 1 at the earliest: 0 is a fresh start.
         resumed_from_step=start_step or None,
     )
+    log.info("trained to step %d: final loss %.5f", cfg.max_steps, result.final_loss)
     if ranks.is_main:  # rank 0 writes the checkpoint; the others wait for it and leave
         _save_trained(request, run, result)
     ranks.finish()

@@ -4,6 +4,7 @@ run so that running it again resumes from the last checkpoint."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from pathlib import Path
@@ -14,8 +15,9 @@ import torch
 
 from gistnet.checkpoint import load_checkpoint
 from gistnet.config import validate_run_config
-from gistnet.errors import Cancelled
+from gistnet.errors import Cancelled, ConfigError
 from gistnet.launch import TrainingProcessFailed, launch_training
+from gistnet.shards import open_shard
 from gistnet.train_request import TrainRequest, TrainSettings
 
 pytestmark = [pytest.mark.slow]
@@ -66,7 +68,17 @@ def _descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
-def test_two_processes_give_the_losses_and_weights_of_one(small_dataset, tmp_path):
+def _rank_lines(caplog) -> dict[str, list[tuple[str, str]]]:
+    """The launcher's records of each rank's lines: rank -> [(level, message after the tag)]."""
+    lines: dict[str, list[tuple[str, str]]] = {}
+    for record in caplog.records:
+        rank, sep, message = record.getMessage().partition(": ")
+        if sep and rank.startswith("rank "):
+            lines.setdefault(rank, []).append((record.levelname, message))
+    return lines
+
+
+def test_two_processes_give_the_losses_and_weights_of_one(small_dataset, tmp_path, caplog):
     one = launch_training(
         TrainRequest(
             dataset=small_dataset / "train.arrow",
@@ -75,14 +87,29 @@ def test_two_processes_give_the_losses_and_weights_of_one(small_dataset, tmp_pat
         )
     )
     seen = []
-    two = launch_training(
-        TrainRequest(
-            dataset=small_dataset / "train.arrow",
-            output_dir=tmp_path / "two",
-            settings=TrainSettings(run=run_config(2)),
-        ),
-        on_progress=seen.append,
-    )
+    with caplog.at_level(logging.INFO, logger="gistnet"):
+        two = launch_training(
+            TrainRequest(
+                dataset=small_dataset / "train.arrow",
+                output_dir=tmp_path / "two",
+                settings=TrainSettings(run=run_config(2)),
+            ),
+            on_progress=seen.append,
+        )
+    # Each rank's lines reach the launcher's logging, tagged with the rank.
+    lines = _rank_lines(caplog)
+    assert sorted(lines) == ["rank 0", "rank 1"]
+    examples = open_shard(small_dataset / "train.arrow").num_examples
+    for rank in ("rank 0", "rank 1"):
+        assert lines[rank][0] == (
+            "INFO",
+            "training steps 1 to 10 in batches of 16 (8 of each in this process) on cpu, "
+            f"from {examples} examples",
+        )
+        assert lines[rank][-1][1].startswith("trained to step 10: final loss ")
+    assert ("INFO", "step 5 of 10: validation loss") in [
+        (level, m[:29]) for level, m in lines["rank 0"]
+    ]  # rank 0 alone scores the validation split
     losses_one = [h["loss"] for h in one.history]
     losses_two = [h["loss"] for h in two.history]
     np.testing.assert_allclose(losses_two, losses_one, rtol=1e-4, atol=1e-6)
@@ -191,3 +218,25 @@ def test_two_processes_train_a_token_only_split_of_several_shards_as_one_does(tm
     one, two = ([h["loss"] for h in r.history] for r in runs)
     np.testing.assert_allclose(two, one, rtol=1e-4)
     assert runs[1].val_loss == pytest.approx(runs[0].val_loss, rel=1e-4)
+
+
+def test_a_ranks_error_reaches_the_launchers_log_tagged_with_its_rank(
+    small_dataset, tmp_path, caplog
+):
+    # Each rank finds the model too wide for the dataset's states when it opens the run.
+    run = run_config(2)
+    run = validate_run_config({**run.model_dump(mode="json"), "model": {"hidden_size": 256}})
+    with caplog.at_level(logging.INFO, logger="gistnet"):
+        with pytest.raises(ConfigError, match="hidden_size is 256"):
+            launch_training(
+                TrainRequest(
+                    dataset=small_dataset / "train.arrow",
+                    output_dir=tmp_path,
+                    settings=TrainSettings(run=run),
+                )
+            )
+    lines = _rank_lines(caplog)
+    for rank in ("rank 0", "rank 1"):
+        ((level, message),) = lines[rank]
+        assert level == "ERROR" and message.startswith("training failed: ConfigError: ")
+        assert "hidden_size is 256 but the dataset's teacher_hidden_size is 128" in message

@@ -86,3 +86,32 @@ def test_following_a_job_streams_its_lines_then_ends_with_its_status(stack_clien
         again = _events(stream)
     assert again == [("log", lines[-1]), ("end", {"status": "succeeded"})]
     assert wait_for_job(stack_client, job_id)["status"] == "succeeded"
+
+
+def test_a_training_job_on_two_processes_logs_what_each_rank_logged(stack_client, stack_dataset):
+    body = train_body(stack_dataset["id"], max_steps=4, processes=2)
+    accepted = stack_client.post("/train", json=body)
+    assert accepted.status_code == 202, accepted.text
+    job = wait_for_job(stack_client, accepted.json()["job_id"], timeout=240)
+    assert job["status"] == "succeeded", job
+
+    lines = stack_client.get(f"/jobs/{job['id']}/logs").json()["data"]
+    messages = [line["message"] for line in lines]
+    started = next(i for i, m in enumerate(messages) if "training on dataset" in m)
+    written = next(i for i, m in enumerate(messages) if m.startswith("checkpoint "))
+    for rank in (0, 1):
+        mine = [
+            (i, line)
+            for i, line in enumerate(lines)
+            if line["message"].startswith(f"rank {rank}: ")
+        ]
+        assert mine, f"no line of rank {rank} in {messages}"
+        first, last = mine[0][1]["message"], mine[-1][1]["message"]
+        assert first.startswith(
+            f"rank {rank}: training steps 1 to 4 in batches of 8 (4 of each in this process)"
+        )
+        assert last.startswith(f"rank {rank}: trained to step 4: final loss ")
+        # Relayed while the job ran, by the worker that ran it, under the rank's logger.
+        assert all(started < i < written for i, _ in mine)
+        assert {line["worker"] for _, line in mine} == {job["worker"]}
+        assert {line["logger"] for _, line in mine} == {"gistnet.train"}
