@@ -152,7 +152,9 @@ def test_one_block_compressed_is_the_substitution_objectives_kl(family, tmp_path
     want = [h["kl"] for h in substitution.history]
     assert want == [h["loss"] for h in substitution.history]  # the loss is the KL alone
     np.testing.assert_allclose([h["loss"] for h in multiblock.history], want, rtol=1e-4)
-    assert multiblock.val_loss == pytest.approx(substitution.val_loss, rel=1e-4)
+    # the validation KL is small (about 6e-4 here): float32 sums taken in another order
+    # (another thread count) move it by about 1e-4 of itself
+    assert multiblock.val_loss == pytest.approx(substitution.val_loss, rel=1e-3)
     assert len(set(want)) > 1  # the steps trained: the equality is not of a constant
 
 
