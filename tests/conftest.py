@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,46 @@ def s3():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+# ---------------------------------------------------------------------------- the browser
+# Debian's Chromium driven by Playwright, shared by the dashboard tests (tests/api and the
+# SmolLM2 module). Without either it skips, saying why; under CI it fails instead.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+]
+
+
+def _no_browser(reason: str):
+    if os.environ.get("CI") == "true" or os.environ.get("GISTNET_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason}; under CI the dashboard test must run", pytrace=False)
+    pytest.skip(reason)
+
+
+def _chromium() -> str | None:
+    for candidate in (os.environ.get("GISTNET_CHROMIUM"), "chromium", "chromium-browser"):
+        if candidate and (found := shutil.which(candidate)):
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import Error, sync_playwright
+    except ImportError:
+        _no_browser("playwright is not installed: pip install -e '.[dev]'")
+    executable = _chromium()
+    if executable is None:
+        _no_browser("no Chromium on this machine: apt-get install chromium")
+    with sync_playwright() as playwright:
+        try:
+            chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        except Error as err:
+            _no_browser(f"Chromium at {executable} does not start: {err}")
+        yield chromium
+        chromium.close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -24,48 +23,10 @@ from tests.service_stack import REPO, sample_teacher, tiny_documents
 
 pytestmark = [pytest.mark.slow]
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--no-first-run",
-]
 ARTIFACTS = Path(os.environ.get("GISTNET_TEST_ARTIFACTS", REPO / "var" / "test-artifacts"))
 # Long enough (a second or two on two cores) for the page to draw the curve several times.
 TRAIN_STEPS = 150
 VALIDATE_EVERY = 50
-
-
-def _no_browser(reason: str):
-    if os.environ.get("CI") == "true" or os.environ.get("GISTNET_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{reason}; under CI the dashboard test must run", pytrace=False)
-    pytest.skip(reason)
-
-
-def _chromium() -> str | None:
-    for candidate in (os.environ.get("GISTNET_CHROMIUM"), "chromium", "chromium-browser"):
-        if candidate and (found := shutil.which(candidate)):
-            return found
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import Error, sync_playwright
-    except ImportError:
-        _no_browser("playwright is not installed: pip install -e '.[dev]'")
-    executable = _chromium()
-    if executable is None:
-        _no_browser("no Chromium on this machine: apt-get install chromium")
-    with sync_playwright() as playwright:
-        try:
-            chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        except Error as err:
-            _no_browser(f"Chromium at {executable} does not start: {err}")
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -183,3 +183,48 @@ def test_gist_serves_smollm2_gists_of_a_held_out_page_as_the_library_encodes_the
     blocks = encoder.tokenize(text)
     blocks = torch.tensor(blocks[: len(gists) * 32]).view(len(gists), 32)
     np.testing.assert_allclose(gists, encoder.encode(blocks).numpy(), atol=1e-4)
+
+
+def test_post_evaluations_scores_a_smollm2_model_and_the_dashboard_shows_it(
+    stack, trained, browser
+):
+    """POST /evaluations queues the job, the worker's own evaluation runs it (here in this
+    process, as run_job would in a worker), and the dashboard draws the model's page and
+    its "try it" gists from the JSON routes, in Chromium."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from tests.service_stack import served
+    from workers.runner import run_job
+    from workers.tasks import _evaluate
+
+    model_id, dataset_id = trained["model"]["id"], trained["dataset"]["id"]
+    app = create_app(stack.settings)
+    with TestClient(app) as client:
+        body = {"model_id": model_id, "dataset_id": dataset_id, "max_examples": 6}
+        accepted = client.post("/evaluations", json={**body, "bootstrap_samples": 20})
+        assert accepted.status_code == 202, accepted.text
+        job_id = accepted.json()["job_id"]
+        assert run_job(settings=stack.settings, job_id=job_id, work=_evaluate) == "succeeded"
+        evaluation = client.get(accepted.json()["evaluation_url"]).json()
+        assert evaluation["status"] == "ready"
+        report = evaluation["report"]
+        assert set(report["conditions"]) == {"full", "gist", "drop", "mean", "swapped"}
+        assert report["n_examples"] == 6 and report["dataset"]["teacher_states"] == "none"
+        latest = client.get(f"/models/{model_id}").json()["latest_evaluation"]
+        assert latest["id"] == evaluation["id"]
+
+    with served(app) as (host, port):
+        page = browser.new_page()
+        page.goto(f"http://{host}:{port}/ui/#/models/{model_id}")
+        page.wait_for_selector("#gap-table", timeout=60_000)
+        for name, condition in report["conditions"].items():
+            cells = page.locator(f"#gap-table tr[data-condition='{name}'] td")
+            assert cells.nth(1).inner_text().startswith(f"{condition['nll']['value']:.3f}")
+        page.click("nav a[data-page=try]")
+        page.select_option("#try-model", str(model_id))
+        page.fill("#try-text", "The for statement iterates over the items of a sequence. " * 12)
+        page.click("#try-submit")
+        page.wait_for_selector("#blocks-table", timeout=60_000)
+        assert page.locator("#blocks-table tbody tr").count() >= 2
+        page.close()
