@@ -155,6 +155,23 @@ def _fuse_activations(model: torch.nn.Module) -> None:
                 setattr(module, name, _FusedTanhGELU())
 
 
+def _contiguous(_module, args):
+    return (args[0].contiguous(), *args[1:])
+
+
+def _contiguous_head_input(model) -> None:
+    """The LM head reads its input contiguous. transformers slices the last positions
+    before the head (`logits_to_keep`, as the substitution loss asks), and matmul cannot
+    fold a strided slice that needs a gradient into one matrix product: it expands the
+    (V, D) weight over the batch and copies it, B x V x D elements a call. On SmolLM2 at
+    batch 8 the head's forward and backward over 32 positions took 0.70 s in bfloat16
+    against 0.10 s contiguous (float32: 0.37 s against 0.22), and a bfloat16 training
+    step went from about 2.7 s to 1.9 s; the copy of the slice costs B x k x D."""
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(_contiguous)
+
+
 def load_teacher(name_or_path: str, *, dtype: str = "float32", device: str | torch.device = "cpu"):
     """The causal LM, frozen: eval mode and no gradient to any of its weights."""
     from transformers import AutoModelForCausalLM
@@ -174,6 +191,7 @@ def load_teacher(name_or_path: str, *, dtype: str = "float32", device: str | tor
     except Exception as err:
         raise TeacherLoadError(f"could not load teacher model {name_or_path!r}: {err}") from err
     _fuse_activations(model)
+    _contiguous_head_input(model)
     model.to(device).eval()
     model.requires_grad_(False)
     return model

@@ -12,7 +12,12 @@ import torch.nn.functional as F
 import transformers
 
 from gistnet.horizon_loss import horizon_kl_nll, log_softmax_owned
-from gistnet.substitution import SubstitutionLoss, horizon_log_probs, horizon_targets
+from gistnet.substitution import (
+    SubstitutionLoss,
+    horizon_log_probs,
+    horizon_logits,
+    horizon_targets,
+)
 
 B, L, V = 3, 5, 257  # B x L = 15 rows
 
@@ -177,3 +182,31 @@ def test_a_bfloat16_teacher_keeps_no_float32_logits_for_the_backward_pass(llama)
         loss.backward()
     assert torch.isfinite(loss) and gists.grad.abs().sum() > 0
     assert full.dtype == torch.float32 and not _float32_copies(saved, full)
+
+
+def test_a_loaded_teachers_head_reads_the_horizon_as_one_matrix_product(llama, tmp_path):
+    """load_teacher makes the LM head's input contiguous: the horizon's logits, sliced by
+    logits_to_keep from a gist forward that needs a gradient, then take one matrix product,
+    not a batched one over B copies of the (V, D) head, with the same logits as before."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from gistnet.teacher import load_teacher
+
+    llama.save_pretrained(tmp_path / "llama")
+    loaded = load_teacher(str(tmp_path / "llama"))
+    context = torch.randint(3, V, (4, 3 * BLOCK), generator=torch.Generator().manual_seed(4))
+    # two gists a block: 17 positions, of which the horizon's 16 are a strided slice
+    gists = torch.randn(4, 2, 32, requires_grad=True)
+
+    def forward_and_backward(teacher):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            logits = horizon_logits(teacher, context, block_size=BLOCK, vectors=gists)
+            (grad,) = torch.autograd.grad(logits.float().square().sum(), gists)
+        return logits, grad, {event.key for event in prof.key_averages()}
+
+    logits, grad, ops = forward_and_backward(loaded)
+    want_logits, want_grad, plain_ops = forward_and_backward(llama)
+    assert "aten::bmm" in plain_ops  # what the strided slice costs a teacher as built
+    assert "aten::bmm" not in ops
+    torch.testing.assert_close(logits, want_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad, want_grad, atol=1e-4, rtol=1e-4)
