@@ -44,10 +44,12 @@ class GistEncoder:
         teacher_model: str | None = None,
         tokenizer: str | None = None,
         bounds: ModelBounds | None = None,
+        teacher_dtype: str | None = None,
     ) -> GistEncoder:
         """The engine for a checkpoint; `teacher_model` / `tokenizer` stand in for what a
         checkpoint trained on a dataset without metadata does not name (or override it).
-        `bounds`: the largest model the checkpoint may ask for (load_checkpoint)."""
+        `bounds`: the largest model the checkpoint may ask for (load_checkpoint);
+        `teacher_dtype`: the teacher's dtype, else the one its states were trained from."""
         device = device if isinstance(device, torch.device) else resolve_device(device)
 
         def missing_teacher() -> ConfigError:
@@ -64,6 +66,7 @@ class GistEncoder:
             device=device,
             teacher_model=teacher_model,
             tokenizer=tokenizer,
+            teacher_dtype=teacher_dtype,
             missing_teacher=missing_teacher,
             remedy="name the teacher it was trained for",
             bounds=bounds,

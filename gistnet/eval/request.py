@@ -112,8 +112,15 @@ class EvalRequest:
     # names neither) or, failing that, the checkpoint's.
     tokenizer: str | None = None
     teacher_model: str | None = None
+    # The dtype the teacher computes in ("float32", "bfloat16", "float16"); None: the
+    # dataset's (the dtype its states were cached in, float32 for token ids).
+    teacher_dtype: str | None = None
 
     def __post_init__(self):
+        if self.teacher_dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ConfigError(
+                f"teacher_dtype must be float32, bfloat16 or float16; got {self.teacher_dtype!r}"
+            )
         object.__setattr__(self, "checkpoint", Path(self.checkpoint))
         object.__setattr__(self, "dataset", Path(self.dataset))
         if self.batch_size < 1:

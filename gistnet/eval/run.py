@@ -282,7 +282,7 @@ def _open(request: EvalRequest) -> _Scoring:
         device=device,
         teacher_model=metadata.get("teacher_model"),
         tokenizer=metadata.get("tokenizer"),
-        teacher_dtype=metadata.get("teacher_dtype", "float32"),
+        teacher_dtype=request.teacher_dtype or metadata.get("teacher_dtype", "float32"),
         missing_teacher=lambda: missing_teacher_error("evaluation", shard_path),
         remedy="evaluate on a dataset prepared with the teacher the checkpoint was trained for",
         check=same_blocks,
