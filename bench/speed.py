@@ -103,7 +103,7 @@ class Sizes:
             repeats=5,
             data_tokens=1 << 16,
             prep_tokens=8192,
-            steps=3,
+            steps=6,
             train_batch=None,
             eval_examples=32,
             gist_seconds=10,
@@ -388,6 +388,18 @@ def time_gist(checkpoint: Path, server, sizes: Sizes, device, rate: float):
         torch.set_num_threads(own_threads)
     del encoder
     gc.collect()
+    # The same batches with the teacher in bfloat16 (GistNet stays float32).
+    encoder = GistEncoder.from_checkpoint(checkpoint, device=device, teacher_dtype="bfloat16")
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    try:
+        bf16 = encoded_blocks_per_s(
+            encoder, batch=settings.max_batch, seconds=sizes.gist_seconds, vocab=vocab
+        )
+    finally:
+        torch.set_num_threads(own_threads)
+    del encoder
+    gc.collect()
     batched = raw[settings.max_batch]
     figures = {
         "threads": settings.threads or own_threads,
@@ -398,6 +410,8 @@ def time_gist(checkpoint: Path, server, sizes: Sizes, device, rate: float):
         "raw_of_bound": batched * per_block / rate,
         "one_block_ms": 1000 / raw[1],
         "one_block_of_bound": raw[1] * per_block / rate,
+        "raw_bf16_blocks_per_s": bf16,
+        "bf16_speedup": bf16 / batched,
     }
     http = []
     for clients, r in server.drive_levels(vocab=vocab, block_size=config.block_size).items():
@@ -470,9 +484,9 @@ def measure_bound(sizes: Sizes, device: torch.device) -> tuple[dict, dict]:
 
 
 def measure_training(data: Path, configs: dict, workdir: Path, sizes: Sizes, bound, *, compiled):
-    """Training steps of both models in both dtypes; then the evaluation pass on the
-    shipped float32 run's teacher and GistNet."""
-    rows, kept = [], None
+    """Training steps of both models in both dtypes, and the evaluation pass on each
+    shipped run's teacher and GistNet (float32, then bfloat16)."""
+    rows, evaluation = [], []
     for dtype in ("float32", "bfloat16"):
         for model in ("default", "shipped"):
             config = with_training(configs[model], teacher_dtype=dtype)
@@ -480,12 +494,11 @@ def measure_training(data: Path, configs: dict, workdir: Path, sizes: Sizes, bou
             figures, run = time_training(data, config, out, sizes, bound, compiled=compiled)
             rows.append({"model": model, **figures})
             log(f"training, {model} model, {dtype}", figures)
-            if (model, dtype) == ("shipped", "float32"):
-                kept = run
+            if model == "shipped":  # the evaluation pass, on this run's teacher and GistNet
+                evaluation.append(time_evaluation(run, sizes, bound))
+                log(f"evaluation, {dtype}", evaluation[-1])
             del run
             gc.collect()
-    evaluation = time_evaluation(kept, sizes, bound)
-    log("evaluation", evaluation)
     return rows, evaluation
 
 

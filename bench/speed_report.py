@@ -102,7 +102,21 @@ def verdicts(results: dict, bound: dict[str, float], device: torch.device) -> li
             f" raw: {top['of_raw']:.0%}",
         )
     )
-    ev = results["evaluation"]
+    ev, ev_bf16 = results["evaluation"]
+    for what, speedup in (
+        ("evaluation", ev["seconds"] / ev_bf16["seconds"]),
+        ("/gist's raw batched forward", results["gist_raw"]["bf16_speedup"]),
+    ):
+        text = f"bfloat16 {speedup:.2f}x as fast as float32"
+        met = speedup >= BF16_SPEEDUP
+        out.append(
+            _verdict(
+                f"{what}: bfloat16 at least {BF16_SPEEDUP}x float32's speed",
+                speedup,
+                met,
+                text if met else f"{text}; {bfloat16_why(bound, speedup, device)}",
+            )
+        )
     out.append(
         _verdict(
             f"evaluation within {EVAL_WITHIN}x of its FLOPs at the bound",
@@ -241,7 +255,7 @@ def training_rows(training: list[dict]) -> list[list]:
 
 def serving_rows(results: dict) -> list[list]:
     """Evaluation, /gist's raw forward and preparation."""
-    ev, g = results["evaluation"], results["gist_raw"]
+    g = results["gist_raw"]
     per_block = g["gflop_per_block"]
     one_block = 1000 / g["one_block_ms"]
     rows = [
@@ -254,7 +268,10 @@ def serving_rows(results: dict) -> list[list]:
             f"{ev['gflop']:,.3g} an example",
             f"{ev['gflop_per_s']:,.1f}",
             _of(ev["of_bound"]),
-        ],
+        ]
+        for ev in results["evaluation"]
+    ]
+    rows += [
         [
             "/gist raw forward",
             "float32",
@@ -264,6 +281,16 @@ def serving_rows(results: dict) -> list[list]:
             f"{per_block:,.3g} a block",
             f"{g['raw_blocks_per_s'] * per_block:,.1f}",
             _of(g["raw_of_bound"]),
+        ],
+        [
+            "/gist raw forward",
+            "bfloat16",
+            g["batch"],
+            f"{g['batch'] / g['raw_bf16_blocks_per_s']:.3g} s a batch",
+            f"{g['raw_bf16_blocks_per_s']:,.1f} blocks/s",
+            f"{per_block:,.3g} a block",
+            f"{g['raw_bf16_blocks_per_s'] * per_block:,.1f}",
+            "",
         ],
         [
             "/gist raw forward, one block",

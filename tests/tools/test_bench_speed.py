@@ -150,6 +150,8 @@ def test_the_smoke_run_reports_every_path_with_finite_positive_figures(tmp_path)
     assert set(results) == expected
     runs = {(r["model"], r["dtype"]) for r in results["training"]}
     assert runs == {(m, d) for m in ("default", "shipped") for d in ("float32", "bfloat16")}
+    assert [e["dtype"] for e in results["evaluation"]] == ["float32", "bfloat16"]
+    assert results["gist_raw"]["raw_bf16_blocks_per_s"] > 0
     assert [r["clients"] for r in results["gist_http"]] == [1, 8, 64]
     assert all(r["errors"] == 0 for r in results["gist_http"])
     assert [p["states"] for p in results["preparation"]] == ["none", "cache"]
