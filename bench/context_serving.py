@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.gist_load import SAMPLE_TEACHER, served_model, wait_healthy
+from bench.gist_load import SAMPLE_TEACHER, served_model, start_server, wait_healthy
 from bench.report import machine, table, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,22 +131,12 @@ def main() -> int:
         old, recent = document[: C - R], document[C - R :]
 
         port = free_port(8000)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GISTNET_")}
-        env.update(
-            {
-                "GISTNET_DATABASE_URL": database_url,
-                "GISTNET_BROKER_URL": f"sqla+sqlite:///{workdir}/broker.sqlite",
-                "GISTNET_ARTIFACT_ROOT": str(artifacts),
-                "GISTNET_DATA_ROOT": str(workdir / "data"),
-                "GISTNET_DEVICE": "cpu",
-                "PYTHONPATH": str(ROOT),
-            }
-        )
-        if args.threads:
-            env["GISTNET_TORCH_THREADS"] = str(args.threads)
-        command = [sys.executable, "-m", "tools.cli", "serve", "--no-worker", "--port", str(port)]
-        server = subprocess.Popen(
-            [*command, "--log-level", "warning"], env=env, cwd=ROOT, start_new_session=True
+        server = start_server(
+            workdir,
+            database_url=database_url,
+            artifacts=artifacts,
+            port=port,
+            threads=args.threads,
         )
         rows = {}
         try:

@@ -235,6 +235,40 @@ class LoadSettings:
     warmup_seconds: float = 2.0
 
 
+def start_server(
+    workdir: Path,
+    *,
+    database_url: str,
+    artifacts: Path,
+    port: int,
+    threads: int | None,
+    device: str = "cpu",
+    **settings: str,
+) -> subprocess.Popen:
+    """`gistnet serve --no-worker` on `port` over the scratch records and artifacts in
+    `workdir`, with none of this environment's GISTNET_* settings but these (`settings`:
+    further GISTNET_* variables), in a session of its own (stop it with
+    tools.processes.stop_process)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GISTNET_")}
+    env.update(
+        {
+            "GISTNET_DATABASE_URL": database_url,
+            "GISTNET_BROKER_URL": f"sqla+sqlite:///{workdir}/broker.sqlite",
+            "GISTNET_ARTIFACT_ROOT": str(artifacts),
+            "GISTNET_DATA_ROOT": str(workdir / "data"),
+            "GISTNET_DEVICE": device,
+            "PYTHONPATH": str(ROOT),
+            **settings,
+        }
+    )
+    if threads:
+        env["GISTNET_TORCH_THREADS"] = str(threads)
+    command = [sys.executable, "-m", "tools.cli", "serve", "--no-worker", "--port", str(port)]
+    return subprocess.Popen(
+        [*command, "--log-level", "warning"], env=env, cwd=ROOT, start_new_session=True
+    )
+
+
 class GistServer:
     """The real server (`gistnet serve --no-worker`) on `served` (what `served_model`
     returns), started when made and stopped on leaving its `with` block."""
@@ -245,27 +279,15 @@ class GistServer:
         _checkpoint, artifacts, database_url, self.model_id = served
         self.settings = settings
         self.port = free_port(8000)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GISTNET_")}
-        env.update(
-            {
-                "GISTNET_DATABASE_URL": database_url,
-                "GISTNET_BROKER_URL": f"sqla+sqlite:///{workdir}/broker.sqlite",
-                "GISTNET_ARTIFACT_ROOT": str(artifacts),
-                "GISTNET_DATA_ROOT": str(workdir / "data"),
-                "GISTNET_DEVICE": settings.device,
-                "GISTNET_GIST_MAX_BATCH": str(settings.max_batch),
-                "GISTNET_GIST_BATCH_WAIT_MS": str(settings.wait_ms),
-                "PYTHONPATH": str(ROOT),
-            }
-        )
-        if settings.threads:
-            env["GISTNET_TORCH_THREADS"] = str(settings.threads)
-        command = [sys.executable, "-m", "tools.cli", "serve", "--no-worker"]
-        self.process = subprocess.Popen(
-            [*command, "--port", str(self.port), "--log-level", "warning"],
-            env=env,
-            cwd=ROOT,
-            start_new_session=True,
+        self.process = start_server(
+            workdir,
+            database_url=database_url,
+            artifacts=artifacts,
+            port=self.port,
+            threads=settings.threads,
+            device=settings.device,
+            GISTNET_GIST_MAX_BATCH=str(settings.max_batch),
+            GISTNET_GIST_BATCH_WAIT_MS=str(settings.wait_ms),
         )
 
     def __enter__(self) -> GistServer:
