@@ -71,13 +71,19 @@ def verdicts(results: dict, bound: dict[str, float], device: torch.device) -> li
                 f"counted FLOPs are {counted:.2f}x the default's",
             )
         )
-    for model in ("default", "shipped"):
-        speedup = steps[model, "float32"]["step_s"] / steps[model, "bfloat16"]["step_s"]
+    ev, ev_bf16 = results["evaluation"]
+    speedups = {
+        f"{model} model": steps[model, "float32"]["step_s"] / steps[model, "bfloat16"]["step_s"]
+        for model in ("default", "shipped")
+    }
+    speedups["evaluation"] = ev["seconds"] / ev_bf16["seconds"]
+    speedups["/gist's raw batched forward"] = results["gist_raw"]["bf16_speedup"]
+    for what, speedup in speedups.items():
+        text = f"bfloat16 {speedup:.2f}x as fast as float32"
         met = speedup >= BF16_SPEEDUP
-        text = f"bfloat16 steps {speedup:.2f}x as fast as float32's"
         out.append(
             _verdict(
-                f"{model} model: bfloat16 at least {BF16_SPEEDUP}x float32's speed",
+                f"{what}: bfloat16 at least {BF16_SPEEDUP}x float32's speed",
                 speedup,
                 met,
                 text if met else f"{text}; {bfloat16_why(bound, speedup, device)}",
@@ -102,21 +108,6 @@ def verdicts(results: dict, bound: dict[str, float], device: torch.device) -> li
             f" raw: {top['of_raw']:.0%}",
         )
     )
-    ev, ev_bf16 = results["evaluation"]
-    for what, speedup in (
-        ("evaluation", ev["seconds"] / ev_bf16["seconds"]),
-        ("/gist's raw batched forward", results["gist_raw"]["bf16_speedup"]),
-    ):
-        text = f"bfloat16 {speedup:.2f}x as fast as float32"
-        met = speedup >= BF16_SPEEDUP
-        out.append(
-            _verdict(
-                f"{what}: bfloat16 at least {BF16_SPEEDUP}x float32's speed",
-                speedup,
-                met,
-                text if met else f"{text}; {bfloat16_why(bound, speedup, device)}",
-            )
-        )
     out.append(
         _verdict(
             f"evaluation within {EVAL_WITHIN}x of its FLOPs at the bound",
