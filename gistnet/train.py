@@ -113,16 +113,16 @@ def lr_schedule(
     optimizer: torch.optim.Optimizer, cfg: TrainingConfig, *, start_step: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """transformers' linear warm-up then cosine decay to `final_lr_ratio` of `cfg.lr`
-    (`get_cosine_with_min_lr_schedule_with_warmup`), set for training step `start_step`:
-    step it after each optimizer step. Its position is a function of the step alone, so
-    a resumed run builds it at the step it resumes from (transformers' `last_epoch`).
+    (`get_cosine_with_min_lr_schedule_with_warmup`), set for training step `start_step`;
+    after each optimizer step, `advance_schedule`. Its position is a function of the step
+    alone (`schedule_position`), so a resumed run builds it at the step it resumes from
+    (transformers' `last_epoch`).
 
-    The schedule's position 0 is lr 0, a step that would train nothing: with a warm-up,
-    training step s takes position s + 1, so the first step trains at lr/warmup and the
-    last of max_steps at the floor. Against the schedule before this one (lr_at, until
-    this commit): the warm-up's lrs are the same, then its peak is held for one step
-    instead of two and every later step takes the lr the old one gave the step after:
-    the decay runs one step earlier (docs/quality.md, "Learning rate")."""
+    The schedule's position 0 is lr 0, a step that would train nothing, and it holds its
+    peak for one position. Training step s < warmup takes position s + 1 (the first step
+    trains at lr/warmup), and step s >= warmup position s: the warm-up's last step and the
+    first of the decay both train at the peak, and the run's lrs are, step for step, those
+    of the schedule every shipped run's figures were measured with."""
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
     for group in optimizer.param_groups:
@@ -132,8 +132,19 @@ def lr_schedule(
         num_warmup_steps=cfg.warmup,
         num_training_steps=cfg.max_steps,
         min_lr_rate=cfg.final_lr_ratio,
-        last_epoch=start_step + (1 if cfg.warmup else 0) - 1,
+        last_epoch=schedule_position(start_step, cfg) - 1,
     )
+
+
+def schedule_position(step: int, cfg: TrainingConfig) -> int:
+    """The position of transformers' schedule that training step `step` trains at."""
+    return step + 1 if step < cfg.warmup else step
+
+
+def advance_schedule(scheduler, step: int, cfg: TrainingConfig) -> None:
+    """After training step `step`: the scheduler at the next step's position."""
+    if schedule_position(step + 1, cfg) != schedule_position(step, cfg):
+        scheduler.step()
 
 
 def teacher_dtype_for(cfg: TrainingConfig, metadata: dict[str, Any], device: torch.device) -> str:
@@ -424,7 +435,7 @@ def _train_step(run: _Run, step: int) -> tuple[float, dict[str, float], float]:
     if cfg.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
     run.optimizer.step()
-    run.scheduler.step()  # the next step's lr
+    advance_schedule(run.scheduler, step, cfg)  # the next step's lr
     loss_value, stats = ranks.batch_mean(loss.item(), stats, len(idx), cfg.batch_size)
     if not math.isfinite(loss_value):
         raise ConfigError(
