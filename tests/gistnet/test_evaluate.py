@@ -293,6 +293,22 @@ def test_evaluate_gistnet_scores_a_checkpoint_on_a_prepared_split(prepared):
     json.dumps(report, allow_nan=False)
 
 
+def test_a_bfloat16_teacher_scores_near_the_float32_one_and_a_bad_dtype_is_refused(prepared):
+    def nlls(**options) -> dict[str, float]:
+        report = evaluate(
+            prepared["checkpoint"], prepared["data"], split="validation", device="cpu",
+            batch_size=8, bootstrap_samples=0, **options,
+        )  # fmt: skip
+        return {name: c["nll"]["value"] for name, c in report["conditions"].items()}
+
+    float32, bfloat16 = nlls(), nlls(teacher_dtype="bfloat16")
+    assert float32 != bfloat16  # the teacher really computed in bfloat16
+    for name, value in float32.items():
+        assert bfloat16[name] == pytest.approx(value, rel=0.02), name
+    with pytest.raises(ConfigError, match="teacher_dtype must be float32, bfloat16 or float16"):
+        nlls(teacher_dtype="int8")
+
+
 def test_evaluate_gistnet_on_a_subset_stops_when_cancelled(prepared):
     shard_path = prepared["data"] / "validation.arrow"
     report = evaluate(
