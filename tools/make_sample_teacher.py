@@ -49,6 +49,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="long documents whose opening facts recur after a long interlude, not stories",
     )
+    parser.add_argument(
+        "--interlude",
+        type=int,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=DEFAULTS.interlude,
+        help="with --long-documents: the interlude's sentences, drawn in LOW ... HIGH "
+        "(18 24: the first story resumes about 350 tokens in; 34 42: about 520)",
+    )
     parser.add_argument("--width", type=int, default=DEFAULTS.n_embd, help="hidden size D")
     parser.add_argument("--heads", type=int, default=DEFAULTS.n_head)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -66,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             n_train=args.train_docs,
             n_validation=args.validation_docs,
-            long=LongShape() if args.long_documents else None,
+            long=LongShape(interlude=tuple(args.interlude)) if args.long_documents else None,
         )
         print(
             f"corpus written: {files.n_train:,} stories to {files.train_path}, "
@@ -86,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         n_head=args.heads,
         n_positions=args.positions,
         long_documents=args.long_documents,
+        interlude=tuple(args.interlude),
     )
     command = shlex.join(["python", "-m", "tools.make_sample_teacher", *(argv or sys.argv[1:])])
     bar = tqdm(total=config.steps, desc="training teacher", disable=args.no_progress)

@@ -52,6 +52,9 @@ class SampleTeacherConfig:
     # whose context must cover facts stated hundreds of tokens earlier (with n_positions
     # and seq_len of 1024 or more).
     long_documents: bool = False
+    # With long_documents: the second story's sentences (LongShape.interlude), which set
+    # where the first story resumes: (18, 24) about 350 tokens in, (34, 42) about 520.
+    interlude: tuple[int, int] = LongShape.interlude
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,7 @@ def build_sample_teacher(
         seed=config.seed,
         n_train=config.train_docs,
         n_validation=config.validation_docs,
-        long=LongShape() if config.long_documents else None,
+        long=LongShape(interlude=config.interlude) if config.long_documents else None,
     )
     if on_progress is not None:
         on_progress(TeacherProgress("corpus", 1, 1))

@@ -31,7 +31,7 @@ from tools.train_gistnet import main as train_main
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_RUN = ROOT / "configs" / "runs" / "gistnet_multiblock.yaml"
-LONG_DATA = ("long_text.yaml", "long_text_long_teacher.yaml")
+LONG_DATA = ("long_text_long_teacher.yaml",)
 
 VOCAB, WIDTH, BLOCK = 101, 32, 8
 BOS, EOS = 1, 2

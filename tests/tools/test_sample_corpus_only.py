@@ -3,6 +3,7 @@ split, without building a teacher."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tools.make_sample_teacher import main
@@ -40,3 +41,24 @@ def test_the_corpus_tool_writes_long_documents(tmp_path):
     rows = (out / "validation.jsonl").read_text().splitlines()
     assert len(rows) == 2
     assert all(row.count("This is a story about") == 2 for row in rows)
+
+
+def test_a_longer_interlude_puts_the_first_storys_resumption_further_in(tmp_path):
+    def resumption(row: str) -> int:
+        """Characters before the first story's hero is named after the second story."""
+        text = json.loads(row)["text"]
+        hero = text.removeprefix("This is a story about ").split(",", 1)[0]
+        second = text.index("This is a story about", 1)
+        return text.index(hero, text.index(".", second + 60))
+
+    starts = {}
+    for interlude in ("18 24", "34 42"):
+        out = tmp_path / interlude.replace(" ", "-")
+        argv = ["--corpus-only", "--long-documents", "--interlude", *interlude.split(),
+                "--train-docs", "1", "--validation-docs", "8", "--corpus-out", str(out)]  # fmt: skip
+        assert main(argv) == 0
+        rows = (out / "validation.jsonl").read_text().splitlines()
+        starts[interlude] = [resumption(row) for row in rows]
+    # at most 6 + 24 sentences before the first story resumes in one, at least 3 + 34 in
+    # the other (the intros alike)
+    assert min(starts["34 42"]) > max(starts["18 24"])
