@@ -124,23 +124,29 @@ class DatasetConfig(_Strict):
             raise ValueError(
                 f"horizon ({self.horizon}) must be at least one block ({self.block_size})"
             )
-        if self.stride is not None and self.stride > self.block_size:
-            raise ValueError(
-                f"stride ({self.stride}) must be at most block_size ({self.block_size}): a "
-                f"longer stride would skip text between blocks"
-            )
+        self._check_stride("stride", self.stride)
         if not self.splits:
             raise ValueError("`splits` is empty: name at least one split, e.g. train")
         for key, split in self.splits.items():
             if split.name is not None and split.name != key:
                 raise ValueError(f"split {key!r} carries name {split.name!r}; they must match")
-            if split.stride is not None and split.stride > self.block_size:
-                raise ValueError(
-                    f"splits.{key}.stride ({split.stride}) must be at most block_size "
-                    f"({self.block_size}): a longer stride would skip text between blocks"
-                )
+            self._check_stride(f"splits.{key}.stride", split.stride)
         parse_device(self.teacher_device)
         return self
+
+    def _check_stride(self, name: str, stride: int | None) -> None:
+        """Windows start every block or closer, or every few whole blocks while they still
+        overlap (long windows read side by side, as the long-document evaluation does):
+        never so far apart that text between windows goes unread, and always chained, so
+        that a document's windows are known to be one document's."""
+        if stride is None or stride <= self.block_size:
+            return
+        if stride % self.block_size or stride >= self.horizon:
+            raise ValueError(
+                f"{name} ({stride}) must be at most block_size ({self.block_size}), or a "
+                f"multiple of it below the horizon ({self.horizon}) so that windows still "
+                f"overlap: a longer stride would skip text between blocks"
+            )
 
     def split_stride(self, name: str) -> int:
         """Tokens between window starts in split `name`: its own stride, else the dataset's,

@@ -10,6 +10,7 @@ import yaml
 from gistnet.config import validate_dataset_config, validate_run_config
 from gistnet.data import dataset_fingerprint, prepare_dataset
 from gistnet.datasets import open_split
+from gistnet.errors import ConfigError
 from gistnet.shards import open_shard
 from gistnet.train import train_gistnet
 from gistnet.train_request import TrainRequest, TrainSettings
@@ -36,6 +37,24 @@ def test_strided_shards_know_their_documents(tmp_path, states):
         np.testing.assert_array_equal(
             open_shard(tmp_path / "validation.arrow").document_ids(), doc_ids
         )
+
+
+def test_long_windows_side_by_side_keep_their_documents_and_skip_no_text(tmp_path):
+    # windows of 4 blocks every 3 blocks, as the long-document evaluation reads a page:
+    # each overlaps the next by one block, so the document chain holds
+    config = small_dataset_config(horizon=128, stride=96, teacher_states="none")
+    prepare_dataset(validate_dataset_config(config), output_dir=tmp_path)
+    split = open_split(tmp_path, "validation")
+    assert split.stride == 96
+    ctx = np.asarray(split.context_input_ids[np.arange(split.num_examples)])
+    doc_ids = split.document_ids()
+    same = doc_ids[1:] == doc_ids[:-1]
+    assert same.any() and doc_ids[-1] + 1 == len(config["splits"]["validation"]["documents"])
+    np.testing.assert_array_equal(ctx[1:][same][:, :32], ctx[:-1][same][:, 96:])
+    # a stride of the whole window (nothing to chain), or off the block grid, is refused
+    for stride in (128, 40):
+        with pytest.raises(ConfigError, match=rf"stride \({stride}\) must be at most block_size"):
+            validate_dataset_config(small_dataset_config(horizon=128, stride=stride))
 
 
 def test_the_stride_enters_the_fingerprint_only_when_it_changes_the_data():
