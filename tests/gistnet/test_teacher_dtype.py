@@ -79,3 +79,20 @@ def test_a_bfloat16_teacher_trains_to_float32s_losses_and_says_so(dataset, tmp_p
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # GistNet stays float32
     _, reference_info = load_checkpoint(reference.checkpoint_path)
     assert reference_info["teacher"]["trained_dtype"] == "float32"
+
+
+def test_the_training_command_takes_the_teacher_dtype(dataset, tmp_path):
+    from tools.train_gistnet import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "preset: substitution\nmodel: {num_heads: 4}\n"
+        "training: {batch_size: 4, max_steps: 5, device: cpu, teacher_dtype: float32}\n"
+    )
+    argv = ["--dataset", dataset, "--config", str(config), "--max-steps", "1",
+            "--teacher-dtype", "bfloat16", "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 0
+    info = load_checkpoint(tmp_path / "out" / "gistnet.pt")[1]
+    assert info["teacher"]["trained_dtype"] == "bfloat16"
+    assert info["training_config"]["max_steps"] == 1  # both flags applied, the rest kept
+    assert info["training_config"]["batch_size"] == 4
