@@ -20,6 +20,7 @@ from gistnet.config import DatasetConfig
 from gistnet.devices import resolve_device
 from gistnet.errors import Cancelled, ConfigError
 from gistnet.files import atomic_write
+from gistnet.pipeline import BackgroundWriter, prefetched
 from gistnet.shards import (
     make_record_batch,
     make_token_batch,
@@ -43,6 +44,10 @@ TOKENIZE_CHUNK_CHARS = 1 << 20
 # Rows per record batch of a token-only shard: there is no teacher batch to follow, and a
 # few MB a batch keeps the file's per-batch overhead negligible.
 _TOKEN_BATCH_ROWS = 8192
+# The windows read and tokenized ahead of the teacher, in bytes: more than a tokenizer
+# call's worth (TOKENIZE_CHUNK_CHARS of text) at the usual strides, so the next call runs
+# while the teacher reads the last one's.
+_PREFETCH_BYTES = 64 << 20
 
 # --------------------------------------------------------------------------- reading text
 
@@ -160,7 +165,7 @@ def write_shard(
     pending: list[np.ndarray] = []
     pending_rows = 0
 
-    def flush(writer) -> None:
+    def flush(out: BackgroundWriter) -> None:
         nonlocal pending, pending_rows
         context = np.concatenate(pending)
         pending, pending_rows = [], 0
@@ -168,31 +173,35 @@ def write_shard(
             ctx = context[start : start + rows]
             if should_cancel is not None and should_cancel():
                 raise Cancelled(f"dataset preparation cancelled during {what}")
-            if teacher is None:
-                batch = make_token_batch(input_ids=ctx[:, :t], context_input_ids=ctx)
-            else:
+            states = None
+            if teacher is not None:
                 blocks = torch.from_numpy(np.ascontiguousarray(ctx[:, :t])).long()
                 states = block_hidden_states(teacher, blocks).cpu().numpy()
-                batch = make_record_batch(
-                    input_ids=ctx[:, :t], context_input_ids=ctx, teacher_hidden=states
-                )
-            writer.write_batch(batch)
+            out.submit((ctx, states))
             counters["examples"] += len(ctx)
             on_batch()
 
+    def record_batch(ctx: np.ndarray, states: np.ndarray | None) -> pa.RecordBatch:
+        if states is None:
+            return make_token_batch(input_ids=ctx[:, :t], context_input_ids=ctx)
+        return make_record_batch(input_ids=ctx[:, :t], context_input_ids=ctx, teacher_hidden=states)
+
+    # Text is read and tokenized a few chunks ahead, and batches are built and written
+    # behind, each in a thread of its own, while this one runs the teacher.
     with (
-        atomic_write(out_path) as tmp,
+        atomic_write(out_path, what=f"the {split} shard {out_path.name}") as tmp,
         pa.OSFile(str(tmp), "wb") as sink,
         pa.ipc.new_file(sink, schema) as writer,
+        BackgroundWriter(lambda item: writer.write_batch(record_batch(*item))) as out,
     ):
-        for win in windows:
+        for win in prefetched(windows, budget=_PREFETCH_BYTES, size=lambda w: w.nbytes):
             if len(win):
                 pending.append(win)
                 pending_rows += len(win)
             if pending_rows >= rows:
-                flush(writer)
+                flush(out)
         if pending_rows:
-            flush(writer)
+            flush(out)
 
 
 def no_examples(name: str, config: DatasetConfig) -> ConfigError:
