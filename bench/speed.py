@@ -242,12 +242,11 @@ def with_training(config: dict, **changes: Any) -> dict:
 
 
 def compile_run(run) -> None:
-    """torch.compile each of the teacher's decoder layers and GistNet, in place."""
-    from gistnet.teacher import decoder_layers
+    """torch.compile each of the teacher's decoder layers and GistNet, in place, as
+    `training.compile` does."""
+    from gistnet.teacher import compile_for_training
 
-    for layer in decoder_layers(run.objective.teacher):
-        layer.compile()
-    run.model.compile()
+    compile_for_training(run.objective.teacher, run.model, backend="inductor", mode=None)
 
 
 def train_figures(run, times: list[float], bound: dict[str, float], *, compiled: bool) -> dict:

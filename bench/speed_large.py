@@ -48,7 +48,7 @@ def large_shape_training(
     from gistnet.memory import TeacherShape
     from gistnet.model import GistNet
     from gistnet.substitution import SubstitutionLoss
-    from gistnet.teacher import decoder_layers, gistnet_inputs
+    from gistnet.teacher import compile_for_training, gistnet_inputs
 
     config = AutoConfig.for_model("llama", **settings)
     torch.manual_seed(0)
@@ -68,9 +68,7 @@ def large_shape_training(
         teacher, block_size=block, nll_weight=0.3, bos_sink=True, rest_weight=2.5
     )
     if compiled:
-        for layer in decoder_layers(teacher):
-            layer.compile()
-        gistnet.compile()
+        compile_for_training(teacher, gistnet, backend="inductor", mode=None)
     windows = torch.randint(0, config.vocab_size, (batch, horizon), device=device)
     layers = model_config.teacher_layers
 

@@ -239,6 +239,13 @@ class TrainingConfig(_Strict):
     # on a GPU. bfloat16 pays on a GPU and on a CPU with avx512_bf16 or AMX; GistNet's own
     # weights and the losses stay float32 whatever is chosen.
     teacher_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # torch.compile the teacher's decoder layers and GistNet, as transformers' Trainer does
+    # with torch_compile: it pays where kernel launches dominate (a small teacher on a GPU).
+    # The first step of each batch shape compiles (a minute or more; the log says how
+    # long). compile_mode "reduce-overhead" adds CUDA graphs on a GPU. The same losses.
+    compile: bool = False
+    compile_backend: str = "inductor"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -258,6 +265,15 @@ class TrainingConfig(_Strict):
                 "rest_weight weighs the KL of the horizon tokens: it needs objective: substitution"
             )
         self._check_multiblock()
+        if self.compile:
+            import torch._dynamo
+
+            backends = torch._dynamo.list_backends(exclude_tags=())
+            if self.compile_backend not in backends:
+                raise ValueError(
+                    f"compile_backend {self.compile_backend!r} is not one of torch.compile's "
+                    f"backends here: {', '.join(sorted(backends))}"
+                )
         if self.objective != "substitution" and self.activation_checkpointing:
             raise ValueError(
                 "activation_checkpointing saves the teacher's activations on the gradient "

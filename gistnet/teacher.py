@@ -223,6 +223,17 @@ def decoder_layers(teacher) -> torch.nn.ModuleList:
     )
 
 
+def compile_for_training(teacher, model: torch.nn.Module, *, backend: str, mode: str | None):
+    """torch.compile, in place, each of the teacher's decoder layers (None: no teacher
+    runs) and `model`: the layers one by one, so that what runs around them (embeddings,
+    the gist layout, the loss) stays eager and every family compiles alike."""
+    options = {"backend": backend, **({"mode": mode} if mode else {})}
+    if teacher is not None:
+        for layer in decoder_layers(teacher):
+            layer.compile(**options)
+    model.compile(**options)
+
+
 def _checkpointed(forward, *args, **kwargs):
     return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
 

@@ -373,6 +373,11 @@ def _open_run(request: TrainRequest, ranks: Ranks) -> _Run:
         dataset_path=request.dataset,
         model_config=model_cfg,
     )
+    if cfg.compile:
+        from gistnet.teacher import compile_for_training
+
+        compile_for_training(objective.teacher, model, backend=cfg.compile_backend,
+                             mode=cfg.compile_mode)  # fmt: skip
     scheduler = lr_schedule(optimizer, cfg)
     return _Run(
         cfg,
@@ -520,6 +525,8 @@ def train_gistnet(
             raise Cancelled(f"training cancelled at step {step} of {cfg.max_steps}")
         tick = time.perf_counter()
         loss, stats, lr = _train_step(run, step)
+        if cfg.compile and step == start_step:
+            log.info("step %d took %.1f s, compiling", step + 1, time.perf_counter() - tick)
         recent.append(loss)
         speed = _smoothed(speed, cfg.batch_size / (time.perf_counter() - tick))
         done = step + 1

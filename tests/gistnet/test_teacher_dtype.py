@@ -1,5 +1,6 @@
-"""`training.teacher_dtype`: the teacher computes in the dtype a run asks for while GistNet
-and the losses stay float32, and the checkpoint says which dtype it trained with."""
+"""How the teacher computes while GistNet trains: `training.teacher_dtype` (the teacher in
+the dtype a run asks for while GistNet and the losses stay float32, and the checkpoint says
+which dtype it trained with) and `training.compile` (torch.compile, the same losses)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import transformers
 from gistnet.checkpoint import load_checkpoint
 from gistnet.config import validate_dataset_config, validate_run_config
 from gistnet.data import prepare_dataset
+from gistnet.errors import ConfigError
 from gistnet.teacher import load_tokenizer
 from gistnet.train import train_gistnet
 from gistnet.train_request import TrainRequest, TrainSettings
@@ -43,14 +45,14 @@ def dataset(tmp_path_factory) -> str:
     return out
 
 
-def _train(dataset: str, folder, dtype: str):
+def _train(dataset: str, folder, dtype: str, **training):
     run = validate_run_config(
         {
             "preset": "substitution",
             "model": {"num_heads": 4},
             "training": {
                 "batch_size": 4, "max_steps": 3, "device": "cpu", "nll_weight": 0.3,
-                "teacher_dtype": dtype,
+                "teacher_dtype": dtype, **training,
             },
         }
     )  # fmt: skip
@@ -96,3 +98,18 @@ def test_the_training_command_takes_the_teacher_dtype(dataset, tmp_path):
     assert info["teacher"]["trained_dtype"] == "bfloat16"
     assert info["training_config"]["max_steps"] == 1  # both flags applied, the rest kept
     assert info["training_config"]["batch_size"] == 4
+
+
+def test_a_compiled_teacher_and_gistnet_train_to_the_eager_losses(dataset, tmp_path, caplog):
+    # the eager backend: dynamo captures each layer's graph and runs it, without generating
+    # code (inductor's C++ takes a minute a model here; bench.speed --compile measures it)
+    eager = _train(dataset, tmp_path / "eager", "float32", max_steps=2)
+    with caplog.at_level("INFO", logger="gistnet.train"):
+        compiled = _train(dataset, tmp_path / "compiled", "float32", compile=True,
+                          compile_backend="eager", max_steps=2)  # fmt: skip
+    assert "step 1 took" in caplog.text and "compiling" in caplog.text
+    np.testing.assert_allclose(
+        [h["loss"] for h in compiled.history], [h["loss"] for h in eager.history], rtol=1e-5
+    )
+    with pytest.raises(ConfigError, match="compile_backend 'nope' is not one of .*inductor"):
+        validate_run_config({"training": {"compile": True, "compile_backend": "nope"}})
