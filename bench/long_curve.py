@@ -140,6 +140,13 @@ def docs_section(reports, *, command: str, plot_path: Path | None, seconds: floa
     return "\n".join(lines)
 
 
+def write_json(reports: dict[str, list[dict]], path: Path) -> None:
+    slim = {n: [{k: v for k, v in r.items() if k != "provenance"} for r in rs]
+            for n, rs in reports.items()}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(slim, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", required=True, metavar="NAME=CHECKPOINT")
@@ -185,12 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: C {context} R {recent}: GR_long(compressed) "
                   f"{'n/a' if gr is None else f'{gr:.3f}'}", flush=True)  # fmt: skip
             reports[name].append(report)
+            if args.json is not None:  # after every point: a failure later keeps these
+                write_json(reports, args.json)
     seconds = time.perf_counter() - started
-    slim = {n: [{k: v for k, v in r.items() if k != "provenance"} for r in rs]
-            for n, rs in reports.items()}  # fmt: skip
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(slim, indent=1, allow_nan=False))
     if args.plot is not None:
         plot(reports, args.plot, at_context=args.at_context, at_recent=args.at_recent)
     print(table(reports))

@@ -274,6 +274,11 @@ class TrainingConfig(_Strict):
                     f"compile_backend {self.compile_backend!r} is not one of torch.compile's "
                     f"backends here: {', '.join(sorted(backends))}"
                 )
+            if self.compile_mode is not None and self.compile_backend != "inductor":
+                raise ValueError(
+                    f"compile_mode is inductor's; compile_backend {self.compile_backend!r} "
+                    f"takes none: remove compile_mode"
+                )
         if self.objective != "substitution" and self.activation_checkpointing:
             raise ValueError(
                 "activation_checkpointing saves the teacher's activations on the gradient "

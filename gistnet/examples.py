@@ -194,7 +194,7 @@ def write_shard(
         pa.ipc.new_file(sink, schema) as writer,
         BackgroundWriter(lambda item: writer.write_batch(record_batch(*item))) as out,
     ):
-        for win in prefetched(windows, budget=_PREFETCH_BYTES, size=lambda w: w.nbytes):
+        for win in prefetched(windows, budget=_PREFETCH_BYTES, size=lambda w: w.nbytes + 256):
             if len(win):
                 pending.append(win)
                 pending_rows += len(win)
@@ -227,4 +227,6 @@ def examples_of(
         counters["blocks"] += len(ids) // config.block_size
         if bar is not None:
             bar.update(len(ids))
-        yield document_examples(ids, config.block_size, config.horizon, stride)
+        windows = document_examples(ids, config.block_size, config.horizon, stride)
+        if len(windows):  # a document shorter than the horizon gives none
+            yield windows

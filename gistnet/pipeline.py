@@ -82,7 +82,9 @@ def prefetched(
         while True:
             with changed:
                 while not waiting:
-                    changed.wait()
+                    if not thread.is_alive():  # it always posts an end first; never hang
+                        raise RuntimeError("the prefetch thread ended without its last item")
+                    changed.wait(_POLL_SECONDS)
                 item, weight = waiting.popleft()
                 held -= weight
                 changed.notify_all()
@@ -144,7 +146,8 @@ class BackgroundWriter(Generic[T]):
             raise self._error
 
     def abandon(self) -> None:
-        """End the thread without writing what is still queued."""
+        """End the thread without writing what is still queued (the write in progress
+        finishes first)."""
         self._stop.set()
         self._thread.join()
 
@@ -152,7 +155,8 @@ class BackgroundWriter(Generic[T]):
         return self
 
     def __exit__(self, kind, value, traceback) -> None:
-        if kind is None:
-            self.close()
-        else:
+        try:
+            if kind is None:
+                self.close()
+        finally:  # even when close() is interrupted: the thread must not outlive the block
             self.abandon()

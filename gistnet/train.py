@@ -293,6 +293,7 @@ class _Objective:
         return F.mse_loss(gists, target), {}
 
 
+@torch.compiler.disable  # eager: rank 0 alone validates, and compiling there stalls the rest
 @torch.no_grad()
 def evaluate_loss(
     model: GistNet, objective: _Objective, data: ShardSet, *, batch_size: int, limit: int | None

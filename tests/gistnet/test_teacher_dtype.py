@@ -113,3 +113,6 @@ def test_a_compiled_teacher_and_gistnet_train_to_the_eager_losses(dataset, tmp_p
     )
     with pytest.raises(ConfigError, match="compile_backend 'nope' is not one of .*inductor"):
         validate_run_config({"training": {"compile": True, "compile_backend": "nope"}})
+    with pytest.raises(ConfigError, match="compile_mode is inductor's"):
+        validate_run_config({"training": {"compile": True, "compile_backend": "eager",
+                                          "compile_mode": "reduce-overhead"}})  # fmt: skip
