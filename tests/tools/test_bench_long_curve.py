@@ -42,15 +42,13 @@ def test_the_curve_is_written_as_json_plot_and_a_docs_section(long_windows, tmp_
     page = tmp_path / "page.md"
     page.write_text("before\n<!-- long-curve:t -->\nold\n<!-- /long-curve:t -->\nafter\n")
     argv = ["--dataset", str(root / "data"), "--model", f"random={checkpoint}",
-            "--contexts", "64", "128", "--recents", "32", "64", "--at-context", "128",
+            "--contexts", "128", "--recents", "32", "64", "--at-context", "128",
             "--at-recent", "32", "--score-tokens", "64", "--max-examples", "6",
             "--bootstrap-samples", "20", "--device", "cpu", "--json", str(tmp_path / "c.json"),
             "--plot", str(tmp_path / "c.png"), "--section", "t", "--docs", str(page)]  # fmt: skip
     assert main(argv) == 0
     reports = json.loads((tmp_path / "c.json").read_text())["random"]
-    assert [(r["context_tokens"], r["recent_tokens"]) for r in reports] == [
-        (64, 32), (128, 32), (128, 64)
-    ]
+    assert [(r["context_tokens"], r["recent_tokens"]) for r in reports] == [(128, 32), (128, 64)]
     assert all(r["n_examples"] == 6 and r["mode"] == "long" for r in reports)
     assert (tmp_path / "c.png").stat().st_size > 0
     text = page.read_text()
