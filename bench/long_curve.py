@@ -73,6 +73,9 @@ def table(reports: dict[str, list[dict]]) -> str:
 
 
 def plot(reports: dict[str, list[dict]], path: Path, *, at_context: int, at_recent: int) -> Path:
+    """Each condition's NLL above the full context's (ΔNLL, nats a token, 95% intervals)
+    over C and over R: truncation's line is what the gists must get under. ΔNLL rather
+    than GR_long, which is a ratio of noise wherever truncation loses little."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,32 +86,32 @@ def plot(reports: dict[str, list[dict]], path: Path, *, at_context: int, at_rece
         (axes[0], "context_tokens", "recent_tokens", at_recent, f"C (R = {at_recent})"),
         (axes[1], "recent_tokens", "context_tokens", at_context, f"R (C = {at_context})"),
     )
+    first = next(iter(reports))
+    lines = [(first, "truncated", "k--", "truncated"), (first, "mean", "s:", "mean")]
+    lines += [(name, "compressed", "o-", f"{name}: compressed") for name in reports]
     for ax, x_key, fixed_key, fixed, label in panels:
-        for name, points in reports.items():
+        for name, condition, style, legend in lines:
             chosen = sorted(
-                (r for r in points if r[fixed_key] == fixed), key=lambda r: r[x_key]
+                (r for r in reports[name] if r[fixed_key] == fixed), key=lambda r: r[x_key]
             )
-            for condition, style in (("compressed", "o-"), ("mean", "s:")):
-                xs, ys, err = [], [], [[], []]
-                for report in chosen:
-                    entry = report["conditions"][condition]["gap_recovered_long"]
-                    if entry["value"] is None:
-                        continue
-                    xs.append(report[x_key])
-                    ys.append(entry["value"])
-                    low, high = entry.get("ci95") or (entry["value"], entry["value"])
-                    err[0].append(entry["value"] - low)
-                    err[1].append(high - entry["value"])
-                if xs:
-                    ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=3,
-                                label=f"{name}: {condition}")  # fmt: skip
+            xs, ys, err = [], [], [[], []]
+            for report in chosen:
+                entry = report["conditions"][condition]["delta_nll"]
+                if entry["value"] is None:
+                    continue
+                xs.append(report[x_key])
+                ys.append(entry["value"])
+                low, high = entry.get("ci95") or (entry["value"], entry["value"])
+                err[0].append(entry["value"] - low)
+                err[1].append(high - entry["value"])
+            if xs:
+                ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=3, label=legend)
         ax.axhline(0, color="grey", lw=0.8)
-        ax.axhline(1, color="grey", lw=0.8, ls="--")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("GR_long (0: truncation, 1: the full context)")
+    axes[0].set_ylabel("NLL − NLL(full), nats a token")
     axes[1].legend(fontsize=8)
-    fig.suptitle("Gap recovered over a long context, 32:1")
+    fig.suptitle("Scored tokens after a long context, 32:1: what each context loses")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -136,7 +139,7 @@ def docs_section(reports, *, command: str, plot_path: Path | None, seconds: floa
             shown = plot_path.resolve().relative_to(QUALITY_MD.parent)
         except ValueError:
             shown = plot_path
-        lines += ["", f"![GR_long over C and R]({shown})"]
+        lines += ["", f"![each condition's NLL above the full context's, over C and R]({shown})"]
     return "\n".join(lines)
 
 
