@@ -293,7 +293,6 @@ class _Objective:
         return F.mse_loss(gists, target), {}
 
 
-@torch.compiler.disable  # eager: rank 0 alone validates, and compiling there stalls the rest
 @torch.no_grad()
 def evaluate_loss(
     model: GistNet, objective: _Objective, data: ShardSet, *, batch_size: int, limit: int | None
@@ -456,7 +455,9 @@ def _validation_due(run: _Run, done: int) -> float | None:
     cfg = run.cfg
     if run.validation is None or (done % cfg.eval_every != 0 and done != cfg.max_steps):
         return None
-    return evaluate_loss(
+    # compiled runs validate eagerly: rank 0 alone validates, and compiling there stalls the rest
+    evaluate = torch.compiler.disable(evaluate_loss) if cfg.compile else evaluate_loss
+    return evaluate(
         run.model, run.objective, run.validation, batch_size=cfg.batch_size, limit=cfg.eval_examples
     )
 

@@ -35,7 +35,7 @@ LONG_DATA = ("long_text_long_teacher.yaml",)
 
 VOCAB, WIDTH, BLOCK = 101, 32, 8
 BOS, EOS = 1, 2
-POSITIONS = 128
+POSITIONS = 160  # the shipped config's 16 blocks of 8 and a block of horizon fit
 DECODER = {"vocab_size": VOCAB, "bos_token_id": BOS, "eos_token_id": EOS}
 TEACHERS = {
     "llama": lambda: transformers.LlamaConfig(
