@@ -195,9 +195,8 @@ def write_shard(
         BackgroundWriter(lambda item: writer.write_batch(record_batch(*item))) as out,
     ):
         for win in prefetched(windows, budget=_PREFETCH_BYTES, size=lambda w: w.nbytes + 256):
-            if len(win):
-                pending.append(win)
-                pending_rows += len(win)
+            pending.append(win)
+            pending_rows += len(win)
             if pending_rows >= rows:
                 flush(out)
         if pending_rows:
