@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.report import replace_between_markers
+from bench.report import interval_cell, replace_between_markers
 from gistnet.eval.request import EvalRequest, EvalSettings
 from gistnet.eval.run import evaluate_gistnet
 
@@ -40,17 +40,6 @@ def grid(contexts, recents, *, at_context: int, at_recent: int, block_size: int)
     return keep
 
 
-def _cell(entry, digits: int = 3, signed: bool = False) -> str:
-    if entry is None or entry["value"] is None:
-        return "n/a"
-    spec = f"+.{digits}f" if signed else f".{digits}f"
-    text = format(entry["value"], spec)
-    if entry.get("ci95") and entry["ci95"][0] is not None:
-        low, high = entry["ci95"]
-        text += f" [{format(low, spec)}, {format(high, spec)}]"
-    return text
-
-
 def table(reports: dict[str, list[dict]]) -> str:
     lines = [
         "| model | C | R | B | NLL full | truncated | compressed | mean | recent "
@@ -65,9 +54,9 @@ def table(reports: dict[str, list[dict]]) -> str:
             lines.append(
                 f"| {name} | {report['context_tokens']} | {report['recent_tokens']} "
                 f"| {report['compressed_positions']} | {' | '.join(nll)} "
-                f"| {_cell(c['compressed']['gap_recovered_long'])} "
-                f"| {_cell(c['mean']['gap_recovered_long'], digits=2)} "
-                f"| {_cell(report['comparisons']['mean_minus_compressed_nll'], signed=True)} |"
+                f"| {interval_cell(c['compressed']['gap_recovered_long'])} "
+                f"| {interval_cell(c['mean']['gap_recovered_long'], digits=2)} "
+                f"| {interval_cell(report['comparisons']['mean_minus_compressed_nll'], signed=True)} |"
             )
     return "\n".join(lines)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench.report import replace_between_markers
+from bench.report import interval_cell, replace_between_markers
 from gistnet.config import load_run_file
 from gistnet.eval.conditions import VECTORS
 from gistnet.eval.report import format_table, write_report
@@ -51,17 +51,6 @@ IMAGES = Path("docs/img")
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 
 
-def _cell(entry, digits: int = 3, signed: bool = False) -> str:
-    if entry is None or entry["value"] is None:
-        return "n/a"
-    sign = "+" if signed else ""
-    text = f"{entry['value']:{sign}.{digits}f}"
-    low, high = entry.get("ci95") or (None, None)
-    if low is not None:
-        text += f" [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
-    return text
-
-
 def markdown_table(report: dict) -> str:
     early = report["early_tokens"]
     lines = [
@@ -71,11 +60,11 @@ def markdown_table(report: dict) -> str:
     ]
     for name, entry in report["conditions"].items():
         lines.append(
-            f"| {name} | {entry['nll']['value']:.3f} | {_cell(entry['delta_nll'], signed=True)} "
-            f"| {_cell(entry['gap_recovered'])} | {_cell(entry.get('gap_recovered_from_2'))} "
-            f"| {_cell(entry.get('gap_recovered_rest'))} "
-            f"| {_cell(entry['delta_nll_early'], signed=True)} "
-            f"| {_cell(entry['delta_nll_late'], signed=True)} |"
+            f"| {name} | {entry['nll']['value']:.3f} | {interval_cell(entry['delta_nll'], signed=True)} "
+            f"| {interval_cell(entry['gap_recovered'])} | {interval_cell(entry.get('gap_recovered_from_2'))} "
+            f"| {interval_cell(entry.get('gap_recovered_rest'))} "
+            f"| {interval_cell(entry['delta_nll_early'], signed=True)} "
+            f"| {interval_cell(entry['delta_nll_late'], signed=True)} |"
         )
     return "\n".join(lines)
 
@@ -89,16 +78,16 @@ def bars_line(report: dict, vector: str = "gist") -> str:
     swapped = dict(VECTORS)[vector]
     lines = [
         f"- GR({vector}) − GR(mean) = "
-        f"{_cell(comparisons[f'{vector}_minus_mean_gap_recovered'], signed=True)}"
+        f"{interval_cell(comparisons[f'{vector}_minus_mean_gap_recovered'], signed=True)}"
         f" (interval above 0: {marks[bars[f'{vector}_above_mean_ci_excludes_0']]})",
-        f"- GR({vector}) = {_cell(entry['gap_recovered'])}: ≥ 0.5 "
+        f"- GR({vector}) = {interval_cell(entry['gap_recovered'])}: ≥ 0.5 "
         f"{marks[bars[f'{vector}_gap_recovered_at_least_0.5']]}; target ≥ 0.70 "
         f"{marks[bars[f'{vector}_gap_recovered_at_least_0.7']]}",
         f"- GR({vector}) over tokens {report['early_tokens'] + 1}+ = "
-        f"{_cell(entry.get('gap_recovered_rest'))}: target ≥ 0.40 "
+        f"{interval_cell(entry.get('gap_recovered_rest'))}: target ≥ 0.40 "
         f"{marks[bars[f'{vector}_gap_recovered_rest_at_least_0.4']]}",
         f"- GR({swapped}) / GR({vector}) = "
-        f"{_cell(comparisons[f'{swapped}_over_{vector}_gap_recovered'])}"
+        f"{interval_cell(comparisons[f'{swapped}_over_{vector}_gap_recovered'])}"
         f" (below 1/2: {marks[bars[f'{swapped}_below_half_of_{vector}']]}; target below 1/3: "
         f"{marks[bars[f'{swapped}_below_third_of_{vector}']]})",
     ]
@@ -107,7 +96,7 @@ def bars_line(report: dict, vector: str = "gist") -> str:
         share = oracle["comparisons"][f"{vector}_over_oracle_gap_recovered"]
         lines.append(
             f"- GR({vector}) / GR(oracle) on the oracle's {oracle['n_examples']} examples = "
-            f"{_cell(share)}: target ≥ 0.90 {marks[bars[f'{vector}_at_least_90pct_of_oracle']]}"
+            f"{interval_cell(share)}: target ≥ 0.90 {marks[bars[f'{vector}_at_least_90pct_of_oracle']]}"
         )
     lines.append(f"- ΔNLL(drop) ≥ 0.1 nats/token: {marks[bars['drop_delta_nll_at_least_0.1']]}")
     return "\n".join(lines)
@@ -249,15 +238,15 @@ def curve_table(reports: dict[str, dict]) -> str:
         oracle = report.get("oracle")
         if oracle is not None:
             cells = (
-                _cell(oracle["conditions"]["oracle"]["gap_recovered"]),
-                _cell(oracle["conditions"]["gist"]["gap_recovered"]),
-                _cell(oracle["comparisons"]["gist_over_oracle_gap_recovered"]),
+                interval_cell(oracle["conditions"]["oracle"]["gap_recovered"]),
+                interval_cell(oracle["conditions"]["gist"]["gap_recovered"]),
+                interval_cell(oracle["comparisons"]["gist_over_oracle_gap_recovered"]),
             )
         else:
             cells = ("n/a", "n/a", "n/a")
         lines.append(
             f"| {report['gists_per_block']} | {report['compression']} "
-            f"| {_cell(gist['gap_recovered'])} | {_cell(gist.get('gap_recovered_rest'))} "
+            f"| {interval_cell(gist['gap_recovered'])} | {interval_cell(gist.get('gap_recovered_rest'))} "
             f"| {' | '.join(cells)} |"
         )
     return "\n".join(lines)

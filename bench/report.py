@@ -56,6 +56,18 @@ def replace_between_markers(path: Path, begin: str, end: str, body: str) -> None
     path.write_text(pattern.sub(lambda _: section, text), encoding="utf-8")
 
 
+def interval_cell(entry, digits: int = 3, signed: bool = False) -> str:
+    """A report's {"value", "ci95"} entry as "v [low, high]" ("n/a" where it has none)."""
+    if entry is None or entry["value"] is None:
+        return "n/a"
+    sign = "+" if signed else ""
+    text = f"{entry['value']:{sign}.{digits}f}"
+    low, high = entry.get("ci95") or (None, None)
+    if low is not None:
+        text += f" [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+    return text
+
+
 def table(headers: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
