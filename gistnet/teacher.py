@@ -19,7 +19,7 @@ import torch
 import torch.utils.checkpoint
 
 from gistnet.config import GistNetConfig
-from gistnet.devices import resolve_device, torch_dtype
+from gistnet.devices import resolve_device, torch_dtype, warn_if_emulated
 from gistnet.errors import ConfigError, TeacherLoadError
 
 
@@ -180,6 +180,7 @@ def load_teacher(name_or_path: str, *, dtype: str = "float32", device: str | tor
     config = _read_config(name_or_path, name, local_only)
     check_teacher_family(config)  # before the weights: a refused family loads nothing
     device = device if isinstance(device, torch.device) else resolve_device(device)
+    warn_if_emulated(dtype, device)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             name,
