@@ -222,6 +222,12 @@ class TrainingConfig(_Strict):
     # past the sentence the block broke off) against 1 for the first 8, so the loss asks
     # more for the facts that recur later than its share of the gap would.
     rest_weight: float = Field(default=1.0, gt=0)
+    # substitution only: weight of an autoencoding term (as ICAE's pretraining), the
+    # teacher's NLL of the block's own tokens read after the gist: [BOS] gist b_0 ... b_T-2
+    # predicting b_0 ... b_T-1. No gist of another block helps there, so the term asks the
+    # gist for its block's content where the horizon's KL is mostly satisfied by a generic
+    # vector. One more teacher forward and backward over T + 1 positions a step.
+    reconstruct_weight: float = Field(default=0.0, ge=0)
     # Evaluate on the validation split every this many steps (and at the end).
     eval_every: int = Field(default=200, ge=1)
     # Examples of the validation split used per evaluation (None: all).
@@ -259,6 +265,11 @@ class TrainingConfig(_Strict):
             raise ValueError(
                 f"processes ({self.processes}) must not exceed batch_size ({self.batch_size}): "
                 f"every process takes part of each batch"
+            )
+        if self.objective != "substitution" and self.reconstruct_weight:
+            raise ValueError(
+                "reconstruct_weight reads the block after its gist: it needs objective: "
+                "substitution"
             )
         if self.objective != "substitution" and self.rest_weight != 1.0:
             raise ValueError(

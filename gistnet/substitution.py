@@ -313,6 +313,7 @@ class SubstitutionLoss:
         nll_weight: float = 0.0,
         bos_sink: bool = False,
         rest_weight: float = 1.0,
+        reconstruct_weight: float = 0.0,
         early_tokens: int = EARLY_TOKENS,
         activation_checkpointing: bool = False,
         chunk_bytes: int = CHUNK_BYTES,
@@ -329,6 +330,9 @@ class SubstitutionLoss:
             raise ConfigError(f"rest_weight must be > 0; got {rest_weight}")
         # The KL at horizon tokens past the first `early_tokens` counts rest_weight times.
         self.rest_weight = float(rest_weight)
+        if reconstruct_weight < 0:
+            raise ConfigError(f"reconstruct_weight must be >= 0; got {reconstruct_weight}")
+        self.reconstruct_weight = float(reconstruct_weight)
         self.early_tokens = int(early_tokens)
         self.activation_checkpointing = bool(activation_checkpointing)
         self.chunk_bytes = int(chunk_bytes)
@@ -395,4 +399,20 @@ class SubstitutionLoss:
         kl, nll = per_token.mean(), per_token_nll.mean()
         objective = self._objective(per_token)
         loss = objective + self.nll_weight * nll if self.nll_weight else objective
-        return loss, {"kl": kl.item(), "nll": nll.item()}
+        stats = {"kl": kl.item(), "nll": nll.item()}
+        if self.reconstruct_weight:
+            reconstruct = self.reconstruction_nll(gists, context_input_ids).mean()
+            loss = loss + self.reconstruct_weight * reconstruct
+            stats["reconstruct"] = reconstruct.item()
+        return loss, stats
+
+    def reconstruction_nll(self, gists: torch.Tensor, context_input_ids: torch.Tensor):
+        """NLL (B, T) of the block's own tokens, the teacher reading them after the gist:
+        the block itself as the horizon of an example [block, block]."""
+        block = context_input_ids[:, : self.block_size]
+        twice = torch.cat([block, block], dim=1)
+        with self._gradient_side():
+            logits = horizon_logits(
+                self.teacher, twice, block_size=self.block_size, vectors=gists, sink=self.sink
+            )
+        return F.cross_entropy(logits.float().transpose(1, 2), block, reduction="none")

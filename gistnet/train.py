@@ -219,9 +219,8 @@ class _Objective:
             self.substitution = SubstitutionLoss(
                 self.teacher,
                 block_size=int(metadata["block_size"]),
-                nll_weight=cfg.nll_weight,
-                bos_sink=model_config.bos_sink,
-                rest_weight=cfg.rest_weight,
+                nll_weight=cfg.nll_weight, rest_weight=cfg.rest_weight,
+                reconstruct_weight=cfg.reconstruct_weight, bos_sink=model_config.bos_sink,
                 activation_checkpointing=cfg.activation_checkpointing,
             )
         if self.kind == "multiblock":
