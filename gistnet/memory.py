@@ -134,11 +134,14 @@ def training_memory(
     blocks: int = 1,
     teacher_bytes_per_value: int = FLOAT,
     activation_checkpointing: bool = False,
+    reconstruct: bool = False,
 ) -> MemoryEstimate:
     """The peak memory of one training step of GistNet `config` on `batch_size` examples
     of `blocks` blocks GistNet reads each (the multiblock objective's windows, at most);
     the teacher's weights and activations `teacher_bytes_per_value` each (its
-    `training.teacher_dtype`), only each layer's input kept with `activation_checkpointing`."""
+    `training.teacher_dtype`), only each layer's input kept with `activation_checkpointing`;
+    `reconstruct` (training.reconstruct_weight > 0) adds the gist side's second forward,
+    over the block after its gist."""
     d, t, heads = config.hidden_size, config.block_size, config.num_heads
     width = int(config.mlp_ratio * d)
     parameters = gistnet_parameters(config)
@@ -169,6 +172,12 @@ def training_memory(
         logits = (FLOAT + 2 * teacher_bytes_per_value if fused else 4 * FLOAT) * teacher.vocab
         teacher_bytes = teacher_bytes_per_value * (teacher.parameters + tokens * kept)
         teacher_bytes += tokens * logits
+        if reconstruct and fused:
+            # [BOS] gist and the block's first T - 1 tokens, kept for the same backward; the
+            # logits, their float32 copy for the cross-entropy and its gradient.
+            again = batch_size * (t + 1)
+            teacher_bytes += teacher_bytes_per_value * again * kept
+            teacher_bytes += again * (2 * FLOAT + 2 * teacher_bytes_per_value) * teacher.vocab
     return MemoryEstimate(
         parameters=parameters,
         model_bytes=4 * FLOAT * parameters,

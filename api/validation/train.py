@@ -95,6 +95,7 @@ def check_run_memory(
         # auto is float32 on a CPU and the dataset's dtype on a GPU: float32 is the larger
         teacher_bytes_per_value=2 if run.training.teacher_dtype in ("bfloat16", "float16") else 4,
         activation_checkpointing=run.training.activation_checkpointing,
+        reconstruct=run.training.reconstruct_weight > 0,
     )
     if estimate.total > worker_memory:
         raise RequestProblem(

@@ -89,6 +89,22 @@ def test_checkpointing_and_a_half_precision_teacher_lower_the_teachers_share():
     assert plain - half == 2 * (teacher.parameters + tokens * 30 * layer) + tokens * 4 * 49152
 
 
+
+def test_the_reconstruction_term_adds_its_forward_over_the_block():
+    """training.reconstruct_weight: a second gist-side forward over [BOS] gist and the
+    block's first 31 tokens, its activations and its logits kept for the same backward."""
+    teacher = TeacherShape(layers=30, width=576, vocab=49152, mlp_width=1536)  # SmolLM2-135M
+    model = GistNetConfig(hidden_size=576, block_size=32, num_heads=9)
+    common = {"batch_size": 8, "objective": "substitution", "horizon": 64, "teacher": teacher}
+    plain = training_memory(model, **common)
+    both = training_memory(model, reconstruct=True, **common)
+    tokens = 8 * 33
+    layer = 18 * 576 + 3 * 1536
+    assert both.teacher_bytes - plain.teacher_bytes == tokens * (4 * 30 * layer + 16 * 49152)
+    assert training_memory(SMALL, batch_size=8, reconstruct=True) == training_memory(
+        SMALL, batch_size=8
+    )  # an mse run has no teacher side to add to
+
 def test_the_description_names_the_parts():
     text = training_memory(
         GistNetConfig(hidden_size=128, block_size=32, num_layers=64), batch_size=4096
