@@ -107,18 +107,31 @@ def gist_side_tokens(horizon_tokens: int, config: GistNetConfig) -> int:
 
 
 def substitution_step(
-    shape: TeacherShape, config: GistNetConfig, *, horizon: int, batch: int
+    shape: TeacherShape,
+    config: GistNetConfig,
+    *,
+    horizon: int,
+    batch: int,
+    reconstruct: bool = False,
 ) -> dict[str, int]:
     """One training step of the substitution objective on `batch` windows of `horizon`
     tokens (a block of T, then L = horizon - T): the full side's forward without gradient
     (H - 1 tokens, L logits), the gist side's forward and its backward to the gists, and
-    GistNet's forward and backward (about 3 forwards: input and weight gradients)."""
+    GistNet's forward and backward (about 3 forwards: input and weight gradients). With
+    `reconstruct` (training.reconstruct_weight > 0) a second gist side: the block read
+    after its gist, T logits."""
     length = horizon - config.block_size
     full = forward_parts(shape, horizon - 1, length)
-    tokens = gist_side_tokens(length, config)
-    gist_side = forward_parts(shape, tokens, length) + input_backward_parts(shape, tokens, length)
+
+    def gist_side(scored: int) -> int:
+        tokens = gist_side_tokens(scored, config)
+        parts = forward_parts(shape, tokens, scored) + input_backward_parts(shape, tokens, scored)
+        return parts.total
+
     gistnet = 3 * gistnet_parts(config)
-    parts = {"full": full.total, "gist_side": gist_side.total, "gistnet": gistnet.total}
+    parts = {"full": full.total, "gist_side": gist_side(length), "gistnet": gistnet.total}
+    if reconstruct:
+        parts["reconstruct"] = gist_side(config.block_size)
     parts = {name: batch * value for name, value in parts.items()}
     return {**parts, "total": sum(parts.values())}
 

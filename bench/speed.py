@@ -255,7 +255,11 @@ def train_figures(run, times: list[float], bound: dict[str, float], *, compiled:
     shape = TeacherShape.from_hf_config(run.objective.teacher.config)
     batch = run.cfg.batch_size
     counted = flops.substitution_step(
-        shape, run.model.config, horizon=int(run.metadata["horizon"]), batch=batch
+        shape,
+        run.model.config,
+        horizon=int(run.metadata["horizon"]),
+        batch=batch,
+        reconstruct=run.cfg.reconstruct_weight > 0,
     )
     step_s = statistics.median(times[1:])
     dtype = run.objective.teacher_dtype

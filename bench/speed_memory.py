@@ -85,6 +85,7 @@ def memory_phase(spec: dict) -> dict:
         teacher=TeacherShape.from_hf_config(teacher.config),
         teacher_bytes_per_value=teacher.get_input_embeddings().weight.element_size(),
         activation_checkpointing=run.cfg.activation_checkpointing,
+        reconstruct=run.cfg.reconstruct_weight > 0,
     )
     return {
         "window": int(run.metadata["horizon"]),

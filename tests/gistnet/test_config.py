@@ -275,7 +275,7 @@ def test_without_a_preset_the_seeds_and_the_demos_configs_mean_what_they_did():
         "warmup": 30, "final_lr_ratio": 0.1, "weight_decay": 0.0, "grad_clip": 1.0,
         "objective": "substitution", "blocks": 1, "compressed_blocks": None, "nll_weight": 0.0,
         "horizon_weighting": "uniform",
-        "rest_weight": 1.0, "eval_every": 1000, "eval_examples": 256, "processes": 1,
+        "rest_weight": 1.0, "reconstruct_weight": 0.0, "eval_every": 1000, "eval_examples": 256, "processes": 1,
         "activation_checkpointing": False, "teacher_dtype": "auto", "compile": False,
         "compile_backend": "inductor", "compile_mode": None,
     }  # fmt: skip

@@ -113,6 +113,11 @@ def test_a_smollm2_substitution_example_costs_issue_22s_33_gflop():
     assert step["total"] == step["full"] + step["gist_side"] + step["gistnet"]
     # The gist side reads one vector where the full side reads the 32-token block.
     assert step["gist_side"] > step["full"]
+    # reconstruct_weight: the block read after its gist, a second gist side as large as
+    # the horizon's here (32 tokens scored either way): 17 GFLOP an example on top.
+    both = flops.substitution_step(SMOLLM2, config, horizon=64, batch=8, reconstruct=True)
+    assert both["total"] == step["total"] + both["reconstruct"]
+    assert both["reconstruct"] == step["gist_side"]
 
 
 def _figures(value, path=""):
