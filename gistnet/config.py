@@ -226,7 +226,8 @@ class TrainingConfig(_Strict):
     # teacher's NLL of the block's own tokens read after the gist: [BOS] gist b_0 ... b_T-2
     # predicting b_0 ... b_T-1. No gist of another block helps there, so the term asks the
     # gist for its block's content where the horizon's KL is mostly satisfied by a generic
-    # vector. One more teacher forward and backward over T + 1 positions a step.
+    # vector. One more teacher forward and backward over T + 1 positions a step. The
+    # training and validation losses include the term; `kl` and `nll` are reported apart.
     reconstruct_weight: float = Field(default=0.0, ge=0)
     # Evaluate on the validation split every this many steps (and at the end).
     eval_every: int = Field(default=200, ge=1)
